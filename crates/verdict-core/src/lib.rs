@@ -1,0 +1,23 @@
+//! The pure decision core of verdict.
+//!
+//! Everything here is a function of its arguments: no I/O, no clock, no
+//! async. Callers (the store, the sweeper, repair) pass in the instant and the
+//! facts; the core answers. This is the single source of truth for what a
+//! session's outcome is — `end`, the sweeper, verification and repair all call
+//! [`decide`].
+
+mod decide;
+mod id;
+mod policy;
+mod presence;
+mod pricing;
+mod types;
+
+pub use decide::{EndCause, EndRequest, Outcome, SessionFacts, decide};
+pub use id::{ID_LENGTH_MAX, is_valid_id};
+pub use policy::{BillingBasis, Policy, PolicySet};
+pub use presence::{
+    Interval, Presence, PresenceEvent, PresenceKind, intervals_of, overlap, presence_at,
+};
+pub use pricing::{AMOUNT_CENTS_MAX, Cents, Price, PriceMode, charge_for, platform_fee};
+pub use types::{Kind, ParseError, Party, Reason, Status, UnixMillis};

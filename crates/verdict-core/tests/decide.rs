@@ -1,0 +1,424 @@
+//! The decision rules of SPEC §2, one test per rule, and the properties that
+//! must hold for every history.
+
+use proptest::prelude::*;
+use verdict_core::{
+    BillingBasis, EndCause, EndRequest, Outcome, Party, Policy, PresenceEvent, PresenceKind,
+    Reason, SessionFacts, Status, UnixMillis, decide,
+};
+
+use Party::{Customer, Provider};
+use PresenceKind::{Heartbeat, Joined, Left};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn at(seconds: i64) -> UnixMillis {
+    UnixMillis(T0 + seconds * 1000)
+}
+
+fn ev(party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
+    PresenceEvent {
+        party,
+        kind,
+        at: at(seconds),
+    }
+}
+
+fn facts() -> SessionFacts {
+    SessionFacts {
+        created_at: at(0),
+        scheduled_start: None,
+        recorded: None,
+    }
+}
+
+fn requested(seconds: i64) -> EndRequest {
+    EndRequest {
+        at: at(seconds),
+        cause: EndCause::Requested,
+    }
+}
+
+/// Decide with the default policy, ended by a call at `end_seconds`, and
+/// compare status, reason and billable seconds.
+fn check(events: &[PresenceEvent], end_seconds: i64, expected: (Status, Reason, i64)) {
+    let outcome = decide(&facts(), events, &Policy::default(), requested(end_seconds));
+    assert_eq!(
+        (outcome.status, outcome.reason, outcome.billable_seconds),
+        expected,
+        "{events:?}"
+    );
+}
+
+#[test]
+fn neither_party_joining_is_a_no_show_of_both() {
+    check(&[], 1000, (Status::Cancelled, Reason::NoShowBoth, 0));
+}
+
+#[test]
+fn a_missing_customer_is_a_customer_no_show() {
+    check(
+        &[ev(Provider, Joined, 10)],
+        1000,
+        (Status::Cancelled, Reason::NoShowCustomer, 0),
+    );
+}
+
+#[test]
+fn a_missing_provider_is_a_provider_no_show() {
+    check(
+        &[ev(Customer, Joined, 10)],
+        1000,
+        (Status::Cancelled, Reason::NoShowProvider, 0),
+    );
+}
+
+#[test]
+fn a_party_who_left_before_the_other_joined_never_overlapped() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Customer, Left, 100),
+        ev(Provider, Joined, 200),
+    ];
+    check(
+        &events,
+        1000,
+        (Status::Cancelled, Reason::NeverOverlapped, 0),
+    );
+}
+
+#[test]
+fn leaving_at_the_instant_the_other_joins_is_no_overlap() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Customer, Left, 100),
+        ev(Provider, Joined, 100),
+    ];
+    check(
+        &events,
+        1000,
+        (Status::Cancelled, Reason::NeverOverlapped, 0),
+    );
+}
+
+#[test]
+fn fifty_nine_seconds_together_is_too_short() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 10),
+        ev(Provider, Left, 69),
+    ];
+    check(&events, 1000, (Status::Cancelled, Reason::TooShort, 59));
+}
+
+#[test]
+fn exactly_sixty_seconds_together_completes() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 10),
+        ev(Provider, Left, 70),
+    ];
+    check(&events, 1000, (Status::Completed, Reason::Completed, 60));
+}
+
+#[test]
+fn billable_time_is_floored_to_whole_seconds() {
+    let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
+    events.push(PresenceEvent {
+        party: Provider,
+        kind: Left,
+        at: UnixMillis(at(60).0 - 1),
+    });
+    check(&events, 1000, (Status::Cancelled, Reason::TooShort, 59));
+}
+
+#[test]
+fn leave_and_rejoin_intervals_are_summed() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 0),
+        ev(Provider, Left, 40),
+        ev(Provider, Joined, 100),
+        ev(Provider, Left, 130),
+    ];
+    // 40 s + 30 s together; the gap does not count.
+    check(&events, 1000, (Status::Completed, Reason::Completed, 70));
+}
+
+#[test]
+fn parties_still_present_at_the_end_count_until_the_end() {
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 30)];
+    check(&events, 120, (Status::Completed, Reason::Completed, 90));
+}
+
+#[test]
+fn wall_clock_basis_counts_from_start_to_end_regardless_of_gaps() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 10),
+        ev(Provider, Left, 40),
+    ];
+    let policy = Policy {
+        billing_basis: BillingBasis::WallClock,
+        ..Policy::default()
+    };
+    let outcome = decide(&facts(), &events, &policy, requested(100));
+    assert_eq!(
+        (outcome.status, outcome.billable_seconds),
+        (Status::Completed, 90)
+    );
+    let overlap = decide(&facts(), &events, &Policy::default(), requested(100));
+    assert_eq!(
+        (overlap.status, overlap.reason, overlap.billable_seconds),
+        (Status::Cancelled, Reason::TooShort, 30)
+    );
+}
+
+#[test]
+fn billing_is_capped_at_the_maximum_duration() {
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
+    let policy = Policy {
+        max_duration_seconds: 3600,
+        ..Policy::default()
+    };
+    let outcome = decide(&facts(), &events, &policy, requested(5000));
+    assert_eq!(
+        (outcome.status, outcome.billable_seconds),
+        (Status::Completed, 3600)
+    );
+}
+
+#[test]
+fn started_at_is_the_first_instant_both_are_present() {
+    let events = [ev(Customer, Joined, 5), ev(Provider, Joined, 42)];
+    let outcome = decide(&facts(), &events, &Policy::default(), requested(500));
+    assert_eq!(outcome.started_at, Some(at(42)));
+    assert_eq!(outcome.ended_at, at(500));
+}
+
+#[test]
+fn a_terminal_session_keeps_its_recorded_outcome() {
+    let recorded = Outcome {
+        status: Status::Cancelled,
+        reason: Reason::NoShowProvider,
+        billable_seconds: 0,
+        started_at: None,
+        ended_at: at(10),
+    };
+    let session = SessionFacts {
+        recorded: Some(recorded),
+        ..facts()
+    };
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
+    assert_eq!(
+        decide(&session, &events, &Policy::default(), requested(5000)),
+        recorded
+    );
+}
+
+#[test]
+fn the_sweeper_expires_a_session_that_never_started_at_its_deadline() {
+    let events = [ev(Customer, Joined, 10)];
+    let sweep = EndRequest {
+        at: at(2000),
+        cause: EndCause::Sweeper,
+    };
+    let outcome = decide(&facts(), &events, &Policy::default(), sweep);
+    assert_eq!(
+        (outcome.status, outcome.reason),
+        (Status::Expired, Reason::NoShowProvider)
+    );
+    assert_eq!(
+        outcome.ended_at,
+        at(900),
+        "ended at created_at + join grace"
+    );
+
+    let scheduled = SessionFacts {
+        scheduled_start: Some(at(600)),
+        ..facts()
+    };
+    assert_eq!(
+        decide(&scheduled, &events, &Policy::default(), sweep).ended_at,
+        at(1500)
+    );
+}
+
+#[test]
+fn an_explicit_end_of_a_never_started_session_is_cancelled_not_expired() {
+    let outcome = decide(&facts(), &[], &Policy::default(), requested(5000));
+    assert_eq!(
+        (outcome.status, outcome.reason),
+        (Status::Cancelled, Reason::NoShowBoth)
+    );
+}
+
+#[test]
+fn a_provider_whose_heartbeats_stop_is_absent_from_the_last_one() {
+    let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
+    events.extend((1..=4).map(|n| ev(Provider, Heartbeat, n * 10)));
+    let outcome = decide(&facts(), &events, &Policy::default(), requested(600));
+    assert_eq!(
+        (outcome.status, outcome.billable_seconds),
+        (Status::Cancelled, 40)
+    );
+}
+
+#[test]
+fn events_after_the_end_instant_are_ignored() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 0),
+        ev(Provider, Left, 500),
+    ];
+    check(&events, 100, (Status::Completed, Reason::Completed, 100));
+}
+
+// ---- properties ----------------------------------------------------------
+
+fn arbitrary_event() -> impl Strategy<Value = PresenceEvent> {
+    (
+        prop_oneof![Just(Customer), Just(Provider)],
+        prop_oneof![Just(Joined), Just(Left), Just(Heartbeat)],
+        0i64..2_000_000,
+    )
+        .prop_map(|(party, kind, millis)| PresenceEvent {
+            party,
+            kind,
+            at: UnixMillis(T0 + millis),
+        })
+}
+
+fn arbitrary_policy() -> impl Strategy<Value = Policy> {
+    (0i64..400, any::<bool>(), 1i64..600, 60i64..3000).prop_map(|(min, wall, timeout, max)| {
+        Policy {
+            min_billable_seconds: min,
+            billing_basis: if wall {
+                BillingBasis::WallClock
+            } else {
+                BillingBasis::Overlap
+            },
+            presence_timeout_seconds: timeout,
+            max_duration_seconds: max,
+            ..Policy::default()
+        }
+    })
+}
+
+/// Presence as sorted, merged intervals per party (in seconds), turned into
+/// join/leave events: histories where adding an interval only adds presence.
+fn events_from_spans(customer: &[(i64, i64)], provider: &[(i64, i64)]) -> Vec<PresenceEvent> {
+    fn merged(spans: &[(i64, i64)]) -> Vec<(i64, i64)> {
+        let mut sorted: Vec<(i64, i64)> = spans.iter().map(|&(s, len)| (s, s + len)).collect();
+        sorted.sort();
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        for (start, end) in sorted {
+            match out.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => out.push((start, end)),
+            }
+        }
+        out
+    }
+    let mut events = Vec::new();
+    for (party, spans) in [(Customer, customer), (Provider, provider)] {
+        for (start, end) in merged(spans) {
+            events.push(ev(party, Joined, start));
+            events.push(ev(party, Left, end));
+        }
+    }
+    events.sort_by_key(|event| event.at);
+    events
+}
+
+fn spans() -> impl Strategy<Value = Vec<(i64, i64)>> {
+    prop::collection::vec((0i64..3000, 1i64..400), 0..5)
+}
+
+proptest! {
+    #[test]
+    fn deciding_twice_gives_the_same_outcome(
+        events in prop::collection::vec(arbitrary_event(), 0..40),
+        policy in arbitrary_policy(),
+        end in 0i64..2_500_000,
+        sweeper in any::<bool>(),
+    ) {
+        let end = EndRequest {
+            at: UnixMillis(T0 + end),
+            cause: if sweeper { EndCause::Sweeper } else { EndCause::Requested },
+        };
+        let first = decide(&facts(), &events, &policy, end);
+        prop_assert_eq!(first, decide(&facts(), &events, &policy, end));
+        // And once recorded, deciding again returns the recorded outcome.
+        let stored = SessionFacts { recorded: Some(first), ..facts() };
+        let later = EndRequest { at: UnixMillis(end.at.0 + 10_000), cause: EndCause::Requested };
+        prop_assert_eq!(first, decide(&stored, &events, &policy, later));
+    }
+
+    #[test]
+    fn more_overlap_never_turns_completed_into_cancelled(
+        customer in spans(),
+        provider in spans(),
+        extra in (0i64..3000, 1i64..400),
+        extra_for_customer in any::<bool>(),
+        min in 0i64..600,
+    ) {
+        let policy = Policy { min_billable_seconds: min, ..Policy::default() };
+        let end = requested(4000);
+        let before = decide(&facts(), &events_from_spans(&customer, &provider), &policy, end);
+        let (mut customer, mut provider) = (customer, provider);
+        if extra_for_customer { customer.push(extra) } else { provider.push(extra) }
+        let after = decide(&facts(), &events_from_spans(&customer, &provider), &policy, end);
+        prop_assert!(after.billable_seconds >= before.billable_seconds);
+        if before.status == Status::Completed {
+            prop_assert_eq!(after.status, Status::Completed);
+        }
+    }
+
+    #[test]
+    fn overlap_is_never_more_than_wall_clock(
+        events in prop::collection::vec(arbitrary_event(), 0..40),
+        policy in arbitrary_policy(),
+        end in 0i64..2_500_000,
+    ) {
+        let end = EndRequest { at: UnixMillis(T0 + end), cause: EndCause::Requested };
+        let overlap = decide(&facts(), &events, &Policy { billing_basis: BillingBasis::Overlap, ..policy }, end);
+        let wall = decide(&facts(), &events, &Policy { billing_basis: BillingBasis::WallClock, ..policy }, end);
+        prop_assert!(overlap.billable_seconds <= wall.billable_seconds);
+        prop_assert_eq!(overlap.started_at, wall.started_at);
+    }
+
+    #[test]
+    fn every_history_maps_to_exactly_one_consistent_reason(
+        events in prop::collection::vec(arbitrary_event(), 0..40),
+        policy in arbitrary_policy(),
+        end in 0i64..2_500_000,
+        sweeper in any::<bool>(),
+    ) {
+        let cause = if sweeper { EndCause::Sweeper } else { EndCause::Requested };
+        let end = EndRequest { at: UnixMillis(T0 + end), cause };
+        let outcome = decide(&facts(), &events, &policy, end);
+        prop_assert!(outcome.status.is_terminal());
+        prop_assert!(outcome.billable_seconds >= 0 && outcome.billable_seconds <= policy.max_duration_seconds);
+        let joined = |party| events.iter().any(|e| e.party == party && e.kind == Joined && e.at <= end.at);
+        match outcome.reason {
+            Reason::Completed => {
+                prop_assert_eq!(outcome.status, Status::Completed);
+                prop_assert!(outcome.billable_seconds >= policy.min_billable_seconds);
+                prop_assert!(outcome.started_at.is_some());
+            }
+            Reason::TooShort => {
+                prop_assert_eq!(outcome.status, Status::Cancelled);
+                prop_assert!(outcome.billable_seconds < policy.min_billable_seconds);
+                prop_assert!(outcome.started_at.is_some());
+            }
+            never_started => {
+                prop_assert!(outcome.started_at.is_none());
+                prop_assert_eq!(outcome.billable_seconds, 0);
+                prop_assert_eq!(never_started, Reason::for_never_started(joined(Customer), joined(Provider)));
+                let expected = if sweeper { Status::Expired } else { Status::Cancelled };
+                prop_assert_eq!(outcome.status, expected);
+            }
+        }
+    }
+}
