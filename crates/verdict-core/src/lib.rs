@@ -20,4 +20,4 @@ pub use presence::{
     Interval, Presence, PresenceEvent, PresenceKind, intervals_of, overlap, presence_at,
 };
 pub use pricing::{AMOUNT_CENTS_MAX, Cents, Price, PriceMode, charge_for, platform_fee};
-pub use types::{Kind, ParseError, Party, Reason, Status, UnixMillis};
+pub use types::{Kind, ParseError, Party, Reason, Role, Status, UnixMillis};

@@ -109,6 +109,18 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// Who a caller (or the system) is. `System` is the service itself, for
+    /// the sweeper and repair; it never comes from a token.
+    Role, "role" {
+        Customer => "customer",
+        Provider => "provider",
+        Service => "service",
+        Admin => "admin",
+        System => "system",
+    }
+);
+
 impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -1,1 +1,124 @@
-//! placeholder
+//! The HTTP layer of verdict: axum routes, the caller extractor, wire types
+//! and problem+json errors.
+//!
+//! API boundary: handlers turn DTOs into core types, call one store method,
+//! and turn the result back into DTOs. No SQL here, and only this crate
+//! knows status codes and JSON field names.
+
+pub mod auth;
+pub mod dto;
+pub mod problem;
+mod routes;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use verdict_core::PolicySet;
+use verdict_store::Store;
+use verdict_store::clock::Clock;
+
+pub use auth::{Caller, JwtKeys, JwtSecret};
+pub use problem::{ApiError, Problem};
+use wire::BODY_BYTES_MAX;
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// The decision policy per kind, from configuration.
+    pub policies: PolicySet,
+    pub jwt: Arc<JwtKeys>,
+}
+
+pub(crate) type Router = axum::Router<AppState>;
+
+/// How long one request may take before it is answered 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole API.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .merge(routes::sessions::router())
+        .merge(routes::ops::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("this route does not accept that method".into())
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(reject_large_bodies))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".into()).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Refuses a declared body over the limit before any handler runs, whether
+/// or not the route reads its body.
+async fn reject_large_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
+        return ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
+            .into_response();
+    }
+    next.run(request).await
+}
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and DTOs.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "verdict", description = "Server-authoritative session end and settlement."),
+    paths(
+        routes::sessions::create_session,
+        routes::sessions::get_session,
+        routes::sessions::join,
+        routes::sessions::leave,
+        routes::sessions::heartbeat,
+        routes::sessions::end,
+        routes::sessions::events,
+        routes::ops::notifications,
+        routes::ops::advance_clock,
+        routes::ops::healthz,
+        routes::ops::readyz,
+        routes::ops::openapi,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerScheme)
+)]
+pub struct ApiDoc;

@@ -1,1 +1,138 @@
-//! placeholder
+//! Storage for verdict: one [`Store`] trait whose methods match
+//! transactions, not tables, and the backends that implement it.
+//!
+//! The backend code is written once (`engine.rs`) against a database type
+//! and a few dialect macros chosen by the backend module that includes it, so
+//! both databases run the same statements with the same semantics.
+
+pub mod clock;
+mod error;
+mod model;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
+
+pub use error::StoreError;
+pub use model::{
+    Actor, AuditEvent, Ended, EventType, NewSession, Notification, PresenceChange, Session,
+};
+pub use sqlite::SqliteStore;
+
+/// The page size cap of every list.
+pub const PAGE_LIMIT_MAX: i64 = 500;
+
+/// Everything verdict keeps. Each method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Is the database reachable and answering?
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a session in `waiting`, with its `created` audit event.
+    /// A duplicate id is a conflict.
+    async fn create_session(
+        &self,
+        new: NewSession,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError>;
+
+    async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
+
+    /// Records a join, leave or heartbeat of `party`. Conflict when the
+    /// session is terminal (nothing is written then). A join that makes both
+    /// parties present for the first time starts the session.
+    async fn record_presence(
+        &self,
+        id: &str,
+        party: Party,
+        change: PresenceChange,
+        actor: &Actor,
+        policies: &PolicySet,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError>;
+
+    /// Decides and settles the session in one transaction: the row, the
+    /// `ended` audit event (actor, claimed body, policy), a notification per
+    /// party and the outbox rows. A terminal session is returned unchanged
+    /// with `already_ended`. Concurrent callers wait for the first.
+    async fn end_session(
+        &self,
+        id: &str,
+        actor: &Actor,
+        claimed: Option<Value>,
+        cause: EndCause,
+        policies: &PolicySet,
+        now: UnixMillis,
+    ) -> Result<Ended, StoreError>;
+
+    /// The session's audit trail, oldest first.
+    async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// A recipient's notifications, oldest first, after the cursor `after`.
+    async fn notifications(
+        &self,
+        role: Party,
+        recipient_id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Row counts per table: a cheap fingerprint for checks and tests.
+    async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;
+}
+
+/// Opens (creating if needed) and migrates the database named by `url`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database url scheme (expected sqlite://…): {}",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL fit for logs: the password replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://verdict-data/verdict.db"),
+            "sqlite://verdict-data/verdict.db"
+        );
+    }
+}

@@ -1,1 +1,210 @@
-fn main() {}
+//! `verdict`: the command line. Thin: parse, configure, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use verdict::config::{ClockKind, Config, Overrides};
+use verdict::{Application, BoxError, secret_or_random};
+use verdict_core::Role;
+use verdict_http::{JwtKeys, JwtSecret};
+
+#[derive(Parser)]
+#[command(
+    name = "verdict",
+    version,
+    about = "Server-authoritative session end and settlement"
+)]
+struct Cli {
+    /// Configuration file (read if it exists).
+    #[arg(
+        long,
+        global = true,
+        env = "VERDICT_CONFIG",
+        default_value = "verdict.toml"
+    )]
+    config: PathBuf,
+    /// Database URL: sqlite://… (default) or postgres://…
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Customer,
+    Provider,
+    Service,
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve {
+        /// Listen address.
+        #[arg(long)]
+        bind: Option<String>,
+        /// `manual` makes time move only by POST /v1/test-clock/advance.
+        #[arg(long, value_parser = ["system", "manual"])]
+        clock: Option<String>,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Mint a JWT for development (needs VERDICT_JWT_SECRET).
+    Token {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("verdict: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("verdict: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let mut overrides = Overrides {
+        database_url: cli.database_url.clone(),
+        ..Overrides::default()
+    };
+    if let Command::Serve { bind, clock } = &cli.command {
+        overrides.bind = bind.clone();
+        overrides.clock = clock.as_deref().map(|text| match text {
+            "manual" => ClockKind::Manual,
+            _ => ClockKind::System,
+        });
+    }
+    let config = Config::load(&cli.config, &overrides)?;
+    match cli.command {
+        Command::Serve { .. } => serve(config).await,
+        Command::Migrate => {
+            let store = verdict_store::open(&config.database_url).await?;
+            store.ping().await?;
+            println!(
+                "{}: schema up to date",
+                verdict_store::redact_url(&config.database_url)
+            );
+            Ok(())
+        }
+        Command::Token {
+            role,
+            sub,
+            ttl_seconds,
+        } => {
+            let secret = config
+                .jwt_secret
+                .as_ref()
+                .ok_or("set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) to mint tokens")?;
+            if !verdict_core::is_valid_id(&sub) {
+                return Err("--sub must be 1 to 128 characters from [A-Za-z0-9_.:-]".into());
+            }
+            let keys = JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec()));
+            println!(
+                "{}",
+                keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1))
+            );
+            Ok(())
+        }
+    }
+}
+
+fn role_of(role: RoleArg) -> Role {
+    match role {
+        RoleArg::Customer => Role::Customer,
+        RoleArg::Provider => Role::Provider,
+        RoleArg::Service => Role::Service,
+        RoleArg::Admin => Role::Admin,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn serve(config: Config) -> Result<(), BoxError> {
+    let (secret, random) = secret_or_random(&config);
+    let app = Application::build(&config, &secret).await?;
+    tracing::info!(
+        address = %app.local_addr(),
+        database = %verdict_store::redact_url(&config.database_url),
+        clock = ?config.clock,
+        "verdict listening"
+    );
+    if random {
+        // Printed, not logged: a token is for the person at the terminal.
+        let token = JwtKeys::new(&secret).mint(Role::Admin, "admin", unix_now() + 24 * 3600);
+        println!("No VERDICT_JWT_SECRET set: this run signs tokens with a random secret.");
+        println!("Admin token (24 h): {token}");
+    }
+    println!("verdict listening on http://{}", app.local_addr());
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

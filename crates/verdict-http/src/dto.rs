@@ -1,0 +1,339 @@
+//! The JSON shapes of the API (SPEC §5). Only this crate knows field names.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use verdict_core::{AMOUNT_CENTS_MAX, Cents, Kind, Party, Price, PriceMode, is_valid_id};
+use verdict_store::{AuditEvent, Ended, NewSession, Notification, Session};
+
+use crate::problem::ApiError;
+use crate::wire::{format_instant, parse_instant};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindDto {
+    Video,
+    Chat,
+    Diagnostic,
+}
+
+impl From<KindDto> for Kind {
+    fn from(kind: KindDto) -> Kind {
+        match kind {
+            KindDto::Video => Kind::Video,
+            KindDto::Chat => Kind::Chat,
+            KindDto::Diagnostic => Kind::Diagnostic,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceModeDto {
+    Flat,
+    PerMinute,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceDto {
+    pub mode: PriceModeDto,
+    /// Integer minor units, 0 to 10 000 000 000.
+    pub amount_cents: i64,
+    /// ISO 4217 code; stored lower case.
+    pub currency: String,
+}
+
+impl PriceDto {
+    fn from_price(price: &Price) -> PriceDto {
+        PriceDto {
+            mode: match price.mode {
+                PriceMode::Flat => PriceModeDto::Flat,
+                PriceMode::PerMinute => PriceModeDto::PerMinute,
+            },
+            amount_cents: price.amount.0,
+            currency: price.currency.clone(),
+        }
+    }
+
+    fn validate(self) -> Result<Price, ApiError> {
+        if !(0..=AMOUNT_CENTS_MAX).contains(&self.amount_cents) {
+            return Err(ApiError::Unprocessable(format!(
+                "price.amount_cents must be between 0 and {AMOUNT_CENTS_MAX}, got {}",
+                self.amount_cents
+            )));
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(ApiError::Unprocessable(
+                "price.currency must be a three-letter ISO 4217 code such as \"usd\"".into(),
+            ));
+        }
+        Ok(Price {
+            mode: match self.mode {
+                PriceModeDto::Flat => PriceMode::Flat,
+                PriceModeDto::PerMinute => PriceMode::PerMinute,
+            },
+            amount: Cents(self.amount_cents),
+            currency: self.currency.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// Optional; a UUIDv7 is generated when absent.
+    pub id: Option<String>,
+    pub kind: KindDto,
+    pub customer_id: String,
+    pub provider_id: String,
+    /// Stripe Connect account to pay; else the provider's.
+    pub provider_account: Option<String>,
+    /// RFC 3339.
+    pub scheduled_start: Option<String>,
+    pub price: PriceDto,
+    pub request_id: Option<String>,
+    /// Any JSON object, kept verbatim.
+    pub metadata: Option<Value>,
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_valid_id(value) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "{field} must be 1 to 128 characters from [A-Za-z0-9_.:-]"
+        )))
+    }
+}
+
+impl CreateSessionRequest {
+    /// Validates every field; `generated_id` is used when the client sent none.
+    pub fn validate(self, generated_id: String) -> Result<NewSession, ApiError> {
+        let id = self.id.unwrap_or(generated_id);
+        check_id("id", &id)?;
+        check_id("customer_id", &self.customer_id)?;
+        check_id("provider_id", &self.provider_id)?;
+        if let Some(account) = &self.provider_account {
+            check_id("provider_account", account)?;
+        }
+        if let Some(request_id) = &self.request_id {
+            check_id("request_id", request_id)?;
+        }
+        let scheduled_start = match &self.scheduled_start {
+            None => None,
+            Some(text) => Some(parse_instant(text).ok_or_else(|| {
+                ApiError::Unprocessable(
+                    "scheduled_start must be an RFC 3339 timestamp such as 2026-11-28T09:00:00Z"
+                        .into(),
+                )
+            })?),
+        };
+        let metadata = match self.metadata {
+            None | Some(Value::Null) => None,
+            Some(object @ Value::Object(_)) => Some(object),
+            Some(_) => {
+                return Err(ApiError::Unprocessable(
+                    "metadata must be a JSON object".into(),
+                ));
+            }
+        };
+        Ok(NewSession {
+            id,
+            kind: self.kind.into(),
+            customer_id: self.customer_id,
+            provider_id: self.provider_id,
+            provider_account: self.provider_account,
+            scheduled_start,
+            price: self.price.validate()?,
+            request_id: self.request_id,
+            metadata,
+        })
+    }
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionDto {
+    pub id: String,
+    pub kind: KindDto,
+    /// `waiting`, `live`, `completed`, `cancelled` or `expired`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub provider_account: Option<String>,
+    pub request_id: Option<String>,
+    pub scheduled_start: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// The role that ended it (`system` for the sweeper).
+    pub ended_by: Option<String>,
+    pub billable_seconds: Option<i64>,
+    pub price: PriceDto,
+    pub charged_cents: Option<i64>,
+    pub metadata: Option<Value>,
+}
+
+impl From<&Session> for SessionDto {
+    fn from(session: &Session) -> SessionDto {
+        SessionDto {
+            id: session.id.clone(),
+            kind: match session.kind {
+                Kind::Video => KindDto::Video,
+                Kind::Chat => KindDto::Chat,
+                Kind::Diagnostic => KindDto::Diagnostic,
+            },
+            status: session.status.as_str().to_owned(),
+            reason: session.reason.map(|reason| reason.as_str().to_owned()),
+            customer_id: session.customer_id.clone(),
+            provider_id: session.provider_id.clone(),
+            provider_account: session.provider_account.clone(),
+            request_id: session.request_id.clone(),
+            scheduled_start: session.scheduled_start.map(format_instant),
+            created_at: format_instant(session.created_at),
+            started_at: session.started_at.map(format_instant),
+            ended_at: session.ended_at.map(format_instant),
+            ended_by: session.ended_by.map(|role| role.as_str().to_owned()),
+            billable_seconds: session.billable_seconds,
+            price: PriceDto::from_price(&session.price),
+            charged_cents: session.charged_cents.map(|cents| cents.0),
+            metadata: session.metadata.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutcomeDto {
+    pub status: String,
+    pub reason: String,
+    pub billable_seconds: i64,
+    /// True when an earlier call ended the session: nothing was changed.
+    pub already_ended: bool,
+}
+
+/// `POST /v1/sessions/{id}/end`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndResponse {
+    pub session: SessionDto,
+    pub outcome: OutcomeDto,
+}
+
+impl TryFrom<&Ended> for EndResponse {
+    type Error = ApiError;
+
+    fn try_from(ended: &Ended) -> Result<EndResponse, ApiError> {
+        let outcome = ended.session.outcome().ok_or_else(|| {
+            ApiError::Internal(format!("ended session {} has no outcome", ended.session.id))
+        })?;
+        Ok(EndResponse {
+            session: SessionDto::from(&ended.session),
+            outcome: OutcomeDto {
+                status: outcome.status.as_str().to_owned(),
+                reason: outcome.reason.as_str().to_owned(),
+                billable_seconds: outcome.billable_seconds,
+                already_ended: ended.already_ended,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActorDto {
+    pub role: String,
+    pub id: String,
+}
+
+/// One audit-trail entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventDto {
+    pub seq: i64,
+    /// `created`, `joined`, `left` or `ended`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub party: Option<String>,
+    pub actor: ActorDto,
+    pub at: String,
+    /// For `ended`: `{claimed, policy, outcome}`; `claimed` is the body the
+    /// caller sent, verbatim, which decided nothing.
+    pub data: Option<Value>,
+}
+
+impl From<&AuditEvent> for EventDto {
+    fn from(event: &AuditEvent) -> EventDto {
+        EventDto {
+            seq: event.seq,
+            event_type: event.event_type.as_str().to_owned(),
+            party: event.party.map(|party| party.as_str().to_owned()),
+            actor: ActorDto {
+                role: event.actor.role.as_str().to_owned(),
+                id: event.actor.id.clone(),
+            },
+            at: format_instant(event.at),
+            data: event.data.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationDto {
+    pub id: i64,
+    pub recipient_role: String,
+    pub recipient_id: String,
+    pub session_id: String,
+    /// `session_completed`, `session_cancelled` or `session_expired`.
+    pub kind: String,
+    pub reason: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&Notification> for NotificationDto {
+    fn from(notification: &Notification) -> NotificationDto {
+        NotificationDto {
+            id: notification.id,
+            recipient_role: notification.recipient_role.as_str().to_owned(),
+            recipient_id: notification.recipient_id.clone(),
+            session_id: notification.session_id.clone(),
+            kind: notification.kind.clone(),
+            reason: notification.reason.map(|reason| reason.as_str().to_owned()),
+            created_at: format_instant(notification.created_at),
+        }
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceClockRequest {
+    /// Whole seconds, 1 to 31 536 000 (a year).
+    pub seconds: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClockDto {
+    pub now: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthDto {
+    pub status: String,
+    pub database: String,
+}
+
+/// Which party a caller is in a session, if any.
+pub fn party_of(session: &Session, role: verdict_core::Role, id: &str) -> Option<Party> {
+    match role {
+        verdict_core::Role::Customer if session.customer_id == id => Some(Party::Customer),
+        verdict_core::Role::Provider if session.provider_id == id => Some(Party::Provider),
+        _ => None,
+    }
+}

@@ -1,0 +1,4 @@
+//! One `router()` per resource, merged in `crate::router`.
+
+pub mod ops;
+pub mod sessions;

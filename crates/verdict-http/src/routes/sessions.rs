@@ -1,0 +1,203 @@
+//! `/v1/sessions`: create, read, presence, end, audit trail.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use verdict_core::{EndCause, Party, Role, is_valid_id};
+use verdict_store::{PresenceChange, Session};
+
+use crate::auth::Caller;
+use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
+use crate::problem::{ApiError, Problem};
+use crate::wire::{JsonBody, OptionalJsonObject};
+use crate::{AppState, Router};
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/v1/sessions/{id}/join", post(join))
+        .route("/v1/sessions/{id}/leave", post(leave))
+        .route("/v1/sessions/{id}/heartbeat", post(heartbeat))
+        .route("/v1/sessions/{id}/end", post(end))
+        .route("/v1/sessions/{id}/events", get(events))
+}
+
+/// Loads a session the caller may see: its parties, the platform, admins.
+async fn visible_session(state: &AppState, caller: &Caller, id: &str) -> Result<Session, ApiError> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound(format!(
+            "session ids are 1 to 128 characters from [A-Za-z0-9_.:-]; no session {:?}",
+            id.chars().take(32).collect::<String>()
+        )));
+    }
+    let session = state
+        .store
+        .session(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("session {id} not found")))?;
+    match caller.role {
+        Role::Service | Role::Admin => Ok(session),
+        role => match party_of(&session, role, &caller.id) {
+            Some(_) => Ok(session),
+            None => Err(ApiError::Forbidden(format!(
+                "{role} {} is not a party to session {id}",
+                caller.id
+            ))),
+        },
+    }
+}
+
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
+    request_body = CreateSessionRequest,
+    responses(
+        (status = 201, body = SessionDto, description = "Created, `waiting`"),
+        (status = 409, body = Problem, description = "The id is taken"),
+        (status = 422, body = Problem, description = "A field is invalid"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateSessionRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&[Role::Service, Role::Admin])?;
+    let new = request.validate(uuid::Uuid::now_v7().to_string())?;
+    let session = state
+        .store
+        .create_session(new, &caller.actor(), state.clock.now())
+        .await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", session.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(SessionDto::from(&session)),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SessionDto), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionDto>, ApiError> {
+    let session = visible_session(&state, &caller, &id).await?;
+    Ok(Json(SessionDto::from(&session)))
+}
+
+/// Presence is the party's own: only the session's customer or provider.
+async fn presence(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    change: PresenceChange,
+) -> Result<Session, ApiError> {
+    let session = visible_session(state, caller, id).await?;
+    let party: Party = party_of(&session, caller.role, &caller.id).ok_or_else(|| {
+        ApiError::Forbidden(
+            "only the session's customer or provider reports its own presence".into(),
+        )
+    })?;
+    Ok(state
+        .store
+        .record_presence(
+            id,
+            party,
+            change,
+            &caller.actor(),
+            &state.policies,
+            state.clock.now(),
+        )
+        .await?)
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/join", tag = "sessions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    security(("bearer" = [])))]
+pub async fn join(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionDto>, ApiError> {
+    let session = presence(&state, &caller, &id, PresenceChange::Join).await?;
+    Ok(Json(SessionDto::from(&session)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/leave", tag = "sessions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    security(("bearer" = [])))]
+pub async fn leave(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionDto>, ApiError> {
+    let session = presence(&state, &caller, &id, PresenceChange::Leave).await?;
+    Ok(Json(SessionDto::from(&session)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Presence refreshed"), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    presence(&state, &caller, &id, PresenceChange::Heartbeat).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/end", tag = "sessions",
+    params(("id" = String, Path)),
+    request_body(content = Option<serde_json::Value>,
+        description = "Any JSON object, or nothing: stored as `claimed`, never decides anything"),
+    responses((status = 200, body = EndResponse), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJsonObject(claimed): OptionalJsonObject,
+) -> Result<Json<EndResponse>, ApiError> {
+    visible_session(&state, &caller, &id).await?;
+    let ended = state
+        .store
+        .end_session(
+            &id,
+            &caller.actor(),
+            claimed,
+            EndCause::Requested,
+            &state.policies,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(Json(EndResponse::try_from(&ended)?))
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Page<EventDto>)),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Page<EventDto>>, ApiError> {
+    visible_session(&state, &caller, &id).await?;
+    let events = state.store.events(&id).await?;
+    Ok(Json(Page {
+        items: events.iter().map(EventDto::from).collect(),
+        next_cursor: None,
+    }))
+}

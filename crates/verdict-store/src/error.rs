@@ -1,0 +1,70 @@
+//! Storage errors. No `sqlx::Error` escapes the store: every failure is
+//! classified here into what the caller can act on.
+
+/// What went wrong in the store, in terms a caller can answer to.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The change contradicts the stored state (ended session, duplicate id).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot be reached or is too busy right now: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value that cannot be what the schema says it is.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Anything else: a bug or an unexpected database answer.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn not_found(entity: &'static str, id: &str) -> StoreError {
+        StoreError::NotFound {
+            entity,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+            sqlx::Error::Database(database) => {
+                let code = database.code().unwrap_or_default();
+                if database.is_unique_violation() {
+                    StoreError::Conflict(database.message().to_owned())
+                } else if is_transient(&code) {
+                    StoreError::Unavailable(database.message().to_owned())
+                } else {
+                    StoreError::Internal(error.to_string())
+                }
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::Corrupt(error.to_string())
+            }
+            _ => StoreError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// Database error codes that mean "not now" rather than "never".
+fn is_transient(code: &str) -> bool {
+    // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
+    let sqlite_busy = code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+    // PostgreSQL: connection exceptions (08…), operator intervention (57…),
+    // insufficient resources (53…), lock not available (55P03).
+    let postgres_down = code.starts_with("08")
+        || code.starts_with("57")
+        || code.starts_with("53")
+        || code == "55P03";
+    sqlite_busy || postgres_down
+}

@@ -1,0 +1,74 @@
+//! The embedded SQLite backend (the default): WAL, one writer connection,
+//! a small pool of readers, migrations embedded in the binary.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::StoreError;
+
+pub(crate) use sqlx::Sqlite as Db;
+
+pub(crate) const BACKEND: &str = "sqlite";
+/// Takes the write lock up front: a deferred transaction that reads and then
+/// writes could fail to upgrade with `SQLITE_BUSY` under WAL.
+pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// SQLite locks the whole database for writing; rows need no lock clause.
+macro_rules! for_update {
+    () => {
+        ""
+    };
+}
+
+#[path = "engine.rs"]
+mod engine;
+
+/// The SQLite store.
+pub type SqliteStore = engine::Engine;
+
+/// How long a write waits for the writer connection or the file lock before
+/// the caller gets 503. Generous: on one writer, a burst of writes queues.
+const WRITE_WAIT: Duration = Duration::from_secs(30);
+const READERS_MAX: u32 = 8;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl engine::Engine {
+    /// Opens `sqlite://path` (creating the file and its folder), switches
+    /// to WAL and applies pending migrations.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Unavailable(format!("bad sqlite url: {error}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed end survives power loss, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(WRITE_WAIT);
+        if let Some(parent) = Path::new(options.get_filename()).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StoreError::Unavailable(format!("cannot create {}: {error}", parent.display()))
+            })?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(WRITE_WAIT)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS_MAX)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(engine::Engine { reader, writer })
+    }
+}

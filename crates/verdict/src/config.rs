@@ -1,0 +1,285 @@
+//! Configuration (SPEC §9): defaults, overridden by `verdict.toml`, by
+//! `VERDICT_*` environment variables, then by command-line flags.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+use verdict_core::{BillingBasis, Kind, Policy, PolicySet};
+
+/// A configuration value that must never be printed.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockKind {
+    System,
+    Manual,
+}
+
+/// Policy values that a `[policy.<kind>]` table may override.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    pub min_billable_seconds: Option<i64>,
+    pub billing_basis: Option<String>,
+    pub join_grace_seconds: Option<i64>,
+    pub abandon_after_seconds: Option<i64>,
+    pub max_duration_seconds: Option<i64>,
+    pub presence_timeout_seconds: Option<i64>,
+    pub platform_fee_bps: Option<i64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Config {
+    pub bind: String,
+    pub database_url: String,
+    pub jwt_secret: Option<Secret>,
+    pub clock: ClockKind,
+    pub min_billable_seconds: i64,
+    pub billing_basis: String,
+    pub join_grace_seconds: i64,
+    pub abandon_after_seconds: i64,
+    pub max_duration_seconds: i64,
+    pub presence_timeout_seconds: i64,
+    pub platform_fee_bps: i64,
+    pub stripe_api_base: String,
+    pub stripe_secret_key: Option<Secret>,
+    pub webhook_urls: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    pub smtp_url: Option<String>,
+    pub mail_dir: String,
+    #[serde(deserialize_with = "on_off")]
+    pub worker: bool,
+    pub dashboard_refresh_seconds: u64,
+    /// `[policy.video]`, `[policy.chat]`, `[policy.diagnostic]`.
+    pub policy: BTreeMap<String, PolicyOverride>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let policy = Policy::default();
+        Config {
+            bind: "127.0.0.1:8080".into(),
+            database_url: "sqlite://verdict-data/verdict.db".into(),
+            jwt_secret: None,
+            clock: ClockKind::System,
+            min_billable_seconds: policy.min_billable_seconds,
+            billing_basis: policy.billing_basis.as_str().into(),
+            join_grace_seconds: policy.join_grace_seconds,
+            abandon_after_seconds: policy.abandon_after_seconds,
+            max_duration_seconds: policy.max_duration_seconds,
+            presence_timeout_seconds: policy.presence_timeout_seconds,
+            platform_fee_bps: policy.platform_fee_bps,
+            stripe_api_base: "https://api.stripe.com".into(),
+            stripe_secret_key: None,
+            webhook_urls: None,
+            webhook_secret: None,
+            smtp_url: None,
+            mail_dir: "verdict-data/mail".into(),
+            worker: true,
+            dashboard_refresh_seconds: 300,
+            policy: BTreeMap::new(),
+        }
+    }
+}
+
+/// `on`/`off`, `true`/`false`, as the environment spells booleans.
+fn on_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Toggle {
+        Bool(bool),
+        Text(String),
+    }
+    match Toggle::deserialize(deserializer)? {
+        Toggle::Bool(value) => Ok(value),
+        Toggle::Text(text) => match text.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected on or off, got {text:?}"
+            ))),
+        },
+    }
+}
+
+/// Flags given on the command line: the last layer.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockKind>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers. `file` is read if it exists.
+    pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("VERDICT_").ignore(&["test_database_url", "config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract::<Config>()
+            .map_err(|error| ConfigError::Load(Box::new(error)))
+    }
+
+    /// The policy per kind: the top-level values, overridden per kind.
+    pub fn policies(&self) -> Result<PolicySet, ConfigError> {
+        let base = Policy {
+            min_billable_seconds: self.min_billable_seconds,
+            billing_basis: parse_basis(&self.billing_basis)?,
+            join_grace_seconds: self.join_grace_seconds,
+            abandon_after_seconds: self.abandon_after_seconds,
+            max_duration_seconds: self.max_duration_seconds,
+            presence_timeout_seconds: self.presence_timeout_seconds,
+            platform_fee_bps: self.platform_fee_bps,
+        };
+        for name in self.policy.keys() {
+            name.parse::<Kind>()
+                .map_err(|error| ConfigError::Invalid(format!("[policy.{name}]: {error}")))?;
+        }
+        let for_kind = |kind: Kind| -> Result<Policy, ConfigError> {
+            let Some(o) = self.policy.get(kind.as_str()) else {
+                return validate(kind, base);
+            };
+            let policy = Policy {
+                min_billable_seconds: o.min_billable_seconds.unwrap_or(base.min_billable_seconds),
+                billing_basis: match &o.billing_basis {
+                    Some(text) => parse_basis(text)?,
+                    None => base.billing_basis,
+                },
+                join_grace_seconds: o.join_grace_seconds.unwrap_or(base.join_grace_seconds),
+                abandon_after_seconds: o
+                    .abandon_after_seconds
+                    .unwrap_or(base.abandon_after_seconds),
+                max_duration_seconds: o.max_duration_seconds.unwrap_or(base.max_duration_seconds),
+                presence_timeout_seconds: o
+                    .presence_timeout_seconds
+                    .unwrap_or(base.presence_timeout_seconds),
+                platform_fee_bps: o.platform_fee_bps.unwrap_or(base.platform_fee_bps),
+            };
+            validate(kind, policy)
+        };
+        Ok(PolicySet {
+            video: for_kind(Kind::Video)?,
+            chat: for_kind(Kind::Chat)?,
+            diagnostic: for_kind(Kind::Diagnostic)?,
+        })
+    }
+}
+
+fn parse_basis(text: &str) -> Result<BillingBasis, ConfigError> {
+    BillingBasis::parse(text).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "billing_basis must be overlap or wall_clock, got {text:?}"
+        ))
+    })
+}
+
+fn validate(kind: Kind, policy: Policy) -> Result<Policy, ConfigError> {
+    let checks = [
+        ("min_billable_seconds", policy.min_billable_seconds >= 0),
+        ("join_grace_seconds", policy.join_grace_seconds >= 0),
+        ("abandon_after_seconds", policy.abandon_after_seconds > 0),
+        ("max_duration_seconds", policy.max_duration_seconds > 0),
+        (
+            "presence_timeout_seconds",
+            policy.presence_timeout_seconds > 0,
+        ),
+        (
+            "platform_fee_bps",
+            (0..=10_000).contains(&policy.platform_fee_bps),
+        ),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => Err(ConfigError::Invalid(format!(
+            "policy for {kind}: {name} is out of range"
+        ))),
+        None => Ok(policy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_then_the_environment_then_flags_decide() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "verdict.toml",
+                "bind = \"127.0.0.1:9000\"\nmin_billable_seconds = 90\n\
+                 [policy.chat]\nmin_billable_seconds = 30\nbilling_basis = \"wall_clock\"\n",
+            )?;
+            jail.set_env("VERDICT_MIN_BILLABLE_SECONDS", "120");
+            jail.set_env("VERDICT_WORKER", "off");
+            let overrides = Overrides {
+                bind: Some("127.0.0.1:9001".into()),
+                ..Overrides::default()
+            };
+            let config = Config::load(Path::new("verdict.toml"), &overrides).expect("loads");
+            assert_eq!(config.bind, "127.0.0.1:9001");
+            assert!(!config.worker);
+            let policies = config.policies().expect("valid");
+            assert_eq!(policies.video.min_billable_seconds, 120);
+            assert_eq!(policies.chat.min_billable_seconds, 30);
+            assert_eq!(policies.chat.billing_basis, BillingBasis::WallClock);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_kind_or_an_out_of_range_value_is_refused() {
+        let mut config = Config::default();
+        config
+            .policy
+            .insert("phone".into(), PolicyOverride::default());
+        assert!(config.policies().is_err());
+        let config = Config {
+            platform_fee_bps: 20_000,
+            ..Config::default()
+        };
+        assert!(config.policies().is_err());
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let config = Config {
+            jwt_secret: Some(Secret::new("hunter2")),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}
