@@ -236,6 +236,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
     fn the_file_then_the_environment_then_flags_decide() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -1,0 +1,8 @@
+//! Black-box HTTP tests: the real application, real HTTP, a fresh database
+//! per test, time moved by the manual test clock (never by sleeping).
+
+mod support;
+
+mod concurrency;
+mod decisions;
+mod security;

@@ -1,0 +1,287 @@
+//! The test harness: the real application on 127.0.0.1:0 with a fresh
+//! database and a manual clock, spoken to over real HTTP.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use verdict::Application;
+use verdict::config::{ClockKind, Config};
+use verdict_core::Role;
+use verdict_http::{AppState, JwtKeys, JwtSecret};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+}
+
+/// Generates one `#[tokio::test]` per backend for each scenario
+/// `async fn name(app: TestApp)`, so every test runs on every database.
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::TestApp::spawn($crate::support::Backend::Sqlite, |_| {}).await;
+                    super::$name(app).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_every_backend;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub backend: Backend,
+    keys: JwtKeys,
+    _data: TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts a problem+json answer with this status and returns its detail.
+    #[track_caller]
+    pub fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let content_type = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            content_type,
+            Some("application/problem+json"),
+            "body: {}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status);
+        assert!(
+            self.body["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:verdict:problem:")
+        );
+        self.body["detail"]
+            .as_str()
+            .expect("a problem has a detail")
+            .to_owned()
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Value {
+        assert!(self.status.is_success(), "{}: {}", self.status, self.body);
+        &self.body
+    }
+}
+
+impl TestApp {
+    /// Starts the application; `configure` may change the configuration.
+    pub async fn spawn(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            bind: "127.0.0.1:0".into(),
+            clock: ClockKind::Manual,
+            worker: false,
+            ..Config::default()
+        };
+        match backend {
+            Backend::Sqlite => {
+                config.database_url = format!("sqlite://{}/verdict.db", data.path().display());
+            }
+        }
+        configure(&mut config);
+        let secret = JwtSecret::new(SECRET.as_bytes().to_vec());
+        let app = Application::build(&config, &secret)
+            .await
+            .expect("the app builds");
+        let base = format!("http://{}", app.local_addr());
+        let state = app.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            state,
+            backend,
+            keys: JwtKeys::new(&secret),
+            _data: data,
+            _stop: stop,
+        }
+    }
+
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        let in_an_hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3600;
+        self.keys.mint(role, sub, in_an_hour)
+    }
+
+    pub fn service(&self) -> String {
+        self.token(Role::Service, "platform")
+    }
+
+    pub fn admin(&self) -> String {
+        self.token(Role::Admin, "ops")
+    }
+
+    pub fn customer(&self) -> String {
+        self.token(Role::Customer, "cust-1")
+    }
+
+    pub fn provider(&self) -> String {
+        self.token(Role::Provider, "prov-1")
+    }
+
+    /// Sends a request; `body` is sent as raw bytes with a JSON content type.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, Some(token), Some(&body.to_string()))
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    /// Creates session `id` between `cust-1` and `prov-1` at a flat $25.
+    pub async fn create_session(&self, id: &str) -> Value {
+        let reply = self
+            .post(
+                "/v1/sessions",
+                &self.service(),
+                json!({
+                    "id": id, "kind": "video", "customer_id": "cust-1", "provider_id": "prov-1",
+                    "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"}
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body
+    }
+
+    pub async fn join(&self, id: &str, token: &str) -> Reply {
+        self.send(
+            Method::POST,
+            &format!("/v1/sessions/{id}/join"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    pub async fn leave(&self, id: &str, token: &str) -> Reply {
+        self.send(
+            Method::POST,
+            &format!("/v1/sessions/{id}/leave"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    pub async fn heartbeat(&self, id: &str, token: &str) -> Reply {
+        self.send(
+            Method::POST,
+            &format!("/v1/sessions/{id}/heartbeat"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    pub async fn end(&self, id: &str, token: &str, body: Option<Value>) -> Reply {
+        let body = body.map(|body| body.to_string());
+        self.send(
+            Method::POST,
+            &format!("/v1/sessions/{id}/end"),
+            Some(token),
+            body.as_deref(),
+        )
+        .await
+    }
+
+    pub async fn advance(&self, seconds: i64) {
+        self.post(
+            "/v1/test-clock/advance",
+            &self.admin(),
+            json!({"seconds": seconds}),
+        )
+        .await
+        .ok();
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let reply = self
+            .get(&format!("/v1/sessions/{id}/events"), &self.admin())
+            .await;
+        reply.ok()["items"].as_array().expect("items").clone()
+    }
+
+    pub async fn counts(&self) -> BTreeMap<&'static str, i64> {
+        self.state.store.table_counts().await.expect("counts")
+    }
+}
+
+/// `(status, reason, billable_seconds)` of an end reply.
+pub fn outcome(reply: &Reply) -> (String, String, i64) {
+    let outcome = &reply.ok()["outcome"];
+    (
+        outcome["status"].as_str().unwrap().to_owned(),
+        outcome["reason"].as_str().unwrap().to_owned(),
+        outcome["billable_seconds"].as_i64().unwrap(),
+    )
+}
+
+pub fn expect(status: &str, reason: &str, billable_seconds: i64) -> (String, String, i64) {
+    (status.to_owned(), reason.to_owned(), billable_seconds)
+}
