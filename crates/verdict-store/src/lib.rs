@@ -8,6 +8,7 @@
 pub mod clock;
 mod error;
 mod model;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use error::StoreError;
 pub use model::{
     Actor, AuditEvent, Ended, EventType, NewSession, Notification, PresenceChange, Session,
 };
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The page size cap of every list.
@@ -93,9 +95,11 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PgStore::connect(url).await?))
     } else {
         Err(StoreError::Unavailable(format!(
-            "unsupported database url scheme (expected sqlite://…): {}",
+            "unsupported database url scheme (expected sqlite:// or postgres://): {}",
             redact_url(url)
         )))
     }

@@ -574,6 +574,6 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
     );
     assert_eq!(
         app.send(Method::GET, "/healthz", None, None).await.ok()["database"],
-        "sqlite"
+        app.backend.name()
     );
 }

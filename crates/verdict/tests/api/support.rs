@@ -19,6 +19,16 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
 }
 
 /// Generates one `#[tokio::test]` per backend for each scenario
@@ -34,6 +44,15 @@ macro_rules! on_every_backend {
                 }
             )+
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::TestApp::spawn($crate::support::Backend::Postgres, |_| {}).await;
+                    super::$name(app).await;
+                }
+            )+
+        }
     };
 }
 pub(crate) use on_every_backend;
@@ -45,6 +64,7 @@ pub struct TestApp {
     pub backend: Backend,
     keys: JwtKeys,
     _data: TempDir,
+    _postgres: Option<verdict_testing::TestDatabase>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -99,11 +119,17 @@ impl TestApp {
             worker: false,
             ..Config::default()
         };
-        match backend {
+        let postgres = match backend {
             Backend::Sqlite => {
                 config.database_url = format!("sqlite://{}/verdict.db", data.path().display());
+                None
             }
-        }
+            Backend::Postgres => {
+                let database = verdict_testing::shared_server().create_database().await;
+                config.database_url = database.url.clone();
+                Some(database)
+            }
+        };
         configure(&mut config);
         let secret = JwtSecret::new(SECRET.as_bytes().to_vec());
         let app = Application::build(&config, &secret)
@@ -122,6 +148,7 @@ impl TestApp {
             backend,
             keys: JwtKeys::new(&secret),
             _data: data,
+            _postgres: postgres,
             _stop: stop,
         }
     }

@@ -1,0 +1,325 @@
+//! The store contract: the same assertions against every backend, on a real
+//! database each (a temporary SQLite file; a PostgreSQL database of its own).
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde_json::json;
+use verdict_core::{
+    Cents, EndCause, Kind, Party, PolicySet, Price, PriceMode, Reason, Role, Status, UnixMillis,
+};
+use verdict_store::{Actor, NewSession, PresenceChange, Store, StoreError};
+
+const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    _sqlite: Option<tempfile::TempDir>,
+    _postgres: Option<verdict_testing::TestDatabase>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/contract.db", dir.path().display());
+    Fixture {
+        store: verdict_store::open(&url).await.unwrap(),
+        _sqlite: Some(dir),
+        _postgres: None,
+    }
+}
+
+async fn postgres() -> Fixture {
+    let database = verdict_testing::shared_server().create_database().await;
+    let store = verdict_store::open(&database.url).await.unwrap();
+    Fixture {
+        store,
+        _sqlite: None,
+        _postgres: Some(database),
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite().await).await })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres().await).await })+
+        }
+    };
+}
+
+contract!(
+    a_created_session_reads_back_as_written,
+    a_duplicate_id_is_a_conflict_and_changes_nothing,
+    ending_writes_the_outcome_the_audit_event_and_the_notifications_once,
+    presence_on_an_ended_session_is_a_conflict_and_writes_nothing,
+    concurrent_ends_make_exactly_one_transition,
+    unknown_sessions_are_not_found,
+);
+
+fn new_session(id: &str) -> NewSession {
+    NewSession {
+        id: id.into(),
+        kind: Kind::Diagnostic,
+        customer_id: "c1".into(),
+        provider_id: "p1".into(),
+        provider_account: Some("acct_1".into()),
+        scheduled_start: Some(UnixMillis(T0.0 + 60_000)),
+        price: Price {
+            mode: PriceMode::PerMinute,
+            amount: Cents(150),
+            currency: "usd".into(),
+        },
+        request_id: Some("r1".into()),
+        metadata: Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}})),
+    }
+}
+
+fn service() -> Actor {
+    Actor {
+        role: Role::Service,
+        id: "platform".into(),
+    }
+}
+
+fn party(role: Role, id: &str) -> Actor {
+    Actor {
+        role,
+        id: id.into(),
+    }
+}
+
+async fn live_session(store: &dyn Store, id: &str) {
+    let policies = PolicySet::default();
+    store
+        .create_session(new_session(id), &service(), T0)
+        .await
+        .unwrap();
+    for (party_kind, actor) in [
+        (Party::Customer, party(Role::Customer, "c1")),
+        (Party::Provider, party(Role::Provider, "p1")),
+    ] {
+        store
+            .record_presence(id, party_kind, PresenceChange::Join, &actor, &policies, T0)
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_created_session_reads_back_as_written(fixture: Fixture) {
+    let created = fixture
+        .store
+        .create_session(new_session("s1"), &service(), T0)
+        .await
+        .unwrap();
+    let read = fixture.store.session("s1").await.unwrap().expect("stored");
+    assert_eq!(created, read);
+    assert_eq!(read.status, Status::Waiting);
+    assert_eq!(read.created_at, T0);
+    assert_eq!(
+        read.metadata,
+        Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}}))
+    );
+    assert_eq!(read.price.amount, Cents(150));
+    let events = fixture.store.events("s1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, service());
+}
+
+async fn a_duplicate_id_is_a_conflict_and_changes_nothing(fixture: Fixture) {
+    fixture
+        .store
+        .create_session(new_session("s1"), &service(), T0)
+        .await
+        .unwrap();
+    let before = fixture.store.table_counts().await.unwrap();
+    let mut again = new_session("s1");
+    again.customer_id = "someone-else".into();
+    let error = fixture
+        .store
+        .create_session(again, &service(), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+    assert_eq!(fixture.store.table_counts().await.unwrap(), before);
+    assert_eq!(
+        fixture
+            .store
+            .session("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .customer_id,
+        "c1"
+    );
+}
+
+async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fixture: Fixture) {
+    let store = fixture.store.as_ref();
+    live_session(store, "s1").await;
+    let policies = PolicySet::default();
+    let end_at = UnixMillis(T0.0 + 61_500);
+    let claimed = Some(json!({"status": "cancelled"}));
+    let ended = store
+        .end_session(
+            "s1",
+            &service(),
+            claimed.clone(),
+            EndCause::Requested,
+            &policies,
+            end_at,
+        )
+        .await
+        .unwrap();
+    assert!(!ended.already_ended);
+    let session = &ended.session;
+    assert_eq!(
+        (session.status, session.reason, session.billable_seconds),
+        (Status::Completed, Some(Reason::Completed), Some(61))
+    );
+    assert_eq!(session.ended_at, Some(end_at));
+    assert_eq!(session.started_at, Some(T0));
+    assert_eq!(session.ended_by, Some(Role::Service));
+    assert_eq!(
+        session.charged_cents,
+        Some(Cents(300)),
+        "two started minutes at 150"
+    );
+
+    let again = store
+        .end_session(
+            "s1",
+            &party(Role::Customer, "c1"),
+            None,
+            EndCause::Requested,
+            &policies,
+            UnixMillis(end_at.0 + 999_000),
+        )
+        .await
+        .unwrap();
+    assert!(again.already_ended);
+    assert_eq!(&again.session, session);
+
+    let events = store.events("s1").await.unwrap();
+    let ended_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == verdict_store::EventType::Ended)
+        .collect();
+    assert_eq!(ended_events.len(), 1);
+    let data = ended_events[0].data.as_ref().unwrap();
+    assert_eq!(data["claimed"], claimed.unwrap());
+    assert_eq!(data["policy"]["min_billable_seconds"], 60);
+    for (role, id) in [(Party::Customer, "c1"), (Party::Provider, "p1")] {
+        let inbox = store.notifications(role, id, None, 10).await.unwrap();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].kind, "session_completed");
+    }
+    let counts = store.table_counts().await.unwrap();
+    assert_eq!(counts["notifications"], 2);
+    assert_eq!(counts["outbox"], 2, "session.started and session.ended");
+}
+
+async fn presence_on_an_ended_session_is_a_conflict_and_writes_nothing(fixture: Fixture) {
+    let store = fixture.store.as_ref();
+    let policies = PolicySet::default();
+    store
+        .create_session(new_session("s1"), &service(), T0)
+        .await
+        .unwrap();
+    store
+        .end_session("s1", &service(), None, EndCause::Requested, &policies, T0)
+        .await
+        .unwrap();
+    let before = store.table_counts().await.unwrap();
+    for change in [
+        PresenceChange::Join,
+        PresenceChange::Leave,
+        PresenceChange::Heartbeat,
+    ] {
+        let error = store
+            .record_presence(
+                "s1",
+                Party::Customer,
+                change,
+                &party(Role::Customer, "c1"),
+                &policies,
+                T0,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+    }
+    assert_eq!(store.table_counts().await.unwrap(), before);
+    assert_eq!(
+        store
+            .session("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .customer_last_seen_at,
+        None
+    );
+}
+
+async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
+    live_session(fixture.store.as_ref(), "s1").await;
+    let policies = PolicySet::default();
+    let calls = (0..48).map(|n| {
+        let store = fixture.store.clone();
+        tokio::spawn(async move {
+            let at = UnixMillis(T0.0 + 120_000 + n);
+            store
+                .end_session("s1", &service(), None, EndCause::Requested, &policies, at)
+                .await
+        })
+    });
+    let results: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|ended| !ended.already_ended).count(),
+        1
+    );
+    assert!(
+        results
+            .iter()
+            .all(|ended| ended.session == results[0].session)
+    );
+    let counts = fixture.store.table_counts().await.unwrap();
+    assert_eq!(counts["notifications"], 2);
+}
+
+async fn unknown_sessions_are_not_found(fixture: Fixture) {
+    let store = fixture.store.as_ref();
+    let policies = PolicySet::default();
+    assert_eq!(store.session("ghost").await.unwrap(), None);
+    let error = store
+        .end_session(
+            "ghost",
+            &service(),
+            None,
+            EndCause::Requested,
+            &policies,
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }));
+    let error = store
+        .record_presence(
+            "ghost",
+            Party::Customer,
+            PresenceChange::Join,
+            &party(Role::Customer, "c1"),
+            &policies,
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }));
+}
