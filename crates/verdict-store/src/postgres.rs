@@ -22,6 +22,8 @@ macro_rules! for_update {
     };
 }
 
+// The engine is compiled once per backend on purpose: see engine.rs.
+#[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]
 mod engine;
 

@@ -162,12 +162,12 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     live_session(store, "s1").await;
     let policies = PolicySet::default();
     let end_at = UnixMillis(T0.0 + 61_500);
-    let claimed = Some(json!({"status": "cancelled"}));
+    let claimed = json!({"status": "cancelled"});
     let ended = store
         .end_session(
             "s1",
             &service(),
-            claimed.clone(),
+            Some(claimed.clone()),
             EndCause::Requested,
             &policies,
             end_at,
@@ -210,7 +210,7 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
         .collect();
     assert_eq!(ended_events.len(), 1);
     let data = ended_events[0].data.as_ref().unwrap();
-    assert_eq!(data["claimed"], claimed.unwrap());
+    assert_eq!(data["claimed"], claimed);
     assert_eq!(data["policy"]["min_billable_seconds"], 60);
     for (role, id) in [(Party::Customer, "c1"), (Party::Provider, "p1")] {
         let inbox = store.notifications(role, id, None, 10).await.unwrap();

@@ -204,14 +204,16 @@ impl Cluster {
             .args(["-o", &options, "-w", "-t", "60", "start"]));
     }
 
-    /// Stops the server at once, as a crash or an outage would.
+    /// Stops the server as an operator would (`-m fast`: sessions are
+    /// terminated, committed work is flushed first; the cluster runs with
+    /// asynchronous commit, which an immediate stop would cut short).
     pub fn stop(&self) {
-        run(self.command("pg_ctl").arg("-D").arg(self.data_dir()).args([
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]));
+        let args = ["-m", "fast", "-w", "stop"];
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(args));
     }
 
     /// A detached shell that stops the cluster and deletes its folder once
@@ -236,6 +238,8 @@ impl Cluster {
             pid = std::process::id(),
             dir = self.dir.display()
         );
+        // Never waited for on purpose: it must outlive this process.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())

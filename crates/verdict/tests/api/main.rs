@@ -5,4 +5,5 @@ mod support;
 
 mod concurrency;
 mod decisions;
+mod scale_out;
 mod security;

@@ -1,0 +1,285 @@
+//! PostgreSQL scale-out: several `verdict serve` processes on one database,
+//! and a database that goes away and comes back.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use verdict_core::Role;
+use verdict_http::{JwtKeys, JwtSecret};
+
+use crate::support::{Backend, SECRET, TestApp};
+
+/// A `verdict serve` child process, killed when dropped.
+struct Server {
+    base: String,
+    _child: Child,
+}
+
+async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--clock", "manual"])
+        .current_dir(dir)
+        .env("VERDICT_DATABASE_URL", database_url)
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .env("VERDICT_WORKER", "off")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start verdict serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(address) = line.strip_prefix("verdict listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("verdict serve exited before listening");
+    })
+    .await
+    .expect("verdict serve starts within a minute");
+    Server {
+        base,
+        _child: child,
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    keys: JwtKeys,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            keys: JwtKeys::new(&JwtSecret::new(SECRET.as_bytes().to_vec())),
+        }
+    }
+
+    fn token(&self, role: Role, sub: &str) -> String {
+        self.keys.mint(role, sub, i64::from(u32::MAX))
+    }
+
+    async fn post(
+        &self,
+        server: &Server,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(Method::POST, format!("{}{path}", server.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn ended_events(database_url: &str) -> i64 {
+    let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM session_events WHERE type = 'ended'")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+}
+
+fn session_body(id: &str) -> Value {
+    json!({"id": id, "kind": "video", "customer_id": "cust-1", "provider_id": "prov-1",
+        "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_database_make_one_transition_per_session() {
+    let database = verdict_testing::shared_server().create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let servers = [
+        serve(&database.url, dir.path()).await,
+        serve(&database.url, dir.path()).await,
+    ];
+    let client = Client::new();
+    let (service, admin) = (
+        client.token(Role::Service, "platform"),
+        client.token(Role::Admin, "ops"),
+    );
+    let (customer, provider) = (
+        client.token(Role::Customer, "cust-1"),
+        client.token(Role::Provider, "prov-1"),
+    );
+
+    // One session, 64 concurrent ends split across both processes.
+    assert_eq!(
+        client
+            .post(
+                &servers[0],
+                "/v1/sessions",
+                &service,
+                Some(session_body("one"))
+            )
+            .await
+            .0,
+        201
+    );
+    client
+        .post(&servers[0], "/v1/sessions/one/join", &customer, None)
+        .await;
+    client
+        .post(&servers[1], "/v1/sessions/one/join", &provider, None)
+        .await;
+    for server in &servers {
+        let (status, _) = client
+            .post(
+                server,
+                "/v1/test-clock/advance",
+                &admin,
+                Some(json!({"seconds": 120})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let calls =
+        (0..64).map(|n| client.post(&servers[n % 2], "/v1/sessions/one/end", &service, None));
+    let replies = join_all(calls).await;
+    assert!(
+        replies.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{replies:?}"
+    );
+    let outcome = |body: &Value| {
+        let o = &body["outcome"];
+        (
+            o["status"].clone(),
+            o["reason"].clone(),
+            o["billable_seconds"].clone(),
+        )
+    };
+    let first = outcome(&replies[0].1);
+    assert_eq!(first.0, "completed");
+    assert!(
+        replies.iter().all(|(_, body)| outcome(body) == first),
+        "identical answers"
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|(_, body)| body["session"] == replies[0].1["session"])
+    );
+    let fresh = replies
+        .iter()
+        .filter(|(_, body)| body["outcome"]["already_ended"] == false)
+        .count();
+    assert_eq!(fresh, 1);
+    assert_eq!(ended_events(&database.url).await, 1);
+
+    // 500 distinct sessions ended concurrently across both processes.
+    let ids: Vec<String> = (0..500).map(|n| format!("bulk-{n}")).collect();
+    let creates = ids.iter().enumerate().map(|(n, id)| {
+        client.post(
+            &servers[n % 2],
+            "/v1/sessions",
+            &service,
+            Some(session_body(id)),
+        )
+    });
+    assert!(
+        join_all(creates)
+            .await
+            .iter()
+            .all(|(status, _)| *status == StatusCode::CREATED)
+    );
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|id| format!("/v1/sessions/{id}/end"))
+        .collect();
+    let ends = paths
+        .iter()
+        .enumerate()
+        .map(|(n, path)| client.post(&servers[(n + 1) % 2], path, &service, None));
+    let replies = join_all(ends).await;
+    let errors: Vec<_> = replies
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|(_, body)| body["outcome"]["already_ended"] == false),
+        "500 transitions"
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|(_, body)| body["outcome"]["reason"] == "no_show_both")
+    );
+    assert_eq!(ended_events(&database.url).await, 501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_answers_503_quickly_and_recovers_without_restart() {
+    // A cluster of its own: this test stops it.
+    let cluster = verdict_testing::Cluster::start();
+    let url = cluster.url("postgres");
+    let app = TestApp::spawn(Backend::Sqlite, |config| config.database_url = url.clone()).await;
+    assert_eq!(app.state.store.backend(), "postgres");
+    app.create_session("s1").await;
+    assert_eq!(
+        app.send(Method::GET, "/readyz", None, None).await.status,
+        200
+    );
+
+    tokio::task::block_in_place(|| cluster.stop());
+
+    let started = Instant::now();
+    let ready = app.send(Method::GET, "/readyz", None, None).await;
+    let readiness_wait = started.elapsed();
+    ready.problem(503);
+    let started = Instant::now();
+    app.get("/v1/sessions/s1", &app.service())
+        .await
+        .problem(503);
+    app.end("s1", &app.service(), None).await.problem(503);
+    let api_wait = started.elapsed() / 2;
+    eprintln!("database down: readyz answered in {readiness_wait:?}, API calls in {api_wait:?}");
+    // "No hang" is the contract: the bound is the pool's acquire timeout
+    // (1.5 s) plus slack for a loaded machine.
+    assert!(
+        readiness_wait < Duration::from_millis(2500),
+        "readyz took {readiness_wait:?}"
+    );
+    assert!(
+        api_wait < Duration::from_millis(2500),
+        "API calls took {api_wait:?}"
+    );
+
+    tokio::task::block_in_place(|| cluster.resume());
+    let recovered = verdict_testing::eventually(Duration::from_secs(30), async || {
+        app.send(Method::GET, "/readyz", None, None).await.status == 200
+    })
+    .await;
+    assert!(recovered, "readiness recovers once the database is back");
+    let session = app.get("/v1/sessions/s1", &app.service()).await;
+    assert_eq!(
+        session.ok()["status"],
+        "waiting",
+        "the failed end changed nothing"
+    );
+    let ended = app.end("s1", &app.service(), None).await;
+    assert_eq!(ended.ok()["outcome"]["reason"], "no_show_both");
+}
