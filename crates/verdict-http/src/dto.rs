@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Kind, Party, Price, PriceMode, is_valid_id};
-use verdict_store::{AuditEvent, Ended, NewSession, Notification, Session};
+use verdict_store::{
+    Assignment, AuditEvent, EarningsTotal, Ended, NewRequest, NewSession, Notification, Payout,
+    Request, Session, User,
+};
 
 use crate::problem::ApiError;
 use crate::wire::{format_instant, parse_instant};
@@ -335,5 +338,251 @@ pub fn party_of(session: &Session, role: verdict_core::Role, id: &str) -> Option
         verdict_core::Role::Customer if session.customer_id == id => Some(Party::Customer),
         verdict_core::Role::Provider if session.provider_id == id => Some(Party::Provider),
         _ => None,
+    }
+}
+
+/// `PUT /v1/users/{id}`: fields left out are kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertUserRequest {
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// Stripe Connect account for payouts.
+    pub stripe_account: Option<String>,
+}
+
+impl UpsertUserRequest {
+    pub fn validate(self, id: &str, now: verdict_core::UnixMillis) -> Result<User, ApiError> {
+        if let Some(email) = &self.email {
+            let plausible = email.len() <= 254
+                && email.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+                })
+                && !email
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+            if !plausible {
+                return Err(ApiError::Unprocessable(
+                    "email must be an address such as ana@example.com".into(),
+                ));
+            }
+        }
+        if let Some(name) = &self.display_name
+            && (name.chars().count() > 200 || name.chars().any(char::is_control))
+        {
+            return Err(ApiError::Unprocessable(
+                "display_name must be at most 200 characters without control characters".into(),
+            ));
+        }
+        if let Some(account) = &self.stripe_account {
+            check_id("stripe_account", account)?;
+        }
+        Ok(User {
+            id: id.to_owned(),
+            email: self.email,
+            display_name: self.display_name,
+            stripe_account: self.stripe_account,
+            updated_at: now,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserDto {
+    pub id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub stripe_account: Option<String>,
+    pub updated_at: String,
+}
+
+impl From<&User> for UserDto {
+    fn from(user: &User) -> UserDto {
+        UserDto {
+            id: user.id.clone(),
+            email: user.email.clone(),
+            display_name: user.display_name.clone(),
+            stripe_account: user.stripe_account.clone(),
+            updated_at: format_instant(user.updated_at),
+        }
+    }
+}
+
+/// The most candidates one request may name.
+pub const CANDIDATES_MAX: usize = 100;
+
+/// `POST /v1/requests`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequestBody {
+    pub customer_id: String,
+    pub kind: KindDto,
+    pub price: PriceDto,
+    /// 1 to 100 distinct provider ids: each gets the offer in its queue.
+    pub candidate_provider_ids: Vec<String>,
+}
+
+impl CreateRequestBody {
+    pub fn validate(self, id: String) -> Result<NewRequest, ApiError> {
+        check_id("customer_id", &self.customer_id)?;
+        if !(1..=CANDIDATES_MAX).contains(&self.candidate_provider_ids.len()) {
+            return Err(ApiError::Unprocessable(format!(
+                "candidate_provider_ids must name 1 to {CANDIDATES_MAX} providers"
+            )));
+        }
+        for (index, provider_id) in self.candidate_provider_ids.iter().enumerate() {
+            check_id(&format!("candidate_provider_ids[{index}]"), provider_id)?;
+            if self.candidate_provider_ids[..index].contains(provider_id) {
+                return Err(ApiError::Unprocessable(format!(
+                    "candidate_provider_ids[{index}]: {provider_id} is named twice"
+                )));
+            }
+        }
+        Ok(NewRequest {
+            id,
+            customer_id: self.customer_id,
+            kind: self.kind.into(),
+            price: self.price.validate()?,
+            candidate_provider_ids: self.candidate_provider_ids,
+        })
+    }
+}
+
+fn kind_dto(kind: Kind) -> KindDto {
+    match kind {
+        Kind::Video => KindDto::Video,
+        Kind::Chat => KindDto::Chat,
+        Kind::Diagnostic => KindDto::Diagnostic,
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestDto {
+    pub id: String,
+    pub customer_id: String,
+    pub kind: KindDto,
+    pub price: PriceDto,
+    pub candidate_provider_ids: Vec<String>,
+    /// `pending`, `matched`, then the session's terminal status.
+    pub status: String,
+    pub session_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Request> for RequestDto {
+    fn from(request: &Request) -> RequestDto {
+        RequestDto {
+            id: request.id.clone(),
+            customer_id: request.customer_id.clone(),
+            kind: kind_dto(request.kind),
+            price: PriceDto::from_price(&request.price),
+            candidate_provider_ids: request.candidate_provider_ids.clone(),
+            status: request.status.as_str().to_owned(),
+            session_id: request.session_id.clone(),
+            created_at: format_instant(request.created_at),
+            updated_at: format_instant(request.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssignmentDto {
+    pub request_id: String,
+    pub provider_id: String,
+    pub customer_id: String,
+    pub kind: KindDto,
+    pub price: PriceDto,
+    pub session_id: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&Assignment> for AssignmentDto {
+    fn from(assignment: &Assignment) -> AssignmentDto {
+        AssignmentDto {
+            request_id: assignment.request_id.clone(),
+            provider_id: assignment.provider_id.clone(),
+            customer_id: assignment.customer_id.clone(),
+            kind: kind_dto(assignment.kind),
+            price: PriceDto::from_price(&assignment.price),
+            session_id: assignment.session_id.clone(),
+            created_at: format_instant(assignment.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PayoutDto {
+    /// `po_<session id>`; also the Stripe idempotency key.
+    pub id: String,
+    pub session_id: String,
+    pub provider_id: String,
+    pub destination: Option<String>,
+    pub amount_cents: i64,
+    pub currency: String,
+    /// `pending`, `paid` or `failed`.
+    pub state: String,
+    /// `stripe` or `manual`.
+    pub provider: String,
+    pub transfer_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Payout> for PayoutDto {
+    fn from(payout: &Payout) -> PayoutDto {
+        PayoutDto {
+            id: payout.id.clone(),
+            session_id: payout.session_id.clone(),
+            provider_id: payout.provider_id.clone(),
+            destination: payout.destination.clone(),
+            amount_cents: payout.amount.0,
+            currency: payout.currency.clone(),
+            state: payout.state.as_str().to_owned(),
+            provider: payout.provider.as_str().to_owned(),
+            transfer_id: payout.transfer_id.clone(),
+            failure_reason: payout.failure_reason.clone(),
+            created_at: format_instant(payout.created_at),
+            updated_at: format_instant(payout.updated_at),
+        }
+    }
+}
+
+/// A provider's totals in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarningsTotalDto {
+    pub currency: String,
+    /// Credited to the provider's payable account by the ledger.
+    pub earned_cents: i64,
+    /// Completed sessions that earned it.
+    pub sessions: i64,
+    pub paid_cents: i64,
+    pub pending_cents: i64,
+    pub failed_cents: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarningsDto {
+    pub provider_id: String,
+    pub totals: Vec<EarningsTotalDto>,
+}
+
+impl EarningsDto {
+    pub fn new(provider_id: &str, totals: &[EarningsTotal]) -> EarningsDto {
+        EarningsDto {
+            provider_id: provider_id.to_owned(),
+            totals: totals
+                .iter()
+                .map(|total| EarningsTotalDto {
+                    currency: total.currency.clone(),
+                    earned_cents: total.earned.0,
+                    sessions: total.sessions,
+                    paid_cents: total.paid.0,
+                    pending_cents: total.pending.0,
+                    failed_cents: total.failed.0,
+                })
+                .collect(),
+        }
     }
 }

@@ -23,9 +23,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use verdict_core::PolicySet;
-use verdict_store::Store;
 use verdict_store::clock::Clock;
+use verdict_store::{Settings, Store};
 
 pub use auth::{Caller, JwtKeys, JwtSecret};
 pub use problem::{ApiError, Problem};
@@ -36,8 +35,8 @@ use wire::BODY_BYTES_MAX;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    /// The decision policy per kind, from configuration.
-    pub policies: PolicySet,
+    /// Policy per kind and payout provider, from configuration.
+    pub settings: Settings,
     pub jwt: Arc<JwtKeys>,
 }
 
@@ -50,6 +49,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(routes::sessions::router())
+        .merge(routes::settlement::router())
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -112,6 +112,13 @@ impl Modify for BearerScheme {
         routes::sessions::heartbeat,
         routes::sessions::end,
         routes::sessions::events,
+        routes::settlement::upsert_user,
+        routes::settlement::create_request,
+        routes::settlement::get_request,
+        routes::settlement::accept_request,
+        routes::settlement::assignments,
+        routes::settlement::payouts,
+        routes::settlement::earnings,
         routes::ops::notifications,
         routes::ops::advance_clock,
         routes::ops::healthz,

@@ -148,6 +148,7 @@ impl From<StoreError> for ApiError {
                 ApiError::NotFound(format!("{entity} {id} not found"))
             }
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
+            StoreError::Unprocessable(detail) => ApiError::Unprocessable(detail),
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
             error @ (StoreError::Corrupt(_) | StoreError::Internal(_)) => {
                 ApiError::Internal(error.to_string())

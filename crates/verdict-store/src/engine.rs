@@ -19,13 +19,14 @@ use sqlx::{Pool, Row};
 use verdict_core::{
     Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet, PresenceEvent,
     PresenceKind, Price, PriceMode, Reason, Role, Status, UnixMillis, charge_for, decide,
-    presence_at,
+    platform_fee, presence_at,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
-    Actor, AuditEvent, Ended, EventType, NewSession, Notification, PresenceChange, Session, Store,
-    StoreError,
+    Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
+    LedgerLine, NewRequest, NewSession, Notification, Payout, PayoutProvider, PayoutState, Posting,
+    PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -37,6 +38,20 @@ macro_rules! session_columns {
          scheduled_start, created_at, started_at, ended_at, ended_by, billable_seconds, \
          price_mode, price_amount_cents, currency, charged_cents, metadata, \
          customer_last_seen_at, provider_last_seen_at"
+    };
+}
+
+macro_rules! request_columns {
+    () => {
+        "id, customer_id, kind, price_mode, price_amount_cents, currency, \
+         candidate_provider_ids, status, session_id, created_at, updated_at"
+    };
+}
+
+macro_rules! payout_columns {
+    () => {
+        "id, session_id, provider_id, destination, amount_cents, currency, state, provider, \
+         transfer_id, failure_reason, created_at, updated_at"
     };
 }
 
@@ -63,40 +78,32 @@ impl Store for Engine {
         &self,
         new: NewSession,
         actor: &Actor,
+        idempotency: Option<&Idempotency>,
         now: UnixMillis,
-    ) -> Result<Session, StoreError> {
-        let metadata = new.metadata.as_ref().map(Value::to_string);
+    ) -> Result<Created<Session>, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO sessions (id, kind, status, customer_id, provider_id, provider_account, \
-             request_id, scheduled_start, created_at, price_mode, price_amount_cents, currency, \
-             metadata) VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&new.id)
-        .bind(new.kind.as_str())
-        .bind(&new.customer_id)
-        .bind(&new.provider_id)
-        .bind(&new.provider_account)
-        .bind(&new.request_id)
-        .bind(new.scheduled_start.map(|at| at.0))
-        .bind(now.0)
-        .bind(new.price.mode.as_str())
-        .bind(new.price.amount.0)
-        .bind(&new.price.currency)
-        .bind(&metadata)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
+        if let Some(idempotency) = idempotency
+            && let Some(earlier) = claim_key(&mut tx, idempotency, &new.id, now).await?
+        {
+            let session = lock_session(&mut tx, &earlier).await?;
+            tx.rollback().await?;
+            return Ok(Created {
+                value: session,
+                replayed: true,
+            });
+        }
+        if !insert_session(&mut tx, &new, actor, now).await? {
             return Err(StoreError::Conflict(format!(
                 "session {} already exists",
                 new.id
             )));
         }
-        insert_event(&mut tx, &new.id, EventType::Created, None, actor, now, None).await?;
         let session = lock_session(&mut tx, &new.id).await?;
         tx.commit().await?;
-        Ok(session)
+        Ok(Created {
+            value: session,
+            replayed: false,
+        })
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
@@ -198,7 +205,7 @@ impl Store for Engine {
         actor: &Actor,
         claimed: Option<Value>,
         cause: EndCause,
-        policies: &PolicySet,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Ended, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
@@ -210,7 +217,7 @@ impl Store for Engine {
                 already_ended: true,
             });
         }
-        let policy = *policies.for_kind(session.kind);
+        let policy = *settings.policies.for_kind(session.kind);
         let events = presence_events(&mut tx, &session).await?;
         let outcome = decide(
             &session.facts(),
@@ -285,12 +292,334 @@ impl Store for Engine {
             "charged_cents": charged.0,
         });
         insert_outbox(&mut tx, id, "webhook:session.ended", &payload, now).await?;
+        if let Some(request_id) = &session.request_id {
+            settle_request(&mut tx, request_id, id, outcome.status, now).await?;
+        }
+        queue_receipts(&mut tx, &session, now).await?;
+        if outcome.status == Status::Completed {
+            let fee = platform_fee(charged, policy.platform_fee_bps);
+            post_settlement(&mut tx, &session, charged, fee, now).await?;
+            let share = Cents(charged.0 - fee.0);
+            insert_payout(&mut tx, &session, share, settings.payout_provider, now).await?;
+        }
 
         let session = lock_session(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Ended {
             session,
             already_ended: false,
+        })
+    }
+
+    async fn create_request(
+        &self,
+        new: NewRequest,
+        _actor: &Actor,
+        idempotency: Option<&Idempotency>,
+        now: UnixMillis,
+    ) -> Result<Created<Request>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let earlier = match idempotency {
+            Some(idempotency) => claim_key(&mut tx, idempotency, &new.id, now).await?,
+            None => None,
+        };
+        if let Some(earlier) = earlier {
+            let request = read_request(&mut tx, &earlier).await?;
+            tx.rollback().await?;
+            return Ok(Created {
+                value: request,
+                replayed: true,
+            });
+        }
+        let candidates = serde_json::to_string(&new.candidate_provider_ids)
+            .map_err(|error| StoreError::Internal(error.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO requests (id, customer_id, kind, price_mode, price_amount_cents, currency, \
+             candidate_provider_ids, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.customer_id)
+        .bind(new.kind.as_str())
+        .bind(new.price.mode.as_str())
+        .bind(new.price.amount.0)
+        .bind(&new.price.currency)
+        .bind(candidates)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "request {} already exists",
+                new.id
+            )));
+        }
+        for provider_id in &new.candidate_provider_ids {
+            sqlx::query(
+                "INSERT INTO assignments (request_id, provider_id, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(&new.id)
+            .bind(provider_id)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let request = read_request(&mut tx, &new.id).await?;
+        tx.commit().await?;
+        Ok(Created {
+            value: request,
+            replayed: false,
+        })
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(request_from_row).transpose()
+    }
+
+    async fn accept_request(
+        &self,
+        request_id: &str,
+        provider_id: &str,
+        session_id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE id = $1",
+            for_update!()
+        ))
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("request", request_id))?;
+        let request = request_from_row(&row)?;
+        if request.status != RequestStatus::Pending {
+            return Err(StoreError::Conflict(format!(
+                "request {request_id} is {}: it can no longer be accepted",
+                request.status.as_str()
+            )));
+        }
+        let assigned = sqlx::query(
+            "SELECT provider_id FROM assignments WHERE request_id = $1 AND provider_id = $2",
+        )
+        .bind(request_id)
+        .bind(provider_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if assigned.is_none() {
+            return Err(StoreError::Conflict(format!(
+                "request {request_id} is not offered to provider {provider_id}"
+            )));
+        }
+        let new = NewSession {
+            id: session_id.to_owned(),
+            kind: request.kind,
+            customer_id: request.customer_id.clone(),
+            provider_id: provider_id.to_owned(),
+            provider_account: None,
+            scheduled_start: None,
+            price: request.price.clone(),
+            request_id: Some(request_id.to_owned()),
+            metadata: None,
+        };
+        if !insert_session(&mut tx, &new, actor, now).await? {
+            return Err(StoreError::Conflict(format!(
+                "session {session_id} already exists"
+            )));
+        }
+        sqlx::query(
+            "UPDATE requests SET status = 'matched', session_id = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(session_id)
+        .bind(now.0)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM assignments WHERE request_id = $1 AND provider_id <> $2")
+            .bind(request_id)
+            .bind(provider_id)
+            .execute(&mut *tx)
+            .await?;
+        let session = lock_session(&mut tx, session_id).await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    async fn assignments(
+        &self,
+        provider_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.request_id, a.provider_id, a.created_at, r.customer_id, r.kind, \
+             r.price_mode, r.price_amount_cents, r.currency, r.session_id \
+             FROM assignments a JOIN requests r ON r.id = a.request_id \
+             WHERE ($1 IS NULL OR a.provider_id = $1) \
+             ORDER BY a.created_at, a.request_id, a.provider_id LIMIT $2",
+        )
+        .bind(provider_id)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Assignment {
+                    request_id: row.try_get("request_id")?,
+                    provider_id: row.try_get("provider_id")?,
+                    customer_id: row.try_get("customer_id")?,
+                    kind: parse(row.try_get("kind")?)?,
+                    price: price_from_row(row)?,
+                    session_id: row.try_get("session_id")?,
+                    created_at: UnixMillis(row.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn payouts(
+        &self,
+        session_id: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Payout>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            payout_columns!(),
+            " FROM payouts WHERE ($1 IS NULL OR session_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(session_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(payout_from_row).collect()
+    }
+
+    async fn earnings(&self, provider_id: &str) -> Result<Vec<EarningsTotal>, StoreError> {
+        let ledger = sqlx::query(
+            "SELECT p.currency, CAST(-SUM(l.amount_cents) AS BIGINT) AS earned, \
+             COUNT(DISTINCT p.session_id) AS sessions \
+             FROM ledger_lines l JOIN ledger_postings p ON p.id = l.posting_id \
+             WHERE l.account = $1 GROUP BY p.currency ORDER BY p.currency",
+        )
+        .bind(accounts::provider_payable(provider_id))
+        .fetch_all(&self.reader)
+        .await?;
+        let payouts = sqlx::query(
+            "SELECT currency, state, CAST(SUM(amount_cents) AS BIGINT) AS total FROM payouts \
+             WHERE provider_id = $1 GROUP BY currency, state",
+        )
+        .bind(provider_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut totals: BTreeMap<String, EarningsTotal> = BTreeMap::new();
+        let empty = |currency: &str| EarningsTotal {
+            currency: currency.to_owned(),
+            earned: Cents(0),
+            sessions: 0,
+            paid: Cents(0),
+            pending: Cents(0),
+            failed: Cents(0),
+        };
+        for row in &ledger {
+            let currency: String = row.try_get("currency")?;
+            let total = totals
+                .entry(currency.clone())
+                .or_insert_with(|| empty(&currency));
+            total.earned = Cents(row.try_get("earned")?);
+            total.sessions = row.try_get("sessions")?;
+        }
+        for row in &payouts {
+            let currency: String = row.try_get("currency")?;
+            let state: String = row.try_get("state")?;
+            let amount = Cents(row.try_get("total")?);
+            let total = totals
+                .entry(currency.clone())
+                .or_insert_with(|| empty(&currency));
+            match PayoutState::parse(&state) {
+                Some(PayoutState::Paid) => total.paid = amount,
+                Some(PayoutState::Pending) => total.pending = amount,
+                Some(PayoutState::Failed) => total.failed = amount,
+                None => return Err(StoreError::Corrupt(format!("payout state {state:?}"))),
+            }
+        }
+        Ok(totals.into_values().collect())
+    }
+
+    async fn postings(&self, session_id: &str) -> Result<Vec<Posting>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.session_id, p.kind, p.currency, p.created_at, l.account, \
+             l.amount_cents FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id \
+             WHERE p.session_id = $1 ORDER BY p.id, l.id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut postings: Vec<Posting> = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            if postings.last().is_none_or(|last| last.id != id) {
+                postings.push(Posting {
+                    id,
+                    session_id: row.try_get("session_id")?,
+                    kind: row.try_get("kind")?,
+                    currency: row.try_get("currency")?,
+                    created_at: UnixMillis(row.try_get("created_at")?),
+                    lines: Vec::new(),
+                });
+            }
+            let line = LedgerLine {
+                account: row.try_get("account")?,
+                amount: Cents(row.try_get("amount_cents")?),
+            };
+            if let Some(posting) = postings.last_mut() {
+                posting.lines.push(line);
+            }
+        }
+        Ok(postings)
+    }
+
+    async fn upsert_user(&self, user: User) -> Result<User, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, display_name, stripe_account, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+             email = COALESCE(excluded.email, users.email), \
+             display_name = COALESCE(excluded.display_name, users.display_name), \
+             stripe_account = COALESCE(excluded.stripe_account, users.stripe_account), \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.display_name)
+        .bind(&user.stripe_account)
+        .bind(user.updated_at.0)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, email, display_name, stripe_account, updated_at FROM users WHERE id = $1",
+        )
+        .bind(&user.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(User {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            display_name: row.try_get("display_name")?,
+            stripe_account: row.try_get("stripe_account")?,
+            updated_at: UnixMillis(row.try_get("updated_at")?),
         })
     }
 
@@ -345,6 +674,19 @@ impl Store for Engine {
             ("session_events", "SELECT COUNT(*) AS n FROM session_events"),
             ("notifications", "SELECT COUNT(*) AS n FROM notifications"),
             ("outbox", "SELECT COUNT(*) AS n FROM outbox"),
+            ("users", "SELECT COUNT(*) AS n FROM users"),
+            (
+                "ledger_postings",
+                "SELECT COUNT(*) AS n FROM ledger_postings",
+            ),
+            ("ledger_lines", "SELECT COUNT(*) AS n FROM ledger_lines"),
+            ("payouts", "SELECT COUNT(*) AS n FROM payouts"),
+            ("requests", "SELECT COUNT(*) AS n FROM requests"),
+            ("assignments", "SELECT COUNT(*) AS n FROM assignments"),
+            (
+                "idempotency_keys",
+                "SELECT COUNT(*) AS n FROM idempotency_keys",
+            ),
         ] {
             let row = sqlx::query(statement).fetch_one(&self.reader).await?;
             counts.insert(table, row.try_get::<i64, _>("n")?);
@@ -368,6 +710,239 @@ async fn lock_session(connection: &mut DbConnection, id: &str) -> Result<Session
         Some(row) => session_from_row(&row),
         None => Err(StoreError::not_found("session", id)),
     }
+}
+
+/// Inserts a `waiting` session and its `created` event; false when the id
+/// is taken.
+async fn insert_session(
+    connection: &mut DbConnection,
+    new: &NewSession,
+    actor: &Actor,
+    now: UnixMillis,
+) -> Result<bool, StoreError> {
+    let metadata = new.metadata.as_ref().map(Value::to_string);
+    let inserted = sqlx::query(
+        "INSERT INTO sessions (id, kind, status, customer_id, provider_id, provider_account, \
+         request_id, scheduled_start, created_at, price_mode, price_amount_cents, currency, \
+         metadata) VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&new.id)
+    .bind(new.kind.as_str())
+    .bind(&new.customer_id)
+    .bind(&new.provider_id)
+    .bind(&new.provider_account)
+    .bind(&new.request_id)
+    .bind(new.scheduled_start.map(|at| at.0))
+    .bind(now.0)
+    .bind(new.price.mode.as_str())
+    .bind(new.price.amount.0)
+    .bind(&new.price.currency)
+    .bind(&metadata)
+    .execute(&mut *connection)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    insert_event(
+        connection,
+        &new.id,
+        EventType::Created,
+        None,
+        actor,
+        now,
+        None,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Records an idempotency key for `resource_id`. Returns the earlier
+/// resource when the key was used before with the same body; another body
+/// is refused. On PostgreSQL a concurrent first use holds the key's index
+/// entry, so a second caller waits here and then replays the first.
+async fn claim_key(
+    connection: &mut DbConnection,
+    idempotency: &Idempotency,
+    resource_id: &str,
+    now: UnixMillis,
+) -> Result<Option<String>, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, resource_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, key) DO NOTHING",
+    )
+    .bind(&idempotency.scope)
+    .bind(&idempotency.key)
+    .bind(&idempotency.fingerprint)
+    .bind(resource_id)
+    .bind(now.0)
+    .execute(&mut *connection)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT fingerprint, resource_id FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(&idempotency.scope)
+    .bind(&idempotency.key)
+    .fetch_one(&mut *connection)
+    .await?;
+    let fingerprint: String = row.try_get("fingerprint")?;
+    if fingerprint != idempotency.fingerprint {
+        return Err(StoreError::Unprocessable(format!(
+            "Idempotency-Key {:?} was already used with a different body",
+            idempotency.key
+        )));
+    }
+    Ok(Some(row.try_get("resource_id")?))
+}
+
+/// The request follows its session to the end; its queue entries go.
+async fn settle_request(
+    connection: &mut DbConnection,
+    request_id: &str,
+    session_id: &str,
+    status: Status,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE requests SET status = $1, session_id = COALESCE(session_id, $2), updated_at = $3 \
+         WHERE id = $4 AND (session_id IS NULL OR session_id = $2)",
+    )
+    .bind(status.as_str())
+    .bind(session_id)
+    .bind(now.0)
+    .bind(request_id)
+    .execute(&mut *connection)
+    .await?;
+    if updated.rows_affected() == 1 {
+        sqlx::query("DELETE FROM assignments WHERE request_id = $1")
+            .bind(request_id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// An e-mail receipt to each party whose address is known.
+async fn queue_receipts(
+    connection: &mut DbConnection,
+    session: &Session,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    for party in [Party::Customer, Party::Provider] {
+        let row = sqlx::query("SELECT email FROM users WHERE id = $1 AND email IS NOT NULL")
+            .bind(session.party_id(party))
+            .fetch_optional(&mut *connection)
+            .await?;
+        if let Some(row) = row {
+            let email: String = row.try_get("email")?;
+            let payload = json!({"session_id": session.id, "party": party.as_str(), "to": email});
+            let topic = format!("email:receipt:{party}");
+            insert_outbox(connection, &session.id, &topic, &payload, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The completed session's posting: the customer owes the charge, the
+/// provider is owed its share, the platform earns the fee. Sums to zero.
+async fn post_settlement(
+    connection: &mut DbConnection,
+    session: &Session,
+    charge: Cents,
+    fee: Cents,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let posting_id: i64 = sqlx::query(
+        "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
+         VALUES ($1, 'settlement', $2, $3) RETURNING id",
+    )
+    .bind(&session.id)
+    .bind(&session.price.currency)
+    .bind(now.0)
+    .fetch_one(&mut *connection)
+    .await?
+    .try_get("id")?;
+    let lines = [
+        (
+            accounts::customer_receivable(&session.customer_id),
+            charge.0,
+        ),
+        (
+            accounts::provider_payable(&session.provider_id),
+            -(charge.0 - fee.0),
+        ),
+        (accounts::PLATFORM_REVENUE.to_owned(), -fee.0),
+    ];
+    assert_eq!(
+        lines.iter().map(|(_, amount)| amount).sum::<i64>(),
+        0,
+        "postings balance"
+    );
+    for (account, amount) in lines {
+        sqlx::query(
+            "INSERT INTO ledger_lines (posting_id, account, amount_cents) VALUES ($1, $2, $3)",
+        )
+        .bind(posting_id)
+        .bind(account)
+        .bind(amount)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The provider's payout and the outbox row that pays it.
+async fn insert_payout(
+    connection: &mut DbConnection,
+    session: &Session,
+    amount: Cents,
+    provider: PayoutProvider,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let destination = match &session.provider_account {
+        Some(account) => Some(account.clone()),
+        None => sqlx::query("SELECT stripe_account FROM users WHERE id = $1")
+            .bind(&session.provider_id)
+            .fetch_optional(&mut *connection)
+            .await?
+            .map(|row| row.try_get::<Option<String>, _>("stripe_account"))
+            .transpose()?
+            .flatten(),
+    };
+    let payout_id = format!("po_{}", session.id);
+    sqlx::query(
+        "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
+         state, provider, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8)",
+    )
+    .bind(&payout_id)
+    .bind(&session.id)
+    .bind(&session.provider_id)
+    .bind(&destination)
+    .bind(amount.0)
+    .bind(&session.price.currency)
+    .bind(provider.as_str())
+    .bind(now.0)
+    .execute(&mut *connection)
+    .await?;
+    let payload = json!({"payout_id": payout_id, "session_id": session.id});
+    insert_outbox(connection, &session.id, "payout", &payload, now).await
+}
+
+async fn read_request(connection: &mut DbConnection, id: &str) -> Result<Request, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        request_columns!(),
+        " FROM requests WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?
+    .ok_or_else(|| StoreError::not_found("request", id))?;
+    request_from_row(&row)
 }
 
 /// The presence history the decision needs: joins and leaves in recording
@@ -488,7 +1063,6 @@ fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
         Ok(row.try_get::<Option<i64>, _>(column)?.map(UnixMillis))
     };
     let metadata: Option<String> = row.try_get("metadata")?;
-    let price_mode: String = row.try_get("price_mode")?;
     Ok(Session {
         id: row.try_get("id")?,
         kind: parse::<Kind>(row.try_get("kind")?)?,
@@ -504,12 +1078,7 @@ fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
         ended_at: instant("ended_at")?,
         ended_by: parse_optional::<Role>(row.try_get("ended_by")?)?,
         billable_seconds: row.try_get("billable_seconds")?,
-        price: Price {
-            mode: PriceMode::parse(&price_mode)
-                .ok_or_else(|| StoreError::Corrupt(format!("price_mode {price_mode:?}")))?,
-            amount: Cents(row.try_get("price_amount_cents")?),
-            currency: row.try_get("currency")?,
-        },
+        price: price_from_row(row)?,
         charged_cents: row.try_get::<Option<i64>, _>("charged_cents")?.map(Cents),
         metadata: metadata
             .map(|text| serde_json::from_str(&text))
@@ -517,6 +1086,55 @@ fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
             .map_err(|error| StoreError::Corrupt(format!("metadata: {error}")))?,
         customer_last_seen_at: instant("customer_last_seen_at")?,
         provider_last_seen_at: instant("provider_last_seen_at")?,
+    })
+}
+
+fn price_from_row(row: &DbRow) -> Result<Price, StoreError> {
+    let mode: String = row.try_get("price_mode")?;
+    Ok(Price {
+        mode: PriceMode::parse(&mode)
+            .ok_or_else(|| StoreError::Corrupt(format!("price_mode {mode:?}")))?,
+        amount: Cents(row.try_get("price_amount_cents")?),
+        currency: row.try_get("currency")?,
+    })
+}
+
+fn request_from_row(row: &DbRow) -> Result<Request, StoreError> {
+    let status: String = row.try_get("status")?;
+    let candidates: String = row.try_get("candidate_provider_ids")?;
+    Ok(Request {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        kind: parse(row.try_get("kind")?)?,
+        price: price_from_row(row)?,
+        candidate_provider_ids: serde_json::from_str(&candidates)
+            .map_err(|error| StoreError::Corrupt(format!("candidates: {error}")))?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("request status {status:?}")))?,
+        session_id: row.try_get("session_id")?,
+        created_at: UnixMillis(row.try_get("created_at")?),
+        updated_at: UnixMillis(row.try_get("updated_at")?),
+    })
+}
+
+fn payout_from_row(row: &DbRow) -> Result<Payout, StoreError> {
+    let state: String = row.try_get("state")?;
+    let provider: String = row.try_get("provider")?;
+    Ok(Payout {
+        id: row.try_get("id")?,
+        session_id: row.try_get("session_id")?,
+        provider_id: row.try_get("provider_id")?,
+        destination: row.try_get("destination")?,
+        amount: Cents(row.try_get("amount_cents")?),
+        currency: row.try_get("currency")?,
+        state: PayoutState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("payout state {state:?}")))?,
+        provider: PayoutProvider::parse(&provider)
+            .ok_or_else(|| StoreError::Corrupt(format!("payout provider {provider:?}")))?,
+        transfer_id: row.try_get("transfer_id")?,
+        failure_reason: row.try_get("failure_reason")?,
+        created_at: UnixMillis(row.try_get("created_at")?),
+        updated_at: UnixMillis(row.try_get("updated_at")?),
     })
 }
 

@@ -9,6 +9,10 @@ pub enum StoreError {
     /// The change contradicts the stored state (ended session, duplicate id).
     #[error("{0}")]
     Conflict(String),
+    /// The request contradicts an earlier one (an idempotency key reused
+    /// with another body).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The database cannot be reached or is too busy right now: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),

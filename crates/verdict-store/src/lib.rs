@@ -20,7 +20,9 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use error::StoreError;
 pub use model::{
-    Actor, AuditEvent, Ended, EventType, NewSession, Notification, PresenceChange, Session,
+    Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
+    LedgerLine, NewRequest, NewSession, Notification, Payout, PayoutProvider, PayoutState, Posting,
+    PresenceChange, Request, RequestStatus, Session, Settings, User, accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -38,13 +40,16 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Creates a session in `waiting`, with its `created` audit event.
-    /// A duplicate id is a conflict.
+    /// A duplicate id is a conflict. With an idempotency key, a repeat with
+    /// the same body returns the first session (`replayed`), another body
+    /// is `Unprocessable`.
     async fn create_session(
         &self,
         new: NewSession,
         actor: &Actor,
+        idempotency: Option<&Idempotency>,
         now: UnixMillis,
-    ) -> Result<Session, StoreError>;
+    ) -> Result<Created<Session>, StoreError>;
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
 
@@ -61,17 +66,19 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
 
-    /// Decides and settles the session in one transaction: the row, the
-    /// `ended` audit event (actor, claimed body, policy), a notification per
-    /// party and the outbox rows. A terminal session is returned unchanged
-    /// with `already_ended`. Concurrent callers wait for the first.
+    /// Decides and settles the session in one transaction (SPEC §3): the
+    /// row, the `ended` audit event (actor, claimed body, policy), a
+    /// notification per party, the request's status, the queue, outbox rows
+    /// (webhook, e-mails) and, when completed, the ledger posting, the payout
+    /// and its outbox row. A terminal session is returned unchanged with
+    /// `already_ended`. Concurrent callers wait for the first.
     async fn end_session(
         &self,
         id: &str,
         actor: &Actor,
         claimed: Option<Value>,
         cause: EndCause,
-        policies: &PolicySet,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Ended, StoreError>;
 
@@ -86,6 +93,55 @@ pub trait Store: Send + Sync + 'static {
         after: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Creates a `pending` request and one assignment per candidate.
+    async fn create_request(
+        &self,
+        new: NewRequest,
+        actor: &Actor,
+        idempotency: Option<&Idempotency>,
+        now: UnixMillis,
+    ) -> Result<Created<Request>, StoreError>;
+
+    async fn request(&self, id: &str) -> Result<Option<Request>, StoreError>;
+
+    /// A candidate takes the request: a `waiting` session with id
+    /// `session_id` is created, the request becomes `matched`, the other
+    /// candidates' assignments are removed. Conflict unless the request is
+    /// `pending` and still assigned to `provider_id`; of concurrent accepts
+    /// exactly one wins.
+    async fn accept_request(
+        &self,
+        request_id: &str,
+        provider_id: &str,
+        session_id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError>;
+
+    /// Open assignments, oldest first: one provider's, or everyone's.
+    async fn assignments(
+        &self,
+        provider_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Assignment>, StoreError>;
+
+    /// Payouts, oldest first: one session's, or all (paged by `after` id).
+    async fn payouts(
+        &self,
+        session_id: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Payout>, StoreError>;
+
+    /// A provider's ledger and payout totals per currency.
+    async fn earnings(&self, provider_id: &str) -> Result<Vec<EarningsTotal>, StoreError>;
+
+    /// A session's ledger postings with their lines.
+    async fn postings(&self, session_id: &str) -> Result<Vec<Posting>, StoreError>;
+
+    /// Creates or updates a marketplace user; `None` fields are kept.
+    async fn upsert_user(&self, user: User) -> Result<User, StoreError>;
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use verdict_core::{
-    Cents, Kind, Outcome, Party, Price, Reason, Role, SessionFacts, Status, UnixMillis,
+    Cents, Kind, Outcome, Party, PolicySet, Price, Reason, Role, SessionFacts, Status, UnixMillis,
 };
 
 /// Who did something: a token's role and subject, or the system.
@@ -160,4 +160,229 @@ pub struct Notification {
     pub kind: String,
     pub reason: Option<Reason>,
     pub created_at: UnixMillis,
+}
+
+/// Who pays providers out: Stripe when a key is configured, else nobody
+/// automatically (`manual`: the payout stays `pending` until an operator
+/// pays it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayoutProvider {
+    Stripe,
+    Manual,
+}
+
+impl PayoutProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutProvider::Stripe => "stripe",
+            PayoutProvider::Manual => "manual",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PayoutProvider> {
+        match text {
+            "stripe" => Some(PayoutProvider::Stripe),
+            "manual" => Some(PayoutProvider::Manual),
+            _ => None,
+        }
+    }
+}
+
+/// What a settling transaction needs from configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub policies: PolicySet,
+    pub payout_provider: PayoutProvider,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            policies: PolicySet::default(),
+            payout_provider: PayoutProvider::Manual,
+        }
+    }
+}
+
+/// An `Idempotency-Key` with what it guards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// Who and which route: keys of different callers never collide.
+    pub scope: String,
+    pub key: String,
+    /// The canonical request body.
+    pub fingerprint: String,
+}
+
+/// A creation, or the replay of an earlier one with the same key and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Created<T> {
+    pub value: T,
+    pub replayed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub id: String,
+    pub customer_id: String,
+    pub kind: Kind,
+    pub price: Price,
+    pub candidate_provider_ids: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    Pending,
+    Matched,
+    /// The session's terminal status, propagated on end.
+    Ended(Status),
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Matched => "matched",
+            RequestStatus::Ended(status) => status.as_str(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RequestStatus> {
+        match text {
+            "pending" => Some(RequestStatus::Pending),
+            "matched" => Some(RequestStatus::Matched),
+            other => other
+                .parse::<Status>()
+                .ok()
+                .filter(|status| status.is_terminal())
+                .map(RequestStatus::Ended),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: String,
+    pub customer_id: String,
+    pub kind: Kind,
+    pub price: Price,
+    pub candidate_provider_ids: Vec<String>,
+    pub status: RequestStatus,
+    pub session_id: Option<String>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// An open offer in a provider's queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    pub request_id: String,
+    pub provider_id: String,
+    pub customer_id: String,
+    pub kind: Kind,
+    pub price: Price,
+    /// The session, once this provider accepted.
+    pub session_id: Option<String>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayoutState {
+    Pending,
+    Paid,
+    Failed,
+}
+
+impl PayoutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutState::Pending => "pending",
+            PayoutState::Paid => "paid",
+            PayoutState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PayoutState> {
+        match text {
+            "pending" => Some(PayoutState::Pending),
+            "paid" => Some(PayoutState::Paid),
+            "failed" => Some(PayoutState::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Payout {
+    /// `po_<session id>`: also Stripe's idempotency key.
+    pub id: String,
+    pub session_id: String,
+    pub provider_id: String,
+    /// The Stripe account to pay, when known.
+    pub destination: Option<String>,
+    pub amount: Cents,
+    pub currency: String,
+    pub state: PayoutState,
+    pub provider: PayoutProvider,
+    pub transfer_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// The ledger account names.
+pub mod accounts {
+    pub fn customer_receivable(customer_id: &str) -> String {
+        format!("customer_receivable:{customer_id}")
+    }
+
+    pub fn provider_payable(provider_id: &str) -> String {
+        format!("provider_payable:{provider_id}")
+    }
+
+    pub const PLATFORM_REVENUE: &str = "platform_revenue";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub account: String,
+    /// Debit positive, credit negative.
+    pub amount: Cents,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Posting {
+    pub id: i64,
+    pub session_id: String,
+    pub kind: String,
+    pub currency: String,
+    pub created_at: UnixMillis,
+    pub lines: Vec<LedgerLine>,
+}
+
+impl Posting {
+    pub fn is_balanced(&self) -> bool {
+        self.lines.iter().map(|line| line.amount.0).sum::<i64>() == 0
+    }
+}
+
+/// A provider's totals in one currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarningsTotal {
+    pub currency: String,
+    /// Credited to the provider's payable account by the ledger.
+    pub earned: Cents,
+    pub sessions: i64,
+    pub paid: Cents,
+    pub pending: Cents,
+    pub failed: Cents,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub stripe_account: Option<String>,
+    pub updated_at: UnixMillis,
 }

@@ -5,15 +5,17 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use serde_json::json;
+use sqlx::Connection;
 use verdict_core::{
-    Cents, EndCause, Kind, Party, PolicySet, Price, PriceMode, Reason, Role, Status, UnixMillis,
+    Cents, EndCause, Kind, Party, Price, PriceMode, Reason, Role, Status, UnixMillis,
 };
-use verdict_store::{Actor, NewSession, PresenceChange, Store, StoreError};
+use verdict_store::{Actor, NewSession, PresenceChange, Settings, Store, StoreError};
 
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 
 struct Fixture {
     store: Arc<dyn Store>,
+    url: String,
     _sqlite: Option<tempfile::TempDir>,
     _postgres: Option<verdict_testing::TestDatabase>,
 }
@@ -23,6 +25,7 @@ async fn sqlite() -> Fixture {
     let url = format!("sqlite://{}/contract.db", dir.path().display());
     Fixture {
         store: verdict_store::open(&url).await.unwrap(),
+        url,
         _sqlite: Some(dir),
         _postgres: None,
     }
@@ -33,6 +36,7 @@ async fn postgres() -> Fixture {
     let store = verdict_store::open(&database.url).await.unwrap();
     Fixture {
         store,
+        url: database.url.clone(),
         _sqlite: None,
         _postgres: Some(database),
     }
@@ -51,7 +55,36 @@ macro_rules! contract {
     };
 }
 
+impl Fixture {
+    /// Inserts a payout behind the store's back, as a buggy writer would.
+    async fn raw_payout(&self, session_id: &str) -> Result<(), String> {
+        const INSERT: &str = "INSERT INTO payouts (id, session_id, provider_id, amount_cents, \
+            currency, state, provider, created_at, updated_at) \
+            VALUES ($1, $2, 'p1', 1, 'usd', 'pending', 'manual', 0, 0)";
+        let id = format!("rogue_{session_id}");
+        let result = if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(INSERT)
+                .bind(id)
+                .bind(session_id)
+                .execute(&mut connection)
+                .await
+                .map(drop)
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(INSERT)
+                .bind(id)
+                .bind(session_id)
+                .execute(&mut connection)
+                .await
+                .map(drop)
+        };
+        result.map_err(|error| error.to_string())
+    }
+}
+
 contract!(
+    the_database_refuses_a_payout_for_a_session_not_completed_or_paid_twice,
     a_created_session_reads_back_as_written,
     a_duplicate_id_is_a_conflict_and_changes_nothing,
     ending_writes_the_outcome_the_audit_event_and_the_notifications_once,
@@ -93,9 +126,10 @@ fn party(role: Role, id: &str) -> Actor {
 }
 
 async fn live_session(store: &dyn Store, id: &str) {
-    let policies = PolicySet::default();
+    let settings = Settings::default();
+    let policies = settings.policies;
     store
-        .create_session(new_session(id), &service(), T0)
+        .create_session(new_session(id), &service(), None, T0)
         .await
         .unwrap();
     for (party_kind, actor) in [
@@ -112,10 +146,12 @@ async fn live_session(store: &dyn Store, id: &str) {
 async fn a_created_session_reads_back_as_written(fixture: Fixture) {
     let created = fixture
         .store
-        .create_session(new_session("s1"), &service(), T0)
+        .create_session(new_session("s1"), &service(), None, T0)
         .await
         .unwrap();
     let read = fixture.store.session("s1").await.unwrap().expect("stored");
+    assert!(!created.replayed);
+    let created = created.value;
     assert_eq!(created, read);
     assert_eq!(read.status, Status::Waiting);
     assert_eq!(read.created_at, T0);
@@ -132,7 +168,7 @@ async fn a_created_session_reads_back_as_written(fixture: Fixture) {
 async fn a_duplicate_id_is_a_conflict_and_changes_nothing(fixture: Fixture) {
     fixture
         .store
-        .create_session(new_session("s1"), &service(), T0)
+        .create_session(new_session("s1"), &service(), None, T0)
         .await
         .unwrap();
     let before = fixture.store.table_counts().await.unwrap();
@@ -140,7 +176,7 @@ async fn a_duplicate_id_is_a_conflict_and_changes_nothing(fixture: Fixture) {
     again.customer_id = "someone-else".into();
     let error = fixture
         .store
-        .create_session(again, &service(), T0)
+        .create_session(again, &service(), None, T0)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
@@ -160,7 +196,7 @@ async fn a_duplicate_id_is_a_conflict_and_changes_nothing(fixture: Fixture) {
 async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fixture: Fixture) {
     let store = fixture.store.as_ref();
     live_session(store, "s1").await;
-    let policies = PolicySet::default();
+    let settings = Settings::default();
     let end_at = UnixMillis(T0.0 + 61_500);
     let claimed = json!({"status": "cancelled"});
     let ended = store
@@ -169,7 +205,7 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
             &service(),
             Some(claimed.clone()),
             EndCause::Requested,
-            &policies,
+            &settings,
             end_at,
         )
         .await
@@ -195,7 +231,7 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
             &party(Role::Customer, "c1"),
             None,
             EndCause::Requested,
-            &policies,
+            &settings,
             UnixMillis(end_at.0 + 999_000),
         )
         .await
@@ -219,18 +255,52 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     }
     let counts = store.table_counts().await.unwrap();
     assert_eq!(counts["notifications"], 2);
-    assert_eq!(counts["outbox"], 2, "session.started and session.ended");
+    assert_eq!(
+        counts["outbox"], 3,
+        "session.started, session.ended and the payout"
+    );
+
+    // Settlement: 300 cents charged, 20 % fee, one balanced posting, one payout.
+    let postings = store.postings("s1").await.unwrap();
+    assert_eq!(postings.len(), 1);
+    assert!(postings[0].is_balanced());
+    let line = |account: &str| {
+        postings[0]
+            .lines
+            .iter()
+            .find(|l| l.account == account)
+            .unwrap()
+            .amount
+    };
+    assert_eq!(line("customer_receivable:c1"), Cents(300));
+    assert_eq!(line("provider_payable:p1"), Cents(-240));
+    assert_eq!(line("platform_revenue"), Cents(-60));
+    let payouts = store.payouts(Some("s1"), None, 10).await.unwrap();
+    assert_eq!(payouts.len(), 1);
+    assert_eq!(payouts[0].amount, Cents(240));
+    assert_eq!(payouts[0].destination.as_deref(), Some("acct_1"));
+    assert_eq!(payouts[0].state, verdict_store::PayoutState::Pending);
+    let earnings = store.earnings("p1").await.unwrap();
+    assert_eq!(
+        (
+            earnings[0].earned,
+            earnings[0].pending,
+            earnings[0].sessions
+        ),
+        (Cents(240), Cents(240), 1)
+    );
 }
 
 async fn presence_on_an_ended_session_is_a_conflict_and_writes_nothing(fixture: Fixture) {
     let store = fixture.store.as_ref();
-    let policies = PolicySet::default();
+    let settings = Settings::default();
+    let policies = settings.policies;
     store
-        .create_session(new_session("s1"), &service(), T0)
+        .create_session(new_session("s1"), &service(), None, T0)
         .await
         .unwrap();
     store
-        .end_session("s1", &service(), None, EndCause::Requested, &policies, T0)
+        .end_session("s1", &service(), None, EndCause::Requested, &settings, T0)
         .await
         .unwrap();
     let before = store.table_counts().await.unwrap();
@@ -266,13 +336,13 @@ async fn presence_on_an_ended_session_is_a_conflict_and_writes_nothing(fixture: 
 
 async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
     live_session(fixture.store.as_ref(), "s1").await;
-    let policies = PolicySet::default();
+    let settings = Settings::default();
     let calls = (0..48).map(|n| {
         let store = fixture.store.clone();
         tokio::spawn(async move {
             let at = UnixMillis(T0.0 + 120_000 + n);
             store
-                .end_session("s1", &service(), None, EndCause::Requested, &policies, at)
+                .end_session("s1", &service(), None, EndCause::Requested, &settings, at)
                 .await
         })
     });
@@ -296,7 +366,8 @@ async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
 
 async fn unknown_sessions_are_not_found(fixture: Fixture) {
     let store = fixture.store.as_ref();
-    let policies = PolicySet::default();
+    let settings = Settings::default();
+    let policies = settings.policies;
     assert_eq!(store.session("ghost").await.unwrap(), None);
     let error = store
         .end_session(
@@ -304,7 +375,7 @@ async fn unknown_sessions_are_not_found(fixture: Fixture) {
             &service(),
             None,
             EndCause::Requested,
-            &policies,
+            &settings,
             T0,
         )
         .await
@@ -322,4 +393,37 @@ async fn unknown_sessions_are_not_found(fixture: Fixture) {
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }));
+}
+
+async fn the_database_refuses_a_payout_for_a_session_not_completed_or_paid_twice(fixture: Fixture) {
+    let store = fixture.store.as_ref();
+    store
+        .create_session(new_session("waiting"), &service(), None, T0)
+        .await
+        .unwrap();
+    let error = fixture.raw_payout("waiting").await.unwrap_err();
+    assert!(
+        error.contains("payouts_only_for_completed_sessions"),
+        "{error}"
+    );
+
+    live_session(store, "done").await;
+    let end_at = UnixMillis(T0.0 + 600_000);
+    store
+        .end_session(
+            "done",
+            &service(),
+            None,
+            EndCause::Requested,
+            &Settings::default(),
+            end_at,
+        )
+        .await
+        .unwrap();
+    let error = fixture.raw_payout("done").await.unwrap_err();
+    assert!(error.to_lowercase().contains("unique"), "{error}");
+    assert_eq!(
+        store.payouts(Some("done"), None, 10).await.unwrap().len(),
+        1
+    );
 }

@@ -155,6 +155,15 @@ impl Config {
             .map_err(|error| ConfigError::Load(Box::new(error)))
     }
 
+    /// Stripe pays providers when a secret key is configured; otherwise
+    /// payouts stay `pending` for an operator (`manual`).
+    pub fn payout_provider(&self) -> verdict_store::PayoutProvider {
+        match &self.stripe_secret_key {
+            Some(key) if !key.expose().is_empty() => verdict_store::PayoutProvider::Stripe,
+            _ => verdict_store::PayoutProvider::Manual,
+        }
+    }
+
     /// The policy per kind: the top-level values, overridden per kind.
     pub fn policies(&self) -> Result<PolicySet, ConfigError> {
         let base = Policy {

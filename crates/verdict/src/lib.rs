@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use tokio::net::TcpListener;
 use verdict_http::{AppState, JwtKeys, JwtSecret};
+use verdict_store::Settings;
 use verdict_store::clock::{Clock, ManualClock, SystemClock};
 
 use crate::config::{ClockKind, Config};
@@ -39,7 +40,10 @@ impl Application {
         let state = AppState {
             store,
             clock,
-            policies,
+            settings: Settings {
+                policies,
+                payout_provider: config.payout_provider(),
+            },
             jwt: Arc::new(JwtKeys::new(secret)),
         };
         Ok(Application { listener, state })

@@ -6,12 +6,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use verdict_core::{EndCause, Party, Role, is_valid_id};
-use verdict_store::{PresenceChange, Session};
+use verdict_store::{Idempotency, PresenceChange, Session};
 
 use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
 use crate::problem::{ApiError, Problem};
-use crate::wire::{JsonBody, OptionalJsonObject};
+use crate::wire::{JsonBody, OptionalJsonObject, from_value, idempotency_key};
 use crate::{AppState, Router};
 
 pub fn router() -> Router {
@@ -52,6 +52,7 @@ async fn visible_session(state: &AppState, caller: &Caller, id: &str) -> Result<
 
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
     request_body = CreateSessionRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first answer again")),
     responses(
         (status = 201, body = SessionDto, description = "Created, `waiting`"),
         (status = 409, body = Problem, description = "The id is taken"),
@@ -61,23 +62,59 @@ async fn visible_session(state: &AppState, caller: &Caller, id: &str) -> Result<
 pub async fn create_session(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(request): JsonBody<CreateSessionRequest>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(&[Role::Service, Role::Admin])?;
+    let idempotency = idempotency_for(&caller, "POST /v1/sessions", &headers, &body)?;
+    let request: CreateSessionRequest = from_value(body)?;
     let new = request.validate(uuid::Uuid::now_v7().to_string())?;
-    let session = state
+    let created = state
         .store
-        .create_session(new, &caller.actor(), state.clock.now())
+        .create_session(
+            new,
+            &caller.actor(),
+            idempotency.as_ref(),
+            state.clock.now(),
+        )
         .await?;
+    let location = format!("/v1/sessions/{}", created.value.id);
+    Ok(created_response(
+        &location,
+        created.replayed,
+        SessionDto::from(&created.value),
+    ))
+}
+
+/// The idempotency key of a creating request, scoped to the caller and
+/// route, with the canonical body (object keys sorted) as its fingerprint.
+pub(crate) fn idempotency_for(
+    caller: &Caller,
+    route: &str,
+    headers: &HeaderMap,
+    body: &serde_json::Value,
+) -> Result<Option<Idempotency>, ApiError> {
+    Ok(idempotency_key(headers)?.map(|key| Idempotency {
+        scope: format!("{}:{}:{route}", caller.role, caller.id),
+        key,
+        fingerprint: body.to_string(),
+    }))
+}
+
+/// 201 with `Location`, and `Idempotent-Replayed: true` on a replay.
+pub(crate) fn created_response<T: serde::Serialize>(
+    location: &str,
+    replayed: bool,
+    body: T,
+) -> impl IntoResponse + use<T> {
     let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", session.id)) {
+    if let Ok(location) = HeaderValue::from_str(location) {
         headers.insert(header::LOCATION, location);
     }
-    Ok((
-        StatusCode::CREATED,
-        headers,
-        Json(SessionDto::from(&session)),
-    ))
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    (StatusCode::CREATED, headers, Json(body))
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
@@ -113,7 +150,7 @@ async fn presence(
             party,
             change,
             &caller.actor(),
-            &state.policies,
+            &state.settings.policies,
             state.clock.now(),
         )
         .await?)
@@ -178,7 +215,7 @@ pub async fn end(
             &caller.actor(),
             claimed,
             EndCause::Requested,
-            &state.policies,
+            &state.settings,
             state.clock.now(),
         )
         .await?;

@@ -1,0 +1,287 @@
+//! Settlement resources: users, requests and the provider queue, payouts
+//! and earnings.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use verdict_core::{Role, is_valid_id};
+
+use crate::auth::Caller;
+use crate::dto::{
+    AssignmentDto, CreateRequestBody, EarningsDto, Page, PayoutDto, RequestDto, SessionDto,
+    UpsertUserRequest, UserDto,
+};
+use crate::problem::{ApiError, Problem};
+use crate::routes::sessions::{created_response, idempotency_for};
+use crate::wire::{JsonBody, from_value};
+use crate::{AppState, Router};
+
+const PAGE: i64 = 100;
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/v1/users/{id}", put(upsert_user))
+        .route("/v1/requests", post(create_request))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests/{id}/accept", post(accept_request))
+        .route("/v1/assignments", get(assignments))
+        .route("/v1/payouts", get(payouts))
+        .route("/v1/providers/{id}/earnings", get(earnings))
+}
+
+fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
+    if is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "{what} ids are 1 to 128 characters from [A-Za-z0-9_.:-]; there is no such {what}"
+        )))
+    }
+}
+
+/// Query strings are strict: an unknown parameter is a mistake worth a 422.
+fn query<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))
+}
+
+#[utoipa::path(put, path = "/v1/users/{id}", tag = "settlement",
+    params(("id" = String, Path)),
+    request_body = UpsertUserRequest,
+    responses((status = 200, body = UserDto), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn upsert_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpsertUserRequest>,
+) -> Result<Json<UserDto>, ApiError> {
+    caller.require(&[Role::Service, Role::Admin])?;
+    if !is_valid_id(&id) {
+        return Err(ApiError::Unprocessable(
+            "user ids are 1 to 128 characters from [A-Za-z0-9_.:-]".into(),
+        ));
+    }
+    let user = state
+        .store
+        .upsert_user(body.validate(&id, state.clock.now())?)
+        .await?;
+    Ok(Json(UserDto::from(&user)))
+}
+
+#[utoipa::path(post, path = "/v1/requests", tag = "settlement",
+    request_body = CreateRequestBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first answer again")),
+    responses((status = 201, body = RequestDto), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&[Role::Customer, Role::Service])?;
+    let idempotency = idempotency_for(&caller, "POST /v1/requests", &headers, &body)?;
+    let request: CreateRequestBody = from_value(body)?;
+    let new = request.validate(uuid::Uuid::now_v7().to_string())?;
+    if caller.role == Role::Customer && new.customer_id != caller.id {
+        return Err(ApiError::Forbidden(
+            "customers create requests for themselves only".into(),
+        ));
+    }
+    let created = state
+        .store
+        .create_request(
+            new,
+            &caller.actor(),
+            idempotency.as_ref(),
+            state.clock.now(),
+        )
+        .await?;
+    let location = format!("/v1/requests/{}", created.value.id);
+    Ok(created_response(
+        &location,
+        created.replayed,
+        RequestDto::from(&created.value),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "settlement",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RequestDto), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestDto>, ApiError> {
+    let id = checked_id("request", &id)?;
+    let request = state
+        .store
+        .request(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("request {id} not found")))?;
+    let allowed = match caller.role {
+        Role::Service | Role::Admin => true,
+        Role::Customer => request.customer_id == caller.id,
+        Role::Provider => request.candidate_provider_ids.contains(&caller.id),
+        Role::System => false,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "{} {} may not see request {id}",
+            caller.role, caller.id
+        )));
+    }
+    Ok(Json(RequestDto::from(&request)))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/accept", tag = "settlement",
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, body = SessionDto, description = "The session, `waiting`"),
+        (status = 409, body = Problem, description = "Already accepted, or no longer offered"),
+    ),
+    security(("bearer" = [])))]
+pub async fn accept_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&[Role::Provider])?;
+    let id = checked_id("request", &id)?;
+    let request = state
+        .store
+        .request(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("request {id} not found")))?;
+    if !request.candidate_provider_ids.contains(&caller.id) {
+        return Err(ApiError::Forbidden(format!(
+            "provider {} is not a candidate for request {id}",
+            caller.id
+        )));
+    }
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let session = state
+        .store
+        .accept_request(
+            id,
+            &caller.id,
+            &session_id,
+            &caller.actor(),
+            state.clock.now(),
+        )
+        .await?;
+    Ok(created_response(
+        &format!("/v1/sessions/{}", session.id),
+        false,
+        SessionDto::from(&session),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentsQuery {
+    provider_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/assignments", tag = "settlement",
+    params(("provider_id" = Option<String>, Query, description = "Admins only: one provider's queue")),
+    responses((status = 200, body = Page<AssignmentDto>)),
+    security(("bearer" = [])))]
+pub async fn assignments(
+    State(state): State<AppState>,
+    caller: Caller,
+    filter: Result<Query<AssignmentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<AssignmentDto>>, ApiError> {
+    caller.require(&[Role::Provider, Role::Admin])?;
+    let filter = query(filter)?;
+    let provider_id = match caller.role {
+        Role::Provider => match filter.provider_id {
+            Some(other) if other != caller.id => {
+                return Err(ApiError::Forbidden(
+                    "providers see their own queue only".into(),
+                ));
+            }
+            _ => Some(caller.id.clone()),
+        },
+        _ => filter.provider_id,
+    };
+    let items = state
+        .store
+        .assignments(provider_id.as_deref(), PAGE)
+        .await?;
+    Ok(Json(Page {
+        items: items.iter().map(AssignmentDto::from).collect(),
+        next_cursor: None,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutsQuery {
+    session_id: Option<String>,
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/payouts", tag = "settlement",
+    params(
+        ("session_id" = Option<String>, Query, description = "One session's payout"),
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+    ),
+    responses((status = 200, body = Page<PayoutDto>)),
+    security(("bearer" = [])))]
+pub async fn payouts(
+    State(state): State<AppState>,
+    caller: Caller,
+    filter: Result<Query<PayoutsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<PayoutDto>>, ApiError> {
+    caller.require(&[Role::Service, Role::Admin])?;
+    let filter = query(filter)?;
+    for (name, value) in [("session_id", &filter.session_id), ("after", &filter.after)] {
+        if let Some(value) = value
+            && !is_valid_id(value)
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} must be an id from [A-Za-z0-9_.:-]"
+            )));
+        }
+    }
+    let items = state
+        .store
+        .payouts(filter.session_id.as_deref(), filter.after.as_deref(), PAGE)
+        .await?;
+    let next_cursor = (items.len() as i64 == PAGE)
+        .then(|| items.last().map(|p| p.id.clone()))
+        .flatten();
+    Ok(Json(Page {
+        items: items.iter().map(PayoutDto::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/providers/{id}/earnings", tag = "settlement",
+    params(("id" = String, Path)),
+    responses((status = 200, body = EarningsDto)),
+    security(("bearer" = [])))]
+pub async fn earnings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<EarningsDto>, ApiError> {
+    let id = checked_id("provider", &id)?;
+    let allowed = caller.role == Role::Admin || (caller.role == Role::Provider && caller.id == id);
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "earnings are for the provider itself and admins".into(),
+        ));
+    }
+    let totals = state.store.earnings(id).await?;
+    Ok(Json(EarningsDto::new(id, &totals)))
+}
