@@ -7,3 +7,4 @@ mod concurrency;
 mod decisions;
 mod scale_out;
 mod security;
+mod settlement;
