@@ -34,9 +34,7 @@ impl SessionFacts {
     /// The instant by which both parties must have met: the scheduled start
     /// (or the creation, when unscheduled) plus the join grace.
     pub fn join_deadline(&self, policy: &Policy) -> UnixMillis {
-        self.scheduled_start
-            .unwrap_or(self.created_at)
-            .plus_seconds(policy.join_grace_seconds)
+        self.scheduled_start.unwrap_or(self.created_at).plus_seconds(policy.join_grace_seconds)
     }
 }
 
@@ -87,13 +85,7 @@ pub fn decide(
             EndCause::Requested => (Status::Cancelled, end.at),
             EndCause::Sweeper => (Status::Expired, session.join_deadline(policy).min(end.at)),
         };
-        return Outcome {
-            status,
-            reason,
-            billable_seconds: 0,
-            started_at: None,
-            ended_at,
-        };
+        return Outcome { status, reason, billable_seconds: 0, started_at: None, ended_at };
     };
 
     let measured_millis = match policy.billing_basis {
@@ -108,11 +100,5 @@ pub fn decide(
     } else {
         (Status::Cancelled, Reason::TooShort)
     };
-    Outcome {
-        status,
-        reason,
-        billable_seconds,
-        started_at: Some(started_at),
-        ended_at: end.at,
-    }
+    Outcome { status, reason, billable_seconds, started_at: Some(started_at), ended_at: end.at }
 }

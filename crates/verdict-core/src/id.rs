@@ -10,9 +10,7 @@ pub const ID_LENGTH_MAX: usize = 128;
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= ID_LENGTH_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 #[cfg(test)]

@@ -74,11 +74,7 @@ pub struct PolicySet {
 
 impl PolicySet {
     pub fn uniform(policy: Policy) -> PolicySet {
-        PolicySet {
-            video: policy,
-            chat: policy,
-            diagnostic: policy,
-        }
+        PolicySet { video: policy, chat: policy, diagnostic: policy }
     }
 
     pub fn for_kind(&self, kind: Kind) -> &Policy {

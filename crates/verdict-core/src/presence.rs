@@ -48,10 +48,8 @@ pub fn intervals_of(
     until: UnixMillis,
     presence_timeout_seconds: i64,
 ) -> Vec<Interval> {
-    let mut own: Vec<&PresenceEvent> = events
-        .iter()
-        .filter(|event| event.party == party && event.at <= until)
-        .collect();
+    let mut own: Vec<&PresenceEvent> =
+        events.iter().filter(|event| event.party == party && event.at <= until).collect();
     own.sort_by_key(|event| event.at);
 
     let mut tracker = Tracker {
@@ -165,10 +163,7 @@ pub fn presence_at(
             .last()
             .is_some_and(|interval| interval.end == probe)
     };
-    Presence {
-        customer: present(Party::Customer),
-        provider: present(Party::Provider),
-    }
+    Presence { customer: present(Party::Customer), provider: present(Party::Provider) }
 }
 
 #[cfg(test)]
@@ -176,18 +171,11 @@ mod tests {
     use super::*;
 
     fn ev(party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
-        PresenceEvent {
-            party,
-            kind,
-            at: UnixMillis(seconds * 1000),
-        }
+        PresenceEvent { party, kind, at: UnixMillis(seconds * 1000) }
     }
 
     fn spans(intervals: &[Interval]) -> Vec<(i64, i64)> {
-        intervals
-            .iter()
-            .map(|i| (i.start.0 / 1000, i.end.0 / 1000))
-            .collect()
+        intervals.iter().map(|i| (i.start.0 / 1000, i.end.0 / 1000)).collect()
     }
 
     use Party::Customer as C;
@@ -196,39 +184,21 @@ mod tests {
     #[test]
     fn join_and_leave_make_an_interval_and_the_end_closes_an_open_one() {
         let events = [ev(C, J, 10), ev(C, L, 20), ev(C, J, 30)];
-        assert_eq!(
-            spans(&intervals_of(&events, C, UnixMillis(50_000), 60)),
-            [(10, 20), (30, 50)]
-        );
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), 60)), [(10, 20), (30, 50)]);
     }
 
     #[test]
     fn repeated_joins_and_stray_leaves_change_nothing() {
-        let events = [
-            ev(C, L, 5),
-            ev(C, J, 10),
-            ev(C, J, 15),
-            ev(C, L, 20),
-            ev(C, L, 25),
-        ];
-        assert_eq!(
-            spans(&intervals_of(&events, C, UnixMillis(50_000), 60)),
-            [(10, 20)]
-        );
+        let events = [ev(C, L, 5), ev(C, J, 10), ev(C, J, 15), ev(C, L, 20), ev(C, L, 25)];
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), 60)), [(10, 20)]);
     }
 
     #[test]
     fn a_stale_heartbeat_makes_the_party_absent_from_that_heartbeat() {
         let events = [ev(C, J, 0), ev(C, H, 30), ev(C, H, 40)];
-        assert_eq!(
-            spans(&intervals_of(&events, C, UnixMillis(300_000), 60)),
-            [(0, 40)]
-        );
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(300_000), 60)), [(0, 40)]);
         // Exactly at the timeout the heartbeat is not yet older than it.
-        assert_eq!(
-            spans(&intervals_of(&events, C, UnixMillis(100_000), 60)),
-            [(0, 100)]
-        );
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(100_000), 60)), [(0, 100)]);
     }
 
     #[test]
@@ -249,37 +219,18 @@ mod tests {
     #[test]
     fn overlap_sums_every_common_span_and_reports_the_first() {
         let a = [
-            Interval {
-                start: UnixMillis(0),
-                end: UnixMillis(10),
-            },
-            Interval {
-                start: UnixMillis(20),
-                end: UnixMillis(30),
-            },
+            Interval { start: UnixMillis(0), end: UnixMillis(10) },
+            Interval { start: UnixMillis(20), end: UnixMillis(30) },
         ];
-        let b = [Interval {
-            start: UnixMillis(5),
-            end: UnixMillis(25),
-        }];
+        let b = [Interval { start: UnixMillis(5), end: UnixMillis(25) }];
         assert_eq!(overlap(&a, &b), (10, Some(UnixMillis(5))));
         assert_eq!(overlap(&a, &[]), (0, None));
     }
 
     #[test]
     fn presence_at_reports_who_is_in_the_room_now() {
-        let events = [
-            ev(C, J, 0),
-            ev(Party::Provider, J, 5),
-            ev(Party::Provider, L, 8),
-        ];
+        let events = [ev(C, J, 0), ev(Party::Provider, J, 5), ev(Party::Provider, L, 8)];
         let now = presence_at(&events, UnixMillis(8_000), 60);
-        assert_eq!(
-            now,
-            Presence {
-                customer: true,
-                provider: false
-            }
-        );
+        assert_eq!(now, Presence { customer: true, provider: false });
     }
 }

@@ -60,10 +60,7 @@ pub fn charge_for(price: &Price, reason: Reason, billable_seconds: i64) -> Cents
 /// The platform's share of a charge, `charge × bps / 10000` rounded half-up
 /// to the cent.
 pub fn platform_fee(charge: Cents, fee_bps: i64) -> Cents {
-    assert!(
-        charge.0 >= 0 && (0..=10_000).contains(&fee_bps),
-        "fee inputs out of range"
-    );
+    assert!(charge.0 >= 0 && (0..=10_000).contains(&fee_bps), "fee inputs out of range");
     let scaled = i128::from(charge.0) * i128::from(fee_bps);
     Cents(((scaled + 5_000) / 10_000) as i64)
 }
@@ -73,19 +70,12 @@ mod tests {
     use super::*;
 
     fn price(mode: PriceMode, amount: i64) -> Price {
-        Price {
-            mode,
-            amount: Cents(amount),
-            currency: "usd".into(),
-        }
+        Price { mode, amount: Cents(amount), currency: "usd".into() }
     }
 
     #[test]
     fn flat_charges_the_amount_and_per_minute_every_started_minute() {
-        assert_eq!(
-            charge_for(&price(PriceMode::Flat, 2500), Reason::Completed, 61),
-            Cents(2500)
-        );
+        assert_eq!(charge_for(&price(PriceMode::Flat, 2500), Reason::Completed, 61), Cents(2500));
         assert_eq!(
             charge_for(&price(PriceMode::PerMinute, 100), Reason::Completed, 60),
             Cents(100)
@@ -94,10 +84,7 @@ mod tests {
             charge_for(&price(PriceMode::PerMinute, 100), Reason::Completed, 61),
             Cents(200)
         );
-        assert_eq!(
-            charge_for(&price(PriceMode::Flat, 2500), Reason::TooShort, 30),
-            Cents(0)
-        );
+        assert_eq!(charge_for(&price(PriceMode::Flat, 2500), Reason::TooShort, 30), Cents(0));
     }
 
     #[test]

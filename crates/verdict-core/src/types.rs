@@ -32,12 +32,7 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown {}, expected one of: {}",
-            self.what,
-            self.expected.join(", ")
-        )
+        write!(f, "unknown {}, expected one of: {}", self.what, self.expected.join(", "))
     }
 }
 
@@ -123,10 +118,7 @@ string_enum!(
 
 impl Status {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Status::Completed | Status::Cancelled | Status::Expired
-        )
+        matches!(self, Status::Completed | Status::Cancelled | Status::Expired)
     }
 }
 
@@ -168,9 +160,6 @@ mod tests {
             assert_eq!(reason.as_str().parse::<Reason>().unwrap(), *reason);
         }
         let error = "Video".parse::<Kind>().unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "unknown kind, expected one of: video, chat, diagnostic"
-        );
+        assert_eq!(error.to_string(), "unknown kind, expected one of: video, chat, diagnostic");
     }
 }

@@ -17,37 +17,22 @@ fn at(seconds: i64) -> UnixMillis {
 }
 
 fn ev(party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
-    PresenceEvent {
-        party,
-        kind,
-        at: at(seconds),
-    }
+    PresenceEvent { party, kind, at: at(seconds) }
 }
 
 fn facts() -> SessionFacts {
-    SessionFacts {
-        created_at: at(0),
-        scheduled_start: None,
-        recorded: None,
-    }
+    SessionFacts { created_at: at(0), scheduled_start: None, recorded: None }
 }
 
 fn requested(seconds: i64) -> EndRequest {
-    EndRequest {
-        at: at(seconds),
-        cause: EndCause::Requested,
-    }
+    EndRequest { at: at(seconds), cause: EndCause::Requested }
 }
 
 /// Decide with the default policy, ended by a call at `end_seconds`, and
 /// compare status, reason and billable seconds.
 fn check(events: &[PresenceEvent], end_seconds: i64, expected: (Status, Reason, i64)) {
     let outcome = decide(&facts(), events, &Policy::default(), requested(end_seconds));
-    assert_eq!(
-        (outcome.status, outcome.reason, outcome.billable_seconds),
-        expected,
-        "{events:?}"
-    );
+    assert_eq!((outcome.status, outcome.reason, outcome.billable_seconds), expected, "{events:?}");
 }
 
 #[test]
@@ -57,78 +42,42 @@ fn neither_party_joining_is_a_no_show_of_both() {
 
 #[test]
 fn a_missing_customer_is_a_customer_no_show() {
-    check(
-        &[ev(Provider, Joined, 10)],
-        1000,
-        (Status::Cancelled, Reason::NoShowCustomer, 0),
-    );
+    check(&[ev(Provider, Joined, 10)], 1000, (Status::Cancelled, Reason::NoShowCustomer, 0));
 }
 
 #[test]
 fn a_missing_provider_is_a_provider_no_show() {
-    check(
-        &[ev(Customer, Joined, 10)],
-        1000,
-        (Status::Cancelled, Reason::NoShowProvider, 0),
-    );
+    check(&[ev(Customer, Joined, 10)], 1000, (Status::Cancelled, Reason::NoShowProvider, 0));
 }
 
 #[test]
 fn a_party_who_left_before_the_other_joined_never_overlapped() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Customer, Left, 100),
-        ev(Provider, Joined, 200),
-    ];
-    check(
-        &events,
-        1000,
-        (Status::Cancelled, Reason::NeverOverlapped, 0),
-    );
+    let events = [ev(Customer, Joined, 0), ev(Customer, Left, 100), ev(Provider, Joined, 200)];
+    check(&events, 1000, (Status::Cancelled, Reason::NeverOverlapped, 0));
 }
 
 #[test]
 fn leaving_at_the_instant_the_other_joins_is_no_overlap() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Customer, Left, 100),
-        ev(Provider, Joined, 100),
-    ];
-    check(
-        &events,
-        1000,
-        (Status::Cancelled, Reason::NeverOverlapped, 0),
-    );
+    let events = [ev(Customer, Joined, 0), ev(Customer, Left, 100), ev(Provider, Joined, 100)];
+    check(&events, 1000, (Status::Cancelled, Reason::NeverOverlapped, 0));
 }
 
 #[test]
 fn fifty_nine_seconds_together_is_too_short() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Provider, Joined, 10),
-        ev(Provider, Left, 69),
-    ];
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 10), ev(Provider, Left, 69)];
     check(&events, 1000, (Status::Cancelled, Reason::TooShort, 59));
 }
 
 #[test]
 fn exactly_sixty_seconds_together_completes() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Provider, Joined, 10),
-        ev(Provider, Left, 70),
-    ];
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 10), ev(Provider, Left, 70)];
     check(&events, 1000, (Status::Completed, Reason::Completed, 60));
 }
 
 #[test]
 fn billable_time_is_floored_to_whole_seconds() {
     let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
-    events.push(PresenceEvent {
-        party: Provider,
-        kind: Left,
-        at: UnixMillis(at(60).0 - 1),
-    });
+    events.push(PresenceEvent { party: Provider, kind: Left, at: UnixMillis(at(60).0 - 1) });
     check(&events, 1000, (Status::Cancelled, Reason::TooShort, 59));
 }
 
@@ -153,20 +102,10 @@ fn parties_still_present_at_the_end_count_until_the_end() {
 
 #[test]
 fn wall_clock_basis_counts_from_start_to_end_regardless_of_gaps() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Provider, Joined, 10),
-        ev(Provider, Left, 40),
-    ];
-    let policy = Policy {
-        billing_basis: BillingBasis::WallClock,
-        ..Policy::default()
-    };
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 10), ev(Provider, Left, 40)];
+    let policy = Policy { billing_basis: BillingBasis::WallClock, ..Policy::default() };
     let outcome = decide(&facts(), &events, &policy, requested(100));
-    assert_eq!(
-        (outcome.status, outcome.billable_seconds),
-        (Status::Completed, 90)
-    );
+    assert_eq!((outcome.status, outcome.billable_seconds), (Status::Completed, 90));
     let overlap = decide(&facts(), &events, &Policy::default(), requested(100));
     assert_eq!(
         (overlap.status, overlap.reason, overlap.billable_seconds),
@@ -177,15 +116,9 @@ fn wall_clock_basis_counts_from_start_to_end_regardless_of_gaps() {
 #[test]
 fn billing_is_capped_at_the_maximum_duration() {
     let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
-    let policy = Policy {
-        max_duration_seconds: 3600,
-        ..Policy::default()
-    };
+    let policy = Policy { max_duration_seconds: 3600, ..Policy::default() };
     let outcome = decide(&facts(), &events, &policy, requested(5000));
-    assert_eq!(
-        (outcome.status, outcome.billable_seconds),
-        (Status::Completed, 3600)
-    );
+    assert_eq!((outcome.status, outcome.billable_seconds), (Status::Completed, 3600));
 }
 
 #[test]
@@ -205,52 +138,27 @@ fn a_terminal_session_keeps_its_recorded_outcome() {
         started_at: None,
         ended_at: at(10),
     };
-    let session = SessionFacts {
-        recorded: Some(recorded),
-        ..facts()
-    };
+    let session = SessionFacts { recorded: Some(recorded), ..facts() };
     let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
-    assert_eq!(
-        decide(&session, &events, &Policy::default(), requested(5000)),
-        recorded
-    );
+    assert_eq!(decide(&session, &events, &Policy::default(), requested(5000)), recorded);
 }
 
 #[test]
 fn the_sweeper_expires_a_session_that_never_started_at_its_deadline() {
     let events = [ev(Customer, Joined, 10)];
-    let sweep = EndRequest {
-        at: at(2000),
-        cause: EndCause::Sweeper,
-    };
+    let sweep = EndRequest { at: at(2000), cause: EndCause::Sweeper };
     let outcome = decide(&facts(), &events, &Policy::default(), sweep);
-    assert_eq!(
-        (outcome.status, outcome.reason),
-        (Status::Expired, Reason::NoShowProvider)
-    );
-    assert_eq!(
-        outcome.ended_at,
-        at(900),
-        "ended at created_at + join grace"
-    );
+    assert_eq!((outcome.status, outcome.reason), (Status::Expired, Reason::NoShowProvider));
+    assert_eq!(outcome.ended_at, at(900), "ended at created_at + join grace");
 
-    let scheduled = SessionFacts {
-        scheduled_start: Some(at(600)),
-        ..facts()
-    };
-    assert_eq!(
-        decide(&scheduled, &events, &Policy::default(), sweep).ended_at,
-        at(1500)
-    );
+    let scheduled = SessionFacts { scheduled_start: Some(at(600)), ..facts() };
+    assert_eq!(decide(&scheduled, &events, &Policy::default(), sweep).ended_at, at(1500));
 }
 
 #[test]
 fn an_explicit_end_of_a_never_started_session_is_cancelled_not_expired() {
     let outcome = decide(&facts(), &[], &Policy::default(), requested(5000));
-    assert_eq!(
-        (outcome.status, outcome.reason),
-        (Status::Cancelled, Reason::NoShowBoth)
-    );
+    assert_eq!((outcome.status, outcome.reason), (Status::Cancelled, Reason::NoShowBoth));
 }
 
 #[test]
@@ -258,19 +166,12 @@ fn a_provider_whose_heartbeats_stop_is_absent_from_the_last_one() {
     let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
     events.extend((1..=4).map(|n| ev(Provider, Heartbeat, n * 10)));
     let outcome = decide(&facts(), &events, &Policy::default(), requested(600));
-    assert_eq!(
-        (outcome.status, outcome.billable_seconds),
-        (Status::Cancelled, 40)
-    );
+    assert_eq!((outcome.status, outcome.billable_seconds), (Status::Cancelled, 40));
 }
 
 #[test]
 fn events_after_the_end_instant_are_ignored() {
-    let events = [
-        ev(Customer, Joined, 0),
-        ev(Provider, Joined, 0),
-        ev(Provider, Left, 500),
-    ];
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0), ev(Provider, Left, 500)];
     check(&events, 100, (Status::Completed, Reason::Completed, 100));
 }
 
@@ -293,11 +194,7 @@ fn arbitrary_policy() -> impl Strategy<Value = Policy> {
     (0i64..400, any::<bool>(), 1i64..600, 60i64..3000).prop_map(|(min, wall, timeout, max)| {
         Policy {
             min_billable_seconds: min,
-            billing_basis: if wall {
-                BillingBasis::WallClock
-            } else {
-                BillingBasis::Overlap
-            },
+            billing_basis: if wall { BillingBasis::WallClock } else { BillingBasis::Overlap },
             presence_timeout_seconds: timeout,
             max_duration_seconds: max,
             ..Policy::default()

@@ -71,11 +71,8 @@ impl JwtKeys {
     /// Mints a token (for `verdict token`, `demo` and tests). `expires_at` is
     /// Unix seconds by real time.
     pub fn mint(&self, role: Role, sub: &str, expires_at: i64) -> String {
-        let claims = Claims {
-            sub: sub.to_owned(),
-            role: role.as_str().to_owned(),
-            exp: expires_at,
-        };
+        let claims =
+            Claims { sub: sub.to_owned(), role: role.as_str().to_owned(), exp: expires_at };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a small claim set cannot fail")
     }
@@ -103,14 +100,9 @@ impl JwtKeys {
             Ok(role) => role,
         };
         if !is_valid_id(&data.claims.sub) {
-            return Err(ApiError::Unauthorized(
-                "the token subject is not a valid id".into(),
-            ));
+            return Err(ApiError::Unauthorized("the token subject is not a valid id".into()));
         }
-        Ok(Caller {
-            role,
-            id: data.claims.sub,
-        })
+        Ok(Caller { role, id: data.claims.sub })
     }
 }
 
@@ -123,10 +115,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn actor(&self) -> Actor {
-        Actor {
-            role: self.role,
-            id: self.id.clone(),
-        }
+        Actor { role: self.role, id: self.id.clone() }
     }
 
     /// 403 unless the caller has one of `roles`.

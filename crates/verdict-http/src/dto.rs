@@ -137,9 +137,7 @@ impl CreateSessionRequest {
             None | Some(Value::Null) => None,
             Some(object @ Value::Object(_)) => Some(object),
             Some(_) => {
-                return Err(ApiError::Unprocessable(
-                    "metadata must be a JSON object".into(),
-                ));
+                return Err(ApiError::Unprocessable("metadata must be a JSON object".into()));
             }
         };
         Ok(NewSession {
@@ -583,6 +581,38 @@ impl EarningsDto {
                     failed_cents: total.failed.0,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// An outbox row as operators see it (`GET /v1/admin/outbox`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutboxRowDto {
+    pub id: i64,
+    pub session_id: Option<String>,
+    /// `webhook:<event>`, `email:receipt:<party>` or `payout`.
+    pub topic: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    pub attempts: i64,
+    pub due_at: String,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl From<&verdict_store::OutboxRow> for OutboxRowDto {
+    fn from(row: &verdict_store::OutboxRow) -> OutboxRowDto {
+        OutboxRowDto {
+            id: row.id,
+            session_id: row.session_id.clone(),
+            topic: row.topic.clone(),
+            state: row.state.clone(),
+            attempts: row.attempts,
+            due_at: format_instant(row.due_at),
+            created_at: format_instant(row.created_at),
+            delivered_at: row.delivered_at.map(format_instant),
+            last_error: row.last_error.clone(),
         }
     }
 }

@@ -67,9 +67,7 @@ impl<S: Send + Sync> FromRequest<S> for OptionalJsonObject {
         }
         let value: serde_json::Value = deserialize(&bytes)?;
         if !value.is_object() {
-            return Err(ApiError::Unprocessable(
-                "the body must be a JSON object or empty".into(),
-            ));
+            return Err(ApiError::Unprocessable("the body must be a JSON object or empty".into()));
         }
         Ok(OptionalJsonObject(Some(value)))
     }
@@ -80,15 +78,13 @@ async fn read_json_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<
         .headers()
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("").to_ascii_lowercase());
-    let bytes = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
-            } else {
-                ApiError::BadRequest(format!("the body could not be read: {rejection}"))
-            }
-        })?;
+    let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
+        } else {
+            ApiError::BadRequest(format!("the body could not be read: {rejection}"))
+        }
+    })?;
     if let Some(content_type) = content_type
         && !bytes.is_empty()
     {
@@ -148,9 +144,7 @@ fn deserialize<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::Unprocessable(format!("{path}: {message}"))
         }
     })?;
-    deserializer
-        .end()
-        .map_err(|error| ApiError::BadRequest(format!("malformed JSON: {error}")))?;
+    deserializer.end().map_err(|error| ApiError::BadRequest(format!("malformed JSON: {error}")))?;
     Ok(value)
 }
 

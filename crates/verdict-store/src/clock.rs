@@ -28,9 +28,7 @@ impl Clock for SystemClock {
 
 /// Milliseconds since the epoch by the system clock.
 pub fn system_now_millis() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -45,9 +43,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn starting_at(at: UnixMillis) -> ManualClock {
-        ManualClock {
-            millis: AtomicI64::new(at.0),
-        }
+        ManualClock { millis: AtomicI64::new(at.0) }
     }
 
     /// Moves the clock forward and returns the new time.

@@ -25,8 +25,9 @@ use verdict_core::{
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
     Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
-    LedgerLine, NewRequest, NewSession, Notification, Payout, PayoutProvider, PayoutState, Posting,
-    PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError, User, accounts,
+    LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
+    PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
+    Settings, Store, StoreError, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -87,34 +88,22 @@ impl Store for Engine {
         {
             let session = lock_session(&mut tx, &earlier).await?;
             tx.rollback().await?;
-            return Ok(Created {
-                value: session,
-                replayed: true,
-            });
+            return Ok(Created { value: session, replayed: true });
         }
         if !insert_session(&mut tx, &new, actor, now).await? {
-            return Err(StoreError::Conflict(format!(
-                "session {} already exists",
-                new.id
-            )));
+            return Err(StoreError::Conflict(format!("session {} already exists", new.id)));
         }
         let session = lock_session(&mut tx, &new.id).await?;
         tx.commit().await?;
-        Ok(Created {
-            value: session,
-            replayed: false,
-        })
+        Ok(Created { value: session, replayed: false })
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
@@ -152,25 +141,12 @@ impl Store for Engine {
                         "UPDATE sessions SET provider_last_seen_at = $1 WHERE id = $2"
                     }
                 };
-                sqlx::query(statement)
-                    .bind(now.0)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(statement).bind(now.0).bind(id).execute(&mut *tx).await?;
             }
             // Joining while present and leaving while absent are no-ops:
             // clients retry, and a retry must not split an interval.
             PresenceChange::Join if !party_present => {
-                insert_event(
-                    &mut tx,
-                    id,
-                    EventType::Joined,
-                    Some(party),
-                    actor,
-                    now,
-                    None,
-                )
-                .await?;
+                insert_event(&mut tx, id, EventType::Joined, Some(party), actor, now, None).await?;
                 let other_present = match party {
                     Party::Customer => present.provider,
                     Party::Provider => present.customer,
@@ -212,19 +188,11 @@ impl Store for Engine {
         let session = lock_session(&mut tx, id).await?;
         if session.status.is_terminal() {
             tx.rollback().await?;
-            return Ok(Ended {
-                session,
-                already_ended: true,
-            });
+            return Ok(Ended { session, already_ended: true });
         }
         let policy = *settings.policies.for_kind(session.kind);
         let events = presence_events(&mut tx, &session).await?;
-        let outcome = decide(
-            &session.facts(),
-            &events,
-            &policy,
-            EndRequest { at: now, cause },
-        );
+        let outcome = decide(&session.facts(), &events, &policy, EndRequest { at: now, cause });
         let charged = charge_for(&session.price, outcome.reason, outcome.billable_seconds);
         let policy_json = policy_json(&policy);
 
@@ -244,27 +212,14 @@ impl Store for Engine {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        assert_eq!(
-            updated.rows_affected(),
-            1,
-            "the locked, non-terminal session must update"
-        );
+        assert_eq!(updated.rows_affected(), 1, "the locked, non-terminal session must update");
 
         let audit = json!({
             "claimed": claimed,
             "policy": policy_json,
             "outcome": outcome_json(&outcome),
         });
-        insert_event(
-            &mut tx,
-            id,
-            EventType::Ended,
-            None,
-            actor,
-            now,
-            Some(&audit),
-        )
-        .await?;
+        insert_event(&mut tx, id, EventType::Ended, None, actor, now, Some(&audit)).await?;
 
         let notification_kind = match outcome.status {
             Status::Completed => "session_completed",
@@ -305,10 +260,7 @@ impl Store for Engine {
 
         let session = lock_session(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(Ended {
-            session,
-            already_ended: false,
-        })
+        Ok(Ended { session, already_ended: false })
     }
 
     async fn create_request(
@@ -326,10 +278,7 @@ impl Store for Engine {
         if let Some(earlier) = earlier {
             let request = read_request(&mut tx, &earlier).await?;
             tx.rollback().await?;
-            return Ok(Created {
-                value: request,
-                replayed: true,
-            });
+            return Ok(Created { value: request, replayed: true });
         }
         let candidates = serde_json::to_string(&new.candidate_provider_ids)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
@@ -349,10 +298,7 @@ impl Store for Engine {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "request {} already exists",
-                new.id
-            )));
+            return Err(StoreError::Conflict(format!("request {} already exists", new.id)));
         }
         for provider_id in &new.candidate_provider_ids {
             sqlx::query(
@@ -366,21 +312,15 @@ impl Store for Engine {
         }
         let request = read_request(&mut tx, &new.id).await?;
         tx.commit().await?;
-        Ok(Created {
-            value: request,
-            replayed: false,
-        })
+        Ok(Created { value: request, replayed: false })
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            request_columns!(),
-            " FROM requests WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT ", request_columns!(), " FROM requests WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
         row.as_ref().map(request_from_row).transpose()
     }
 
@@ -434,9 +374,7 @@ impl Store for Engine {
             metadata: None,
         };
         if !insert_session(&mut tx, &new, actor, now).await? {
-            return Err(StoreError::Conflict(format!(
-                "session {session_id} already exists"
-            )));
+            return Err(StoreError::Conflict(format!("session {session_id} already exists")));
         }
         sqlx::query(
             "UPDATE requests SET status = 'matched', session_id = $1, updated_at = $2 WHERE id = $3",
@@ -534,9 +472,7 @@ impl Store for Engine {
         };
         for row in &ledger {
             let currency: String = row.try_get("currency")?;
-            let total = totals
-                .entry(currency.clone())
-                .or_insert_with(|| empty(&currency));
+            let total = totals.entry(currency.clone()).or_insert_with(|| empty(&currency));
             total.earned = Cents(row.try_get("earned")?);
             total.sessions = row.try_get("sessions")?;
         }
@@ -544,9 +480,7 @@ impl Store for Engine {
             let currency: String = row.try_get("currency")?;
             let state: String = row.try_get("state")?;
             let amount = Cents(row.try_get("total")?);
-            let total = totals
-                .entry(currency.clone())
-                .or_insert_with(|| empty(&currency));
+            let total = totals.entry(currency.clone()).or_insert_with(|| empty(&currency));
             match PayoutState::parse(&state) {
                 Some(PayoutState::Paid) => total.paid = amount,
                 Some(PayoutState::Pending) => total.pending = amount,
@@ -623,6 +557,167 @@ impl Store for Engine {
         })
     }
 
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        lease_until: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let rows = sqlx::query(concat!(
+            "SELECT o.id, o.session_id, o.topic, o.payload, o.attempts, o.created_at FROM outbox o \
+             WHERE o.state = 'pending' AND o.due_at <= $1 \
+             AND (o.leased_until IS NULL OR o.leased_until <= $1) \
+             AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.session_id = o.session_id \
+             AND e.channel = o.channel AND e.state = 'pending' AND e.id < o.id) \
+             ORDER BY o.id LIMIT $2",
+            skip_locked!()
+        ))
+        .bind(now.0)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            sqlx::query("UPDATE outbox SET lease_owner = $1, leased_until = $2 WHERE id = $3")
+                .bind(owner)
+                .bind(lease_until.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let payload: String = row.try_get("payload")?;
+            items.push(OutboxItem {
+                id,
+                session_id: row.try_get("session_id")?,
+                topic: row.try_get("topic")?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|error| StoreError::Corrupt(format!("outbox payload: {error}")))?,
+                attempts: row.try_get("attempts")?,
+                created_at: UnixMillis(row.try_get("created_at")?),
+            });
+        }
+        tx.commit().await?;
+        Ok(items)
+    }
+
+    async fn finish_outbox(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: OutboxOutcome,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let held = sqlx::query(concat!(
+            "SELECT session_id, state FROM outbox WHERE id = $1 AND lease_owner = $2",
+            for_update!()
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(held) = held else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let session_id: Option<String> = held.try_get("session_id")?;
+        let (state, due_at, error, payload) = match &outcome {
+            OutboxOutcome::Delivered => ("delivered", None, None, None),
+            OutboxOutcome::Retry { due_at, error, payload } => (
+                "pending",
+                Some(due_at.0),
+                Some(error.clone()),
+                payload.as_ref().map(Value::to_string),
+            ),
+            OutboxOutcome::Dead { error } => ("dead", None, Some(error.clone()), None),
+            OutboxOutcome::PayoutPaid { payout_id, transfer_id } => {
+                let payout =
+                    settle_payout(&mut tx, payout_id, "paid", Some(transfer_id), None, now).await?;
+                if let (Some(payout), Some(session_id)) = (payout, &session_id) {
+                    let payload = payout_event("payout.paid", &payout);
+                    insert_outbox(&mut tx, session_id, "webhook:payout.paid", &payload, now)
+                        .await?;
+                }
+                ("delivered", None, None, None)
+            }
+            OutboxOutcome::PayoutFailed { payout_id, reason } => {
+                let payout =
+                    settle_payout(&mut tx, payout_id, "failed", None, Some(reason), now).await?;
+                if let (Some(payout), Some(session_id)) = (payout, &session_id) {
+                    let payload = payout_event("payout.failed", &payout);
+                    insert_outbox(&mut tx, session_id, "webhook:payout.failed", &payload, now)
+                        .await?;
+                }
+                ("delivered", None, Some(reason.clone()), None)
+            }
+        };
+        sqlx::query(
+            "UPDATE outbox SET state = $1, attempts = attempts + 1, \
+             due_at = COALESCE($2, due_at), last_error = $3, payload = COALESCE($4, payload), \
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END, \
+             lease_owner = NULL, leased_until = NULL WHERE id = $6",
+        )
+        .bind(state)
+        .bind(due_at)
+        .bind(error)
+        .bind(payload)
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let released = sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, leased_until = NULL \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(released.rows_affected())
+    }
+
+    async fn outbox(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, session_id, topic, state, attempts, due_at, created_at, delivered_at, \
+             last_error FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(state)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get("id")?,
+                    session_id: row.try_get("session_id")?,
+                    topic: row.try_get("topic")?,
+                    state: row.try_get("state")?,
+                    attempts: row.try_get("attempts")?,
+                    due_at: UnixMillis(row.try_get("due_at")?),
+                    created_at: UnixMillis(row.try_get("created_at")?),
+                    delivered_at: row.try_get::<Option<i64>, _>("delivered_at")?.map(UnixMillis),
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", payout_columns!(), " FROM payouts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(payout_from_row).transpose()
+    }
+
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, session_id, type, party, actor_role, actor_id, at, data \
@@ -675,18 +770,12 @@ impl Store for Engine {
             ("notifications", "SELECT COUNT(*) AS n FROM notifications"),
             ("outbox", "SELECT COUNT(*) AS n FROM outbox"),
             ("users", "SELECT COUNT(*) AS n FROM users"),
-            (
-                "ledger_postings",
-                "SELECT COUNT(*) AS n FROM ledger_postings",
-            ),
+            ("ledger_postings", "SELECT COUNT(*) AS n FROM ledger_postings"),
             ("ledger_lines", "SELECT COUNT(*) AS n FROM ledger_lines"),
             ("payouts", "SELECT COUNT(*) AS n FROM payouts"),
             ("requests", "SELECT COUNT(*) AS n FROM requests"),
             ("assignments", "SELECT COUNT(*) AS n FROM assignments"),
-            (
-                "idempotency_keys",
-                "SELECT COUNT(*) AS n FROM idempotency_keys",
-            ),
+            ("idempotency_keys", "SELECT COUNT(*) AS n FROM idempotency_keys"),
         ] {
             let row = sqlx::query(statement).fetch_one(&self.reader).await?;
             counts.insert(table, row.try_get::<i64, _>("n")?);
@@ -744,16 +833,7 @@ async fn insert_session(
     if inserted.rows_affected() == 0 {
         return Ok(false);
     }
-    insert_event(
-        connection,
-        &new.id,
-        EventType::Created,
-        None,
-        actor,
-        now,
-        None,
-    )
-    .await?;
+    insert_event(connection, &new.id, EventType::Created, None, actor, now, None).await?;
     Ok(true)
 }
 
@@ -866,21 +946,11 @@ async fn post_settlement(
     .await?
     .try_get("id")?;
     let lines = [
-        (
-            accounts::customer_receivable(&session.customer_id),
-            charge.0,
-        ),
-        (
-            accounts::provider_payable(&session.provider_id),
-            -(charge.0 - fee.0),
-        ),
+        (accounts::customer_receivable(&session.customer_id), charge.0),
+        (accounts::provider_payable(&session.provider_id), -(charge.0 - fee.0)),
         (accounts::PLATFORM_REVENUE.to_owned(), -fee.0),
     ];
-    assert_eq!(
-        lines.iter().map(|(_, amount)| amount).sum::<i64>(),
-        0,
-        "postings balance"
-    );
+    assert_eq!(lines.iter().map(|(_, amount)| amount).sum::<i64>(), 0, "postings balance");
     for (account, amount) in lines {
         sqlx::query(
             "INSERT INTO ledger_lines (posting_id, account, amount_cents) VALUES ($1, $2, $3)",
@@ -928,20 +998,20 @@ async fn insert_payout(
     .bind(now.0)
     .execute(&mut *connection)
     .await?;
+    // Manual payouts wait for an operator: nothing to deliver.
+    if provider == PayoutProvider::Manual {
+        return Ok(());
+    }
     let payload = json!({"payout_id": payout_id, "session_id": session.id});
     insert_outbox(connection, &session.id, "payout", &payload, now).await
 }
 
 async fn read_request(connection: &mut DbConnection, id: &str) -> Result<Request, StoreError> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        request_columns!(),
-        " FROM requests WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *connection)
-    .await?
-    .ok_or_else(|| StoreError::not_found("request", id))?;
+    let row = sqlx::query(concat!("SELECT ", request_columns!(), " FROM requests WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await?
+        .ok_or_else(|| StoreError::not_found("request", id))?;
     request_from_row(&row)
 }
 
@@ -961,30 +1031,18 @@ async fn presence_events(
     let mut events = Vec::with_capacity(rows.len() + 2);
     for row in &rows {
         let event_type: String = row.try_get("type")?;
-        let kind = if event_type == "joined" {
-            PresenceKind::Joined
-        } else {
-            PresenceKind::Left
-        };
+        let kind = if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
         let party = parse_optional(row.try_get("party")?)?.ok_or_else(|| {
             StoreError::Corrupt(format!("presence event of {} without a party", session.id))
         })?;
-        events.push(PresenceEvent {
-            party,
-            kind,
-            at: UnixMillis(row.try_get("at")?),
-        });
+        events.push(PresenceEvent { party, kind, at: UnixMillis(row.try_get("at")?) });
     }
     for (party, last_seen) in [
         (Party::Customer, session.customer_last_seen_at),
         (Party::Provider, session.provider_last_seen_at),
     ] {
         if let Some(at) = last_seen {
-            events.push(PresenceEvent {
-                party,
-                kind: PresenceKind::Heartbeat,
-                at,
-            });
+            events.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
         }
     }
     Ok(events)
@@ -1022,18 +1080,70 @@ async fn insert_outbox(
     payload: &Value,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
+    let channel = if topic.starts_with("email:") {
+        "email"
+    } else if topic == "payout" {
+        "payout"
+    } else {
+        "webhook"
+    };
     sqlx::query(
-        "INSERT INTO outbox (session_id, topic, dedupe_key, payload, due_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $5)",
+        "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
     .bind(session_id)
     .bind(topic)
+    .bind(channel)
     .bind(format!("{topic}:{session_id}"))
     .bind(payload.to_string())
     .bind(now.0)
     .execute(&mut *connection)
     .await?;
     Ok(())
+}
+
+/// Moves a pending payout to `paid` or `failed`; `None` when it was not
+/// pending (already settled by an earlier delivery).
+async fn settle_payout(
+    connection: &mut DbConnection,
+    payout_id: &str,
+    state: &str,
+    transfer_id: Option<&String>,
+    reason: Option<&String>,
+    now: UnixMillis,
+) -> Result<Option<Payout>, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4 \
+         WHERE id = $5 AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(transfer_id)
+    .bind(reason)
+    .bind(now.0)
+    .bind(payout_id)
+    .execute(&mut *connection)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let row = sqlx::query(concat!("SELECT ", payout_columns!(), " FROM payouts WHERE id = $1"))
+        .bind(payout_id)
+        .fetch_one(&mut *connection)
+        .await?;
+    payout_from_row(&row).map(Some)
+}
+
+fn payout_event(event: &str, payout: &Payout) -> Value {
+    json!({
+        "event": event,
+        "session_id": payout.session_id,
+        "payout_id": payout.id,
+        "provider_id": payout.provider_id,
+        "amount_cents": payout.amount.0,
+        "currency": payout.currency,
+        "transfer_id": payout.transfer_id,
+        "failure_reason": payout.failure_reason,
+    })
 }
 
 fn policy_json(policy: &Policy) -> Value {
@@ -1147,10 +1257,7 @@ fn event_from_row(row: &DbRow) -> Result<AuditEvent, StoreError> {
         event_type: EventType::parse(&event_type)
             .ok_or_else(|| StoreError::Corrupt(format!("event type {event_type:?}")))?,
         party: parse_optional(row.try_get("party")?)?,
-        actor: Actor {
-            role: parse(row.try_get("actor_role")?)?,
-            id: row.try_get("actor_id")?,
-        },
+        actor: Actor { role: parse(row.try_get("actor_role")?)?, id: row.try_get("actor_id")? },
         at: UnixMillis(row.try_get("at")?),
         data: data
             .map(|text| serde_json::from_str(&text))
@@ -1163,8 +1270,7 @@ fn parse<T>(text: String) -> Result<T, StoreError>
 where
     T: std::str::FromStr<Err = verdict_core::ParseError>,
 {
-    text.parse()
-        .map_err(|error| StoreError::Corrupt(format!("{error}: {text:?}")))
+    text.parse().map_err(|error| StoreError::Corrupt(format!("{error}: {text:?}")))
 }
 
 fn parse_optional<T>(text: Option<String>) -> Result<Option<T>, StoreError>

@@ -26,10 +26,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn not_found(entity: &'static str, id: &str) -> StoreError {
-        StoreError::NotFound {
-            entity,
-            id: id.to_owned(),
-        }
+        StoreError::NotFound { entity, id: id.to_owned() }
     }
 }
 

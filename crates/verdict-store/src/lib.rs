@@ -21,8 +21,9 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 pub use error::StoreError;
 pub use model::{
     Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
-    LedgerLine, NewRequest, NewSession, Notification, Payout, PayoutProvider, PayoutState, Posting,
-    PresenceChange, Request, RequestStatus, Session, Settings, User, accounts,
+    LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
+    PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
+    Settings, User, accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -143,6 +144,38 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or updates a marketplace user; `None` fields are kept.
     async fn upsert_user(&self, user: User) -> Result<User, StoreError>;
 
+    /// Leases up to `limit` due outbox rows to `owner` until `lease_until`.
+    /// Only the oldest pending row of a session's channel is claimable, so
+    /// each session's deliveries go out in order; rows leased to a live
+    /// worker are skipped (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: the
+    /// claim runs in one write transaction).
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        lease_until: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Records the outcome of a delivery, in one transaction with its
+    /// effects (the payout's state and its webhook). False when `owner` no
+    /// longer holds the lease: nothing is written then.
+    async fn finish_outbox(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: OutboxOutcome,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives back every lease `owner` holds (graceful shutdown).
+    async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Outbox rows for operators, newest first, optionally in one state.
+    async fn outbox(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+
+    async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError>;
+
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;
 }
@@ -167,12 +200,9 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => {
+                    format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..])
+                }
                 None => url.to_owned(),
             }
         }
@@ -186,10 +216,7 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_logs() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(
             redact_url("sqlite://verdict-data/verdict.db"),
             "sqlite://verdict-data/verdict.db"

@@ -15,10 +15,7 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor {
-            role: Role::System,
-            id: "verdict".to_owned(),
-        }
+        Actor { role: Role::System, id: "verdict".to_owned() }
     }
 }
 
@@ -197,10 +194,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings {
-            policies: PolicySet::default(),
-            payout_provider: PayoutProvider::Manual,
-        }
+        Settings { policies: PolicySet::default(), payout_provider: PayoutProvider::Manual }
     }
 }
 
@@ -385,4 +379,58 @@ pub struct User {
     pub display_name: Option<String>,
     pub stripe_account: Option<String>,
     pub updated_at: UnixMillis,
+}
+
+/// A claimed outbox row, leased to one worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub session_id: Option<String>,
+    /// `webhook:<event>`, `email:receipt:<party>` or `payout`.
+    pub topic: String,
+    pub payload: Value,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    pub created_at: UnixMillis,
+}
+
+/// What became of one delivery attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutboxOutcome {
+    Delivered,
+    /// Try again at `due_at`; `payload` replaces the stored one when given
+    /// (Stripe's fresh idempotency key generation, for example).
+    Retry {
+        due_at: UnixMillis,
+        error: String,
+        payload: Option<Value>,
+    },
+    /// Given up: `max_attempts` reached or undeliverable.
+    Dead {
+        error: String,
+    },
+    /// The transfer exists: the payout is `paid` and `payout.paid` queued.
+    PayoutPaid {
+        payout_id: String,
+        transfer_id: String,
+    },
+    /// Stripe refused: the payout is `failed` and `payout.failed` queued.
+    PayoutFailed {
+        payout_id: String,
+        reason: String,
+    },
+}
+
+/// An outbox row as operators see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub session_id: Option<String>,
+    pub topic: String,
+    pub state: String,
+    pub attempts: i64,
+    pub due_at: UnixMillis,
+    pub created_at: UnixMillis,
+    pub delivered_at: Option<UnixMillis>,
+    pub last_error: Option<String>,
 }

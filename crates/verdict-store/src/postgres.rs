@@ -22,6 +22,14 @@ macro_rules! for_update {
     };
 }
 
+/// How an outbox claim passes over rows another worker is claiming right
+/// now (SQLite has one writer: nothing to skip).
+macro_rules! skip_locked {
+    () => {
+        " FOR UPDATE SKIP LOCKED"
+    };
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]
@@ -57,9 +65,6 @@ impl engine::Engine {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
-        Ok(engine::Engine {
-            reader: pool.clone(),
-            writer: pool,
-        })
+        Ok(engine::Engine { reader: pool.clone(), writer: pool })
     }
 }

@@ -23,6 +23,14 @@ macro_rules! for_update {
     };
 }
 
+/// How an outbox claim passes over rows another worker is claiming right
+/// now (SQLite has one writer: nothing to skip).
+macro_rules! skip_locked {
+    () => {
+        ""
+    };
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]

@@ -34,12 +34,7 @@ async fn sqlite() -> Fixture {
 async fn postgres() -> Fixture {
     let database = verdict_testing::shared_server().create_database().await;
     let store = verdict_store::open(&database.url).await.unwrap();
-    Fixture {
-        store,
-        url: database.url.clone(),
-        _sqlite: None,
-        _postgres: Some(database),
-    }
+    Fixture { store, url: database.url.clone(), _sqlite: None, _postgres: Some(database) }
 }
 
 macro_rules! contract {
@@ -64,20 +59,10 @@ impl Fixture {
         let id = format!("rogue_{session_id}");
         let result = if self.url.starts_with("sqlite:") {
             let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query(INSERT)
-                .bind(id)
-                .bind(session_id)
-                .execute(&mut connection)
-                .await
-                .map(drop)
+            sqlx::query(INSERT).bind(id).bind(session_id).execute(&mut connection).await.map(drop)
         } else {
             let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query(INSERT)
-                .bind(id)
-                .bind(session_id)
-                .execute(&mut connection)
-                .await
-                .map(drop)
+            sqlx::query(INSERT).bind(id).bind(session_id).execute(&mut connection).await.map(drop)
         };
         result.map_err(|error| error.to_string())
     }
@@ -101,37 +86,24 @@ fn new_session(id: &str) -> NewSession {
         provider_id: "p1".into(),
         provider_account: Some("acct_1".into()),
         scheduled_start: Some(UnixMillis(T0.0 + 60_000)),
-        price: Price {
-            mode: PriceMode::PerMinute,
-            amount: Cents(150),
-            currency: "usd".into(),
-        },
+        price: Price { mode: PriceMode::PerMinute, amount: Cents(150), currency: "usd".into() },
         request_id: Some("r1".into()),
         metadata: Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}})),
     }
 }
 
 fn service() -> Actor {
-    Actor {
-        role: Role::Service,
-        id: "platform".into(),
-    }
+    Actor { role: Role::Service, id: "platform".into() }
 }
 
 fn party(role: Role, id: &str) -> Actor {
-    Actor {
-        role,
-        id: id.into(),
-    }
+    Actor { role, id: id.into() }
 }
 
 async fn live_session(store: &dyn Store, id: &str) {
     let settings = Settings::default();
     let policies = settings.policies;
-    store
-        .create_session(new_session(id), &service(), None, T0)
-        .await
-        .unwrap();
+    store.create_session(new_session(id), &service(), None, T0).await.unwrap();
     for (party_kind, actor) in [
         (Party::Customer, party(Role::Customer, "c1")),
         (Party::Provider, party(Role::Provider, "p1")),
@@ -144,21 +116,15 @@ async fn live_session(store: &dyn Store, id: &str) {
 }
 
 async fn a_created_session_reads_back_as_written(fixture: Fixture) {
-    let created = fixture
-        .store
-        .create_session(new_session("s1"), &service(), None, T0)
-        .await
-        .unwrap();
+    let created =
+        fixture.store.create_session(new_session("s1"), &service(), None, T0).await.unwrap();
     let read = fixture.store.session("s1").await.unwrap().expect("stored");
     assert!(!created.replayed);
     let created = created.value;
     assert_eq!(created, read);
     assert_eq!(read.status, Status::Waiting);
     assert_eq!(read.created_at, T0);
-    assert_eq!(
-        read.metadata,
-        Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}}))
-    );
+    assert_eq!(read.metadata, Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}})));
     assert_eq!(read.price.amount, Cents(150));
     let events = fixture.store.events("s1").await.unwrap();
     assert_eq!(events.len(), 1);
@@ -166,31 +132,14 @@ async fn a_created_session_reads_back_as_written(fixture: Fixture) {
 }
 
 async fn a_duplicate_id_is_a_conflict_and_changes_nothing(fixture: Fixture) {
-    fixture
-        .store
-        .create_session(new_session("s1"), &service(), None, T0)
-        .await
-        .unwrap();
+    fixture.store.create_session(new_session("s1"), &service(), None, T0).await.unwrap();
     let before = fixture.store.table_counts().await.unwrap();
     let mut again = new_session("s1");
     again.customer_id = "someone-else".into();
-    let error = fixture
-        .store
-        .create_session(again, &service(), None, T0)
-        .await
-        .unwrap_err();
+    let error = fixture.store.create_session(again, &service(), None, T0).await.unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
     assert_eq!(fixture.store.table_counts().await.unwrap(), before);
-    assert_eq!(
-        fixture
-            .store
-            .session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .customer_id,
-        "c1"
-    );
+    assert_eq!(fixture.store.session("s1").await.unwrap().unwrap().customer_id, "c1");
 }
 
 async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fixture: Fixture) {
@@ -219,11 +168,7 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     assert_eq!(session.ended_at, Some(end_at));
     assert_eq!(session.started_at, Some(T0));
     assert_eq!(session.ended_by, Some(Role::Service));
-    assert_eq!(
-        session.charged_cents,
-        Some(Cents(300)),
-        "two started minutes at 150"
-    );
+    assert_eq!(session.charged_cents, Some(Cents(300)), "two started minutes at 150");
 
     let again = store
         .end_session(
@@ -240,10 +185,8 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     assert_eq!(&again.session, session);
 
     let events = store.events("s1").await.unwrap();
-    let ended_events: Vec<_> = events
-        .iter()
-        .filter(|e| e.event_type == verdict_store::EventType::Ended)
-        .collect();
+    let ended_events: Vec<_> =
+        events.iter().filter(|e| e.event_type == verdict_store::EventType::Ended).collect();
     assert_eq!(ended_events.len(), 1);
     let data = ended_events[0].data.as_ref().unwrap();
     assert_eq!(data["claimed"], claimed);
@@ -255,23 +198,14 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     }
     let counts = store.table_counts().await.unwrap();
     assert_eq!(counts["notifications"], 2);
-    assert_eq!(
-        counts["outbox"], 3,
-        "session.started, session.ended and the payout"
-    );
+    assert_eq!(counts["outbox"], 3, "session.started, session.ended and the payout");
 
     // Settlement: 300 cents charged, 20 % fee, one balanced posting, one payout.
     let postings = store.postings("s1").await.unwrap();
     assert_eq!(postings.len(), 1);
     assert!(postings[0].is_balanced());
-    let line = |account: &str| {
-        postings[0]
-            .lines
-            .iter()
-            .find(|l| l.account == account)
-            .unwrap()
-            .amount
-    };
+    let line =
+        |account: &str| postings[0].lines.iter().find(|l| l.account == account).unwrap().amount;
     assert_eq!(line("customer_receivable:c1"), Cents(300));
     assert_eq!(line("provider_payable:p1"), Cents(-240));
     assert_eq!(line("platform_revenue"), Cents(-60));
@@ -282,11 +216,7 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     assert_eq!(payouts[0].state, verdict_store::PayoutState::Pending);
     let earnings = store.earnings("p1").await.unwrap();
     assert_eq!(
-        (
-            earnings[0].earned,
-            earnings[0].pending,
-            earnings[0].sessions
-        ),
+        (earnings[0].earned, earnings[0].pending, earnings[0].sessions),
         (Cents(240), Cents(240), 1)
     );
 }
@@ -295,20 +225,10 @@ async fn presence_on_an_ended_session_is_a_conflict_and_writes_nothing(fixture: 
     let store = fixture.store.as_ref();
     let settings = Settings::default();
     let policies = settings.policies;
-    store
-        .create_session(new_session("s1"), &service(), None, T0)
-        .await
-        .unwrap();
-    store
-        .end_session("s1", &service(), None, EndCause::Requested, &settings, T0)
-        .await
-        .unwrap();
+    store.create_session(new_session("s1"), &service(), None, T0).await.unwrap();
+    store.end_session("s1", &service(), None, EndCause::Requested, &settings, T0).await.unwrap();
     let before = store.table_counts().await.unwrap();
-    for change in [
-        PresenceChange::Join,
-        PresenceChange::Leave,
-        PresenceChange::Heartbeat,
-    ] {
+    for change in [PresenceChange::Join, PresenceChange::Leave, PresenceChange::Heartbeat] {
         let error = store
             .record_presence(
                 "s1",
@@ -323,15 +243,7 @@ async fn presence_on_an_ended_session_is_a_conflict_and_writes_nothing(fixture: 
         assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
     }
     assert_eq!(store.table_counts().await.unwrap(), before);
-    assert_eq!(
-        store
-            .session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .customer_last_seen_at,
-        None
-    );
+    assert_eq!(store.session("s1").await.unwrap().unwrap().customer_last_seen_at, None);
 }
 
 async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
@@ -341,25 +253,13 @@ async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
         let store = fixture.store.clone();
         tokio::spawn(async move {
             let at = UnixMillis(T0.0 + 120_000 + n);
-            store
-                .end_session("s1", &service(), None, EndCause::Requested, &settings, at)
-                .await
+            store.end_session("s1", &service(), None, EndCause::Requested, &settings, at).await
         })
     });
-    let results: Vec<_> = join_all(calls)
-        .await
-        .into_iter()
-        .map(|joined| joined.unwrap().unwrap())
-        .collect();
-    assert_eq!(
-        results.iter().filter(|ended| !ended.already_ended).count(),
-        1
-    );
-    assert!(
-        results
-            .iter()
-            .all(|ended| ended.session == results[0].session)
-    );
+    let results: Vec<_> =
+        join_all(calls).await.into_iter().map(|joined| joined.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|ended| !ended.already_ended).count(), 1);
+    assert!(results.iter().all(|ended| ended.session == results[0].session));
     let counts = fixture.store.table_counts().await.unwrap();
     assert_eq!(counts["notifications"], 2);
 }
@@ -370,14 +270,7 @@ async fn unknown_sessions_are_not_found(fixture: Fixture) {
     let policies = settings.policies;
     assert_eq!(store.session("ghost").await.unwrap(), None);
     let error = store
-        .end_session(
-            "ghost",
-            &service(),
-            None,
-            EndCause::Requested,
-            &settings,
-            T0,
-        )
+        .end_session("ghost", &service(), None, EndCause::Requested, &settings, T0)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }));
@@ -397,33 +290,17 @@ async fn unknown_sessions_are_not_found(fixture: Fixture) {
 
 async fn the_database_refuses_a_payout_for_a_session_not_completed_or_paid_twice(fixture: Fixture) {
     let store = fixture.store.as_ref();
-    store
-        .create_session(new_session("waiting"), &service(), None, T0)
-        .await
-        .unwrap();
+    store.create_session(new_session("waiting"), &service(), None, T0).await.unwrap();
     let error = fixture.raw_payout("waiting").await.unwrap_err();
-    assert!(
-        error.contains("payouts_only_for_completed_sessions"),
-        "{error}"
-    );
+    assert!(error.contains("payouts_only_for_completed_sessions"), "{error}");
 
     live_session(store, "done").await;
     let end_at = UnixMillis(T0.0 + 600_000);
     store
-        .end_session(
-            "done",
-            &service(),
-            None,
-            EndCause::Requested,
-            &Settings::default(),
-            end_at,
-        )
+        .end_session("done", &service(), None, EndCause::Requested, &Settings::default(), end_at)
         .await
         .unwrap();
     let error = fixture.raw_payout("done").await.unwrap_err();
     assert!(error.to_lowercase().contains("unique"), "{error}");
-    assert_eq!(
-        store.payouts(Some("done"), None, 10).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.payouts(Some("done"), None, 10).await.unwrap().len(), 1);
 }

@@ -30,16 +30,10 @@ static DATABASES: AtomicU32 = AtomicU32::new(0);
 /// The server shared by this test process.
 pub fn shared_server() -> &'static PgServer {
     SHARED.get_or_init(|| match std::env::var("VERDICT_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => PgServer {
-            admin_url: url,
-            cluster: None,
-        },
+        Ok(url) if !url.is_empty() => PgServer { admin_url: url, cluster: None },
         _ => {
             let cluster = Cluster::start();
-            PgServer {
-                admin_url: cluster.url("postgres"),
-                cluster: Some(cluster),
-            }
+            PgServer { admin_url: cluster.url("postgres"), cluster: Some(cluster) }
         }
     })
 }
@@ -48,11 +42,8 @@ impl PgServer {
     /// Creates an empty database and returns it; it is dropped with the
     /// returned value.
     pub async fn create_database(&self) -> TestDatabase {
-        let name = format!(
-            "verdict_t{}_{}",
-            std::process::id(),
-            DATABASES.fetch_add(1, Ordering::SeqCst)
-        );
+        let name =
+            format!("verdict_t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
         let mut admin = sqlx::PgConnection::connect(&self.admin_url)
             .await
             .expect("connect to the test PostgreSQL server");
@@ -87,17 +78,12 @@ impl Drop for TestDatabase {
         // Drop runs inside the test's runtime: do the async work on a thread
         // of its own.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
                 let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                    .execute(&mut admin)
-                    .await
-                    .ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await.ok()?;
                 admin.close().await.ok()
             })
         })
@@ -138,17 +124,9 @@ impl Cluster {
             DATABASES.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).expect("create the cluster folder");
-        let cluster = Cluster {
-            dir,
-            bin,
-            port: free_port(),
-            as_postgres_user,
-        };
+        let cluster = Cluster { dir, bin, port: free_port(), as_postgres_user };
         if as_postgres_user {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(&cluster.dir));
+            run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&cluster.dir));
         }
         let data = cluster.data_dir();
         run(cluster.command("initdb").arg("-D").arg(&data).args([
@@ -209,11 +187,7 @@ impl Cluster {
     /// asynchronous commit, which an immediate stop would cut short).
     pub fn stop(&self) {
         let args = ["-m", "fast", "-w", "stop"];
-        run(self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(args));
+        run(self.command("pg_ctl").arg("-D").arg(self.data_dir()).args(args));
     }
 
     /// A detached shell that stops the cluster and deletes its folder once
@@ -227,11 +201,7 @@ impl Cluster {
                 self.data_dir().display()
             )
         } else {
-            format!(
-                "{} -D {} -m immediate stop",
-                pg_ctl.display(),
-                self.data_dir().display()
-            )
+            format!("{} -D {} -m immediate stop", pg_ctl.display(), self.data_dir().display())
         };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
@@ -265,9 +235,7 @@ impl Drop for Cluster {
 }
 
 fn run(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    let output = command.output().unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
     assert!(
         output.status.success(),
         "{command:?} failed: {}{}",
@@ -288,9 +256,7 @@ fn postgres_bin_dir() -> PathBuf {
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-                .collect()
+            entries.filter_map(|entry| entry.ok().map(|e| e.path().join("bin"))).collect()
         })
         .unwrap_or_default();
     versions.sort();
@@ -331,10 +297,7 @@ mod tests {
 
     #[test]
     fn the_database_of_a_url_is_replaced() {
-        assert_eq!(
-            with_database("postgres://u@h:1/postgres", "x"),
-            "postgres://u@h:1/x"
-        );
+        assert_eq!(with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
         assert_eq!(
             with_database("postgres://u@h:1/postgres?sslmode=disable", "x"),
             "postgres://u@h:1/x?sslmode=disable"

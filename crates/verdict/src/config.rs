@@ -73,6 +73,14 @@ pub struct Config {
     #[serde(deserialize_with = "on_off")]
     pub worker: bool,
     pub dashboard_refresh_seconds: u64,
+    /// Sender of e-mail receipts.
+    pub mail_from: String,
+    /// Delivery attempts before an outbox row is `dead`.
+    pub max_attempts: i64,
+    /// Timeout of every outbound call (Stripe, SMTP, webhooks).
+    pub outbound_timeout_seconds: u64,
+    /// How long a worker's claim on an outbox row lasts.
+    pub outbox_lease_seconds: u64,
     /// `[policy.video]`, `[policy.chat]`, `[policy.diagnostic]`.
     pub policy: BTreeMap<String, PolicyOverride>,
 }
@@ -100,6 +108,10 @@ impl Default for Config {
             mail_dir: "verdict-data/mail".into(),
             worker: true,
             dashboard_refresh_seconds: 300,
+            mail_from: "verdict <receipts@verdict.invalid>".into(),
+            max_attempts: 12,
+            outbound_timeout_seconds: 10,
+            outbox_lease_seconds: 120,
             policy: BTreeMap::new(),
         }
     }
@@ -118,9 +130,7 @@ fn on_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> 
         Toggle::Text(text) => match text.to_ascii_lowercase().as_str() {
             "on" | "true" | "1" | "yes" => Ok(true),
             "off" | "false" | "0" | "no" => Ok(false),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected on or off, got {text:?}"
-            ))),
+            _ => Err(serde::de::Error::custom(format!("expected on or off, got {text:?}"))),
         },
     }
 }
@@ -162,6 +172,58 @@ impl Config {
             Some(key) if !key.expose().is_empty() => verdict_store::PayoutProvider::Stripe,
             _ => verdict_store::PayoutProvider::Manual,
         }
+    }
+
+    /// How the outbox worker delivers.
+    pub fn worker_config(&self) -> Result<verdict_worker::WorkerConfig, ConfigError> {
+        use std::time::Duration;
+        use verdict_worker::{
+            MailConfig, StripeConfig, WebhookConfig, WebhookSecret, WorkerConfig,
+        };
+        let stripe = match &self.stripe_secret_key {
+            Some(key) if !key.expose().is_empty() => Some(StripeConfig {
+                api_base: self.stripe_api_base.clone(),
+                secret_key: key.expose().to_owned(),
+            }),
+            _ => None,
+        };
+        let urls: Vec<String> = self
+            .webhook_urls
+            .iter()
+            .flat_map(|urls| urls.split(','))
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook_urls: {url:?} is not an http(s) URL"
+                )));
+            }
+        }
+        let secret = match &self.webhook_secret {
+            Some(secret) => Some(WebhookSecret::parse(secret.expose()).ok_or_else(|| {
+                ConfigError::Invalid("webhook_secret must be whsec_<base64>".into())
+            })?),
+            None => None,
+        };
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(ConfigError::Invalid("max_attempts must be between 1 and 100".into()));
+        }
+        let outbound_timeout = Duration::from_secs(self.outbound_timeout_seconds.clamp(1, 300));
+        Ok(WorkerConfig {
+            stripe,
+            webhooks: WebhookConfig { urls, secret },
+            mail: MailConfig {
+                smtp_url: self.smtp_url.clone().filter(|url| !url.is_empty()),
+                mail_dir: self.mail_dir.clone().into(),
+                from: self.mail_from.clone(),
+            },
+            outbound_timeout,
+            attempts_max: self.max_attempts,
+            lease: Duration::from_secs(self.outbox_lease_seconds).max(outbound_timeout * 3),
+            ..WorkerConfig::default()
+        })
     }
 
     /// The policy per kind: the top-level values, overridden per kind.
@@ -211,9 +273,7 @@ impl Config {
 
 fn parse_basis(text: &str) -> Result<BillingBasis, ConfigError> {
     BillingBasis::parse(text).ok_or_else(|| {
-        ConfigError::Invalid(format!(
-            "billing_basis must be overlap or wall_clock, got {text:?}"
-        ))
+        ConfigError::Invalid(format!("billing_basis must be overlap or wall_clock, got {text:?}"))
     })
 }
 
@@ -223,19 +283,13 @@ fn validate(kind: Kind, policy: Policy) -> Result<Policy, ConfigError> {
         ("join_grace_seconds", policy.join_grace_seconds >= 0),
         ("abandon_after_seconds", policy.abandon_after_seconds > 0),
         ("max_duration_seconds", policy.max_duration_seconds > 0),
-        (
-            "presence_timeout_seconds",
-            policy.presence_timeout_seconds > 0,
-        ),
-        (
-            "platform_fee_bps",
-            (0..=10_000).contains(&policy.platform_fee_bps),
-        ),
+        ("presence_timeout_seconds", policy.presence_timeout_seconds > 0),
+        ("platform_fee_bps", (0..=10_000).contains(&policy.platform_fee_bps)),
     ];
     match checks.iter().find(|(_, ok)| !ok) {
-        Some((name, _)) => Err(ConfigError::Invalid(format!(
-            "policy for {kind}: {name} is out of range"
-        ))),
+        Some((name, _)) => {
+            Err(ConfigError::Invalid(format!("policy for {kind}: {name} is out of range")))
+        }
         None => Ok(policy),
     }
 }
@@ -255,10 +309,8 @@ mod tests {
             )?;
             jail.set_env("VERDICT_MIN_BILLABLE_SECONDS", "120");
             jail.set_env("VERDICT_WORKER", "off");
-            let overrides = Overrides {
-                bind: Some("127.0.0.1:9001".into()),
-                ..Overrides::default()
-            };
+            let overrides =
+                Overrides { bind: Some("127.0.0.1:9001".into()), ..Overrides::default() };
             let config = Config::load(Path::new("verdict.toml"), &overrides).expect("loads");
             assert_eq!(config.bind, "127.0.0.1:9001");
             assert!(!config.worker);
@@ -273,23 +325,15 @@ mod tests {
     #[test]
     fn an_unknown_kind_or_an_out_of_range_value_is_refused() {
         let mut config = Config::default();
-        config
-            .policy
-            .insert("phone".into(), PolicyOverride::default());
+        config.policy.insert("phone".into(), PolicyOverride::default());
         assert!(config.policies().is_err());
-        let config = Config {
-            platform_fee_bps: 20_000,
-            ..Config::default()
-        };
+        let config = Config { platform_fee_bps: 20_000, ..Config::default() };
         assert!(config.policies().is_err());
     }
 
     #[test]
     fn secrets_are_never_printed() {
-        let config = Config {
-            jwt_secret: Some(Secret::new("hunter2")),
-            ..Config::default()
-        };
+        let config = Config { jwt_secret: Some(Secret::new("hunter2")), ..Config::default() };
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

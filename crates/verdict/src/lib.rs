@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use verdict_http::{AppState, JwtKeys, JwtSecret};
 use verdict_store::Settings;
 use verdict_store::clock::{Clock, ManualClock, SystemClock};
+use verdict_worker::Worker;
 
 use crate::config::{ClockKind, Config};
 
@@ -22,6 +23,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// The outbox worker, when this process runs one.
+    worker: Option<Worker>,
 }
 
 impl Application {
@@ -40,36 +43,65 @@ impl Application {
         let state = AppState {
             store,
             clock,
-            settings: Settings {
-                policies,
-                payout_provider: config.payout_provider(),
-            },
+            settings: Settings { policies, payout_provider: config.payout_provider() },
             jwt: Arc::new(JwtKeys::new(secret)),
         };
-        Ok(Application { listener, state })
+        let worker = if config.worker {
+            let worker =
+                Worker::new(state.store.clone(), state.clock.clone(), config.worker_config()?)?;
+            Some(worker)
+        } else {
+            None
+        };
+        Ok(Application { listener, state, worker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves (and runs the worker) until `shutdown` completes, then
+    /// finishes in-flight requests and deliveries.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker = self.worker.map(|worker| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(worker.run_until_stopped(async move {
+                let _ = stopped.changed().await;
+            }))
+        });
         let router = verdict_http::router(self.state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await;
+        let _ = stop.send(true);
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        served?;
         Ok(())
     }
+}
+
+/// Runs only the outbox worker until `shutdown` (`verdict worker`).
+pub async fn run_worker(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let store = verdict_store::open(&config.database_url).await?;
+    let clock: Arc<dyn Clock> = match config.clock {
+        ClockKind::System => Arc::new(SystemClock),
+        ClockKind::Manual => return Err("the worker alone cannot run on a manual clock".into()),
+    };
+    let worker = Worker::new(store, clock, config.worker_config()?)?;
+    println!("verdict worker {} started", worker.owner());
+    worker.run_until_stopped(shutdown).await;
+    Ok(())
 }
 
 /// The configured JWT secret, or a random one for this process.

@@ -12,19 +12,10 @@ use verdict_core::Role;
 use verdict_http::{JwtKeys, JwtSecret};
 
 #[derive(Parser)]
-#[command(
-    name = "verdict",
-    version,
-    about = "Server-authoritative session end and settlement"
-)]
+#[command(name = "verdict", version, about = "Server-authoritative session end and settlement")]
 struct Cli {
     /// Configuration file (read if it exists).
-    #[arg(
-        long,
-        global = true,
-        env = "VERDICT_CONFIG",
-        default_value = "verdict.toml"
-    )]
+    #[arg(long, global = true, env = "VERDICT_CONFIG", default_value = "verdict.toml")]
     config: PathBuf,
     /// Database URL: sqlite://… (default) or postgres://…
     #[arg(long, global = true)]
@@ -61,6 +52,8 @@ enum Command {
         #[arg(long, value_parser = ["system", "manual"])]
         clock: Option<String>,
     },
+    /// Run only the outbox worker (deliveries), no HTTP.
+    Worker,
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Mint a JWT for development (needs VERDICT_JWT_SECRET).
@@ -77,6 +70,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    verdict_worker::install_crypto();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -97,9 +91,7 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -107,10 +99,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
-    let mut overrides = Overrides {
-        database_url: cli.database_url.clone(),
-        ..Overrides::default()
-    };
+    let mut overrides =
+        Overrides { database_url: cli.database_url.clone(), ..Overrides::default() };
     if let Command::Serve { bind, clock } = &cli.command {
         overrides.bind = bind.clone();
         overrides.clock = clock.as_deref().map(|text| match text {
@@ -121,20 +111,14 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let config = Config::load(&cli.config, &overrides)?;
     match cli.command {
         Command::Serve { .. } => serve(config).await,
+        Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
         Command::Migrate => {
             let store = verdict_store::open(&config.database_url).await?;
             store.ping().await?;
-            println!(
-                "{}: schema up to date",
-                verdict_store::redact_url(&config.database_url)
-            );
+            println!("{}: schema up to date", verdict_store::redact_url(&config.database_url));
             Ok(())
         }
-        Command::Token {
-            role,
-            sub,
-            ttl_seconds,
-        } => {
+        Command::Token { role, sub, ttl_seconds } => {
             let secret = config
                 .jwt_secret
                 .as_ref()
@@ -143,10 +127,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 return Err("--sub must be 1 to 128 characters from [A-Za-z0-9_.:-]".into());
             }
             let keys = JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec()));
-            println!(
-                "{}",
-                keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1))
-            );
+            println!("{}", keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1)));
             Ok(())
         }
     }
@@ -162,10 +143,7 @@ fn role_of(role: RoleArg) -> Role {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 async fn serve(config: Config) -> Result<(), BoxError> {

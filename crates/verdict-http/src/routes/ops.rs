@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 use verdict_core::{Party, Role};
 
 use crate::auth::Caller;
-use crate::dto::{AdvanceClockRequest, ClockDto, HealthDto, NotificationDto, Page};
+use crate::dto::{AdvanceClockRequest, ClockDto, HealthDto, NotificationDto, OutboxRowDto, Page};
 use crate::problem::{ApiError, Problem, problem_response};
 use crate::wire::{JsonBody, format_instant};
 use crate::{ApiDoc, AppState, Router};
@@ -30,6 +30,7 @@ pub fn router() -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/test-clock/advance", post(advance_clock))
         .route("/v1/notifications", get(notifications))
+        .route("/v1/admin/outbox", get(outbox))
         .route("/api/sessions/{id}/status", any(legacy_session))
         .route("/api/sessions/{id}/cancel", any(legacy_session))
         .route("/api/sessions/{id}/complete", any(legacy_session))
@@ -39,24 +40,18 @@ pub fn router() -> Router {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = HealthDto, description = "The process is alive")))]
 pub async fn healthz(State(state): State<AppState>) -> Json<HealthDto> {
-    Json(HealthDto {
-        status: "ok".into(),
-        database: state.store.backend().into(),
-    })
+    Json(HealthDto { status: "ok".into(), database: state.store.backend().into() })
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = HealthDto), (status = 503, body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthDto>, ApiError> {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(HealthDto {
-            status: "ready".into(),
-            database: state.store.backend().into(),
-        })),
+        Ok(Ok(())) => {
+            Ok(Json(HealthDto { status: "ready".into(), database: state.store.backend().into() }))
+        }
         Ok(Err(error)) => Err(ApiError::Unavailable(error.to_string())),
-        Err(_) => Err(ApiError::Unavailable(
-            "the database did not answer within 2 s".into(),
-        )),
+        Err(_) => Err(ApiError::Unavailable("the database did not answer within 2 s".into())),
     }
 }
 
@@ -77,9 +72,7 @@ pub async fn advance_clock(
 ) -> Result<Json<ClockDto>, ApiError> {
     // Without a manual clock the route does not exist, whoever asks.
     let Some(manual) = state.clock.as_manual() else {
-        return Err(ApiError::NotFound(
-            "the test clock exists only with --clock manual".into(),
-        ));
+        return Err(ApiError::NotFound("the test clock exists only with --clock manual".into()));
     };
     caller?.require(&[Role::Admin])?;
     let JsonBody(request) = body?;
@@ -90,9 +83,7 @@ pub async fn advance_clock(
         )));
     }
     let now = manual.advance_millis(request.seconds * 1000);
-    Ok(Json(ClockDto {
-        now: format_instant(now),
-    }))
+    Ok(Json(ClockDto { now: format_instant(now) }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,37 +104,49 @@ pub async fn notifications(
     let Query(query) = query.map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))?;
     let after = match query.after.as_deref() {
         None => None,
-        Some(text) => Some(
-            text.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    ApiError::Unprocessable("after must be a cursor returned as next_cursor".into())
-                })?,
-        ),
+        Some(text) => Some(text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::Unprocessable("after must be a cursor returned as next_cursor".into())
+        })?),
     };
     let party = match caller.role {
         Role::Customer => Party::Customer,
         Role::Provider => Party::Provider,
         // The platform and admins receive no notifications of their own.
         _ => {
-            return Ok(Json(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            }));
+            return Ok(Json(Page { items: Vec::new(), next_cursor: None }));
         }
     };
-    let items = state
-        .store
-        .notifications(party, &caller.id, after, NOTIFICATIONS_PAGE)
-        .await?;
+    let items = state.store.notifications(party, &caller.id, after, NOTIFICATIONS_PAGE).await?;
     let next_cursor = (items.len() as i64 == NOTIFICATIONS_PAGE)
         .then(|| items.last().map(|last| last.id.to_string()))
         .flatten();
-    Ok(Json(Page {
-        items: items.iter().map(NotificationDto::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(Page { items: items.iter().map(NotificationDto::from).collect(), next_cursor }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    state: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/outbox", tag = "operations",
+    params(("state" = Option<String>, Query, description = "`pending`, `delivered` or `dead`")),
+    responses((status = 200, body = Page<OutboxRowDto>, description = "Newest first, at most 500")),
+    security(("bearer" = [])))]
+pub async fn outbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<OutboxRowDto>>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let Query(query) = query.map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))?;
+    if let Some(wanted) = query.state.as_deref()
+        && !["pending", "delivered", "dead"].contains(&wanted)
+    {
+        return Err(ApiError::Unprocessable("state must be pending, delivered or dead".into()));
+    }
+    let rows = state.store.outbox(query.state.as_deref(), verdict_store::PAGE_LIMIT_MAX).await?;
+    Ok(Json(Page { items: rows.iter().map(OutboxRowDto::from).collect(), next_cursor: None }))
 }
 
 /// The old routes let a client set the status. They answer 410 before any

@@ -71,19 +71,10 @@ pub async fn create_session(
     let new = request.validate(uuid::Uuid::now_v7().to_string())?;
     let created = state
         .store
-        .create_session(
-            new,
-            &caller.actor(),
-            idempotency.as_ref(),
-            state.clock.now(),
-        )
+        .create_session(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
         .await?;
     let location = format!("/v1/sessions/{}", created.value.id);
-    Ok(created_response(
-        &location,
-        created.replayed,
-        SessionDto::from(&created.value),
-    ))
+    Ok(created_response(&location, created.replayed, SessionDto::from(&created.value)))
 }
 
 /// The idempotency key of a creating request, scoped to the caller and
@@ -233,8 +224,5 @@ pub async fn events(
 ) -> Result<Json<Page<EventDto>>, ApiError> {
     visible_session(&state, &caller, &id).await?;
     let events = state.store.events(&id).await?;
-    Ok(Json(Page {
-        items: events.iter().map(EventDto::from).collect(),
-        next_cursor: None,
-    }))
+    Ok(Json(Page { items: events.iter().map(EventDto::from).collect(), next_cursor: None }))
 }

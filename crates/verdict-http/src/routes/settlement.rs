@@ -68,10 +68,7 @@ pub async fn upsert_user(
             "user ids are 1 to 128 characters from [A-Za-z0-9_.:-]".into(),
         ));
     }
-    let user = state
-        .store
-        .upsert_user(body.validate(&id, state.clock.now())?)
-        .await?;
+    let user = state.store.upsert_user(body.validate(&id, state.clock.now())?).await?;
     Ok(Json(UserDto::from(&user)))
 }
 
@@ -91,25 +88,14 @@ pub async fn create_request(
     let request: CreateRequestBody = from_value(body)?;
     let new = request.validate(uuid::Uuid::now_v7().to_string())?;
     if caller.role == Role::Customer && new.customer_id != caller.id {
-        return Err(ApiError::Forbidden(
-            "customers create requests for themselves only".into(),
-        ));
+        return Err(ApiError::Forbidden("customers create requests for themselves only".into()));
     }
     let created = state
         .store
-        .create_request(
-            new,
-            &caller.actor(),
-            idempotency.as_ref(),
-            state.clock.now(),
-        )
+        .create_request(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
         .await?;
     let location = format!("/v1/requests/{}", created.value.id);
-    Ok(created_response(
-        &location,
-        created.replayed,
-        RequestDto::from(&created.value),
-    ))
+    Ok(created_response(&location, created.replayed, RequestDto::from(&created.value)))
 }
 
 #[utoipa::path(get, path = "/v1/requests/{id}", tag = "settlement",
@@ -170,19 +156,9 @@ pub async fn accept_request(
     let session_id = uuid::Uuid::now_v7().to_string();
     let session = state
         .store
-        .accept_request(
-            id,
-            &caller.id,
-            &session_id,
-            &caller.actor(),
-            state.clock.now(),
-        )
+        .accept_request(id, &caller.id, &session_id, &caller.actor(), state.clock.now())
         .await?;
-    Ok(created_response(
-        &format!("/v1/sessions/{}", session.id),
-        false,
-        SessionDto::from(&session),
-    ))
+    Ok(created_response(&format!("/v1/sessions/{}", session.id), false, SessionDto::from(&session)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,22 +181,14 @@ pub async fn assignments(
     let provider_id = match caller.role {
         Role::Provider => match filter.provider_id {
             Some(other) if other != caller.id => {
-                return Err(ApiError::Forbidden(
-                    "providers see their own queue only".into(),
-                ));
+                return Err(ApiError::Forbidden("providers see their own queue only".into()));
             }
             _ => Some(caller.id.clone()),
         },
         _ => filter.provider_id,
     };
-    let items = state
-        .store
-        .assignments(provider_id.as_deref(), PAGE)
-        .await?;
-    Ok(Json(Page {
-        items: items.iter().map(AssignmentDto::from).collect(),
-        next_cursor: None,
-    }))
+    let items = state.store.assignments(provider_id.as_deref(), PAGE).await?;
+    Ok(Json(Page { items: items.iter().map(AssignmentDto::from).collect(), next_cursor: None }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,17 +221,11 @@ pub async fn payouts(
             )));
         }
     }
-    let items = state
-        .store
-        .payouts(filter.session_id.as_deref(), filter.after.as_deref(), PAGE)
-        .await?;
-    let next_cursor = (items.len() as i64 == PAGE)
-        .then(|| items.last().map(|p| p.id.clone()))
-        .flatten();
-    Ok(Json(Page {
-        items: items.iter().map(PayoutDto::from).collect(),
-        next_cursor,
-    }))
+    let items =
+        state.store.payouts(filter.session_id.as_deref(), filter.after.as_deref(), PAGE).await?;
+    let next_cursor =
+        (items.len() as i64 == PAGE).then(|| items.last().map(|p| p.id.clone())).flatten();
+    Ok(Json(Page { items: items.iter().map(PayoutDto::from).collect(), next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/providers/{id}/earnings", tag = "settlement",
@@ -278,9 +240,7 @@ pub async fn earnings(
     let id = checked_id("provider", &id)?;
     let allowed = caller.role == Role::Admin || (caller.role == Role::Provider && caller.id == id);
     if !allowed {
-        return Err(ApiError::Forbidden(
-            "earnings are for the provider itself and admins".into(),
-        ));
+        return Err(ApiError::Forbidden("earnings are for the provider itself and admins".into()));
     }
     let totals = state.store.earnings(id).await?;
     Ok(Json(EarningsDto::new(id, &totals)))

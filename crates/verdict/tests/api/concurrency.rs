@@ -26,31 +26,17 @@ async fn sixty_four_simultaneous_ends_make_one_transition(app: TestApp) {
     assert!(replies.iter().all(|reply| reply.status == StatusCode::OK));
     let first = outcome(&replies[0]);
     assert_eq!(first, ("completed".into(), "completed".into(), 125));
-    assert!(
-        replies.iter().all(|reply| outcome(reply) == first),
-        "identical outcomes"
-    );
-    let fresh = replies
-        .iter()
-        .filter(|reply| reply.body["outcome"]["already_ended"] == false)
-        .count();
+    assert!(replies.iter().all(|reply| outcome(reply) == first), "identical outcomes");
+    let fresh =
+        replies.iter().filter(|reply| reply.body["outcome"]["already_ended"] == false).count();
     assert_eq!(fresh, 1, "exactly one caller made the transition");
     let sessions: Vec<_> = replies.iter().map(|reply| &reply.body["session"]).collect();
     assert!(sessions.iter().all(|session| *session == sessions[0]));
 
-    let ended = app
-        .events("s1")
-        .await
-        .iter()
-        .filter(|event| event["type"] == "ended")
-        .count();
+    let ended = app.events("s1").await.iter().filter(|event| event["type"] == "ended").count();
     assert_eq!(ended, 1);
     let after = app.counts().await;
-    assert_eq!(
-        after["notifications"] - before["notifications"],
-        2,
-        "one pair of notifications"
-    );
+    assert_eq!(after["notifications"] - before["notifications"], 2, "one pair of notifications");
     assert_eq!(after["session_events"] - before["session_events"], 1);
     for token in [app.customer(), app.provider()] {
         let inbox = app.get("/v1/notifications", &token).await;
@@ -78,10 +64,7 @@ async fn join_and_leave_after_the_end_are_refused_and_store_nothing(app: TestApp
         app.heartbeat("s1", &token).await.problem(409);
     }
     assert_eq!(app.counts().await, counts_before);
-    assert_eq!(
-        app.get("/v1/sessions/s1", &app.admin()).await.body,
-        session_before
-    );
+    assert_eq!(app.get("/v1/sessions/s1", &app.admin()).await.body, session_before);
     assert_eq!(session_before, ended.body["session"]);
 }
 
@@ -103,27 +86,20 @@ async fn joins_racing_an_end_are_either_before_it_or_refused(app: TestApp) {
     });
     for (id, join, end) in join_all(work).await {
         let events = app.events(id).await;
-        let provider_joined = events
-            .iter()
-            .any(|e| e["type"] == "joined" && e["party"] == "provider");
+        let provider_joined =
+            events.iter().any(|e| e["type"] == "joined" && e["party"] == "provider");
         let (status, reason, _) = outcome(&end);
         match join.status {
             // The join came first: it counts, and the end saw it (at the
             // same instant, so both joined but never overlapped).
             StatusCode::OK => {
                 assert!(provider_joined);
-                assert_eq!(
-                    (status.as_str(), reason.as_str()),
-                    ("cancelled", "never_overlapped")
-                );
+                assert_eq!((status.as_str(), reason.as_str()), ("cancelled", "never_overlapped"));
             }
             // The end came first: the join changed nothing.
             StatusCode::CONFLICT => {
                 assert!(!provider_joined);
-                assert_eq!(
-                    (status.as_str(), reason.as_str()),
-                    ("cancelled", "no_show_provider")
-                );
+                assert_eq!((status.as_str(), reason.as_str()), ("cancelled", "no_show_provider"));
             }
             other => panic!("unexpected {other} for {id}: {}", join.body),
         }

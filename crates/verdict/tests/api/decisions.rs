@@ -97,10 +97,8 @@ async fn leave_and_rejoin_intervals_are_summed(app: TestApp) {
 }
 
 async fn wall_clock_basis_bills_from_start_to_end(app: TestApp) {
-    let wall = TestApp::spawn(app.backend, |config| {
-        config.billing_basis = "wall_clock".into()
-    })
-    .await;
+    let wall =
+        TestApp::spawn(app.backend, |config| config.billing_basis = "wall_clock".into()).await;
     for app in [&app, &wall] {
         app.create_session("s1").await;
         app.join("s1", &app.customer()).await.ok();
@@ -150,15 +148,9 @@ async fn the_policy_of_the_kind_decides(app: TestApp) {
     );
     let chat = app2.end("chat-1", &app2.service(), None).await;
     assert_eq!(outcome(&chat), expect("completed", "completed", 45));
-    assert_eq!(
-        chat.body["session"]["charged_cents"], 100,
-        "one started minute"
-    );
+    assert_eq!(chat.body["session"]["charged_cents"], 100, "one started minute");
     let events = app2.events("chat-1").await;
-    assert_eq!(
-        events.last().unwrap()["data"]["policy"]["min_billable_seconds"],
-        30
-    );
+    assert_eq!(events.last().unwrap()["data"]["policy"]["min_billable_seconds"], 30);
 }
 
 async fn a_claimed_completion_on_a_no_show_is_ignored_and_recorded(app: TestApp) {
@@ -169,16 +161,10 @@ async fn a_claimed_completion_on_a_no_show_is_ignored_and_recorded(app: TestApp)
     let reply = app.end("s1", &app.customer(), Some(claim.clone())).await;
     assert_eq!(outcome(&reply), expect("cancelled", "no_show_provider", 0));
     let events = app.events("s1").await;
-    let ended: Vec<_> = events
-        .iter()
-        .filter(|event| event["type"] == "ended")
-        .collect();
+    let ended: Vec<_> = events.iter().filter(|event| event["type"] == "ended").collect();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0]["data"]["claimed"], claim);
-    assert_eq!(
-        ended[0]["actor"],
-        json!({"role": "customer", "id": "cust-1"})
-    );
+    assert_eq!(ended[0]["actor"], json!({"role": "customer", "id": "cust-1"}));
     assert_eq!(ended[0]["data"]["outcome"]["status"], "cancelled");
     assert_eq!(ended[0]["data"]["policy"]["min_billable_seconds"], 60);
 }
@@ -190,21 +176,12 @@ async fn a_second_end_returns_the_stored_outcome(app: TestApp) {
     app.advance(120).await;
     let first = app.end("s1", &app.customer(), None).await;
     app.advance(600).await;
-    let second = app
-        .end("s1", &app.provider(), Some(json!({"status": "cancelled"})))
-        .await;
+    let second = app.end("s1", &app.provider(), Some(json!({"status": "cancelled"}))).await;
     assert_eq!(first.body["outcome"]["already_ended"], false);
     assert_eq!(second.body["outcome"]["already_ended"], true);
     assert_eq!(outcome(&first), outcome(&second));
     assert_eq!(first.body["session"], second.body["session"]);
-    assert_eq!(
-        app.events("s1")
-            .await
-            .iter()
-            .filter(|e| e["type"] == "ended")
-            .count(),
-        1
-    );
+    assert_eq!(app.events("s1").await.iter().filter(|e| e["type"] == "ended").count(), 1);
 }
 
 async fn both_parties_present_start_the_session(app: TestApp) {
@@ -242,12 +219,7 @@ async fn repeated_joins_do_not_split_presence(app: TestApp) {
     app.advance(30).await;
     app.join("s1", &customer).await.ok();
     app.advance(30).await;
-    let joins = app
-        .events("s1")
-        .await
-        .iter()
-        .filter(|event| event["type"] == "joined")
-        .count();
+    let joins = app.events("s1").await.iter().filter(|event| event["type"] == "joined").count();
     assert_eq!(joins, 2, "a join while present records nothing");
     assert_eq!(
         outcome(&app.end("s1", &customer, None).await),

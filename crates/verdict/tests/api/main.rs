@@ -5,6 +5,8 @@ mod support;
 
 mod concurrency;
 mod decisions;
+mod delivery;
+mod fakes;
 mod scale_out;
 mod security;
 mod settlement;

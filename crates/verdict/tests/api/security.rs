@@ -29,20 +29,10 @@ async fn missing_forged_and_expired_tokens_are_refused(app: TestApp) {
 
     let forged_keys = JwtKeys::new(&verdict_http::JwtSecret::new(b"another-secret".to_vec()));
     let forged = forged_keys.mint(Role::Admin, "ops", i64::MAX / 2);
-    assert!(
-        app.get(path, &forged)
-            .await
-            .problem(401)
-            .contains("signature")
-    );
+    assert!(app.get(path, &forged).await.problem(401).contains("signature"));
 
     let expired = app.keys_mint_expired();
-    assert!(
-        app.get(path, &expired)
-            .await
-            .problem(401)
-            .contains("expired")
-    );
+    assert!(app.get(path, &expired).await.problem(401).contains("expired"));
 
     app.get(path, "not.a.jwt").await.problem(401);
     let system = app.token(Role::System, "verdict");
@@ -59,9 +49,8 @@ async fn missing_forged_and_expired_tokens_are_refused(app: TestApp) {
 
 impl TestApp {
     fn keys_mint_expired(&self) -> String {
-        let keys = JwtKeys::new(&verdict_http::JwtSecret::new(
-            crate::support::SECRET.as_bytes().to_vec(),
-        ));
+        let keys =
+            JwtKeys::new(&verdict_http::JwtSecret::new(crate::support::SECRET.as_bytes().to_vec()));
         keys.mint(Role::Admin, "ops", 1_000_000)
     }
 }
@@ -69,10 +58,7 @@ impl TestApp {
 async fn strangers_to_a_session_are_forbidden(app: TestApp) {
     app.create_session("s1").await;
     let before = app.counts().await;
-    for token in [
-        app.token(Role::Customer, "cust-2"),
-        app.token(Role::Provider, "prov-2"),
-    ] {
+    for token in [app.token(Role::Customer, "cust-2"), app.token(Role::Provider, "prov-2")] {
         app.get("/v1/sessions/s1", &token).await.problem(403);
         app.get("/v1/sessions/s1/events", &token).await.problem(403);
         app.join("s1", &token).await.problem(403);
@@ -91,68 +77,38 @@ async fn roles_are_enforced_per_route(app: TestApp) {
     let body = json!({"kind": "chat", "customer_id": "c", "provider_id": "p",
         "price": {"mode": "flat", "amount_cents": 1, "currency": "usd"}});
     for token in [app.customer(), app.provider()] {
-        app.post("/v1/sessions", &token, body.clone())
-            .await
-            .problem(403);
-        app.post("/v1/test-clock/advance", &token, json!({"seconds": 5}))
-            .await
-            .problem(403);
+        app.post("/v1/sessions", &token, body.clone()).await.problem(403);
+        app.post("/v1/test-clock/advance", &token, json!({"seconds": 5})).await.problem(403);
     }
     // Presence is the party's own, not the platform's.
     for token in [app.service(), app.admin()] {
         app.join("s1", &token).await.problem(403);
     }
-    app.post(
-        "/v1/test-clock/advance",
-        &app.service(),
-        json!({"seconds": 5}),
-    )
-    .await
-    .problem(403);
+    app.post("/v1/test-clock/advance", &app.service(), json!({"seconds": 5})).await.problem(403);
     // The platform and admins may read and end.
     app.get("/v1/sessions/s1", &app.service()).await.ok();
     app.get("/v1/sessions/s1/events", &app.service()).await.ok();
     let created = app.post("/v1/sessions", &app.admin(), body).await;
     assert_eq!(created.status, 201);
     let id = created.body["id"].as_str().unwrap();
-    assert_eq!(
-        uuid::Uuid::parse_str(id).unwrap().get_version_num(),
-        7,
-        "generated ids are UUIDv7"
-    );
-    assert_eq!(
-        created.headers["location"],
-        format!("/v1/sessions/{id}").as_str()
-    );
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7, "generated ids are UUIDv7");
+    assert_eq!(created.headers["location"], format!("/v1/sessions/{id}").as_str());
 }
 
 async fn unknown_sessions_and_routes_are_not_found(app: TestApp) {
     for path in ["/v1/sessions/nope", "/v1/sessions/nope/events"] {
-        assert!(
-            app.get(path, &app.admin())
-                .await
-                .problem(404)
-                .contains("nope")
-        );
+        assert!(app.get(path, &app.admin()).await.problem(404).contains("nope"));
     }
     app.end("nope", &app.service(), None).await.problem(404);
     app.join("nope", &app.customer()).await.problem(404);
     app.get("/v1/nothing-here", &app.admin()).await.problem(404);
-    app.send(Method::DELETE, "/v1/sessions", Some(&app.admin()), None)
-        .await
-        .problem(405);
+    app.send(Method::DELETE, "/v1/sessions", Some(&app.admin()), None).await.problem(405);
 }
 
 async fn invalid_fields_are_named_in_the_detail(app: TestApp) {
     let service = app.service();
-    let malformed = app
-        .send(
-            Method::POST,
-            "/v1/sessions",
-            Some(&service),
-            Some("{\"kind\": "),
-        )
-        .await;
+    let malformed =
+        app.send(Method::POST, "/v1/sessions", Some(&service), Some("{\"kind\": ")).await;
     assert!(malformed.problem(400).contains("malformed JSON"));
 
     let base = json!({"kind": "video", "customer_id": "c", "provider_id": "p",
@@ -160,11 +116,7 @@ async fn invalid_fields_are_named_in_the_detail(app: TestApp) {
     let cases = [
         (&["kind"][..], json!("hologram"), "kind"),
         (&["price", "amount_cents"], json!(-1), "price.amount_cents"),
-        (
-            &["price", "amount_cents"],
-            json!("100"),
-            "price.amount_cents",
-        ),
+        (&["price", "amount_cents"], json!("100"), "price.amount_cents"),
         (&["price", "mode"], json!("hourly"), "price.mode"),
         (&["price", "currency"], json!("dollars"), "price.currency"),
         (&["customer_id"], json!("a b"), "customer_id"),
@@ -180,12 +132,7 @@ async fn invalid_fields_are_named_in_the_detail(app: TestApp) {
     }
     let mut missing = base.clone();
     missing.as_object_mut().unwrap().remove("provider_id");
-    assert!(
-        app.post("/v1/sessions", &service, missing)
-            .await
-            .problem(422)
-            .contains("provider_id")
-    );
+    assert!(app.post("/v1/sessions", &service, missing).await.problem(422).contains("provider_id"));
     assert_eq!(app.counts().await["sessions"], 0);
 }
 
@@ -205,24 +152,9 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
         body.to_string()
     };
     let cases: Vec<(Method, String, Option<&str>, Option<String>)> = vec![
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some(create(json!({"id": long_id}))),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some(create(json!({"id": huge_id}))),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some(create(json!({"id": "s1"}))),
-        ),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some(create(json!({"id": long_id})))),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some(create(json!({"id": huge_id})))),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some(create(json!({"id": "s1"})))),
         (
             Method::POST,
             "/v1/sessions".into(),
@@ -253,12 +185,7 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
             Some(&service),
             Some(create(json!({"customer_id": 42}))),
         ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some(create(json!({"kind": null}))),
-        ),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some(create(json!({"kind": null})))),
         (
             Method::POST,
             "/v1/sessions".into(),
@@ -299,9 +226,7 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
             Method::POST,
             "/v1/sessions".into(),
             Some(&service),
-            Some(create(
-                json!({"price": {"mode": "flat", "amount_cents": 1, "currency": "€€€"}}),
-            )),
+            Some(create(json!({"price": {"mode": "flat", "amount_cents": 1, "currency": "€€€"}}))),
         ),
         (
             Method::POST,
@@ -327,30 +252,10 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
             Some(&service),
             Some(create(json!({"provider_account": "acct with spaces"}))),
         ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some("[]".into()),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some("null".into()),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some("{} {}".into()),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions".into(),
-            Some(&service),
-            Some("\u{feff}{}".into()),
-        ),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some("[]".into())),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some("null".into())),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some("{} {}".into())),
+        (Method::POST, "/v1/sessions".into(), Some(&service), Some("\u{feff}{}".into())),
         (
             Method::POST,
             "/v1/sessions".into(),
@@ -364,48 +269,13 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
             Some(&customer),
             Some("[\"completed\"]".into()),
         ),
-        (
-            Method::POST,
-            "/v1/sessions/s1/end".into(),
-            Some(&customer),
-            Some("\"completed\"".into()),
-        ),
-        (
-            Method::POST,
-            "/v1/sessions/s1/end".into(),
-            Some(&customer),
-            Some("{\"status\": ".into()),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{}/end", "z".repeat(200)),
-            Some(&service),
-            None,
-        ),
-        (
-            Method::GET,
-            "/v1/sessions/..%2F..%2Fetc%2Fpasswd".into(),
-            Some(&service),
-            None,
-        ),
-        (
-            Method::GET,
-            "/v1/sessions/s1'%20OR%20'1'='1".into(),
-            Some(&service),
-            None,
-        ),
-        (
-            Method::GET,
-            "/v1/sessions/%F0%9F%92%A5".into(),
-            Some(&service),
-            None,
-        ),
-        (
-            Method::POST,
-            "/v1/sessions/s1/join".into(),
-            Some("Bearer"),
-            None,
-        ),
+        (Method::POST, "/v1/sessions/s1/end".into(), Some(&customer), Some("\"completed\"".into())),
+        (Method::POST, "/v1/sessions/s1/end".into(), Some(&customer), Some("{\"status\": ".into())),
+        (Method::POST, format!("/v1/sessions/{}/end", "z".repeat(200)), Some(&service), None),
+        (Method::GET, "/v1/sessions/..%2F..%2Fetc%2Fpasswd".into(), Some(&service), None),
+        (Method::GET, "/v1/sessions/s1'%20OR%20'1'='1".into(), Some(&service), None),
+        (Method::GET, "/v1/sessions/%F0%9F%92%A5".into(), Some(&service), None),
+        (Method::POST, "/v1/sessions/s1/join".into(), Some("Bearer"), None),
         (Method::POST, "/v1/sessions/s1/end".into(), None, None),
         (
             Method::POST,
@@ -425,43 +295,19 @@ async fn hostile_requests_get_problems_and_change_nothing(app: TestApp) {
             Some(&admin),
             Some("{\"seconds\": 99999999999}".into()),
         ),
-        (
-            Method::GET,
-            "/v1/notifications?after=-3".into(),
-            Some(&customer),
-            None,
-        ),
-        (
-            Method::GET,
-            "/v1/notifications?after=abc".into(),
-            Some(&customer),
-            None,
-        ),
-        (
-            Method::PUT,
-            "/v1/sessions/s1".into(),
-            Some(&service),
-            Some("{}".into()),
-        ),
+        (Method::GET, "/v1/notifications?after=-3".into(), Some(&customer), None),
+        (Method::GET, "/v1/notifications?after=abc".into(), Some(&customer), None),
+        (Method::PUT, "/v1/sessions/s1".into(), Some(&service), Some("{}".into())),
     ];
     assert!(cases.len() >= 30);
     for (method, path, token, body) in cases {
-        let reply = app
-            .send(method.clone(), &path, token, body.as_deref())
-            .await;
+        let reply = app.send(method.clone(), &path, token, body.as_deref()).await;
         let status = reply.status.as_u16();
-        assert!(
-            (400..500).contains(&status),
-            "{method} {path}: {status} {}",
-            reply.body
-        );
+        assert!((400..500).contains(&status), "{method} {path}: {status} {}", reply.body);
         reply.problem(status);
     }
     assert_eq!(app.counts().await, counts_before);
-    assert_eq!(
-        app.get("/v1/sessions/s1", &app.admin()).await.body,
-        session_before
-    );
+    assert_eq!(app.get("/v1/sessions/s1", &app.admin()).await.body, session_before);
 }
 
 async fn bodies_over_64_kib_are_refused(app: TestApp) {
@@ -469,9 +315,7 @@ async fn bodies_over_64_kib_are_refused(app: TestApp) {
     let body = json!({"kind": "video", "customer_id": "c", "provider_id": "p",
         "price": {"mode": "flat", "amount_cents": 100, "currency": "usd"},
         "metadata": {"padding": padding}});
-    app.post("/v1/sessions", &app.service(), body)
-        .await
-        .problem(413);
+    app.post("/v1/sessions", &app.service(), body).await.problem(413);
     // Chunked, without a declared length: refused while reading.
     let chunks: Vec<Result<String, std::io::Error>> =
         (0..70).map(|_| Ok("a".repeat(1024))).collect();
@@ -502,24 +346,12 @@ async fn legacy_status_routes_are_gone_and_point_to_end(app: TestApp) {
             )
             .await;
         assert!(reply.problem(410).contains("/v1/sessions/s1/end"));
-        assert_eq!(
-            reply.headers["link"],
-            "</v1/sessions/s1/end>; rel=\"successor-version\""
-        );
+        assert_eq!(reply.headers["link"], "</v1/sessions/s1/end>; rel=\"successor-version\"");
     }
-    let end = app
-        .send(
-            Method::POST,
-            "/api/sessions/end",
-            None,
-            Some("{\"session_id\":\"s1\"}"),
-        )
-        .await;
+    let end =
+        app.send(Method::POST, "/api/sessions/end", None, Some("{\"session_id\":\"s1\"}")).await;
     end.problem(410);
-    assert_eq!(
-        end.headers["link"],
-        "</v1/sessions/{id}/end>; rel=\"successor-version\""
-    );
+    assert_eq!(end.headers["link"], "</v1/sessions/{id}/end>; rel=\"successor-version\"");
     assert_eq!(app.get("/v1/sessions/s1", &app.admin()).await.body, before);
     assert_eq!(app.counts().await, counts);
 }
@@ -530,20 +362,10 @@ async fn the_test_clock_does_not_exist_on_the_system_clock(app: TestApp) {
     })
     .await;
     system
-        .post(
-            "/v1/test-clock/advance",
-            &system.admin(),
-            json!({"seconds": 60}),
-        )
+        .post("/v1/test-clock/advance", &system.admin(), json!({"seconds": 60}))
         .await
         .problem(404);
-    let advanced = app
-        .post(
-            "/v1/test-clock/advance",
-            &app.admin(),
-            json!({"seconds": 60}),
-        )
-        .await;
+    let advanced = app.post("/v1/test-clock/advance", &app.admin(), json!({"seconds": 60})).await;
     assert!(advanced.ok()["now"].as_str().unwrap().ends_with('Z'));
 }
 
@@ -563,15 +385,9 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
         "/healthz",
         "/readyz",
     ] {
-        assert!(
-            paths.contains_key(path),
-            "{path} missing from the OpenAPI document"
-        );
+        assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
     }
-    assert_eq!(
-        app.send(Method::GET, "/readyz", None, None).await.ok()["status"],
-        "ready"
-    );
+    assert_eq!(app.send(Method::GET, "/readyz", None, None).await.ok()["status"], "ready");
     assert_eq!(
         app.send(Method::GET, "/healthz", None, None).await.ok()["database"],
         app.backend.name()

@@ -79,27 +79,11 @@ impl Reply {
     #[track_caller]
     pub fn problem(&self, status: u16) -> String {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        let content_type = self
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok());
-        assert_eq!(
-            content_type,
-            Some("application/problem+json"),
-            "body: {}",
-            self.body
-        );
+        let content_type = self.headers.get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(content_type, Some("application/problem+json"), "body: {}", self.body);
         assert_eq!(self.body["status"], status);
-        assert!(
-            self.body["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:verdict:problem:")
-        );
-        self.body["detail"]
-            .as_str()
-            .expect("a problem has a detail")
-            .to_owned()
+        assert!(self.body["type"].as_str().unwrap().starts_with("urn:verdict:problem:"));
+        self.body["detail"].as_str().expect("a problem has a detail").to_owned()
     }
 
     #[track_caller]
@@ -112,6 +96,7 @@ impl Reply {
 impl TestApp {
     /// Starts the application; `configure` may change the configuration.
     pub async fn spawn(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+        verdict_worker::install_crypto();
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             bind: "127.0.0.1:0".into(),
@@ -132,9 +117,7 @@ impl TestApp {
         };
         configure(&mut config);
         let secret = JwtSecret::new(SECRET.as_bytes().to_vec());
-        let app = Application::build(&config, &secret)
-            .await
-            .expect("the app builds");
+        let app = Application::build(&config, &secret).await.expect("the app builds");
         let base = format!("http://{}", app.local_addr());
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -154,11 +137,8 @@ impl TestApp {
     }
 
     pub fn token(&self, role: Role, sub: &str) -> String {
-        let in_an_hour = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 3600;
+        let in_an_hour =
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
         self.keys.mint(role, sub, in_an_hour)
     }
 
@@ -191,9 +171,7 @@ impl TestApp {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
+            request = request.header("content-type", "application/json").body(body.to_owned());
         }
         let response = request.send().await.expect("the server answers");
         let status = response.status();
@@ -204,16 +182,11 @@ impl TestApp {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send(Method::POST, path, Some(token), Some(&body.to_string()))
-            .await
+        self.send(Method::POST, path, Some(token), Some(&body.to_string())).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
@@ -237,61 +210,75 @@ impl TestApp {
     }
 
     pub async fn join(&self, id: &str, token: &str) -> Reply {
-        self.send(
-            Method::POST,
-            &format!("/v1/sessions/{id}/join"),
-            Some(token),
-            None,
-        )
-        .await
+        self.send(Method::POST, &format!("/v1/sessions/{id}/join"), Some(token), None).await
     }
 
     pub async fn leave(&self, id: &str, token: &str) -> Reply {
-        self.send(
-            Method::POST,
-            &format!("/v1/sessions/{id}/leave"),
-            Some(token),
-            None,
-        )
-        .await
+        self.send(Method::POST, &format!("/v1/sessions/{id}/leave"), Some(token), None).await
     }
 
     pub async fn heartbeat(&self, id: &str, token: &str) -> Reply {
-        self.send(
-            Method::POST,
-            &format!("/v1/sessions/{id}/heartbeat"),
-            Some(token),
-            None,
-        )
-        .await
+        self.send(Method::POST, &format!("/v1/sessions/{id}/heartbeat"), Some(token), None).await
     }
 
     pub async fn end(&self, id: &str, token: &str, body: Option<Value>) -> Reply {
         let body = body.map(|body| body.to_string());
-        self.send(
-            Method::POST,
-            &format!("/v1/sessions/{id}/end"),
-            Some(token),
-            body.as_deref(),
-        )
-        .await
+        self.send(Method::POST, &format!("/v1/sessions/{id}/end"), Some(token), body.as_deref())
+            .await
     }
 
     pub async fn advance(&self, seconds: i64) {
-        self.post(
-            "/v1/test-clock/advance",
-            &self.admin(),
-            json!({"seconds": seconds}),
-        )
-        .await
-        .ok();
+        self.post("/v1/test-clock/advance", &self.admin(), json!({"seconds": seconds})).await.ok();
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {
-        let reply = self
-            .get(&format!("/v1/sessions/{id}/events"), &self.admin())
-            .await;
+        let reply = self.get(&format!("/v1/sessions/{id}/events"), &self.admin()).await;
         reply.ok()["items"].as_array().expect("items").clone()
+    }
+
+    /// A worker on this app's database and clock.
+    pub fn worker(
+        &self,
+        configure: impl FnOnce(&mut verdict_worker::WorkerConfig),
+    ) -> verdict_worker::Worker {
+        let mut config = verdict_worker::WorkerConfig::default();
+        config.mail.mail_dir = self._data.path().join("mail");
+        configure(&mut config);
+        verdict_worker::Worker::new(self.state.store.clone(), self.state.clock.clone(), config)
+            .expect("a valid worker configuration")
+    }
+
+    /// Runs worker steps until nothing is due (bounded).
+    pub async fn drain(&self, worker: &verdict_worker::Worker) {
+        for _ in 0..100 {
+            if worker.try_deliver_batch().await.expect("a worker step")
+                == verdict_worker::Step::EmptyQueue
+            {
+                return;
+            }
+        }
+        panic!("the outbox did not drain in 100 steps");
+    }
+
+    /// Drains, moves the clock an hour, and again, until `done` holds.
+    pub async fn deliver_until(
+        &self,
+        worker: &verdict_worker::Worker,
+        rounds: usize,
+        mut done: impl AsyncFnMut() -> bool,
+    ) {
+        for _ in 0..rounds {
+            self.drain(worker).await;
+            if done().await {
+                return;
+            }
+            self.advance(3600).await;
+        }
+        panic!("not done after {rounds} rounds of delivery");
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
     }
 
     pub async fn counts(&self) -> BTreeMap<&'static str, i64> {

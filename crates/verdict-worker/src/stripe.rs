@@ -1,0 +1,171 @@
+//! Stripe Connect transfers (SPEC §4).
+//!
+//! One payout, one transfer, whatever fails on the way: the request carries
+//! `Idempotency-Key` = the payout id, so a retry after a timeout returns
+//! the transfer already made. When Stripe replays a saved 5xx for that key
+//! (`Idempotent-Replayed: true`), the key is spent: we look the transfer up
+//! by `transfer_group` (the session id) and either record it or retry with
+//! a fresh key `<payout id>:<n>`, never creating a second transfer.
+
+use std::fmt;
+
+use serde_json::{Value, json};
+use verdict_store::{OutboxItem, OutboxOutcome, PayoutState, Store};
+
+use crate::Delivery;
+use crate::webhook::without_url;
+
+#[derive(Clone)]
+pub struct StripeConfig {
+    /// `https://api.stripe.com`, or a local fake in tests.
+    pub api_base: String,
+    pub secret_key: String,
+}
+
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .field("secret_key", &"***")
+            .finish()
+    }
+}
+
+pub(crate) async fn deliver(
+    http: &reqwest::Client,
+    config: &StripeConfig,
+    store: &dyn Store,
+    item: &OutboxItem,
+) -> Delivery {
+    let Some(payout_id) = item.payload["payout_id"].as_str() else {
+        return Delivery::Undeliverable("payout row without payout_id".into());
+    };
+    let payout = match store.payout(payout_id).await {
+        Ok(Some(payout)) => payout,
+        Ok(None) => return Delivery::Undeliverable(format!("payout {payout_id} does not exist")),
+        Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
+    };
+    if payout.state != PayoutState::Pending {
+        // Settled by an earlier attempt whose bookkeeping was recorded.
+        return Delivery::Done(OutboxOutcome::Delivered);
+    }
+    let failed = |reason: String| {
+        Delivery::Done(OutboxOutcome::PayoutFailed { payout_id: payout.id.clone(), reason })
+    };
+    let Some(destination) = &payout.destination else {
+        return failed(
+            "no Stripe account for the provider (provider_account or stripe_account)".into(),
+        );
+    };
+    if payout.amount.0 == 0 {
+        // Nothing to move; Stripe refuses zero transfers.
+        return Delivery::Done(OutboxOutcome::PayoutPaid {
+            payout_id: payout.id.clone(),
+            transfer_id: "none:zero-amount".into(),
+        });
+    }
+    // Which key generation this attempt uses (0: the payout id itself).
+    let generation = item.payload["key_generation"].as_u64().unwrap_or(0);
+    let key =
+        if generation == 0 { payout.id.clone() } else { format!("{}:{generation}", payout.id) };
+    let form = [
+        ("amount", payout.amount.0.to_string()),
+        ("currency", payout.currency.clone()),
+        ("destination", destination.clone()),
+        ("transfer_group", payout.session_id.clone()),
+        ("metadata[session_id]", payout.session_id.clone()),
+        ("metadata[payout_id]", payout.id.clone()),
+    ];
+    let response = http
+        .post(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
+        .bearer_auth(&config.secret_key)
+        .header("Idempotency-Key", &key)
+        .form(&form)
+        .send()
+        .await;
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => {
+            return Delivery::Failed {
+                error: format!("Stripe: {}", without_url(&error)),
+                payload: None,
+            };
+        }
+    };
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return match body["id"].as_str() {
+            Some(transfer_id) => Delivery::Done(OutboxOutcome::PayoutPaid {
+                payout_id: payout.id.clone(),
+                transfer_id: transfer_id.to_owned(),
+            }),
+            None => Delivery::Failed {
+                error: "Stripe answered 2xx without a transfer id".into(),
+                payload: None,
+            },
+        };
+    }
+    let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
+    if status.is_server_error() && replayed {
+        // The key is burnt on a saved failure. Did a transfer happen anyway?
+        return match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => Delivery::Done(OutboxOutcome::PayoutPaid {
+                payout_id: payout.id.clone(),
+                transfer_id,
+            }),
+            Ok(None) => {
+                let mut payload = item.payload.clone();
+                payload["key_generation"] = json!(generation + 1);
+                Delivery::Failed {
+                    error: format!("Stripe replayed HTTP {}: {message}", status.as_u16()),
+                    payload: Some(payload),
+                }
+            }
+            Err(error) => Delivery::Failed { error, payload: None },
+        };
+    }
+    match status.as_u16() {
+        409 | 429 => {
+            Delivery::Failed { error: format!("Stripe HTTP {status}: {message}"), payload: None }
+        }
+        400..=499 => {
+            failed(format!("Stripe refused the transfer (HTTP {}): {message}", status.as_u16()))
+        }
+        _ => Delivery::Failed {
+            error: format!("Stripe HTTP {}: {message}", status.as_u16()),
+            payload: None,
+        },
+    }
+}
+
+/// The transfer for this payout in its group, if Stripe has one.
+async fn find_transfer(
+    http: &reqwest::Client,
+    config: &StripeConfig,
+    transfer_group: &str,
+    payout_id: &str,
+) -> Result<Option<String>, String> {
+    let response = http
+        .get(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
+        .bearer_auth(&config.secret_key)
+        .query(&[("transfer_group", transfer_group), ("limit", "100")])
+        .send()
+        .await
+        .map_err(|error| format!("Stripe lookup: {}", without_url(&error)))?;
+    if !response.status().is_success() {
+        return Err(format!("Stripe lookup: HTTP {}", response.status().as_u16()));
+    }
+    let body: Value =
+        response.json().await.map_err(|_| "Stripe lookup: unreadable body".to_owned())?;
+    let found = body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|transfer| transfer["metadata"]["payout_id"].as_str() == Some(payout_id));
+    Ok(found.and_then(|transfer| transfer["id"].as_str().map(str::to_owned)))
+}

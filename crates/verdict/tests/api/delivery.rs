@@ -1,0 +1,259 @@
+//! The outbox worker against fakes of the outside world: Stripe, an SMTP
+//! server, a webhook receiver. Time moves by the manual clock.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use verdict_core::Role;
+use verdict_worker::{StripeConfig, WebhookSecret};
+
+use crate::fakes::{FakeStripe, Fault, Receiver, SmtpSink};
+use crate::support::{TestApp, on_every_backend};
+
+on_every_backend!(
+    a_completed_session_makes_exactly_one_transfer_with_the_right_fields,
+    failures_and_a_timeout_still_make_exactly_one_transfer,
+    a_refused_transfer_fails_the_payout_and_tells_the_webhooks,
+    receipts_go_over_smtp_with_the_right_figures,
+    without_smtp_receipts_are_eml_files,
+    webhooks_are_signed_and_delivered_in_order,
+    a_receiver_that_never_recovers_leaves_a_dead_letter,
+);
+
+const STRIPE_KEY: &str = "sk_test_verdict";
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+async fn stripe_app(app: &TestApp) -> TestApp {
+    TestApp::spawn(app.backend, |config| {
+        config.stripe_secret_key = Some(verdict::config::Secret::new(STRIPE_KEY));
+    })
+    .await
+}
+
+fn stripe(fake: &FakeStripe) -> Option<StripeConfig> {
+    Some(StripeConfig { api_base: fake.base.clone(), secret_key: STRIPE_KEY.into() })
+}
+
+/// Creates and runs a session: both present for `seconds`, then ended.
+async fn run_session(app: &TestApp, id: &str, seconds: i64) -> Value {
+    let body = json!({"id": id, "kind": "video", "customer_id": "cust-1", "provider_id": "prov-1",
+        "provider_account": "acct_prov1",
+        "price": {"mode": "per_minute", "amount_cents": 150, "currency": "usd"}});
+    app.post("/v1/sessions", &app.service(), body).await.ok();
+    app.join(id, &app.customer()).await.ok();
+    app.join(id, &app.provider()).await.ok();
+    app.advance(seconds).await;
+    app.end(id, &app.service(), None).await.ok()["session"].clone()
+}
+
+async fn payout(app: &TestApp, session_id: &str) -> Value {
+    let reply = app.get(&format!("/v1/payouts?session_id={session_id}"), &app.admin()).await;
+    reply.ok()["items"][0].clone()
+}
+
+async fn a_completed_session_makes_exactly_one_transfer_with_the_right_fields(app: TestApp) {
+    let app = stripe_app(&app).await;
+    let fake = FakeStripe::start(vec![]).await;
+    let receiver = Receiver::start(None, None).await;
+    let worker = app.worker(|config| {
+        config.stripe = stripe(&fake);
+        config.webhooks.urls = vec![receiver.url.clone()];
+    });
+    run_session(&app, "paid", 125).await; // 3 started minutes: 450, fee 90
+    run_session(&app, "short", 20).await;
+    app.drain(&worker).await;
+
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1, "one request, and none for the cancelled session");
+    let call = &calls[0];
+    assert_eq!(call.idempotency_key.as_deref(), Some("po_paid"));
+    assert_eq!(call.authorization.as_deref(), Some("Bearer sk_test_verdict"));
+    assert_eq!(call.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    for (field, value) in [
+        ("amount", "360"),
+        ("currency", "usd"),
+        ("destination", "acct_prov1"),
+        ("transfer_group", "paid"),
+        ("metadata[session_id]", "paid"),
+        ("metadata[payout_id]", "po_paid"),
+    ] {
+        assert_eq!(call.field(field), Some(value), "{field}");
+    }
+    let paid = payout(&app, "paid").await;
+    assert_eq!(
+        (paid["state"].as_str(), paid["transfer_id"].as_str()),
+        (Some("paid"), Some("tr_1"))
+    );
+    assert_eq!(paid["provider"], "stripe");
+    assert_eq!(payout(&app, "short").await, Value::Null);
+    app.drain(&worker).await;
+    let types: Vec<String> =
+        receiver.events().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    assert!(types.contains(&"payout.paid".to_owned()), "{types:?}");
+    assert_eq!(fake.transfers().len(), 1);
+}
+
+async fn failures_and_a_timeout_still_make_exactly_one_transfer(app: TestApp) {
+    let app = stripe_app(&app).await;
+    let script = vec![
+        Fault::Status(500),
+        Fault::Status(500),
+        Fault::Status(500),
+        Fault::SlowSuccess(Duration::from_millis(1500)),
+    ];
+    let fake = FakeStripe::start(script).await;
+    let worker = app.worker(|config| {
+        config.stripe = stripe(&fake);
+        config.outbound_timeout = Duration::from_millis(400);
+    });
+    run_session(&app, "s1", 600).await;
+    app.deliver_until(&worker, 20, async || payout(&app, "s1").await["state"] == "paid").await;
+
+    assert_eq!(fake.transfers().len(), 1, "exactly one transfer effect");
+    assert_eq!(payout(&app, "s1").await["transfer_id"], "tr_1");
+    let keys: Vec<String> = fake.calls().iter().filter_map(|c| c.idempotency_key.clone()).collect();
+    assert!(keys.iter().all(|key| key.starts_with("po_s1")), "{keys:?}");
+    assert!(fake.lookups() >= 1, "a replayed 5xx is checked against the transfer group");
+    // Nothing more to do, however long we wait.
+    app.advance(86_400).await;
+    app.drain(&worker).await;
+    assert_eq!(fake.transfers().len(), 1);
+}
+
+async fn a_refused_transfer_fails_the_payout_and_tells_the_webhooks(app: TestApp) {
+    let app = stripe_app(&app).await;
+    let fake = FakeStripe::start(vec![Fault::Status(400)]).await;
+    let receiver = Receiver::start(None, None).await;
+    let worker = app.worker(|config| {
+        config.stripe = stripe(&fake);
+        config.webhooks.urls = vec![receiver.url.clone()];
+    });
+    run_session(&app, "s1", 600).await;
+    app.drain(&worker).await;
+    app.drain(&worker).await;
+    let failed = payout(&app, "s1").await;
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["failure_reason"].as_str().unwrap().contains("400"));
+    assert_eq!(fake.transfers().len(), 0);
+    let event = receiver
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "payout.failed")
+        .expect("payout.failed");
+    assert_eq!(event["data"]["payout_id"], "po_s1");
+    assert_eq!(event["data"]["amount_cents"], 1200);
+    app.advance(86_400).await;
+    app.drain(&worker).await;
+    assert_eq!(fake.calls().len(), 1, "a refused transfer is not retried");
+}
+
+async fn with_addresses(app: &TestApp) {
+    for (id, email) in [("cust-1", "ana@example.com"), ("prov-1", "bo@example.com")] {
+        let body = json!({"email": email}).to_string();
+        app.send(
+            reqwest::Method::PUT,
+            &format!("/v1/users/{id}"),
+            Some(&app.service()),
+            Some(&body),
+        )
+        .await
+        .ok();
+    }
+}
+
+async fn receipts_go_over_smtp_with_the_right_figures(app: TestApp) {
+    let sink = SmtpSink::start().await;
+    let worker = app.worker(|config| config.mail.smtp_url = Some(sink.url.clone()));
+    with_addresses(&app).await;
+    run_session(&app, "long", 125).await;
+    run_session(&app, "brief", 30).await;
+    app.drain(&worker).await;
+
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 4, "two receipts per session");
+    let to = |address: &str, session: &str| {
+        messages
+            .iter()
+            .find(|m| {
+                m.contains(&format!("To: {address}")) && m.contains(&format!("Session {session} "))
+            })
+            .unwrap_or_else(|| panic!("no receipt for {address} about {session}"))
+            .clone()
+    };
+    let customer = to("ana@example.com", "long");
+    assert!(customer.contains("Subject: Session long completed: 4.50 USD"), "{customer}");
+    assert!(customer.contains("Billable time: 2:05"));
+    assert!(customer.contains("Amount charged: 4.50 USD"));
+    let provider = to("bo@example.com", "long");
+    assert!(provider.contains("Amount billed to the customer: 4.50 USD"), "{provider}");
+    let cancelled = to("ana@example.com", "brief");
+    assert!(cancelled.contains("Subject: Session brief cancelled (too short)"), "{cancelled}");
+    assert!(cancelled.contains("Reason: too short"));
+    assert!(cancelled.contains("Billable time: 0:30"));
+}
+
+async fn without_smtp_receipts_are_eml_files(app: TestApp) {
+    let worker = app.worker(|_| {});
+    with_addresses(&app).await;
+    run_session(&app, "s1", 90).await;
+    app.drain(&worker).await;
+    let files: Vec<String> = std::fs::read_dir(app.data_dir().join("mail"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    assert_eq!(files.len(), 2);
+    assert!(files.iter().any(|f| f.contains("To: ana@example.com")));
+    assert!(files.iter().all(|f| f.contains("Subject: Session s1 completed: 3.00 USD")));
+}
+
+async fn webhooks_are_signed_and_delivered_in_order(app: TestApp) {
+    let receiver = Receiver::start(None, None).await;
+    let worker = app.worker(|config| {
+        config.webhooks.urls = vec![receiver.url.clone()];
+        config.webhooks.secret = WebhookSecret::parse(WEBHOOK_SECRET);
+    });
+    run_session(&app, "s1", 90).await;
+    app.drain(&worker).await;
+
+    // An implementation of the scheme that shares no code with ours.
+    let verifier = standardwebhooks::Webhook::new(WEBHOOK_SECRET).unwrap();
+    let received = receiver.received();
+    assert_eq!(received.len(), 2);
+    for message in &received {
+        let mut headers = http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            headers.insert(name, message.headers[name].to_str().unwrap().parse().unwrap());
+        }
+        verifier.verify(message.body.as_bytes(), &headers).expect("a valid signature");
+        let tampered = message.body.replace("s1", "s2");
+        assert!(verifier.verify(tampered.as_bytes(), &headers).is_err());
+    }
+    let events = receiver.events();
+    assert_eq!(events[0]["type"], "session.started");
+    assert_eq!(events[1]["type"], "session.ended");
+    assert_eq!(events[1]["data"]["session_id"], "s1");
+    assert_eq!(events[1]["data"]["outcome"]["status"], "completed");
+    assert_eq!(events[1]["data"]["charged_cents"], 300);
+}
+
+async fn a_receiver_that_never_recovers_leaves_a_dead_letter(app: TestApp) {
+    let receiver = Receiver::start(Some(503), None).await;
+    let worker = app.worker(|config| config.webhooks.urls = vec![receiver.url.clone()]);
+    app.create_session("s1").await;
+    app.end("s1", &app.service(), None).await.ok();
+    let dead = async || {
+        let reply = app.get("/v1/admin/outbox?state=dead", &app.admin()).await;
+        !reply.ok()["items"].as_array().unwrap().is_empty()
+    };
+    app.deliver_until(&worker, 30, dead).await;
+    let rows = app.get("/v1/admin/outbox?state=dead", &app.admin()).await.ok()["items"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["topic"], "webhook:session.ended");
+    assert_eq!(rows[0]["attempts"], 12, "max_attempts");
+    assert!(rows[0]["last_error"].as_str().unwrap().contains("503"));
+    assert_eq!(receiver.received().len(), 12);
+    app.get("/v1/admin/outbox", &app.token(Role::Service, "platform")).await.problem(403);
+    app.get("/v1/admin/outbox?state=lost", &app.admin()).await.problem(422);
+}

@@ -1,0 +1,297 @@
+//! The outside world, on loopback: a fake Stripe with Stripe's idempotency
+//! semantics and scripted faults, a webhook receiver, an SMTP sink.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+async fn serve(router: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+/// What the fake does with the next transfer request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer this status; Stripe saves it and replays it for the key.
+    Status(u16),
+    /// Make the transfer, but answer only after this long (the client has
+    /// given up by then): the nastiest case.
+    SlowSuccess(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct TransferCall {
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub form: Vec<(String, String)>,
+}
+
+impl TransferCall {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+#[derive(Default)]
+struct StripeState {
+    script: VecDeque<Fault>,
+    calls: Vec<TransferCall>,
+    /// Transfers made: the effects.
+    transfers: Vec<Value>,
+    /// Saved responses per idempotency key.
+    saved: HashMap<String, (u16, Value)>,
+    lookups: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeStripe {
+    pub base: String,
+    state: Arc<Mutex<StripeState>>,
+}
+
+impl FakeStripe {
+    pub async fn start(script: Vec<Fault>) -> FakeStripe {
+        let state =
+            Arc::new(Mutex::new(StripeState { script: script.into(), ..StripeState::default() }));
+        let router = Router::new()
+            .route("/v1/transfers", post(create_transfer).get(list_transfers))
+            .with_state(state.clone());
+        FakeStripe { base: serve(router).await, state }
+    }
+
+    pub fn calls(&self) -> Vec<TransferCall> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn transfers(&self) -> Vec<Value> {
+        self.state.lock().unwrap().transfers.clone()
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.state.lock().unwrap().lookups
+    }
+}
+
+async fn create_transfer(
+    State(state): State<Arc<Mutex<StripeState>>>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let key = header("idempotency-key");
+    let (status, body, delay, replayed) = {
+        let mut state = state.lock().unwrap();
+        state.calls.push(TransferCall {
+            idempotency_key: key.clone(),
+            authorization: header("authorization"),
+            content_type: header("content-type"),
+            form: form.clone(),
+        });
+        if let Some((status, body)) = key.as_ref().and_then(|key| state.saved.get(key)).cloned() {
+            (status, body, None, true)
+        } else {
+            let fault = state.script.pop_front();
+            let (status, body, delay) = match fault {
+                Some(Fault::Status(status)) => {
+                    let body = json!({"error": {"message": format!("scripted {status}")}});
+                    (status, body, None)
+                }
+                other => {
+                    let field =
+                        |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                    let transfer = json!({
+                        "id": format!("tr_{}", state.transfers.len() + 1),
+                        "object": "transfer",
+                        "amount": field("amount").and_then(|a| a.parse::<i64>().ok()),
+                        "currency": field("currency"),
+                        "destination": field("destination"),
+                        "transfer_group": field("transfer_group"),
+                        "metadata": {"session_id": field("metadata[session_id]"), "payout_id": field("metadata[payout_id]")},
+                    });
+                    state.transfers.push(transfer.clone());
+                    let delay = match other {
+                        Some(Fault::SlowSuccess(delay)) => Some(delay),
+                        _ => None,
+                    };
+                    (200, transfer, delay)
+                }
+            };
+            if let Some(key) = &key {
+                state.saved.insert(key.clone(), (status, body.clone()));
+            }
+            (status, body, delay, false)
+        }
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", "true".parse().unwrap());
+    }
+    response
+}
+
+async fn list_transfers(
+    State(state): State<Arc<Mutex<StripeState>>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let mut state = state.lock().unwrap();
+    state.lookups += 1;
+    let group = query.get("transfer_group").cloned();
+    let data: Vec<Value> = state
+        .transfers
+        .iter()
+        .filter(|t| t["transfer_group"].as_str() == group.as_deref())
+        .cloned()
+        .collect();
+    Json(json!({"object": "list", "data": data, "has_more": false}))
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Vec<Received>,
+    /// Answer this status to everything (success when None).
+    failing: Option<u16>,
+    in_flight: HashMap<String, usize>,
+    concurrent_duplicates: usize,
+    delay: Option<Duration>,
+}
+
+/// A webhook endpoint that records what it gets.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start(failing: Option<u16>, delay: Option<Duration>) -> Receiver {
+        let state =
+            Arc::new(Mutex::new(ReceiverState { failing, delay, ..ReceiverState::default() }));
+        let router = Router::new().route("/hook", post(receive)).with_state(state.clone());
+        Receiver { url: format!("{}/hook", serve(router).await), state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Deliveries of one `webhook-id` that overlapped in time.
+    pub fn concurrent_duplicates(&self) -> usize {
+        self.state.lock().unwrap().concurrent_duplicates
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.received().iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect()
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (failing, delay) = {
+        let mut state = state.lock().unwrap();
+        let in_flight = state.in_flight.entry(id.clone()).or_default();
+        *in_flight += 1;
+        if *in_flight > 1 {
+            state.concurrent_duplicates += 1;
+        }
+        state.received.push(Received { headers, body });
+        (state.failing, state.delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut state = state.lock().unwrap();
+    *state.in_flight.get_mut(&id).unwrap() -= 1;
+    match failing {
+        Some(status) => StatusCode::from_u16(status).unwrap(),
+        None => StatusCode::NO_CONTENT,
+    }
+}
+
+/// An SMTP server on loopback that accepts everything and keeps the
+/// messages: a real SMTP conversation, no delivery.
+#[derive(Clone)]
+pub struct SmtpSink {
+    pub url: String,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = messages.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 sink ESMTP ready\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let verb =
+                            line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250-sink\r\n250 8BITMIME\r\n",
+                            "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 OK\r\n",
+                            "DATA" => {
+                                let _ = write.write_all(b"354 end with .\r\n").await;
+                                let mut message = String::new();
+                                while let Ok(Some(line)) = lines.next_line().await {
+                                    if line == "." {
+                                        break;
+                                    }
+                                    message.push_str(
+                                        line.strip_prefix('.')
+                                            .filter(|_| line.starts_with(".."))
+                                            .unwrap_or(&line),
+                                    );
+                                    message.push('\n');
+                                }
+                                sink.lock().unwrap().push(message);
+                                b"250 queued\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                break;
+                            }
+                            _ => b"502 unknown\r\n",
+                        };
+                        let _ = write.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        SmtpSink { url, messages }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
