@@ -6,7 +6,7 @@
 //! end instant.
 
 use crate::policy::{BillingBasis, Policy};
-use crate::presence::{PresenceEvent, PresenceKind, intervals_of, overlap};
+use crate::presence::{PresenceEvent, PresenceKind, intervals_judged, intervals_of, overlap};
 use crate::types::{Party, Reason, Status, UnixMillis};
 
 /// The outcome of a decision: what a terminal session records.
@@ -51,8 +51,21 @@ pub enum EndCause {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndRequest {
+    /// The instant the session ended.
     pub at: UnixMillis,
     pub cause: EndCause,
+    /// When the decision is made (`at` or later): heartbeats are judged
+    /// stale against this instant, so a party whose heartbeats stopped
+    /// before the end is absent from its last one even when the sweeper
+    /// ends the session later, at the last departure.
+    pub judged_at: UnixMillis,
+}
+
+impl EndRequest {
+    /// An end decided at the instant it happens.
+    pub fn new(at: UnixMillis, cause: EndCause) -> EndRequest {
+        EndRequest { at, cause, judged_at: at }
+    }
 }
 
 /// Decide a session's outcome. Pure and total: every history maps to exactly
@@ -69,8 +82,9 @@ pub fn decide(
     }
 
     let timeout = policy.presence_timeout_seconds;
-    let customer = intervals_of(events, Party::Customer, end.at, timeout);
-    let provider = intervals_of(events, Party::Provider, end.at, timeout);
+    let judged_at = end.judged_at.max(end.at);
+    let customer = intervals_judged(events, Party::Customer, end.at, judged_at, timeout);
+    let provider = intervals_judged(events, Party::Provider, end.at, judged_at, timeout);
     let (overlap_millis, started_at) = overlap(&customer, &provider);
 
     let Some(started_at) = started_at else {
@@ -101,4 +115,46 @@ pub fn decide(
         (Status::Cancelled, Reason::TooShort)
     };
     Outcome { status, reason, billable_seconds, started_at: Some(started_at), ended_at: end.at }
+}
+
+/// When, if at all, the sweeper must end a session nobody ended (SPEC §2
+/// and §6), judged at `now`:
+/// - never started and past its join deadline → at the deadline (the
+///   decision then says `expired`);
+/// - started, and past `max_duration_seconds` since the start → at the
+///   instant the maximum was reached (billing is capped there anyway);
+/// - started, both parties absent for `abandon_after_seconds` → at the
+///   last departure.
+///
+/// Returns the end request to pass to [`decide`], or `None` if not due.
+pub fn sweep_due(
+    session: &SessionFacts,
+    events: &[PresenceEvent],
+    policy: &Policy,
+    now: UnixMillis,
+) -> Option<EndRequest> {
+    if session.recorded.is_some() {
+        return None;
+    }
+    let timeout = policy.presence_timeout_seconds;
+    let customer = intervals_of(events, Party::Customer, now, timeout);
+    let provider = intervals_of(events, Party::Provider, now, timeout);
+    let (_, started_at) = overlap(&customer, &provider);
+    let sweep = |at| Some(EndRequest { at, cause: EndCause::Sweeper, judged_at: now });
+    let Some(started_at) = started_at else {
+        let deadline = session.join_deadline(policy);
+        return if now >= deadline { sweep(deadline) } else { None };
+    };
+    let cap = started_at.plus_seconds(policy.max_duration_seconds);
+    // Absent now: no interval reaches `now` (an open one ends exactly there).
+    let absent = |intervals: &[crate::presence::Interval]| {
+        intervals.last().is_none_or(|last| last.end < now)
+    };
+    if absent(&customer) && absent(&provider) {
+        let last_departure = customer.iter().chain(&provider).map(|interval| interval.end).max()?;
+        if now.millis_since(last_departure) >= policy.abandon_after_seconds.saturating_mul(1000) {
+            return sweep(last_departure.min(cap));
+        }
+    }
+    if now >= cap { sweep(cap) } else { None }
 }

@@ -48,6 +48,19 @@ pub fn intervals_of(
     until: UnixMillis,
     presence_timeout_seconds: i64,
 ) -> Vec<Interval> {
+    intervals_judged(events, party, until, until, presence_timeout_seconds)
+}
+
+/// [`intervals_of`] cut at `until`, with heartbeat staleness judged at
+/// `judged_at` (≥ `until`): what we know at `judged_at` about presence up
+/// to `until`.
+pub fn intervals_judged(
+    events: &[PresenceEvent],
+    party: Party,
+    until: UnixMillis,
+    judged_at: UnixMillis,
+    presence_timeout_seconds: i64,
+) -> Vec<Interval> {
     let mut own: Vec<&PresenceEvent> =
         events.iter().filter(|event| event.party == party && event.at <= until).collect();
     own.sort_by_key(|event| event.at);
@@ -83,7 +96,7 @@ pub fn intervals_of(
             }
         }
     }
-    tracker.expire_if_stale(until);
+    tracker.expire_if_stale(judged_at.max(until));
     tracker.close(until);
     tracker.intervals
 }
@@ -140,6 +153,25 @@ pub fn overlap(a: &[Interval], b: &[Interval]) -> (i64, Option<UnixMillis>) {
         }
     }
     (total, first)
+}
+
+/// When `party`'s current explicit presence began: the instant of its last
+/// join if no leave followed it (heartbeats aside), else `None`.
+pub fn open_since(events: &[PresenceEvent], party: Party) -> Option<UnixMillis> {
+    let mut own: Vec<&PresenceEvent> = events
+        .iter()
+        .filter(|event| event.party == party && event.kind != PresenceKind::Heartbeat)
+        .collect();
+    own.sort_by_key(|event| event.at);
+    let mut open = None;
+    for event in own {
+        match event.kind {
+            PresenceKind::Joined if open.is_none() => open = Some(event.at),
+            PresenceKind::Left => open = None,
+            _ => {}
+        }
+    }
+    open
 }
 
 /// Who is present at instant `at`, judged from the events recorded so far.

@@ -25,7 +25,7 @@ fn facts() -> SessionFacts {
 }
 
 fn requested(seconds: i64) -> EndRequest {
-    EndRequest { at: at(seconds), cause: EndCause::Requested }
+    EndRequest::new(at(seconds), EndCause::Requested)
 }
 
 /// Decide with the default policy, ended by a call at `end_seconds`, and
@@ -146,7 +146,7 @@ fn a_terminal_session_keeps_its_recorded_outcome() {
 #[test]
 fn the_sweeper_expires_a_session_that_never_started_at_its_deadline() {
     let events = [ev(Customer, Joined, 10)];
-    let sweep = EndRequest { at: at(2000), cause: EndCause::Sweeper };
+    let sweep = EndRequest::new(at(2000), EndCause::Sweeper);
     let outcome = decide(&facts(), &events, &Policy::default(), sweep);
     assert_eq!((outcome.status, outcome.reason), (Status::Expired, Reason::NoShowProvider));
     assert_eq!(outcome.ended_at, at(900), "ended at created_at + join grace");
@@ -240,15 +240,13 @@ proptest! {
         end in 0i64..2_500_000,
         sweeper in any::<bool>(),
     ) {
-        let end = EndRequest {
-            at: UnixMillis(T0 + end),
-            cause: if sweeper { EndCause::Sweeper } else { EndCause::Requested },
-        };
+        let cause = if sweeper { EndCause::Sweeper } else { EndCause::Requested };
+        let end = EndRequest::new(UnixMillis(T0 + end), cause);
         let first = decide(&facts(), &events, &policy, end);
         prop_assert_eq!(first, decide(&facts(), &events, &policy, end));
         // And once recorded, deciding again returns the recorded outcome.
         let stored = SessionFacts { recorded: Some(first), ..facts() };
-        let later = EndRequest { at: UnixMillis(end.at.0 + 10_000), cause: EndCause::Requested };
+        let later = EndRequest::new(UnixMillis(end.at.0 + 10_000), EndCause::Requested);
         prop_assert_eq!(first, decide(&stored, &events, &policy, later));
     }
 
@@ -278,7 +276,7 @@ proptest! {
         policy in arbitrary_policy(),
         end in 0i64..2_500_000,
     ) {
-        let end = EndRequest { at: UnixMillis(T0 + end), cause: EndCause::Requested };
+        let end = EndRequest::new(UnixMillis(T0 + end), EndCause::Requested);
         let overlap = decide(&facts(), &events, &Policy { billing_basis: BillingBasis::Overlap, ..policy }, end);
         let wall = decide(&facts(), &events, &Policy { billing_basis: BillingBasis::WallClock, ..policy }, end);
         prop_assert!(overlap.billable_seconds <= wall.billable_seconds);
@@ -293,7 +291,7 @@ proptest! {
         sweeper in any::<bool>(),
     ) {
         let cause = if sweeper { EndCause::Sweeper } else { EndCause::Requested };
-        let end = EndRequest { at: UnixMillis(T0 + end), cause };
+        let end = EndRequest::new(UnixMillis(T0 + end), cause);
         let outcome = decide(&facts(), &events, &policy, end);
         prop_assert!(outcome.status.is_terminal());
         prop_assert!(outcome.billable_seconds >= 0 && outcome.billable_seconds <= policy.max_duration_seconds);
@@ -316,6 +314,75 @@ proptest! {
                 let expected = if sweeper { Status::Expired } else { Status::Cancelled };
                 prop_assert_eq!(outcome.status, expected);
             }
+        }
+    }
+}
+
+// ---- the sweeper's schedule ----------------------------------------------
+
+fn due(events: &[PresenceEvent], now_seconds: i64) -> Option<(i64, EndCause)> {
+    verdict_core::sweep_due(&facts(), events, &Policy::default(), at(now_seconds))
+        .map(|end| ((end.at.0 - T0) / 1000, end.cause))
+}
+
+#[test]
+fn a_session_that_never_started_is_due_at_its_join_deadline() {
+    let events = [ev(Customer, Joined, 10)];
+    assert_eq!(due(&events, 899), None);
+    assert_eq!(due(&events, 900), Some((900, EndCause::Sweeper)));
+    assert_eq!(
+        due(&events, 5000),
+        Some((900, EndCause::Sweeper)),
+        "the deadline, not the sweep time"
+    );
+}
+
+#[test]
+fn an_abandoned_session_is_due_at_its_last_departure() {
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 0),
+        ev(Provider, Left, 200),
+        ev(Customer, Left, 260),
+    ];
+    assert_eq!(due(&events, 559), None, "absent for 299 s");
+    assert_eq!(due(&events, 560), Some((260, EndCause::Sweeper)));
+}
+
+#[test]
+fn a_present_party_keeps_a_session_alive_until_the_maximum_duration() {
+    let events = [ev(Customer, Joined, 0), ev(Provider, Joined, 0), ev(Provider, Left, 100)];
+    assert_eq!(due(&events, 10_000), None);
+    assert_eq!(due(&events, 14_400), Some((14_400, EndCause::Sweeper)));
+}
+
+#[test]
+fn stale_heartbeats_count_as_departures_for_abandonment() {
+    let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
+    events.extend([ev(Customer, Heartbeat, 50), ev(Provider, Heartbeat, 80)]);
+    // Both lapse (60 s after their last heartbeat); the last departure is 80.
+    assert_eq!(due(&events, 379), None);
+    assert_eq!(due(&events, 380), Some((80, EndCause::Sweeper)));
+    // Judged at the sweep (380 s), the customer's heartbeats stopped at 50 s.
+    let end = verdict_core::sweep_due(&facts(), &events, &Policy::default(), at(380)).unwrap();
+    let outcome = decide(&facts(), &events, &Policy::default(), end);
+    assert_eq!((outcome.status, outcome.billable_seconds), (Status::Cancelled, 50));
+}
+
+proptest! {
+    #[test]
+    fn a_due_session_ends_no_later_than_the_sweep_and_never_before_it_started(
+        events in prop::collection::vec(arbitrary_event(), 0..30),
+        now in 0i64..3_000_000,
+    ) {
+        let now = UnixMillis(T0 + now);
+        if let Some(end) = verdict_core::sweep_due(&facts(), &events, &Policy::default(), now) {
+            prop_assert!(end.at <= now);
+            let outcome = decide(&facts(), &events, &Policy::default(), end);
+            if let Some(started) = outcome.started_at {
+                prop_assert!(started <= outcome.ended_at);
+            }
+            prop_assert!(outcome.ended_at >= facts().created_at);
         }
     }
 }

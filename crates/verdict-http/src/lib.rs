@@ -57,12 +57,43 @@ pub fn router(state: AppState) -> axum::Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn(reject_large_bodies))
+        .layer(middleware::from_fn_with_state(state.clone(), fail_fast_without_database))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// While the database is unreachable, answers 503 at once instead of
+/// letting requests queue for it; a request already waiting when it goes
+/// away is answered 503 then (its transaction is rolled back). Liveness,
+/// the OpenAPI document and the legacy 410s need no database.
+async fn fail_fast_without_database(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/openapi.json" || path.starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let mut availability = state.store.availability();
+    let unavailable =
+        || ApiError::Unavailable("the database is unreachable".into()).into_response();
+    if !*availability.borrow_and_update() {
+        return unavailable();
+    }
+    let went_away = async move {
+        if availability.wait_for(|available| !available).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        response = next.run(request) => response,
+        () = went_away => unavailable(),
+    }
 }
 
 /// Refuses a declared body over the limit before any handler runs, whether

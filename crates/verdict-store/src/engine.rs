@@ -19,7 +19,7 @@ use sqlx::{Pool, Row};
 use verdict_core::{
     Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet, PresenceEvent,
     PresenceKind, Price, PriceMode, Reason, Role, Status, UnixMillis, charge_for, decide,
-    platform_fee, presence_at,
+    open_since, platform_fee, presence_at, sweep_due,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
@@ -27,7 +27,7 @@ use crate::{
     Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
     LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
     PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
-    Settings, Store, StoreError, User, accounts,
+    Settings, Store, StoreError, SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -62,12 +62,19 @@ macro_rules! payout_columns {
 pub struct Engine {
     pub(super) reader: Pool<Db>,
     pub(super) writer: Pool<Db>,
+    /// Whether the database answers, as last probed (always true for an
+    /// embedded database). Requests fail fast while it is false.
+    pub(super) availability: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[async_trait]
 impl Store for Engine {
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn availability(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.availability.subscribe()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -125,13 +132,40 @@ impl Store for Engine {
             )));
         }
         let policy = policies.for_kind(session.kind);
-        let events = presence_events(&mut tx, &session).await?;
-        let present = presence_at(&events, now, policy.presence_timeout_seconds);
-        let party_present = match party {
-            Party::Customer => present.customer,
-            Party::Provider => present.provider,
+        let timeout_millis = policy.presence_timeout_seconds.saturating_mul(1000);
+        let mut events = presence_events(&mut tx, &session).await?;
+        // A party whose heartbeats lapsed has been absent since its last one.
+        // Write that down before anything else (actor `system`), so that the
+        // history stays exact whatever the party does next.
+        let last_seen = match party {
+            Party::Customer => session.customer_last_seen_at,
+            Party::Provider => session.provider_last_seen_at,
         };
-        match change {
+        let mut lapsed = false;
+        if let Some(seen) = last_seen
+            && now.millis_since(seen) > timeout_millis
+            && open_since(&events, party).is_some_and(|joined| joined <= seen)
+        {
+            let data = json!({"cause": "heartbeat_lapsed"});
+            insert_event(
+                &mut tx,
+                id,
+                EventType::Left,
+                Some(party),
+                &Actor::system(),
+                seen,
+                Some(&data),
+            )
+            .await?;
+            events.push(PresenceEvent { party, kind: PresenceKind::Left, at: seen });
+            lapsed = true;
+        }
+        let present = presence_at(&events, now, policy.presence_timeout_seconds);
+        let (party_present, other_present) = match party {
+            Party::Customer => (present.customer, present.provider),
+            Party::Provider => (present.provider, present.customer),
+        };
+        let joins = match change {
             PresenceChange::Heartbeat => {
                 let statement = match party {
                     Party::Customer => {
@@ -142,34 +176,40 @@ impl Store for Engine {
                     }
                 };
                 sqlx::query(statement).bind(now.0).bind(id).execute(&mut *tx).await?;
+                // A heartbeat after a lapse is a reconnection.
+                lapsed
             }
             // Joining while present and leaving while absent are no-ops:
             // clients retry, and a retry must not split an interval.
-            PresenceChange::Join if !party_present => {
-                insert_event(&mut tx, id, EventType::Joined, Some(party), actor, now, None).await?;
-                let other_present = match party {
-                    Party::Customer => present.provider,
-                    Party::Provider => present.customer,
-                };
-                if other_present && session.started_at.is_none() {
-                    sqlx::query(
-                        "UPDATE sessions SET status = 'live', started_at = $1 \
-                         WHERE id = $2 AND started_at IS NULL",
-                    )
-                    .bind(now.0)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    let payload =
-                        json!({"event": "session.started", "session_id": id, "at": now.0});
-                    insert_outbox(&mut tx, id, "webhook:session.started", &payload, now).await?;
+            PresenceChange::Join => !party_present,
+            PresenceChange::Leave => {
+                if party_present {
+                    insert_event(&mut tx, id, EventType::Left, Some(party), actor, now, None)
+                        .await?;
                 }
+                false
             }
-            PresenceChange::Leave if party_present => {
-                insert_event(&mut tx, id, EventType::Left, Some(party), actor, now, None).await?;
+        };
+        if joins {
+            insert_event(&mut tx, id, EventType::Joined, Some(party), actor, now, None).await?;
+            if other_present && session.started_at.is_none() {
+                sqlx::query(
+                    "UPDATE sessions SET status = 'live', started_at = $1 \
+                     WHERE id = $2 AND started_at IS NULL",
+                )
+                .bind(now.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let payload = json!({"event": "session.started", "session_id": id, "at": now.0});
+                insert_outbox(&mut tx, id, "webhook:session.started", &payload, now).await?;
             }
-            PresenceChange::Join | PresenceChange::Leave => {}
         }
+        sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let session = lock_session(&mut tx, id).await?;
         tx.commit().await?;
         Ok(session)
@@ -190,74 +230,8 @@ impl Store for Engine {
             tx.rollback().await?;
             return Ok(Ended { session, already_ended: true });
         }
-        let policy = *settings.policies.for_kind(session.kind);
-        let events = presence_events(&mut tx, &session).await?;
-        let outcome = decide(&session.facts(), &events, &policy, EndRequest { at: now, cause });
-        let charged = charge_for(&session.price, outcome.reason, outcome.billable_seconds);
-        let policy_json = policy_json(&policy);
-
-        let updated = sqlx::query(
-            "UPDATE sessions SET status = $1, reason = $2, started_at = $3, ended_at = $4, \
-             ended_by = $5, billable_seconds = $6, charged_cents = $7, policy = $8 \
-             WHERE id = $9 AND ended_at IS NULL",
-        )
-        .bind(outcome.status.as_str())
-        .bind(outcome.reason.as_str())
-        .bind(outcome.started_at.map(|at| at.0))
-        .bind(outcome.ended_at.0)
-        .bind(actor.role.as_str())
-        .bind(outcome.billable_seconds)
-        .bind(charged.0)
-        .bind(policy_json.to_string())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        assert_eq!(updated.rows_affected(), 1, "the locked, non-terminal session must update");
-
-        let audit = json!({
-            "claimed": claimed,
-            "policy": policy_json,
-            "outcome": outcome_json(&outcome),
-        });
-        insert_event(&mut tx, id, EventType::Ended, None, actor, now, Some(&audit)).await?;
-
-        let notification_kind = match outcome.status {
-            Status::Completed => "session_completed",
-            Status::Expired => "session_expired",
-            _ => "session_cancelled",
-        };
-        for party in [Party::Customer, Party::Provider] {
-            sqlx::query(
-                "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
-                 created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(party.as_str())
-            .bind(session.party_id(party))
-            .bind(id)
-            .bind(notification_kind)
-            .bind(outcome.reason.as_str())
-            .bind(now.0)
-            .execute(&mut *tx)
+        settle_end(&mut tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
             .await?;
-        }
-        let payload = json!({
-            "event": "session.ended",
-            "session_id": id,
-            "outcome": outcome_json(&outcome),
-            "charged_cents": charged.0,
-        });
-        insert_outbox(&mut tx, id, "webhook:session.ended", &payload, now).await?;
-        if let Some(request_id) = &session.request_id {
-            settle_request(&mut tx, request_id, id, outcome.status, now).await?;
-        }
-        queue_receipts(&mut tx, &session, now).await?;
-        if outcome.status == Status::Completed {
-            let fee = platform_fee(charged, policy.platform_fee_bps);
-            post_settlement(&mut tx, &session, charged, fee, now).await?;
-            let share = Cents(charged.0 - fee.0);
-            insert_payout(&mut tx, &session, share, settings.payout_provider, now).await?;
-        }
-
         let session = lock_session(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Ended { session, already_ended: false })
@@ -718,6 +692,62 @@ impl Store for Engine {
         row.as_ref().map(payout_from_row).transpose()
     }
 
+    async fn sweep(
+        &self,
+        settings: &Settings,
+        now: UnixMillis,
+        limit: i64,
+    ) -> Result<SweepReport, StoreError> {
+        let policies =
+            [settings.policies.video, settings.policies.chat, settings.policies.diagnostic];
+        let least = |value: fn(&Policy) -> i64| policies.iter().map(value).min().unwrap_or(0);
+        let before = |seconds: i64| now.0.saturating_sub(seconds.saturating_mul(1000));
+        // Necessary conditions for each reason to end, with the most eager
+        // policy: the exact check is `sweep_due`, per session, under its lock.
+        let candidates = sqlx::query(
+            "SELECT id FROM sessions WHERE (sweep_checked_at IS NULL OR sweep_checked_at < $1) AND ( \
+             (status = 'waiting' AND COALESCE(scheduled_start, created_at) <= $2) OR \
+             (status = 'live' AND (COALESCE(last_presence_at, started_at) <= $3 OR started_at <= $4))) \
+             ORDER BY COALESCE(sweep_checked_at, 0), id LIMIT $5",
+        )
+        .bind(now.0)
+        .bind(before(least(|p| p.join_grace_seconds)))
+        .bind(before(least(|p| p.abandon_after_seconds)))
+        .bind(before(least(|p| p.max_duration_seconds)))
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        let mut report = SweepReport::default();
+        for row in &candidates {
+            let id: String = row.try_get("id")?;
+            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+            let session = lock_session(&mut tx, &id).await?;
+            report.checked += 1;
+            if session.status.is_terminal() {
+                tx.rollback().await?;
+                continue;
+            }
+            let policy = settings.policies.for_kind(session.kind);
+            let events = presence_events(&mut tx, &session).await?;
+            match sweep_due(&session.facts(), &events, policy, now) {
+                Some(end) => {
+                    settle_end(&mut tx, &session, &Actor::system(), None, end, settings, now)
+                        .await?;
+                    report.ended.push(lock_session(&mut tx, &id).await?);
+                }
+                None => {
+                    sqlx::query("UPDATE sessions SET sweep_checked_at = $1 WHERE id = $2")
+                        .bind(now.0)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, session_id, type, party, actor_role, actor_id, at, data \
@@ -799,6 +829,90 @@ async fn lock_session(connection: &mut DbConnection, id: &str) -> Result<Session
         Some(row) => session_from_row(&row),
         None => Err(StoreError::not_found("session", id)),
     }
+}
+
+/// Decides a locked, non-terminal session and writes everything its end
+/// entails (SPEC §3), inside the caller's transaction: shared by `end` and
+/// the sweeper.
+async fn settle_end(
+    tx: &mut DbConnection,
+    session: &Session,
+    actor: &Actor,
+    claimed: Option<Value>,
+    end: EndRequest,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Result<Outcome, StoreError> {
+    let id = session.id.as_str();
+    let policy = *settings.policies.for_kind(session.kind);
+    let events = presence_events(&mut *tx, session).await?;
+    let outcome = decide(&session.facts(), &events, &policy, end);
+    let charged = charge_for(&session.price, outcome.reason, outcome.billable_seconds);
+    let policy_json = policy_json(&policy);
+
+    let updated = sqlx::query(
+        "UPDATE sessions SET status = $1, reason = $2, started_at = $3, ended_at = $4, \
+         ended_by = $5, billable_seconds = $6, charged_cents = $7, policy = $8 \
+         WHERE id = $9 AND ended_at IS NULL",
+    )
+    .bind(outcome.status.as_str())
+    .bind(outcome.reason.as_str())
+    .bind(outcome.started_at.map(|at| at.0))
+    .bind(outcome.ended_at.0)
+    .bind(actor.role.as_str())
+    .bind(outcome.billable_seconds)
+    .bind(charged.0)
+    .bind(policy_json.to_string())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    assert_eq!(updated.rows_affected(), 1, "the locked, non-terminal session must update");
+
+    let audit = json!({
+        "claimed": claimed,
+        "policy": policy_json,
+        "outcome": outcome_json(&outcome),
+    });
+    insert_event(&mut *tx, id, EventType::Ended, None, actor, now, Some(&audit)).await?;
+
+    let notification_kind = match outcome.status {
+        Status::Completed => "session_completed",
+        Status::Expired => "session_expired",
+        _ => "session_cancelled",
+    };
+    for party in [Party::Customer, Party::Provider] {
+        sqlx::query(
+            "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(party.as_str())
+        .bind(session.party_id(party))
+        .bind(id)
+        .bind(notification_kind)
+        .bind(outcome.reason.as_str())
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let payload = json!({
+        "event": "session.ended",
+        "session_id": id,
+        "outcome": outcome_json(&outcome),
+        "charged_cents": charged.0,
+    });
+    insert_outbox(&mut *tx, id, "webhook:session.ended", &payload, now).await?;
+    if let Some(request_id) = &session.request_id {
+        settle_request(&mut *tx, request_id, id, outcome.status, now).await?;
+    }
+    queue_receipts(&mut *tx, session, now).await?;
+    if outcome.status == Status::Completed {
+        let fee = platform_fee(charged, policy.platform_fee_bps);
+        post_settlement(&mut *tx, session, charged, fee, now).await?;
+        let share = Cents(charged.0 - fee.0);
+        insert_payout(&mut *tx, session, share, settings.payout_provider, now).await?;
+    }
+
+    Ok(outcome)
 }
 
 /// Inserts a `waiting` session and its `created` event; false when the id

@@ -23,7 +23,7 @@ pub use model::{
     Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
     LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
     PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
-    Settings, User, accounts,
+    Settings, SweepReport, User, accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -36,6 +36,11 @@ pub const PAGE_LIMIT_MAX: i64 = 500;
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// Whether the database is reachable, kept current by a probe: the
+    /// HTTP layer answers 503 at once while it is false, and releases
+    /// requests waiting on the database when it turns false.
+    fn availability(&self) -> tokio::sync::watch::Receiver<bool>;
 
     /// Is the database reachable and answering?
     async fn ping(&self) -> Result<(), StoreError>;
@@ -82,6 +87,17 @@ pub trait Store: Send + Sync + 'static {
         settings: &Settings,
         now: UnixMillis,
     ) -> Result<Ended, StoreError>;
+
+    /// Ends sessions nobody ended (SPEC §2): looks at up to `limit`
+    /// candidates, each in its own transaction under its row lock, and ends
+    /// those [`verdict_core::sweep_due`] says are due, as actor `system`,
+    /// with the full settlement. Safe to run in several processes at once.
+    async fn sweep(
+        &self,
+        settings: &Settings,
+        now: UnixMillis,
+        limit: i64,
+    ) -> Result<SweepReport, StoreError>;
 
     /// The session's audit trail, oldest first.
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError>;

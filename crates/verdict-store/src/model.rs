@@ -434,3 +434,12 @@ pub struct OutboxRow {
     pub delivered_at: Option<UnixMillis>,
     pub last_error: Option<String>,
 }
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SweepReport {
+    /// Candidates looked at under their lock.
+    pub checked: usize,
+    /// Sessions the sweep ended, as stored afterwards.
+    pub ended: Vec<Session>,
+}

@@ -5,7 +5,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::sync::{Arc, Weak};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use tokio::sync::watch;
 
 use crate::StoreError;
 
@@ -41,9 +45,13 @@ pub type PgStore = engine::Engine;
 /// Connections per process. Several processes share one server, whose
 /// default `max_connections` is 100.
 const CONNECTIONS_MAX: u32 = 32;
-/// How long a request waits for a connection. Short on purpose: when the
-/// server is unreachable, callers get 503 within 2 s instead of hanging.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a request may queue for a connection under load. An outage is
+/// not detected by this timeout but by the availability probe, which
+/// releases waiting requests within a second.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the probe asks the server, and how long it waits for it.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -59,12 +67,44 @@ impl engine::Engine {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A pooled connection may have died with the server: check it.
             .test_before_acquire(true)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
-        Ok(engine::Engine { reader: pool.clone(), writer: pool })
+        let availability = Arc::new(watch::Sender::new(true));
+        tokio::spawn(probe(options, Arc::downgrade(&availability)));
+        Ok(engine::Engine { reader: pool.clone(), writer: pool, availability })
+    }
+}
+
+/// Keeps `availability` current from a connection of its own (so that a
+/// busy pool never looks like an outage), until the store is dropped.
+async fn probe(options: PgConnectOptions, availability: Weak<watch::Sender<bool>>) {
+    let mut connection: Option<PgConnection> = None;
+    loop {
+        let attempt = tokio::time::timeout(PROBE_TIMEOUT, async {
+            if connection.is_none() {
+                connection = Some(PgConnection::connect_with(&options).await?);
+            }
+            match connection.as_mut() {
+                Some(connection) => connection.ping().await,
+                None => Ok(()),
+            }
+        })
+        .await;
+        let up = matches!(attempt, Ok(Ok(())));
+        if !up {
+            connection = None;
+        }
+        let Some(sender) = availability.upgrade() else { return };
+        sender.send_if_modified(|available| {
+            let changed = *available != up;
+            *available = up;
+            changed
+        });
+        drop(sender);
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

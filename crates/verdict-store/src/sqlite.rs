@@ -79,6 +79,7 @@ impl engine::Engine {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(engine::Engine { reader, writer })
+        let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
+        Ok(engine::Engine { reader, writer, availability })
     }
 }

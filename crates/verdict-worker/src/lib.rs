@@ -22,7 +22,7 @@ use rand::Rng;
 use serde_json::Value;
 use verdict_core::UnixMillis;
 use verdict_store::clock::Clock;
-use verdict_store::{OutboxItem, OutboxOutcome, Store, StoreError};
+use verdict_store::{OutboxItem, OutboxOutcome, Settings, Store, StoreError, SweepReport};
 
 pub use mail::{MailConfig, Mailer, receipt};
 pub use stripe::StripeConfig;
@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// How long an idle worker waits before looking again (real time).
     pub idle_poll: Duration,
+    /// Sessions the sweeper looks at per step.
+    pub sweep_batch_max: i64,
+    /// How often the sweeper runs (real time).
+    pub sweep_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -64,6 +68,8 @@ impl Default for WorkerConfig {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(3600),
             idle_poll: Duration::from_millis(500),
+            sweep_batch_max: 200,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -93,6 +99,8 @@ pub enum WorkerError {
 pub struct Worker {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// The policies the sweeper decides with, and the payout provider.
+    settings: Settings,
     config: WorkerConfig,
     /// This worker's lease owner name: unique per process and start.
     owner: String,
@@ -116,6 +124,7 @@ impl Worker {
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        settings: Settings,
         config: WorkerConfig,
     ) -> Result<Worker, WorkerError> {
         install_crypto();
@@ -132,6 +141,7 @@ impl Worker {
         Ok(Worker {
             store,
             clock,
+            settings,
             config,
             owner: format!("worker-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             http,
@@ -160,6 +170,21 @@ impl Worker {
             result?;
         }
         Ok(Step::Attempted(count))
+    }
+
+    /// One sweep: ends the sessions nobody ended that are due now.
+    pub async fn try_sweep(&self) -> Result<SweepReport, WorkerError> {
+        let report =
+            self.store.sweep(&self.settings, self.clock.now(), self.config.sweep_batch_max).await?;
+        for session in &report.ended {
+            tracing::info!(
+                session = %session.id,
+                status = %session.status,
+                reason = ?session.reason,
+                "sweeper ended a session"
+            );
+        }
+        Ok(report)
     }
 
     async fn deliver_and_record(&self, item: OutboxItem) -> Result<(), WorkerError> {
@@ -220,11 +245,18 @@ impl Worker {
     /// at the end are given back.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        tracing::info!(owner = %self.owner, "outbox worker started");
+        tracing::info!(owner = %self.owner, "outbox worker and sweeper started");
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
+            if last_sweep.is_none_or(|at| at.elapsed() >= self.config.sweep_interval) {
+                last_sweep = Some(tokio::time::Instant::now());
+                if let Err(error) = self.try_sweep().await {
+                    tracing::warn!(%error, "sweep failed");
+                }
+            }
             let pause = match self.try_deliver_batch().await {
                 Ok(Step::Attempted(_)) => Duration::ZERO,
-                Ok(Step::EmptyQueue) => self.config.idle_poll,
+                Ok(Step::EmptyQueue) => self.config.idle_poll.min(self.config.sweep_interval),
                 Err(error) => {
                     tracing::warn!(%error, "outbox step failed");
                     self.config.idle_poll * 4

@@ -47,8 +47,12 @@ impl Application {
             jwt: Arc::new(JwtKeys::new(secret)),
         };
         let worker = if config.worker {
-            let worker =
-                Worker::new(state.store.clone(), state.clock.clone(), config.worker_config()?)?;
+            let worker = Worker::new(
+                state.store.clone(),
+                state.clock.clone(),
+                state.settings,
+                config.worker_config()?,
+            )?;
             Some(worker)
         } else {
             None
@@ -98,7 +102,9 @@ pub async fn run_worker(
         ClockKind::System => Arc::new(SystemClock),
         ClockKind::Manual => return Err("the worker alone cannot run on a manual clock".into()),
     };
-    let worker = Worker::new(store, clock, config.worker_config()?)?;
+    let settings =
+        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let worker = Worker::new(store, clock, settings, config.worker_config()?)?;
     println!("verdict worker {} started", worker.owner());
     worker.run_until_stopped(shutdown).await;
     Ok(())

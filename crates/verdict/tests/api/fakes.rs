@@ -222,11 +222,22 @@ async fn receive(
         state.received.push(Received { headers, body });
         (state.failing, state.delay)
     };
+    // Leaves the in-flight count even when the sender hangs up and this
+    // handler is dropped mid-way (a killed worker does that).
+    struct InFlight(Arc<Mutex<ReceiverState>>, String);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Ok(mut state) = self.0.lock()
+                && let Some(count) = state.in_flight.get_mut(&self.1)
+            {
+                *count -= 1;
+            }
+        }
+    }
+    let _in_flight = InFlight(state.clone(), id);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    let mut state = state.lock().unwrap();
-    *state.in_flight.get_mut(&id).unwrap() -= 1;
     match failing {
         Some(status) => StatusCode::from_u16(status).unwrap(),
         None => StatusCode::NO_CONTENT,

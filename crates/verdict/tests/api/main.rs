@@ -10,3 +10,4 @@ mod fakes;
 mod scale_out;
 mod security;
 mod settlement;
+mod sweeper;

@@ -244,8 +244,13 @@ impl TestApp {
         let mut config = verdict_worker::WorkerConfig::default();
         config.mail.mail_dir = self._data.path().join("mail");
         configure(&mut config);
-        verdict_worker::Worker::new(self.state.store.clone(), self.state.clock.clone(), config)
-            .expect("a valid worker configuration")
+        verdict_worker::Worker::new(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            self.state.settings,
+            config,
+        )
+        .expect("a valid worker configuration")
     }
 
     /// Runs worker steps until nothing is due (bounded).

@@ -1,0 +1,7 @@
+-- Presence for the sweeper (SPEC §2): the last presence activity of a
+-- session, and when the sweeper last looked at it.
+
+ALTER TABLE sessions ADD COLUMN last_presence_at INTEGER;
+ALTER TABLE sessions ADD COLUMN sweep_checked_at INTEGER;
+
+CREATE INDEX sessions_sweep ON sessions (status, sweep_checked_at);
