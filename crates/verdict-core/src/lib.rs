@@ -6,6 +6,7 @@
 //! session's outcome is — `end`, the sweeper, verification and repair all call
 //! [`decide`].
 
+mod audit;
 mod decide;
 mod id;
 mod policy;
@@ -13,6 +14,9 @@ mod presence;
 mod pricing;
 mod types;
 
+pub use audit::{
+    Finding, STUCK_AFTER_SECONDS, SessionAudit, health_label, health_score, percentile,
+};
 pub use decide::{EndCause, EndRequest, Outcome, SessionFacts, decide, sweep_due};
 pub use id::{ID_LENGTH_MAX, is_valid_id};
 pub use policy::{BillingBasis, Policy, PolicySet};

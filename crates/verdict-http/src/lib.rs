@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod dto;
+pub mod metrics;
 pub mod problem;
 mod routes;
 pub mod wire;
@@ -47,9 +48,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
+    metrics::install();
     axum::Router::new()
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
+        .merge(routes::admin::router())
+        .route("/metrics", axum::routing::get(metrics::render))
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -62,6 +66,7 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
+        .layer(middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -144,6 +149,10 @@ impl Modify for BearerScheme {
         routes::settlement::assignments,
         routes::settlement::payouts,
         routes::settlement::earnings,
+        routes::admin::verify,
+        routes::admin::health,
+        routes::admin::hourly,
+        routes::admin::review,
         routes::ops::notifications,
         routes::ops::outbox,
         routes::ops::advance_clock,

@@ -11,23 +11,23 @@
 //! the database write lock), so changes to one session are serialised and a
 //! concurrent caller waits, then sees the first one's result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::{Pool, Row};
 use verdict_core::{
-    Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet, PresenceEvent,
-    PresenceKind, Price, PriceMode, Reason, Role, Status, UnixMillis, charge_for, decide,
-    open_since, platform_fee, presence_at, sweep_due,
+    BillingBasis, Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet,
+    PresenceEvent, PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis,
+    charge_for, decide, open_since, platform_fee, presence_at, sweep_due,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
-    Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
-    LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
-    PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
-    Settings, Store, StoreError, SweepReport, User, accounts,
+    Actor, Assignment, AuditEvent, AuditScope, Created, EarningsTotal, Ended, EventType,
+    Idempotency, LedgerLine, NewRequest, NewSession, Notification, OutboxHealth, OutboxItem,
+    OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState, Posting, PresenceChange,
+    Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -748,6 +748,191 @@ impl Store for Engine {
         Ok(report)
     }
 
+    async fn audits(
+        &self,
+        scope: AuditScope,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Session, SessionAudit)>, StoreError> {
+        let (mode, since) = match scope {
+            AuditScope::All => (0i64, 0i64),
+            AuditScope::EndedSince(since) => (1, since.0),
+            AuditScope::Open => (2, 0),
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            ", policy, (SELECT MAX(e.at) FROM session_events e WHERE e.session_id = sessions.id \
+             AND e.type = 'ended') AS decided_at FROM sessions WHERE id > $1 AND ( \
+             ($2 = 0) OR ($2 = 1 AND ended_at >= $3) OR ($2 = 2 AND ended_at IS NULL)) \
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(mode)
+        .bind(since)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.reader)
+        .await?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let first: String = first.try_get("id")?;
+        let last: String = last.try_get("id")?;
+        let mut audits: Vec<(Session, SessionAudit)> = Vec::with_capacity(rows.len());
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let session = session_from_row(row)?;
+            let policy: Option<String> = row.try_get("policy")?;
+            let audit = SessionAudit {
+                status: session.status,
+                reason: session.reason,
+                created_at: session.created_at,
+                scheduled_start: session.scheduled_start,
+                started_at: session.started_at,
+                ended_at: session.ended_at,
+                billable_seconds: session.billable_seconds,
+                price: session.price.clone(),
+                charged: session.charged_cents,
+                policy: policy.as_deref().map(policy_from_json).transpose()?,
+                ended_by_system: session.ended_by == Some(Role::System),
+                decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(UnixMillis),
+                events: Vec::new(),
+                payouts: Vec::new(),
+                posting_sums: Vec::new(),
+                request: None,
+            };
+            index.insert(session.id.clone(), audits.len());
+            audits.push((session, audit));
+        }
+        // Everything else for the page's id range, one query per table.
+        let events = sqlx::query(
+            "SELECT session_id, type, party, at FROM session_events \
+             WHERE session_id >= $1 AND session_id <= $2 AND type IN ('joined', 'left') \
+             ORDER BY session_id, seq",
+        )
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &events {
+            let session_id: String = row.try_get("session_id")?;
+            let Some(&slot) = index.get(&session_id) else { continue };
+            let event_type: String = row.try_get("type")?;
+            let kind =
+                if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
+            let Some(party) = parse_optional::<Party>(row.try_get("party")?)? else { continue };
+            audits[slot].1.events.push(PresenceEvent {
+                party,
+                kind,
+                at: UnixMillis(row.try_get("at")?),
+            });
+        }
+        for (session, audit) in &mut audits {
+            for (party, last_seen) in [
+                (Party::Customer, session.customer_last_seen_at),
+                (Party::Provider, session.provider_last_seen_at),
+            ] {
+                if let Some(at) = last_seen {
+                    audit.events.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
+                }
+            }
+        }
+        let payouts = sqlx::query(
+            "SELECT session_id, amount_cents FROM payouts WHERE session_id >= $1 AND session_id <= $2",
+        )
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &payouts {
+            let session_id: String = row.try_get("session_id")?;
+            if let Some(&slot) = index.get(&session_id) {
+                audits[slot].1.payouts.push(Cents(row.try_get("amount_cents")?));
+            }
+        }
+        let postings = sqlx::query(
+            "SELECT p.session_id, CAST(SUM(l.amount_cents) AS BIGINT) AS total \
+             FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id \
+             WHERE p.session_id >= $1 AND p.session_id <= $2 GROUP BY p.session_id, p.id",
+        )
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &postings {
+            let session_id: String = row.try_get("session_id")?;
+            if let Some(&slot) = index.get(&session_id) {
+                audits[slot].1.posting_sums.push(row.try_get("total")?);
+            }
+        }
+        let requests = sqlx::query(
+            "SELECT r.session_id, r.status, \
+             (SELECT COUNT(*) FROM assignments a WHERE a.request_id = r.id) AS open_assignments \
+             FROM requests r WHERE r.session_id >= $1 AND r.session_id <= $2",
+        )
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &requests {
+            let session_id: Option<String> = row.try_get("session_id")?;
+            if let Some(&slot) = session_id.as_ref().and_then(|id| index.get(id)) {
+                audits[slot].1.request =
+                    Some((row.try_get("status")?, row.try_get("open_assignments")?));
+            }
+        }
+        Ok(audits)
+    }
+
+    fn expected_schema_version(&self) -> i64 {
+        super::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0)
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("version")?.unwrap_or(0))
+    }
+
+    async fn outbox_health(&self, overdue_before: UnixMillis) -> Result<OutboxHealth, StoreError> {
+        let counts = sqlx::query(
+            "SELECT COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+             COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+             COUNT(CASE WHEN state = 'pending' AND due_at < $1 THEN 1 END) AS overdue \
+             FROM outbox WHERE state IN ('dead', 'pending')",
+        )
+        .bind(overdue_before.0)
+        .fetch_one(&self.reader)
+        .await?;
+        let sample = sqlx::query(
+            "SELECT DISTINCT session_id FROM outbox WHERE session_id IS NOT NULL \
+             AND (state = 'dead' OR (state = 'pending' AND due_at < $1)) ORDER BY session_id LIMIT 10",
+        )
+        .bind(overdue_before.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(OutboxHealth {
+            pending: counts.try_get("pending")?,
+            dead: counts.try_get("dead")?,
+            overdue: counts.try_get("overdue")?,
+            sample: sample.iter().map(|row| row.try_get("session_id")).collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn ended_by_status(
+        &self,
+        since: UnixMillis,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM sessions WHERE ended_at >= $1 GROUP BY status",
+        )
+        .bind(since.0)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("status")?, row.try_get("n")?))).collect()
+    }
+
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, session_id, type, party, actor_role, actor_id, at, data \
@@ -1269,6 +1454,28 @@ fn policy_json(policy: &Policy) -> Value {
         "max_duration_seconds": policy.max_duration_seconds,
         "presence_timeout_seconds": policy.presence_timeout_seconds,
         "platform_fee_bps": policy.platform_fee_bps,
+    })
+}
+
+fn policy_from_json(text: &str) -> Result<Policy, StoreError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|error| StoreError::Corrupt(format!("stored policy: {error}")))?;
+    let number = |name: &str| {
+        value[name]
+            .as_i64()
+            .ok_or_else(|| StoreError::Corrupt(format!("stored policy lacks {name}")))
+    };
+    Ok(Policy {
+        min_billable_seconds: number("min_billable_seconds")?,
+        billing_basis: value["billing_basis"]
+            .as_str()
+            .and_then(BillingBasis::parse)
+            .ok_or_else(|| StoreError::Corrupt("stored policy billing_basis".into()))?,
+        join_grace_seconds: number("join_grace_seconds")?,
+        abandon_after_seconds: number("abandon_after_seconds")?,
+        max_duration_seconds: number("max_duration_seconds")?,
+        presence_timeout_seconds: number("presence_timeout_seconds")?,
+        platform_fee_bps: number("platform_fee_bps")?,
     })
 }
 

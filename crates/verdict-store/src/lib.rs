@@ -8,6 +8,7 @@
 pub mod clock;
 mod error;
 mod model;
+pub mod monitor;
 mod postgres;
 mod sqlite;
 
@@ -20,10 +21,10 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use error::StoreError;
 pub use model::{
-    Actor, Assignment, AuditEvent, Created, EarningsTotal, Ended, EventType, Idempotency,
-    LedgerLine, NewRequest, NewSession, Notification, OutboxItem, OutboxOutcome, OutboxRow, Payout,
-    PayoutProvider, PayoutState, Posting, PresenceChange, Request, RequestStatus, Session,
-    Settings, SweepReport, User, accounts,
+    Actor, Assignment, AuditEvent, AuditScope, Created, EarningsTotal, Ended, EventType,
+    Idempotency, LedgerLine, NewRequest, NewSession, Notification, OutboxHealth, OutboxItem,
+    OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState, Posting, PresenceChange,
+    Request, RequestStatus, Session, Settings, SweepReport, User, accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -191,6 +192,28 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
 
     async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError>;
+
+    /// A page of sessions with everything verification needs, in id order
+    /// after `after` (keyset paging: memory stays flat on any volume).
+    async fn audits(
+        &self,
+        scope: AuditScope,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Session, verdict_core::SessionAudit)>, StoreError>;
+
+    /// The migration this binary expects (its latest embedded one).
+    fn expected_schema_version(&self) -> i64;
+
+    /// The latest applied migration.
+    async fn schema_version(&self) -> Result<i64, StoreError>;
+
+    /// Dead rows, and pending rows due before `overdue_before`.
+    async fn outbox_health(&self, overdue_before: UnixMillis) -> Result<OutboxHealth, StoreError>;
+
+    /// Sessions ended since `since`, by status.
+    async fn ended_by_status(&self, since: UnixMillis)
+    -> Result<BTreeMap<String, i64>, StoreError>;
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;

@@ -443,3 +443,24 @@ pub struct SweepReport {
     /// Sessions the sweep ended, as stored afterwards.
     pub ended: Vec<Session>,
 }
+
+/// Which sessions a verification page reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditScope {
+    All,
+    /// Terminal sessions ended at or after this instant.
+    EndedSince(UnixMillis),
+    /// Sessions not yet ended.
+    Open,
+}
+
+/// Delivery health for verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxHealth {
+    /// Rows waiting for delivery.
+    pub pending: i64,
+    pub dead: i64,
+    pub overdue: i64,
+    /// Sessions of dead or overdue rows (a sample).
+    pub sample: Vec<String>,
+}

@@ -176,7 +176,15 @@ impl Worker {
     pub async fn try_sweep(&self) -> Result<SweepReport, WorkerError> {
         let report =
             self.store.sweep(&self.settings, self.clock.now(), self.config.sweep_batch_max).await?;
+        metrics::counter!("verdict_sweeper_runs_total").increment(1);
         for session in &report.ended {
+            metrics::counter!("verdict_sweeper_ended_total").increment(1);
+            metrics::counter!(
+                "verdict_sessions_ended_total",
+                "status" => session.status.as_str(),
+                "reason" => session.reason.map_or("none", |reason| reason.as_str())
+            )
+            .increment(1);
             tracing::info!(
                 session = %session.id,
                 status = %session.status,
@@ -204,6 +212,12 @@ impl Worker {
                 OutboxOutcome::Retry { due_at, error, payload }
             }
         };
+        let label = match &outcome {
+            OutboxOutcome::Retry { .. } => "retry",
+            OutboxOutcome::Dead { .. } => "dead",
+            _ => "delivered",
+        };
+        metrics::counter!("verdict_outbox_attempts_total", "outcome" => label).increment(1);
         if !self.store.finish_outbox(item.id, &self.owner, outcome, now).await? {
             tracing::warn!(id = item.id, "lease lost before the outcome was recorded");
         }

@@ -110,6 +110,66 @@ pub async fn run_worker(
     Ok(())
 }
 
+/// `verdict verify`: prints the report (a table, or JSON) and returns
+/// whether it is clean. A progress bar shows on a terminal.
+pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
+    use std::io::IsTerminal;
+    let store = verdict_store::open(&config.database_url).await?;
+    let settings =
+        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} verifying {pos} sessions ({per_sec}) {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let now = SystemClock.now();
+    let report = verdict_store::monitor::verify(store.as_ref(), &settings, now, |seen| {
+        bar.set_position(seen)
+    })
+    .await?;
+    bar.finish_and_clear();
+    if json {
+        let sections: Vec<serde_json::Value> = report
+            .sections
+            .iter()
+            .map(|section| {
+                serde_json::json!({
+                    "name": section.name, "ok": section.ok, "count": section.count,
+                    "severity": section.severity, "sample": section.sample, "detail": section.detail,
+                })
+            })
+            .collect();
+        let document =
+            serde_json::json!({"ok": report.ok, "sessions": report.sessions, "sections": sections});
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        println!("{:<26} {:<6} {:>8}  {:<9} sample", "section", "ok", "count", "severity");
+        for section in &report.sections {
+            println!(
+                "{:<26} {:<6} {:>8}  {:<9} {}",
+                section.name,
+                if section.ok { "ok" } else { "FAIL" },
+                section.count,
+                section.severity,
+                section.sample.join(" ")
+            );
+        }
+        println!(
+            "{} sessions verified: {}",
+            report.sessions,
+            if report.ok { "clean" } else { "ANOMALIES FOUND" }
+        );
+    }
+    Ok(report.ok)
+}
+
 /// The configured JWT secret, or a random one for this process.
 pub fn secret_or_random(config: &Config) -> (JwtSecret, bool) {
     match &config.jwt_secret {

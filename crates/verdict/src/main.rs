@@ -54,6 +54,12 @@ enum Command {
     },
     /// Run only the outbox worker (deliveries), no HTTP.
     Worker,
+    /// Verify every session and the books (SPEC §6); exit 1 on any anomaly.
+    Verify {
+        /// The report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Mint a JWT for development (needs VERDICT_JWT_SECRET).
@@ -112,6 +118,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
+        Command::Verify { json } => {
+            if verdict::verify(&config, json).await? {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
+        }
         Command::Migrate => {
             let store = verdict_store::open(&config.database_url).await?;
             store.ping().await?;

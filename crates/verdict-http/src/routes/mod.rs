@@ -1,5 +1,6 @@
 //! One `router()` per resource, merged in `crate::router`.
 
+pub mod admin;
 pub mod ops;
 pub mod sessions;
 pub mod settlement;

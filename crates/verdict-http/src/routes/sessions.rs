@@ -210,7 +210,11 @@ pub async fn end(
             state.clock.now(),
         )
         .await?;
-    Ok(Json(EndResponse::try_from(&ended)?))
+    let response = EndResponse::try_from(&ended)?;
+    if !ended.already_ended {
+        crate::metrics::record_ended(&response.outcome.status, &response.outcome.reason);
+    }
+    Ok(Json(response))
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions",

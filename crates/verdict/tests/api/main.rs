@@ -7,6 +7,7 @@ mod concurrency;
 mod decisions;
 mod delivery;
 mod fakes;
+mod monitoring;
 mod scale_out;
 mod security;
 mod settlement;

@@ -59,6 +59,8 @@ pub(crate) use on_every_backend;
 
 pub struct TestApp {
     pub base: String,
+    /// The database, for tests that plant data behind the API's back.
+    pub database_url: String,
     pub client: reqwest::Client,
     pub state: AppState,
     pub backend: Backend,
@@ -126,6 +128,7 @@ impl TestApp {
         }));
         TestApp {
             base,
+            database_url: config.database_url.clone(),
             client: reqwest::Client::new(),
             state,
             backend,
@@ -234,6 +237,20 @@ impl TestApp {
     pub async fn events(&self, id: &str) -> Vec<Value> {
         let reply = self.get(&format!("/v1/sessions/{id}/events"), &self.admin()).await;
         reply.ok()["items"].as_array().expect("items").clone()
+    }
+
+    /// Runs raw SQL on the app's database, as a buggy writer or an old
+    /// system would.
+    pub async fn sql(&self, statement: &str) {
+        use sqlx::Connection;
+        let statement = sqlx::AssertSqlSafe(statement.to_owned());
+        if self.database_url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.database_url).await.unwrap();
+            sqlx::raw_sql(statement).execute(&mut connection).await.unwrap();
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.database_url).await.unwrap();
+            sqlx::raw_sql(statement).execute(&mut connection).await.unwrap();
+        }
     }
 
     /// A worker on this app's database and clock.

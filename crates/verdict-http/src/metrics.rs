@@ -1,0 +1,103 @@
+//! Prometheus metrics: the process-wide recorder, the request middleware
+//! and the `/metrics` route.
+//!
+//! Series: `verdict_http_requests_total{method,route,status}`,
+//! `verdict_http_request_duration_seconds{method,route}` (histogram),
+//! `verdict_sessions_ended_total{status,reason}`, `verdict_outbox_pending`,
+//! `verdict_outbox_dead`, `verdict_outbox_attempts_total{outcome}`,
+//! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
+//! `verdict_health_score`.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder once per process and returns its handle.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let buckets =
+            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding
+        // application's); then ours only renders what it sees.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub fn record_health(score: f64) {
+    metrics::gauge!("verdict_health_score").set(score);
+    LAST_HEALTH_MILLIS.store(verdict_store::clock::system_now_millis(), Ordering::Relaxed);
+}
+
+pub fn record_ended(status: &str, reason: &str) {
+    metrics::counter!("verdict_sessions_ended_total", "status" => status.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+}
+
+/// Counts and times every request by its route template.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        // `/v1/sessions/:id/end`: braces in label values trip some parsers.
+        .map_or_else(
+            || "unmatched".to_owned(),
+            |path| path.as_str().replace('{', ":").replace('}', ""),
+        );
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("verdict_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("verdict_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// When the health gauge was last computed (real time, ms).
+static LAST_HEALTH_MILLIS: AtomicI64 = AtomicI64::new(0);
+/// How stale the health gauge may get before a scrape recomputes it.
+const HEALTH_REFRESH_MILLIS: i64 = 60_000;
+
+/// `GET /metrics`: Prometheus text. Outbox gauges are read at scrape time;
+/// the health score at most once a minute.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let now = state.clock.now();
+    if let Ok(outbox) = state
+        .store
+        .outbox_health(now.plus_seconds(-verdict_store::monitor::OVERDUE_AFTER_SECONDS))
+        .await
+    {
+        metrics::gauge!("verdict_outbox_pending").set(outbox.pending as f64);
+        metrics::gauge!("verdict_outbox_dead").set(outbox.dead as f64);
+    }
+    let last = LAST_HEALTH_MILLIS.load(Ordering::Relaxed);
+    if verdict_store::clock::system_now_millis() - last > HEALTH_REFRESH_MILLIS
+        && let Ok(health) =
+            verdict_store::monitor::health(state.store.as_ref(), &state.settings, now, 24).await
+    {
+        record_health(health.score);
+    }
+    let mut response = install().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

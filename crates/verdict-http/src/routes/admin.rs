@@ -1,0 +1,299 @@
+//! Admin monitoring: verification, health, hourly scores, review queue.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use verdict_core::Role;
+use verdict_store::monitor;
+
+use crate::auth::Caller;
+use crate::dto::{Page, SessionDto};
+use crate::problem::ApiError;
+use crate::wire::format_instant;
+use crate::{AppState, Router};
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/v1/admin/verify", get(verify))
+        .route("/v1/admin/health", get(health))
+        .route("/v1/admin/health/hourly", get(hourly))
+        .route("/v1/admin/review", get(review))
+}
+
+fn query<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SectionDto {
+    pub name: String,
+    pub ok: bool,
+    pub count: i64,
+    /// `critical`, `warning` or `info`.
+    pub severity: String,
+    /// Up to 10 offending session ids.
+    pub sample: Vec<String>,
+    pub detail: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyDto {
+    pub ok: bool,
+    pub sessions: u64,
+    pub sections: Vec<SectionDto>,
+}
+
+impl From<&monitor::Report> for VerifyDto {
+    fn from(report: &monitor::Report) -> VerifyDto {
+        VerifyDto {
+            ok: report.ok,
+            sessions: report.sessions,
+            sections: report
+                .sections
+                .iter()
+                .map(|section| SectionDto {
+                    name: section.name.to_owned(),
+                    ok: section.ok,
+                    count: section.count,
+                    severity: section.severity.to_owned(),
+                    sample: section.sample.clone(),
+                    detail: section.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/admin/verify", tag = "admin",
+    responses((status = 200, body = VerifyDto, description = "The verification report (SPEC §6)")),
+    security(("bearer" = [])))]
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<VerifyDto>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let report =
+        monitor::verify(state.store.as_ref(), &state.settings, state.clock.now(), |_| {}).await?;
+    Ok(Json(VerifyDto::from(&report)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsDto {
+    pub completion_rate: f64,
+    pub no_show_rate: f64,
+    pub too_short_rate: f64,
+    pub avg_billable_seconds: f64,
+    pub p50_billable_seconds: i64,
+    pub p90_billable_seconds: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertDto {
+    /// `misclassified_completed`, `misclassified_cancelled`,
+    /// `payout_mismatch`, `stuck_sessions` or `dead_deliveries`.
+    pub kind: String,
+    pub severity: String,
+    pub count: i64,
+    pub session_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevenueImpactDto {
+    /// Cents not charged for sessions that should be completed.
+    pub underbilled_cents: i64,
+    /// Cents charged for sessions that should not be completed.
+    pub overbilled_cents: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthDto {
+    pub window_hours: i64,
+    pub score: f64,
+    /// `excellent`, `good`, `degraded`, `critical`, or `idle`.
+    pub label: String,
+    pub ended: i64,
+    pub metrics: MetricsDto,
+    pub status_distribution: BTreeMap<String, i64>,
+    /// Active alerts only.
+    pub alerts: Vec<AlertDto>,
+    pub revenue_impact: RevenueImpactDto,
+}
+
+impl From<&monitor::Health> for HealthDto {
+    fn from(health: &monitor::Health) -> HealthDto {
+        HealthDto {
+            window_hours: health.window_hours,
+            score: health.score,
+            label: health.label.to_owned(),
+            ended: health.ended,
+            metrics: MetricsDto {
+                completion_rate: health.completion_rate,
+                no_show_rate: health.no_show_rate,
+                too_short_rate: health.too_short_rate,
+                avg_billable_seconds: health.avg_billable_seconds,
+                p50_billable_seconds: health.p50_billable_seconds,
+                p90_billable_seconds: health.p90_billable_seconds,
+            },
+            status_distribution: health.status_distribution.clone(),
+            alerts: health
+                .alerts
+                .iter()
+                .map(|alert| AlertDto {
+                    kind: alert.kind.to_owned(),
+                    severity: alert.severity.to_owned(),
+                    count: alert.count,
+                    session_ids: alert.session_ids.clone(),
+                })
+                .collect(),
+            revenue_impact: RevenueImpactDto {
+                underbilled_cents: health.underbilled_cents,
+                overbilled_cents: health.overbilled_cents,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {
+    window_hours: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/health", tag = "admin",
+    params(("window_hours" = Option<i64>, Query, description = "1 to 720; default 24")),
+    responses((status = 200, body = HealthDto)),
+    security(("bearer" = [])))]
+pub async fn health(
+    State(state): State<AppState>,
+    caller: Caller,
+    window: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HealthDto>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let window_hours = query(window)?.window_hours.unwrap_or(24);
+    if !(1..=720).contains(&window_hours) {
+        return Err(ApiError::Unprocessable("window_hours must be between 1 and 720".into()));
+    }
+    let health =
+        monitor::health(state.store.as_ref(), &state.settings, state.clock.now(), window_hours)
+            .await?;
+    crate::metrics::record_health(health.score);
+    Ok(Json(HealthDto::from(&health)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HourDto {
+    pub hour_start: String,
+    pub ended: i64,
+    pub score: f64,
+    pub label: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HourlyDto {
+    pub hours: i64,
+    /// Oldest first.
+    pub items: Vec<HourDto>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HourlyQuery {
+    hours: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/health/hourly", tag = "admin",
+    params(("hours" = Option<i64>, Query, description = "1 to 168; default 24")),
+    responses((status = 200, body = HourlyDto)),
+    security(("bearer" = [])))]
+pub async fn hourly(
+    State(state): State<AppState>,
+    caller: Caller,
+    hours: Result<Query<HourlyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HourlyDto>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let hours = query(hours)?.hours.unwrap_or(24);
+    if !(1..=168).contains(&hours) {
+        return Err(ApiError::Unprocessable("hours must be between 1 and 168".into()));
+    }
+    let scores =
+        monitor::hourly(state.store.as_ref(), &state.settings, state.clock.now(), hours).await?;
+    Ok(Json(HourlyDto {
+        hours,
+        items: scores
+            .iter()
+            .map(|hour| HourDto {
+                hour_start: format_instant(hour.hour_start),
+                ended: hour.ended,
+                score: hour.score,
+                label: hour.label.to_owned(),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReviewItemDto {
+    pub session: SessionDto,
+    /// The verification sections this session fails.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/review", tag = "admin",
+    params(
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("limit" = Option<usize>, Query, description = "1 to 200; default 50"),
+    ),
+    responses((status = 200, body = Page<ReviewItemDto>)),
+    security(("bearer" = [])))]
+pub async fn review(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Result<Query<ReviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<ReviewItemDto>>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let page = query(page)?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::Unprocessable("limit must be between 1 and 200".into()));
+    }
+    if let Some(after) = &page.after
+        && !verdict_core::is_valid_id(after)
+    {
+        return Err(ApiError::Unprocessable(
+            "after must be a cursor returned as next_cursor".into(),
+        ));
+    }
+    let (items, next_cursor) = monitor::review(
+        state.store.as_ref(),
+        &state.settings,
+        state.clock.now(),
+        page.after.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok(Json(Page {
+        items: items
+            .iter()
+            .map(|item| ReviewItemDto {
+                session: SessionDto::from(&item.session),
+                reasons: item.reasons.iter().map(|reason| (*reason).to_owned()).collect(),
+            })
+            .collect(),
+        next_cursor,
+    }))
+}

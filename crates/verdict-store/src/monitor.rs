@@ -1,0 +1,429 @@
+//! Proving the data right (SPEC §6): the verification report, the health
+//! score, hourly scores and the review queue. Every check is
+//! [`SessionAudit::findings`] — the decision function re-run with each
+//! session's stored policy — over sessions streamed in pages, so memory
+//! stays flat whatever the volume.
+
+use std::collections::BTreeMap;
+
+use verdict_core::{
+    Finding, Reason, SessionAudit, UnixMillis, health_label, health_score, percentile,
+};
+
+use crate::{AuditScope, Session, Settings, Store, StoreError};
+
+/// Sessions read per page.
+pub const PAGE: i64 = 2_000;
+/// Offending session ids shown per section.
+pub const SAMPLE_MAX: usize = 10;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Section {
+    pub name: &'static str,
+    pub ok: bool,
+    pub count: i64,
+    /// `critical`, `warning` or `info`.
+    pub severity: &'static str,
+    pub sample: Vec<String>,
+    /// Extra figures for informational sections.
+    pub detail: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub ok: bool,
+    pub sections: Vec<Section>,
+    /// Sessions examined.
+    pub sessions: u64,
+}
+
+/// The per-session sections, in report order, with their severity.
+const SESSION_SECTIONS: [(&str, &str); 8] = [
+    ("misclassified_completed", "critical"),
+    ("misclassified_cancelled", "critical"),
+    ("missing_join_events", "warning"),
+    ("timestamp_integrity", "critical"),
+    ("payout_accuracy", "critical"),
+    ("ledger_balance", "critical"),
+    ("request_consistency", "warning"),
+    ("stuck_sessions", "warning"),
+];
+
+/// Pending deliveries this long past due are overdue.
+pub const OVERDUE_AFTER_SECONDS: i64 = 900;
+
+fn findings(
+    settings: &Settings,
+    session: &Session,
+    audit: &SessionAudit,
+    now: UnixMillis,
+) -> Vec<Finding> {
+    audit.findings(settings.policies.for_kind(session.kind), now)
+}
+
+/// Streams every session of `scope` through `visit`; `progress` gets the
+/// running count after each page.
+pub async fn scan(
+    store: &dyn Store,
+    scope: AuditScope,
+    mut visit: impl FnMut(&Session, &SessionAudit),
+    mut progress: impl FnMut(u64),
+) -> Result<u64, StoreError> {
+    let mut after: Option<String> = None;
+    let mut seen = 0u64;
+    loop {
+        let page = store.audits(scope, after.as_deref(), PAGE).await?;
+        let Some((last, _)) = page.last() else { return Ok(seen) };
+        after = Some(last.id.clone());
+        for (session, audit) in &page {
+            visit(session, audit);
+        }
+        seen += page.len() as u64;
+        progress(seen);
+        if (page.len() as i64) < PAGE {
+            return Ok(seen);
+        }
+    }
+}
+
+/// The verification report.
+pub async fn verify(
+    store: &dyn Store,
+    settings: &Settings,
+    now: UnixMillis,
+    progress: impl FnMut(u64),
+) -> Result<Report, StoreError> {
+    let mut counts: BTreeMap<&'static str, (i64, Vec<String>)> = BTreeMap::new();
+    let sessions = scan(
+        store,
+        AuditScope::All,
+        |session, audit| {
+            for finding in findings(settings, session, audit, now) {
+                let entry = counts.entry(finding.kind()).or_default();
+                entry.0 += 1;
+                if entry.1.len() < SAMPLE_MAX {
+                    entry.1.push(session.id.clone());
+                }
+            }
+        },
+        progress,
+    )
+    .await?;
+
+    let mut sections = Vec::new();
+    let expected = store.expected_schema_version();
+    let applied = store.schema_version().await?;
+    sections.push(Section {
+        name: "schema",
+        ok: applied == expected,
+        count: i64::from(applied != expected),
+        severity: "critical",
+        sample: Vec::new(),
+        detail: Some(serde_json::json!({"applied": applied, "expected": expected, "backend": store.backend()})),
+    });
+    for (name, severity) in SESSION_SECTIONS {
+        let (count, sample) = counts.remove(name).unwrap_or_default();
+        sections.push(Section { name, ok: count == 0, count, severity, sample, detail: None });
+    }
+    let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
+    sections.push(Section {
+        name: "outbox_health",
+        ok: outbox.dead == 0 && outbox.overdue == 0,
+        count: outbox.dead + outbox.overdue,
+        severity: "warning",
+        sample: outbox.sample,
+        detail: Some(serde_json::json!({"dead": outbox.dead, "overdue": outbox.overdue})),
+    });
+    let recent = store.ended_by_status(now.plus_seconds(-24 * 3600)).await?;
+    sections.push(Section {
+        name: "recent_activity",
+        ok: true,
+        count: recent.values().sum(),
+        severity: "info",
+        sample: Vec::new(),
+        detail: Some(serde_json::json!(recent)),
+    });
+    let health = health(store, settings, now, 24).await?;
+    sections.push(Section {
+        name: "health_score",
+        ok: true,
+        count: health.ended,
+        severity: "info",
+        sample: Vec::new(),
+        detail: Some(serde_json::json!({"score": health.score, "label": health.label})),
+    });
+    Ok(Report { ok: sections.iter().all(|section| section.ok), sections, sessions })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub count: i64,
+    pub session_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    pub window_hours: i64,
+    pub score: f64,
+    pub label: &'static str,
+    pub ended: i64,
+    pub completion_rate: f64,
+    pub no_show_rate: f64,
+    pub too_short_rate: f64,
+    pub avg_billable_seconds: f64,
+    pub p50_billable_seconds: i64,
+    pub p90_billable_seconds: i64,
+    pub status_distribution: BTreeMap<String, i64>,
+    pub alerts: Vec<Alert>,
+    pub underbilled_cents: i64,
+    pub overbilled_cents: i64,
+}
+
+#[derive(Default)]
+struct Tally {
+    ended: i64,
+    clean: i64,
+    completed: i64,
+    no_show: i64,
+    too_short: i64,
+    billable: Vec<i64>,
+    statuses: BTreeMap<String, i64>,
+    alerts: BTreeMap<&'static str, (i64, Vec<String>)>,
+    underbilled: i64,
+    overbilled: i64,
+}
+
+impl Tally {
+    fn add(&mut self, session: &Session, audit: &SessionAudit, findings: &[Finding]) {
+        self.ended += 1;
+        if findings.is_empty() {
+            self.clean += 1;
+        }
+        *self.statuses.entry(session.status.as_str().to_owned()).or_default() += 1;
+        match session.reason {
+            Some(Reason::Completed) => self.completed += 1,
+            Some(Reason::TooShort) => self.too_short += 1,
+            Some(Reason::NoShowBoth | Reason::NoShowCustomer | Reason::NoShowProvider) => {
+                self.no_show += 1
+            }
+            _ => {}
+        }
+        self.billable.push(session.billable_seconds.unwrap_or(0));
+        for finding in findings {
+            let kind = match finding {
+                Finding::MisclassifiedCompleted { .. } => "misclassified_completed",
+                Finding::MisclassifiedCancelled { .. } => "misclassified_cancelled",
+                Finding::PayoutMismatch => "payout_mismatch",
+                _ => continue,
+            };
+            let entry = self.alerts.entry(kind).or_default();
+            entry.0 += 1;
+            if entry.1.len() < SAMPLE_MAX {
+                entry.1.push(session.id.clone());
+            }
+            let (under, over) = finding.revenue_impact(audit);
+            self.underbilled += under;
+            self.overbilled += over;
+        }
+    }
+}
+
+fn rate(part: i64, whole: i64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+/// The health of the sessions ended in the last `window_hours` (SPEC §6).
+pub async fn health(
+    store: &dyn Store,
+    settings: &Settings,
+    now: UnixMillis,
+    window_hours: i64,
+) -> Result<Health, StoreError> {
+    let since = now.plus_seconds(-window_hours * 3600);
+    let mut tally = Tally::default();
+    scan(
+        store,
+        AuditScope::EndedSince(since),
+        |session, audit| {
+            if session.ended_at.is_some_and(|ended| ended <= now) {
+                let found = findings(settings, session, audit, now);
+                tally.add(session, audit, &found);
+            }
+        },
+        |_| {},
+    )
+    .await?;
+    let mut stuck = (0i64, Vec::new());
+    scan(
+        store,
+        AuditScope::Open,
+        |session, audit| {
+            if findings(settings, session, audit, now).contains(&Finding::Stuck) {
+                stuck.0 += 1;
+                if stuck.1.len() < SAMPLE_MAX {
+                    stuck.1.push(session.id.clone());
+                }
+            }
+        },
+        |_| {},
+    )
+    .await?;
+    let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
+
+    let score =
+        health_score(tally.ended as u64, tally.clean as u64, stuck.0 as u64, outbox.dead as u64);
+    let mut alerts: Vec<Alert> = [
+        ("misclassified_completed", "critical"),
+        ("misclassified_cancelled", "critical"),
+        ("payout_mismatch", "critical"),
+    ]
+    .into_iter()
+    .filter_map(|(kind, severity)| {
+        tally.alerts.remove(kind).map(|(count, session_ids)| Alert {
+            kind,
+            severity,
+            count,
+            session_ids,
+        })
+    })
+    .collect();
+    if stuck.0 > 0 {
+        alerts.push(Alert {
+            kind: "stuck_sessions",
+            severity: "warning",
+            count: stuck.0,
+            session_ids: stuck.1,
+        });
+    }
+    if outbox.dead > 0 {
+        alerts.push(Alert {
+            kind: "dead_deliveries",
+            severity: "warning",
+            count: outbox.dead,
+            session_ids: outbox.sample,
+        });
+    }
+    tally.billable.sort_unstable();
+    let total: i64 = tally.billable.iter().sum();
+    Ok(Health {
+        window_hours,
+        score: (score * 100.0).round() / 100.0,
+        label: health_label(tally.ended as u64, score),
+        ended: tally.ended,
+        completion_rate: rate(tally.completed, tally.ended),
+        no_show_rate: rate(tally.no_show, tally.ended),
+        too_short_rate: rate(tally.too_short, tally.ended),
+        avg_billable_seconds: if tally.ended == 0 {
+            0.0
+        } else {
+            total as f64 / tally.ended as f64
+        },
+        p50_billable_seconds: percentile(&tally.billable, 50).unwrap_or(0),
+        p90_billable_seconds: percentile(&tally.billable, 90).unwrap_or(0),
+        status_distribution: tally.statuses,
+        alerts,
+        underbilled_cents: tally.underbilled,
+        overbilled_cents: tally.overbilled,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HourlyScore {
+    pub hour_start: UnixMillis,
+    pub ended: i64,
+    pub score: f64,
+    pub label: &'static str,
+}
+
+/// One score per hour for the last `hours` hours (oldest first), each over
+/// the sessions ended in that hour: `100 × clean / ended`.
+pub async fn hourly(
+    store: &dyn Store,
+    settings: &Settings,
+    now: UnixMillis,
+    hours: i64,
+) -> Result<Vec<HourlyScore>, StoreError> {
+    let since = now.plus_seconds(-hours * 3600);
+    let mut buckets = vec![(0i64, 0i64); hours as usize];
+    scan(
+        store,
+        AuditScope::EndedSince(since),
+        |session, audit| {
+            let Some(ended) = session.ended_at.filter(|ended| *ended <= now) else { return };
+            let age_hours = (now.0 - ended.0) / 3_600_000;
+            let Some(bucket) =
+                (hours - 1 - age_hours).try_into().ok().and_then(|i: usize| buckets.get_mut(i))
+            else {
+                return;
+            };
+            bucket.0 += 1;
+            if findings(settings, session, audit, now).is_empty() {
+                bucket.1 += 1;
+            }
+        },
+        |_| {},
+    )
+    .await?;
+    Ok(buckets
+        .into_iter()
+        .enumerate()
+        .map(|(index, (ended, clean))| {
+            let score = health_score(ended as u64, clean as u64, 0, 0);
+            HourlyScore {
+                hour_start: UnixMillis(now.0 - (hours - index as i64) * 3_600_000),
+                ended,
+                score: (score * 100.0).round() / 100.0,
+                label: health_label(ended as u64, score),
+            }
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReviewItem {
+    pub session: Session,
+    pub reasons: Vec<&'static str>,
+}
+
+/// The most sessions one review page reads before answering.
+pub const REVIEW_SCAN_MAX: i64 = 20_000;
+
+/// Sessions needing review after `after`, at most `limit`, and the cursor
+/// to continue from (`None` at the end).
+pub async fn review(
+    store: &dyn Store,
+    settings: &Settings,
+    now: UnixMillis,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<ReviewItem>, Option<String>), StoreError> {
+    let mut items = Vec::new();
+    let mut cursor = after.map(str::to_owned);
+    let mut scanned = 0i64;
+    loop {
+        let page = store.audits(AuditScope::All, cursor.as_deref(), 500).await?;
+        let exhausted = (page.len() as i64) < 500;
+        for (session, audit) in page {
+            scanned += 1;
+            cursor = Some(session.id.clone());
+            let found = findings(settings, &session, &audit, now);
+            if !found.is_empty() {
+                items.push(ReviewItem {
+                    reasons: found.iter().map(Finding::kind).collect(),
+                    session,
+                });
+                if items.len() == limit {
+                    return Ok((items, cursor));
+                }
+            }
+        }
+        if exhausted {
+            return Ok((items, None));
+        }
+        if scanned >= REVIEW_SCAN_MAX {
+            return Ok((items, cursor));
+        }
+    }
+}
