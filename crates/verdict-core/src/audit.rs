@@ -161,7 +161,9 @@ impl SessionAudit {
                 charge_for(&self.price, Reason::Completed, self.billable_seconds.unwrap_or(0))
             });
             let share = Cents(charge.0 - platform_fee(charge, policy.platform_fee_bps).0);
-            self.payouts.len() == 1 && self.payouts[0] == share
+            // A payout recorded by the old system (no stored policy) was
+            // computed by its rules: only its existence is checked.
+            self.payouts.len() == 1 && (self.policy.is_none() || self.payouts[0] == share)
         } else {
             self.payouts.is_empty()
         };

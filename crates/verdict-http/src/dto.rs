@@ -59,7 +59,7 @@ impl PriceDto {
         }
     }
 
-    fn validate(self) -> Result<Price, ApiError> {
+    pub fn validate(self) -> Result<Price, ApiError> {
         if !(0..=AMOUNT_CENTS_MAX).contains(&self.amount_cents) {
             return Err(ApiError::Unprocessable(format!(
                 "price.amount_cents must be between 0 and {AMOUNT_CENTS_MAX}, got {}",
@@ -526,6 +526,8 @@ pub struct PayoutDto {
     pub failure_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Set when a repair reversed this payout.
+    pub reversed_at: Option<String>,
 }
 
 impl From<&Payout> for PayoutDto {
@@ -543,6 +545,7 @@ impl From<&Payout> for PayoutDto {
             failure_reason: payout.failure_reason.clone(),
             created_at: format_instant(payout.created_at),
             updated_at: format_instant(payout.updated_at),
+            reversed_at: payout.reversed_at.map(format_instant),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod dto;
+pub mod import;
 pub mod metrics;
 pub mod problem;
 mod routes;
@@ -109,7 +110,8 @@ async fn reject_large_bodies(request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
+    let streamed = request.uri().path() == "/v1/admin/import";
+    if !streamed && declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
         return ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
             .into_response();
     }
@@ -153,6 +155,8 @@ impl Modify for BearerScheme {
         routes::admin::health,
         routes::admin::hourly,
         routes::admin::review,
+        routes::admin::import,
+        routes::admin::repair,
         routes::ops::notifications,
         routes::ops::outbox,
         routes::ops::advance_clock,

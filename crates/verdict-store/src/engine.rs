@@ -24,10 +24,11 @@ use verdict_core::{
 
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
-    Actor, Assignment, AuditEvent, AuditScope, Created, EarningsTotal, Ended, EventType,
-    Idempotency, LedgerLine, NewRequest, NewSession, Notification, OutboxHealth, OutboxItem,
-    OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState, Posting, PresenceChange,
-    Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport, User, accounts,
+    Actor, Assignment, AuditEvent, AuditScope, Correction, Created, EarningsTotal, Ended,
+    EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
+    OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
+    Posting, PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError,
+    SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -52,7 +53,7 @@ macro_rules! request_columns {
 macro_rules! payout_columns {
     () => {
         "id, session_id, provider_id, destination, amount_cents, currency, state, provider, \
-         transfer_id, failure_reason, created_at, updated_at"
+         transfer_id, failure_reason, created_at, updated_at, reversed_at"
     };
 }
 
@@ -754,23 +755,25 @@ impl Store for Engine {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(Session, SessionAudit)>, StoreError> {
-        let (mode, since) = match scope {
-            AuditScope::All => (0i64, 0i64),
-            AuditScope::EndedSince(since) => (1, since.0),
-            AuditScope::Open => (2, 0),
+        let (mode, since, until) = match scope {
+            AuditScope::All => (0i64, 0i64, 0i64),
+            AuditScope::EndedSince(since) => (1, since.0, 0),
+            AuditScope::Open => (2, 0, 0),
+            AuditScope::EndedBetween(since, until) => (3, since.0, until.0),
         };
         let rows = sqlx::query(concat!(
             "SELECT ",
             session_columns!(),
             ", policy, (SELECT MAX(e.at) FROM session_events e WHERE e.session_id = sessions.id \
              AND e.type = 'ended') AS decided_at FROM sessions WHERE id > $1 AND ( \
-             ($2 = 0) OR ($2 = 1 AND ended_at >= $3) OR ($2 = 2 AND ended_at IS NULL)) \
-             ORDER BY id LIMIT $4"
+             ($2 = 0) OR ($2 = 1 AND ended_at >= $3) OR ($2 = 2 AND ended_at IS NULL) \
+             OR ($2 = 3 AND ended_at >= $3 AND ended_at < $5)) ORDER BY id LIMIT $4"
         ))
         .bind(after.unwrap_or(""))
         .bind(mode)
         .bind(since)
         .bind(limit.clamp(1, 10_000))
+        .bind(until)
         .fetch_all(&self.reader)
         .await?;
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -838,7 +841,8 @@ impl Store for Engine {
             }
         }
         let payouts = sqlx::query(
-            "SELECT session_id, amount_cents FROM payouts WHERE session_id >= $1 AND session_id <= $2",
+            "SELECT session_id, amount_cents FROM payouts \
+             WHERE session_id >= $1 AND session_id <= $2 AND reversed_at IS NULL",
         )
         .bind(&first)
         .bind(&last)
@@ -931,6 +935,251 @@ impl Store for Engine {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(|row| Ok((row.try_get("status")?, row.try_get("n")?))).collect()
+    }
+
+    async fn import_sessions(
+        &self,
+        sessions: &[ImportSession],
+        now: UnixMillis,
+    ) -> Result<Vec<bool>, StoreError> {
+        let importer = Actor { role: Role::System, id: "import".to_owned() };
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let mut inserted = Vec::with_capacity(sessions.len());
+        for imported in sessions {
+            // What the history says, computed once: start and billable time.
+            let events: Vec<PresenceEvent> = imported
+                .events
+                .iter()
+                .map(|&(party, joined, at)| PresenceEvent {
+                    party,
+                    kind: if joined { PresenceKind::Joined } else { PresenceKind::Left },
+                    at,
+                })
+                .collect();
+            let facts = verdict_core::SessionFacts {
+                created_at: imported.created_at,
+                scheduled_start: None,
+                recorded: None,
+            };
+            let derived = imported.ended_at.map(|ended_at| {
+                decide(
+                    &facts,
+                    &events,
+                    &Policy::default(),
+                    EndRequest::new(ended_at, EndCause::Requested),
+                )
+            });
+            let reason = imported.reason.or_else(|| match imported.status {
+                Status::Completed => Some(Reason::Completed),
+                status if status.is_terminal() => derived.map(|outcome| outcome.reason),
+                _ => None,
+            });
+            let billable = derived.map(|outcome| outcome.billable_seconds);
+            let charged = match imported.status {
+                Status::Completed => {
+                    charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
+                }
+                _ => Cents(0),
+            };
+            let done = sqlx::query(
+                "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+                 provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
+                 price_amount_cents, currency, charged_cents) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&imported.id)
+            .bind(imported.kind.as_str())
+            .bind(imported.status.as_str())
+            .bind(reason.map(Reason::as_str))
+            .bind(&imported.customer_id)
+            .bind(&imported.provider_id)
+            .bind(&imported.provider_account)
+            .bind(imported.created_at.0)
+            .bind(derived.and_then(|outcome| outcome.started_at).map(|at| at.0))
+            .bind(imported.ended_at.map(|at| at.0))
+            .bind(billable)
+            .bind(imported.price.mode.as_str())
+            .bind(imported.price.amount.0)
+            .bind(&imported.price.currency)
+            .bind(charged.0)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                inserted.push(false);
+                continue;
+            }
+            let id = imported.id.as_str();
+            insert_event(
+                &mut tx,
+                id,
+                EventType::Created,
+                None,
+                &importer,
+                imported.created_at,
+                None,
+            )
+            .await?;
+            for &(party, joined, at) in &imported.events {
+                let event_type = if joined { EventType::Joined } else { EventType::Left };
+                insert_event(&mut tx, id, event_type, Some(party), &importer, at, None).await?;
+            }
+            if let Some((amount, state)) = imported.payout {
+                sqlx::query(
+                    "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
+                     currency, state, provider, created_at, updated_at, imported) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'manual', $8, $8, 1)",
+                )
+                .bind(format!("po_{id}"))
+                .bind(id)
+                .bind(&imported.provider_id)
+                .bind(&imported.provider_account)
+                .bind(amount.0)
+                .bind(&imported.price.currency)
+                .bind(state.as_str())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+                // What the old system paid went through the books: charge
+                // receivable, the payout payable, the rest platform revenue.
+                let posting_id: i64 = sqlx::query(
+                    "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
+                     VALUES ($1, 'settlement', $2, $3) RETURNING id",
+                )
+                .bind(id)
+                .bind(&imported.price.currency)
+                .bind(now.0)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
+                let lines = [
+                    (accounts::customer_receivable(&imported.customer_id), charged.0),
+                    (accounts::provider_payable(&imported.provider_id), -amount.0),
+                    (accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charged.0),
+                ];
+                insert_lines(&mut tx, posting_id, &lines).await?;
+            }
+            inserted.push(true);
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn correct_session(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<Option<Correction>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let session = lock_session(&mut tx, id).await?;
+        let (Some(ended_at), Some(reason)) = (session.ended_at, session.reason) else {
+            return Ok(None);
+        };
+        let stored_policy: Option<String> =
+            sqlx::query("SELECT policy FROM sessions WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("policy")?;
+        let policy = match stored_policy.as_deref() {
+            Some(text) => policy_from_json(text)?,
+            None => *settings.policies.for_kind(session.kind),
+        };
+        let decided_at: Option<i64> = sqlx::query(
+            "SELECT MAX(at) AS decided_at FROM session_events WHERE session_id = $1 AND type = 'ended'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("decided_at")?;
+        let events = presence_events(&mut tx, &session).await?;
+        let audit = SessionAudit {
+            status: session.status,
+            reason: session.reason,
+            created_at: session.created_at,
+            scheduled_start: session.scheduled_start,
+            started_at: session.started_at,
+            ended_at: session.ended_at,
+            billable_seconds: session.billable_seconds,
+            price: session.price.clone(),
+            charged: session.charged_cents,
+            policy: Some(policy),
+            ended_by_system: session.ended_by == Some(Role::System),
+            decided_at: decided_at.map(UnixMillis),
+            events,
+            payouts: Vec::new(),
+            posting_sums: Vec::new(),
+            request: None,
+        };
+        let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
+        if (expected.status, expected.reason) == (session.status, reason) {
+            return Ok(None);
+        }
+        let _ = ended_at;
+        let old_charge = session.charged_cents.unwrap_or(Cents(0));
+        let new_charge = charge_for(&session.price, expected.reason, expected.billable_seconds);
+        let correction = Correction {
+            session_id: id.to_owned(),
+            from: (session.status, reason),
+            to: (expected.status, expected.reason),
+            money_effect: new_charge.0 - old_charge.0,
+        };
+        sqlx::query(
+            "UPDATE sessions SET status = $1, reason = $2, billable_seconds = $3, started_at = $4, \
+             charged_cents = $5, policy = $6 WHERE id = $7",
+        )
+        .bind(expected.status.as_str())
+        .bind(expected.reason.as_str())
+        .bind(expected.billable_seconds)
+        .bind(expected.started_at.map(|at| at.0))
+        .bind(new_charge.0)
+        .bind(policy_json(&policy).to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let data = json!({
+            "from": {"status": session.status.as_str(), "reason": reason.as_str()},
+            "to": {"status": expected.status.as_str(), "reason": expected.reason.as_str()},
+            "money_effect_cents": correction.money_effect,
+            "policy": policy_json(&policy),
+        });
+        let repairer = Actor { role: Role::System, id: "repair".to_owned() };
+        insert_event(&mut tx, id, EventType::Corrected, None, &repairer, now, Some(&data)).await?;
+        for party in [Party::Customer, Party::Provider] {
+            sqlx::query(
+                "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
+                 created_at) VALUES ($1, $2, $3, 'session_corrected', $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(party.as_str())
+            .bind(session.party_id(party))
+            .bind(id)
+            .bind(expected.reason.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let was_completed = session.status == Status::Completed;
+        let is_completed = expected.status == Status::Completed;
+        if is_completed && !was_completed {
+            let existing: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM payouts WHERE session_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if existing == 0 {
+                let fee = platform_fee(new_charge, policy.platform_fee_bps);
+                post_settlement(&mut tx, &session, new_charge, fee, now).await?;
+                let share = Cents(new_charge.0 - fee.0);
+                insert_payout(&mut tx, &session, share, settings.payout_provider, now).await?;
+            }
+        } else if was_completed && !is_completed {
+            reverse_settlement(&mut tx, &session, now).await?;
+        }
+        let corrected = tx.commit().await;
+        corrected?;
+        Ok(Some(correction))
     }
 
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
@@ -1263,6 +1512,97 @@ async fn post_settlement(
     Ok(())
 }
 
+async fn insert_lines(
+    connection: &mut DbConnection,
+    posting_id: i64,
+    lines: &[(String, i64)],
+) -> Result<(), StoreError> {
+    assert_eq!(lines.iter().map(|(_, amount)| amount).sum::<i64>(), 0, "postings balance");
+    for (account, amount) in lines {
+        sqlx::query(
+            "INSERT INTO ledger_lines (posting_id, account, amount_cents) VALUES ($1, $2, $3)",
+        )
+        .bind(posting_id)
+        .bind(account)
+        .bind(amount)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Undoes a wrongly paid session: a reversal posting that negates what the
+/// ledger holds for it, each payout marked reversed, and a
+/// `payout.reversal` outbox row per payout (a Stripe transfer reversal when
+/// the payout was paid through Stripe).
+async fn reverse_settlement(
+    connection: &mut DbConnection,
+    session: &Session,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let net = sqlx::query(
+        "SELECT l.account, CAST(SUM(l.amount_cents) AS BIGINT) AS total \
+         FROM ledger_lines l JOIN ledger_postings p ON p.id = l.posting_id \
+         WHERE p.session_id = $1 GROUP BY l.account ORDER BY l.account",
+    )
+    .bind(&session.id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut lines: Vec<(String, i64)> = Vec::new();
+    for row in &net {
+        let total: i64 = row.try_get("total")?;
+        if total != 0 {
+            lines.push((row.try_get("account")?, -total));
+        }
+    }
+    let payouts = sqlx::query(concat!(
+        "SELECT ",
+        payout_columns!(),
+        " FROM payouts WHERE session_id = $1 AND reversed_at IS NULL"
+    ))
+    .bind(&session.id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let payouts: Vec<Payout> = payouts.iter().map(payout_from_row).collect::<Result<_, _>>()?;
+    if lines.is_empty()
+        && let Some(payout) = payouts.first()
+    {
+        // A payout without books: claw it back against platform revenue.
+        lines.push((accounts::provider_payable(&session.provider_id), payout.amount.0));
+        lines.push((accounts::PLATFORM_REVENUE.to_owned(), -payout.amount.0));
+    }
+    if !lines.is_empty() {
+        let posting_id: i64 = sqlx::query(
+            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
+             VALUES ($1, 'reversal', $2, $3) RETURNING id",
+        )
+        .bind(&session.id)
+        .bind(&session.price.currency)
+        .bind(now.0)
+        .fetch_one(&mut *connection)
+        .await?
+        .try_get("id")?;
+        insert_lines(connection, posting_id, &lines).await?;
+    }
+    for payout in &payouts {
+        sqlx::query("UPDATE payouts SET reversed_at = $1, updated_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(&payout.id)
+            .execute(&mut *connection)
+            .await?;
+        let payload = json!({
+            "payout_id": payout.id,
+            "session_id": session.id,
+            "state": payout.state.as_str(),
+            "provider": payout.provider.as_str(),
+            "transfer_id": payout.transfer_id,
+            "amount_cents": payout.amount.0,
+        });
+        insert_outbox(connection, &session.id, "payout.reversal", &payload, now).await?;
+    }
+    Ok(())
+}
+
 /// The provider's payout and the outbox row that pays it.
 async fn insert_payout(
     connection: &mut DbConnection,
@@ -1381,7 +1721,7 @@ async fn insert_outbox(
 ) -> Result<(), StoreError> {
     let channel = if topic.starts_with("email:") {
         "email"
-    } else if topic == "payout" {
+    } else if topic == "payout" || topic == "payout.reversal" {
         "payout"
     } else {
         "webhook"
@@ -1566,6 +1906,7 @@ fn payout_from_row(row: &DbRow) -> Result<Payout, StoreError> {
         failure_reason: row.try_get("failure_reason")?,
         created_at: UnixMillis(row.try_get("created_at")?),
         updated_at: UnixMillis(row.try_get("updated_at")?),
+        reversed_at: row.try_get::<Option<i64>, _>("reversed_at")?.map(UnixMillis),
     })
 }
 

@@ -21,10 +21,11 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use error::StoreError;
 pub use model::{
-    Actor, Assignment, AuditEvent, AuditScope, Created, EarningsTotal, Ended, EventType,
-    Idempotency, LedgerLine, NewRequest, NewSession, Notification, OutboxHealth, OutboxItem,
-    OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState, Posting, PresenceChange,
-    Request, RequestStatus, Session, Settings, SweepReport, User, accounts,
+    Actor, Assignment, AuditEvent, AuditScope, Correction, Created, EarningsTotal, Ended,
+    EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
+    OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
+    Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
+    accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -214,6 +215,25 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions ended since `since`, by status.
     async fn ended_by_status(&self, since: UnixMillis)
     -> Result<BTreeMap<String, i64>, StoreError>;
+
+    /// Stores historical sessions as recorded, in one transaction; returns
+    /// for each whether it was new (an existing id is left untouched).
+    async fn import_sessions(
+        &self,
+        sessions: &[ImportSession],
+        now: UnixMillis,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Re-derives one terminal session under its lock and, if the recorded
+    /// outcome differs, corrects it with its audit event, notifications,
+    /// ledger posting and payout (newly completed) or reversal (wrongly
+    /// paid). `None` when nothing needs correcting: idempotent.
+    async fn correct_session(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<Option<Correction>, StoreError>;
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;

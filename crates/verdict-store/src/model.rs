@@ -112,6 +112,8 @@ pub enum EventType {
     Joined,
     Left,
     Ended,
+    /// A repair changed the recorded outcome.
+    Corrected,
 }
 
 impl EventType {
@@ -121,6 +123,7 @@ impl EventType {
             EventType::Joined => "joined",
             EventType::Left => "left",
             EventType::Ended => "ended",
+            EventType::Corrected => "corrected",
         }
     }
 
@@ -130,6 +133,7 @@ impl EventType {
             "joined" => EventType::Joined,
             "left" => EventType::Left,
             "ended" => EventType::Ended,
+            "corrected" => EventType::Corrected,
             _ => return None,
         })
     }
@@ -322,6 +326,8 @@ pub struct Payout {
     pub failure_reason: Option<String>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// Set when a repair found the session should not have been paid.
+    pub reversed_at: Option<UnixMillis>,
 }
 
 /// The ledger account names.
@@ -452,6 +458,8 @@ pub enum AuditScope {
     EndedSince(UnixMillis),
     /// Sessions not yet ended.
     Open,
+    /// Terminal sessions ended in `[since, until)`.
+    EndedBetween(UnixMillis, UnixMillis),
 }
 
 /// Delivery health for verification.
@@ -463,4 +471,33 @@ pub struct OutboxHealth {
     pub overdue: i64,
     /// Sessions of dead or overdue rows (a sample).
     pub sample: Vec<String>,
+}
+
+/// A historical session from the old system, validated, to store as
+/// recorded (SPEC §7).
+#[derive(Clone, Debug)]
+pub struct ImportSession {
+    pub id: String,
+    pub kind: Kind,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub provider_account: Option<String>,
+    pub price: Price,
+    pub status: Status,
+    pub reason: Option<Reason>,
+    pub created_at: UnixMillis,
+    pub ended_at: Option<UnixMillis>,
+    /// Joins and leaves, in time order.
+    pub events: Vec<(Party, bool, UnixMillis)>,
+    pub payout: Option<(Cents, PayoutState)>,
+}
+
+/// One correction of a recorded outcome (SPEC §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Correction {
+    pub session_id: String,
+    pub from: (Status, Reason),
+    pub to: (Status, Reason),
+    /// The change in what the customer is charged, in cents.
+    pub money_effect: i64,
 }

@@ -427,3 +427,54 @@ pub async fn review(
         }
     }
 }
+
+/// Plans (dry run) or applies corrections of every terminal session ended
+/// in `[since, until)` whose recorded outcome differs from the decision
+/// (SPEC §7). Applying re-checks each session under its lock, so running
+/// it twice changes nothing the second time.
+pub async fn repair(
+    store: &dyn Store,
+    settings: &Settings,
+    now: UnixMillis,
+    since: UnixMillis,
+    until: UnixMillis,
+    apply: bool,
+) -> Result<Vec<crate::Correction>, StoreError> {
+    let mut planned = Vec::new();
+    scan(
+        store,
+        AuditScope::EndedBetween(since, until),
+        |session, audit| {
+            let configured = settings.policies.for_kind(session.kind);
+            let (Some(expected), Some(reason)) = (audit.rederive(configured), session.reason)
+            else {
+                return;
+            };
+            if (expected.status, expected.reason) != (session.status, reason) {
+                let charge = verdict_core::charge_for(
+                    &session.price,
+                    expected.reason,
+                    expected.billable_seconds,
+                );
+                planned.push(crate::Correction {
+                    session_id: session.id.clone(),
+                    from: (session.status, reason),
+                    to: (expected.status, expected.reason),
+                    money_effect: charge.0 - session.charged_cents.map_or(0, |cents| cents.0),
+                });
+            }
+        },
+        |_| {},
+    )
+    .await?;
+    if !apply {
+        return Ok(planned);
+    }
+    let mut applied = Vec::with_capacity(planned.len());
+    for plan in planned {
+        if let Some(correction) = store.correct_session(&plan.session_id, settings, now).await? {
+            applied.push(correction);
+        }
+    }
+    Ok(applied)
+}

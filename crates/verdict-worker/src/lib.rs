@@ -239,6 +239,8 @@ impl Worker {
                     payload: None,
                 },
             }
+        } else if item.topic == "payout.reversal" {
+            stripe::reverse(&self.http, self.config.stripe.as_ref(), item).await
         } else {
             Delivery::Undeliverable(format!("unknown outbox topic {:?}", item.topic))
         }

@@ -169,3 +169,55 @@ async fn find_transfer(
         .find(|transfer| transfer["metadata"]["payout_id"].as_str() == Some(payout_id));
     Ok(found.and_then(|transfer| transfer["id"].as_str().map(str::to_owned)))
 }
+
+/// Reverses a wrongly paid payout at Stripe (`POST
+/// /v1/transfers/{id}/reversals`, `Idempotency-Key: rev_<payout id>`). A
+/// payout Stripe never paid has nothing to reverse there: the reversal
+/// posting in the ledger is the whole of it.
+pub(crate) async fn reverse(
+    http: &reqwest::Client,
+    config: Option<&StripeConfig>,
+    item: &OutboxItem,
+) -> Delivery {
+    let paid_through_stripe =
+        item.payload["provider"] == "stripe" && item.payload["state"] == "paid";
+    let (Some(transfer_id), Some(payout_id)) =
+        (item.payload["transfer_id"].as_str(), item.payload["payout_id"].as_str())
+    else {
+        return Delivery::Done(OutboxOutcome::Delivered);
+    };
+    if !paid_through_stripe {
+        return Delivery::Done(OutboxOutcome::Delivered);
+    }
+    let Some(config) = config else {
+        return Delivery::Failed {
+            error: "no Stripe key configured: this reversal must be made manually".into(),
+            payload: None,
+        };
+    };
+    let amount = item.payload["amount_cents"].as_i64().unwrap_or(0).to_string();
+    let response = http
+        .post(format!(
+            "{}/v1/transfers/{transfer_id}/reversals",
+            config.api_base.trim_end_matches('/')
+        ))
+        .bearer_auth(&config.secret_key)
+        .header("Idempotency-Key", format!("rev_{payout_id}"))
+        .form(&[("amount", amount.as_str()), ("metadata[payout_id]", payout_id)])
+        .send()
+        .await;
+    match response {
+        Err(error) => {
+            Delivery::Failed { error: format!("Stripe: {}", without_url(&error)), payload: None }
+        }
+        Ok(response) if response.status().is_success() => Delivery::Done(OutboxOutcome::Delivered),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            if matches!(status, 409 | 429) || status >= 500 {
+                Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
+            } else {
+                Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})"))
+            }
+        }
+    }
+}

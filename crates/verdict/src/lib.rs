@@ -170,6 +170,119 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
     Ok(report.ok)
 }
 
+/// `verdict import FILE` (or `-` for stdin): streams the lines through the
+/// importer and prints the summary as JSON; a progress bar on a terminal.
+pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxError> {
+    use std::io::{BufRead, IsTerminal};
+    let store = verdict_store::open(&config.database_url).await?;
+    let reader: Box<dyn BufRead + Send> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).map_err(|error| format!("{}: {error}", file.display()))?,
+        ))
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing line {pos} ({per_sec}) {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut importer = verdict_http::import::Importer::new(store.as_ref(), SystemClock.now());
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let number = index as u64 + 1;
+        let bytes = line?;
+        if bytes.len() > verdict_http::import::LINE_BYTES_MAX {
+            importer.unreadable(number, "line longer than 1 MiB");
+        } else {
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => importer.line(number, text).await?,
+                Err(_) => importer.unreadable(number, "not UTF-8"),
+            }
+        }
+        if number.is_multiple_of(1000) {
+            bar.set_position(number);
+        }
+    }
+    let summary = importer.finish().await?;
+    bar.finish_and_clear();
+    let rejected: Vec<serde_json::Value> = summary
+        .rejected
+        .iter()
+        .map(|(line, error)| serde_json::json!({"line": line, "error": error}))
+        .collect();
+    let document = serde_json::json!({
+        "imported": summary.imported, "skipped": summary.skipped,
+        "rejected": rejected, "rejected_total": summary.rejected_total,
+    });
+    println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(())
+}
+
+/// `verdict repair`: the planned (or applied) corrections, as a table or
+/// JSON.
+pub async fn repair(
+    config: &Config,
+    apply: bool,
+    since: Option<&str>,
+    until: Option<&str>,
+    json: bool,
+) -> Result<(), BoxError> {
+    let store = verdict_store::open(&config.database_url).await?;
+    let settings =
+        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let bound = |flag: &str,
+                 text: Option<&str>,
+                 default: i64|
+     -> Result<verdict_core::UnixMillis, BoxError> {
+        match text {
+            None => Ok(verdict_core::UnixMillis(default)),
+            Some(text) => verdict_http::wire::parse_instant(text)
+                .ok_or_else(|| format!("--{flag} must be an RFC 3339 timestamp").into()),
+        }
+    };
+    let (since, until) = (bound("since", since, 0)?, bound("until", until, i64::MAX)?);
+    let now = SystemClock.now();
+    let corrections =
+        verdict_store::monitor::repair(store.as_ref(), &settings, now, since, until, apply).await?;
+    if json {
+        let changes: Vec<serde_json::Value> = corrections
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "session_id": c.session_id,
+                    "from": {"status": c.from.0.as_str(), "reason": c.from.1.as_str()},
+                    "to": {"status": c.to.0.as_str(), "reason": c.to.1.as_str()},
+                    "money_effect_cents": c.money_effect,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"dry_run": !apply, "changes": changes})
+            )?
+        );
+    } else {
+        for c in &corrections {
+            println!(
+                "{}  {}/{} -> {}/{}  {:+} cents",
+                c.session_id, c.from.0, c.from.1, c.to.0, c.to.1, c.money_effect
+            );
+        }
+        let verb =
+            if apply { "corrected" } else { "would be corrected (dry run; --apply to correct)" };
+        println!("{} sessions {verb}", corrections.len());
+    }
+    Ok(())
+}
+
 /// The configured JWT secret, or a random one for this process.
 pub fn secret_or_random(config: &Config) -> (JwtSecret, bool) {
     match &config.jwt_secret {

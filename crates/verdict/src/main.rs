@@ -60,6 +60,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Import historical sessions from NDJSON (SPEC §7); `-` reads stdin.
+    Import { file: PathBuf },
+    /// Re-derive every ended session and list (or, with --apply, make)
+    /// the corrections.
+    Repair {
+        /// Make the corrections (default: a dry run that changes nothing).
+        #[arg(long)]
+        apply: bool,
+        /// Only sessions ended at or after this RFC 3339 instant.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions ended before this RFC 3339 instant.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Mint a JWT for development (needs VERDICT_JWT_SECRET).
@@ -118,6 +135,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
+        Command::Import { file } => verdict::import(&config, &file).await,
+        Command::Repair { apply, since, until, json } => {
+            verdict::repair(&config, apply, since.as_deref(), until.as_deref(), json).await
+        }
         Command::Verify { json } => {
             if verdict::verify(&config, json).await? {
                 Ok(())

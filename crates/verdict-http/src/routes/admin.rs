@@ -22,7 +22,16 @@ pub fn router() -> Router {
         .route("/v1/admin/health", get(health))
         .route("/v1/admin/health/hourly", get(hourly))
         .route("/v1/admin/review", get(review))
+        .route(
+            "/v1/admin/import",
+            axum::routing::post(import)
+                .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BYTES_MAX)),
+        )
+        .route("/v1/admin/repair", axum::routing::post(repair))
 }
+
+/// The largest import body: the data is streamed, never held whole.
+pub const IMPORT_BYTES_MAX: usize = 4 << 30;
 
 fn query<T>(
     query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
@@ -296,4 +305,185 @@ pub async fn review(
             .collect(),
         next_cursor,
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportRejectionDto {
+    pub line: u64,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportDto {
+    pub imported: u64,
+    pub skipped: u64,
+    /// At most 10 000 listed; `rejected_total` counts all.
+    pub rejected: Vec<ImportRejectionDto>,
+    pub rejected_total: u64,
+}
+
+impl From<&crate::import::Summary> for ImportDto {
+    fn from(summary: &crate::import::Summary) -> ImportDto {
+        ImportDto {
+            imported: summary.imported,
+            skipped: summary.skipped,
+            rejected: summary
+                .rejected
+                .iter()
+                .map(|(line, error)| ImportRejectionDto { line: *line, error: error.clone() })
+                .collect(),
+            rejected_total: summary.rejected_total,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/admin/import", tag = "admin",
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "One historical session per line (SPEC §7), streamed"),
+    responses((status = 200, body = ImportDto)),
+    security(("bearer" = [])))]
+pub async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: axum::body::Body,
+) -> Result<Json<ImportDto>, ApiError> {
+    use futures_util::StreamExt;
+    caller.require(&[Role::Admin])?;
+    let mut importer = crate::import::Importer::new(state.store.as_ref(), state.clock.now());
+    let mut stream = body.into_data_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut number = 0u64;
+    let mut overlong = false;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::BadRequest(format!("the body could not be read: {error}"))
+        })?;
+        let mut rest = &chunk[..];
+        while let Some(newline) = rest.iter().position(|byte| *byte == b'\n') {
+            number += 1;
+            if overlong {
+                importer.unreadable(number, "line longer than 1 MiB");
+                overlong = false;
+            } else {
+                pending.extend_from_slice(&rest[..newline]);
+                feed(&mut importer, number, &pending).await?;
+            }
+            pending.clear();
+            rest = &rest[newline + 1..];
+        }
+        if !overlong {
+            pending.extend_from_slice(rest);
+            if pending.len() > crate::import::LINE_BYTES_MAX {
+                overlong = true;
+                pending.clear();
+            }
+        }
+    }
+    if overlong || !pending.is_empty() {
+        number += 1;
+        if overlong {
+            importer.unreadable(number, "line longer than 1 MiB");
+        } else {
+            feed(&mut importer, number, &pending).await?;
+        }
+    }
+    let summary = importer.finish().await?;
+    Ok(Json(ImportDto::from(&summary)))
+}
+
+async fn feed(
+    importer: &mut crate::import::Importer<'_>,
+    number: u64,
+    bytes: &[u8],
+) -> Result<(), ApiError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => importer.line(number, text).await?,
+        Err(_) => importer.unreadable(number, "not UTF-8"),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairQuery {
+    dry_run: Option<bool>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutcomeRefDto {
+    pub status: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangeDto {
+    pub session_id: String,
+    pub from: OutcomeRefDto,
+    pub to: OutcomeRefDto,
+    /// The change in what the customer is charged.
+    pub money_effect_cents: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepairDto {
+    pub dry_run: bool,
+    pub changes: Vec<ChangeDto>,
+}
+
+impl RepairDto {
+    pub fn new(dry_run: bool, corrections: &[verdict_store::Correction]) -> RepairDto {
+        let outcome = |(status, reason): (verdict_core::Status, verdict_core::Reason)| {
+            OutcomeRefDto { status: status.as_str().to_owned(), reason: reason.as_str().to_owned() }
+        };
+        RepairDto {
+            dry_run,
+            changes: corrections
+                .iter()
+                .map(|c| ChangeDto {
+                    session_id: c.session_id.clone(),
+                    from: outcome(c.from),
+                    to: outcome(c.to),
+                    money_effect_cents: c.money_effect,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/admin/repair", tag = "admin",
+    params(
+        ("dry_run" = Option<bool>, Query, description = "Default true: plan only"),
+        ("since" = Option<String>, Query, description = "RFC 3339: sessions ended at or after"),
+        ("until" = Option<String>, Query, description = "RFC 3339: sessions ended before"),
+    ),
+    responses((status = 200, body = RepairDto)),
+    security(("bearer" = [])))]
+pub async fn repair(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<RepairQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RepairDto>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let params = query(params)?;
+    let bound = |field: &str, text: &Option<String>, default: i64| match text {
+        None => Ok(verdict_core::UnixMillis(default)),
+        Some(text) => crate::wire::parse_instant(text).ok_or_else(|| {
+            ApiError::Unprocessable(format!("{field} must be an RFC 3339 timestamp"))
+        }),
+    };
+    let since = bound("since", &params.since, 0)?;
+    let until = bound("until", &params.until, i64::MAX)?;
+    let dry_run = params.dry_run.unwrap_or(true);
+    let corrections = monitor::repair(
+        state.store.as_ref(),
+        &state.settings,
+        state.clock.now(),
+        since,
+        until,
+        !dry_run,
+    )
+    .await?;
+    Ok(Json(RepairDto::new(dry_run, &corrections)))
 }

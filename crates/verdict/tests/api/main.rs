@@ -7,6 +7,7 @@ mod concurrency;
 mod decisions;
 mod delivery;
 mod fakes;
+mod history;
 mod monitoring;
 mod scale_out;
 mod security;

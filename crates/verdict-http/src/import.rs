@@ -1,0 +1,250 @@
+//! The NDJSON import of historical sessions (SPEC §7): one session a line,
+//! validated line by line, stored in batched transactions. Shared by
+//! `verdict import` and `POST /v1/admin/import`.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use verdict_core::{AMOUNT_CENTS_MAX, Cents, Party, Reason, Status, UnixMillis, is_valid_id};
+use verdict_store::{ImportSession, PayoutState, Store, StoreError};
+
+use crate::dto::{KindDto, PriceDto};
+use crate::wire::parse_instant;
+
+/// Lines stored per transaction.
+pub const BATCH: usize = 500;
+/// The longest line accepted, in bytes.
+pub const LINE_BYTES_MAX: usize = 1 << 20;
+/// Rejections listed in the summary (all are counted).
+pub const REJECTIONS_LISTED_MAX: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    id: String,
+    kind: KindDto,
+    customer_id: String,
+    provider_id: String,
+    provider_account: Option<String>,
+    price: PriceDto,
+    status: String,
+    reason: Option<String>,
+    created_at: String,
+    ended_at: Option<String>,
+    #[serde(default)]
+    events: Vec<LineEvent>,
+    #[serde(default)]
+    payouts: Vec<LinePayout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    party: String,
+    at: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinePayout {
+    amount_cents: i64,
+    currency: String,
+    state: String,
+}
+
+/// Parses and validates one line; the error names the field.
+pub fn parse_line(text: &str) -> Result<ImportSession, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let line: Line = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {message}")
+        } else if path == "." {
+            message
+        } else {
+            format!("{path}: {message}")
+        }
+    })?;
+    deserializer.end().map_err(|error| format!("malformed JSON: {error}"))?;
+    for (field, value) in
+        [("id", &line.id), ("customer_id", &line.customer_id), ("provider_id", &line.provider_id)]
+    {
+        if !is_valid_id(value) {
+            return Err(format!("{field}: must be 1 to 128 characters from [A-Za-z0-9_.:-]"));
+        }
+    }
+    if let Some(account) = &line.provider_account
+        && !is_valid_id(account)
+    {
+        return Err("provider_account: must be 1 to 128 characters from [A-Za-z0-9_.:-]".into());
+    }
+    let price = line.price.validate().map_err(|error| error.to_string())?;
+    let status: Status = line.status.parse().map_err(|error| format!("status: {error}"))?;
+    let reason = match &line.reason {
+        Some(text) => Some(text.parse::<Reason>().map_err(|error| format!("reason: {error}"))?),
+        None => None,
+    };
+    let instant = |field: &str, text: &str| {
+        parse_instant(text).ok_or_else(|| format!("{field}: must be an RFC 3339 timestamp"))
+    };
+    let created_at = instant("created_at", &line.created_at)?;
+    let ended_at = match &line.ended_at {
+        Some(text) => Some(instant("ended_at", text)?),
+        None => None,
+    };
+    match (status.is_terminal(), ended_at) {
+        (true, None) => return Err(format!("ended_at: required for status {status}")),
+        (false, Some(_)) => return Err(format!("ended_at: must be absent for status {status}")),
+        (_, Some(ended)) if ended < created_at => return Err("ended_at: before created_at".into()),
+        _ => {}
+    }
+    let mut events = Vec::with_capacity(line.events.len());
+    let mut previous: Option<UnixMillis> = None;
+    for (index, event) in line.events.iter().enumerate() {
+        let joined = match event.event_type.as_str() {
+            "joined" => true,
+            "left" => false,
+            other => return Err(format!("events[{index}].type: {other:?} is not joined or left")),
+        };
+        let party: Party =
+            event.party.parse().map_err(|error| format!("events[{index}].party: {error}"))?;
+        let at = instant(&format!("events[{index}].at"), &event.at)?;
+        if at < created_at {
+            return Err(format!("events[{index}].at: before created_at"));
+        }
+        if ended_at.is_some_and(|ended| at > ended) {
+            return Err(format!("events[{index}].at: after ended_at"));
+        }
+        if previous.is_some_and(|previous| at < previous) {
+            return Err(format!("events[{index}]: out of order (before events[{}])", index - 1));
+        }
+        previous = Some(at);
+        events.push((party, joined, at));
+    }
+    if line.payouts.len() > 1 {
+        return Err("payouts: at most one payout per session".into());
+    }
+    let payout = match line.payouts.first() {
+        None => None,
+        Some(payout) => {
+            if !(0..=AMOUNT_CENTS_MAX).contains(&payout.amount_cents) {
+                return Err(format!(
+                    "payouts[0].amount_cents: must be between 0 and {AMOUNT_CENTS_MAX}"
+                ));
+            }
+            if !payout.currency.eq_ignore_ascii_case(&price.currency) {
+                return Err("payouts[0].currency: differs from price.currency".into());
+            }
+            let state = PayoutState::parse(&payout.state)
+                .ok_or_else(|| "payouts[0].state: must be pending, paid or failed".to_owned())?;
+            Some((Cents(payout.amount_cents), state))
+        }
+    };
+    Ok(ImportSession {
+        id: line.id,
+        kind: line.kind.into(),
+        customer_id: line.customer_id,
+        provider_id: line.provider_id,
+        provider_account: line.provider_account,
+        price,
+        status,
+        reason,
+        created_at,
+        ended_at,
+        events,
+        payout,
+    })
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub imported: u64,
+    /// Ids already stored: left untouched.
+    pub skipped: u64,
+    /// `(line number, error)`, at most [`REJECTIONS_LISTED_MAX`].
+    pub rejected: Vec<(u64, String)>,
+    pub rejected_total: u64,
+}
+
+/// Feeds lines in, stores them in batches.
+pub struct Importer<'a> {
+    store: &'a dyn Store,
+    now: UnixMillis,
+    batch: Vec<ImportSession>,
+    /// Ids of this file so far: a second occurrence is rejected.
+    seen: HashSet<String>,
+    pub summary: Summary,
+}
+
+impl<'a> Importer<'a> {
+    pub fn new(store: &'a dyn Store, now: UnixMillis) -> Importer<'a> {
+        Importer {
+            store,
+            now,
+            batch: Vec::with_capacity(BATCH),
+            seen: HashSet::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    fn reject(&mut self, line: u64, error: String) {
+        self.summary.rejected_total += 1;
+        if self.summary.rejected.len() < REJECTIONS_LISTED_MAX {
+            self.summary.rejected.push((line, error));
+        }
+    }
+
+    /// One line (1-based `number`); blank lines are ignored.
+    pub async fn line(&mut self, number: u64, text: &str) -> Result<(), StoreError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        match parse_line(text) {
+            Err(error) => self.reject(number, error),
+            Ok(session) => {
+                if !self.seen.insert(session.id.clone()) {
+                    self.reject(number, format!("id: {} appears earlier in this file", session.id));
+                } else {
+                    self.batch.push(session);
+                    if self.batch.len() >= BATCH {
+                        self.flush().await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A line that could not be read at all (not UTF-8, too long).
+    pub fn unreadable(&mut self, number: u64, why: &str) {
+        self.reject(number, why.to_owned());
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let stored = self.store.import_sessions(&self.batch, self.now).await?;
+        for inserted in stored {
+            if inserted {
+                self.summary.imported += 1;
+            } else {
+                self.summary.skipped += 1;
+            }
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<Summary, StoreError> {
+        self.flush().await?;
+        Ok(self.summary)
+    }
+}

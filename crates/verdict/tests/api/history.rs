@@ -1,0 +1,338 @@
+//! Import of the old system's history and its repair (SPEC §7).
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Reply, TestApp, on_every_backend};
+
+on_every_backend!(
+    a_good_file_is_imported_as_recorded,
+    bad_lines_are_rejected_with_their_line_and_field_and_the_rest_goes_on,
+    importing_again_is_a_no_op,
+    the_command_line_imports_a_file_and_stdin,
+    repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
+);
+
+fn line(id: &str, status: &str, reason: Option<&str>, events: Value, payouts: Value) -> String {
+    let ended = if ["completed", "cancelled", "expired"].contains(&status) {
+        json!("2026-01-10T10:30:00Z")
+    } else {
+        Value::Null
+    };
+    let mut body = json!({
+        "id": id, "kind": "diagnostic", "customer_id": "cust-1", "provider_id": "prov-1",
+        "price": {"mode": "flat", "amount_cents": 4000, "currency": "usd"},
+        "status": status, "created_at": "2026-01-10T10:00:00Z",
+        "events": events, "payouts": payouts,
+    });
+    if !ended.is_null() {
+        body["ended_at"] = ended;
+    }
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    body.to_string()
+}
+
+fn joined(party: &str, at: &str) -> Value {
+    json!({"type": "joined", "party": party, "at": format!("2026-01-10T{at}Z")})
+}
+
+fn left(party: &str, at: &str) -> Value {
+    json!({"type": "left", "party": party, "at": format!("2026-01-10T{at}Z")})
+}
+
+/// Both present 10:05–10:25: a real session.
+fn met() -> Value {
+    json!([
+        joined("customer", "10:05:00"),
+        joined("provider", "10:05:00"),
+        left("provider", "10:25:00"),
+        left("customer", "10:25:00")
+    ])
+}
+
+fn paid(amount: i64) -> Value {
+    json!([{"amount_cents": amount, "currency": "usd", "state": "paid"}])
+}
+
+async fn import(app: &TestApp, lines: &[String]) -> Reply {
+    let body = lines.join("\n");
+    let response = app
+        .client
+        .post(format!("{}/v1/admin/import", app.base))
+        .bearer_auth(app.admin())
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    Reply { status, headers, body: response.json().await.unwrap() }
+}
+
+fn good_file() -> Vec<String> {
+    vec![
+        line("h-completed", "completed", Some("completed"), met(), paid(3200)),
+        line(
+            "h-noshow",
+            "cancelled",
+            Some("no_show_provider"),
+            json!([joined("customer", "10:01:00")]),
+            json!([]),
+        ),
+        line("h-expired", "expired", None, json!([]), json!([])),
+    ]
+}
+
+async fn a_good_file_is_imported_as_recorded(app: TestApp) {
+    let summary = import(&app, &good_file()).await;
+    assert_eq!(
+        summary.ok(),
+        &json!({"imported": 3, "skipped": 0, "rejected": [], "rejected_total": 0})
+    );
+    let counts = app.counts().await;
+    assert_eq!((counts["sessions"], counts["payouts"], counts["ledger_postings"]), (3, 1, 1));
+    // created + 4 presence, created + 1, created.
+    assert_eq!(counts["session_events"], 8);
+    let session = app.get("/v1/sessions/h-completed", &app.admin()).await.ok().clone();
+    assert_eq!(
+        (session["status"].as_str(), session["reason"].as_str()),
+        (Some("completed"), Some("completed"))
+    );
+    assert_eq!(session["started_at"], "2026-01-10T10:05:00.000Z");
+    assert_eq!(session["ended_at"], "2026-01-10T10:30:00.000Z");
+    assert_eq!(session["billable_seconds"], 1200);
+    let expired = app.get("/v1/sessions/h-expired", &app.admin()).await.ok().clone();
+    assert_eq!(
+        (expired["status"].as_str(), expired["reason"].as_str()),
+        (Some("expired"), Some("no_show_both"))
+    );
+    let payouts =
+        app.get("/v1/payouts?session_id=h-completed", &app.admin()).await.ok()["items"].clone();
+    assert_eq!(
+        (payouts[0]["amount_cents"].as_i64(), payouts[0]["state"].as_str()),
+        (Some(3200), Some("paid"))
+    );
+    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
+    assert_eq!(report["ok"], true, "correct history verifies clean: {report}");
+}
+
+async fn bad_lines_are_rejected_with_their_line_and_field_and_the_rest_goes_on(app: TestApp) {
+    let mut wrong_type: Value =
+        serde_json::from_str(&line("b-type", "cancelled", None, json!([]), json!([]))).unwrap();
+    wrong_type["price"]["amount_cents"] = json!("forty");
+    let lines = vec![
+        line("ok-1", "cancelled", Some("no_show_both"), json!([]), json!([])),
+        wrong_type.to_string(),
+        line("b-status", "finished", None, json!([]), json!([])),
+        line(
+            "b-order",
+            "completed",
+            None,
+            json!([joined("customer", "10:10:00"), joined("provider", "10:05:00")]),
+            json!([]),
+        ),
+        line("ok-1", "completed", None, met(), json!([])),
+        "{\"id\": \"broken\"".to_owned(),
+        String::new(),
+        line("b-ended", "completed", None, met(), json!([]))
+            .replace("\"ended_at\":\"2026-01-10T10:30:00Z\",", ""),
+        line("ok-2", "completed", Some("completed"), met(), paid(3200)),
+    ];
+    let summary = import(&app, &lines).await;
+    let body = summary.ok();
+    assert_eq!(
+        (body["imported"].as_i64(), body["skipped"].as_i64(), body["rejected_total"].as_i64()),
+        (Some(2), Some(0), Some(6))
+    );
+    let rejected: Vec<(i64, String)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["line"].as_i64().unwrap(), r["error"].as_str().unwrap().to_owned()))
+        .collect();
+    let expect = [
+        (2, "price.amount_cents"),
+        (3, "status"),
+        (4, "events[1]: out of order"),
+        (5, "appears earlier in this file"),
+        (6, "malformed JSON"),
+        (8, "ended_at: required"),
+    ];
+    assert_eq!(rejected.len(), expect.len(), "{rejected:?}");
+    for ((line, error), (expected_line, fragment)) in rejected.iter().zip(expect) {
+        assert_eq!(*line, expected_line, "{error}");
+        assert!(error.contains(fragment), "line {line}: {error}");
+    }
+    let counts = app.counts().await;
+    assert_eq!((counts["sessions"], counts["payouts"]), (2, 1), "nothing of a bad line is stored");
+    let first = app.get("/v1/sessions/ok-1", &app.admin()).await.ok().clone();
+    assert_eq!(first["status"], "cancelled", "the first ok-1 is kept, the duplicate rejected");
+}
+
+async fn importing_again_is_a_no_op(app: TestApp) {
+    import(&app, &good_file()).await.ok();
+    let before = app.counts().await;
+    let session = app.get("/v1/sessions/h-completed", &app.admin()).await.body;
+    let again = import(&app, &good_file()).await;
+    assert_eq!(
+        again.ok(),
+        &json!({"imported": 0, "skipped": 3, "rejected": [], "rejected_total": 0})
+    );
+    assert_eq!(app.counts().await, before);
+    assert_eq!(app.get("/v1/sessions/h-completed", &app.admin()).await.body, session);
+    app.send(Method::POST, "/v1/admin/import", Some(&app.service()), None).await.problem(403);
+}
+
+async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
+    let path = app.data_dir().join("history.ndjson");
+    std::fs::write(&path, good_file().join("\n")).unwrap();
+    let run = |argument: &str, stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["import", argument])
+            .env("VERDICT_DATABASE_URL", &app.database_url)
+            .current_dir(app.data_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let summary = run(path.to_str().unwrap(), None);
+    assert_eq!((summary["imported"].as_i64(), summary["skipped"].as_i64()), (Some(3), Some(0)));
+    let more = line("from-stdin", "cancelled", None, json!([]), json!([]));
+    let summary = run("-", Some(&format!("{}\n{more}\n", good_file()[0])));
+    assert_eq!((summary["imported"].as_i64(), summary["skipped"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(app.counts().await["sessions"], 4);
+}
+
+async fn repair(app: &TestApp, dry_run: bool) -> Value {
+    app.post(&format!("/v1/admin/repair?dry_run={dry_run}"), &app.admin(), json!({}))
+        .await
+        .ok()
+        .clone()
+}
+
+async fn repair_plans_exactly_the_wrong_statuses_then_fixes_them_once(app: TestApp) {
+    let history = vec![
+        // Paid, but the provider never came: a wrongly paid no-show.
+        line(
+            "paid-noshow",
+            "completed",
+            Some("completed"),
+            json!([joined("customer", "10:01:00")]),
+            paid(3200),
+        ),
+        // Cancelled, but both were there 20 minutes: lost revenue.
+        line("lost", "cancelled", Some("too_short"), met(), json!([])),
+        // Expired, yet they met: also lost revenue.
+        line("met-expired", "expired", Some("no_show_both"), met(), json!([])),
+        // Cancelled, right status, wrong reason: they never overlapped.
+        line(
+            "wrong-reason",
+            "cancelled",
+            Some("no_show_both"),
+            json!([
+                joined("customer", "10:01:00"),
+                left("customer", "10:02:00"),
+                joined("provider", "10:03:00")
+            ]),
+            json!([]),
+        ),
+        line("right-completed", "completed", Some("completed"), met(), paid(3200)),
+        line("right-cancelled", "cancelled", Some("no_show_both"), json!([]), json!([])),
+    ];
+    import(&app, &history).await.ok();
+    let before = app.counts().await;
+    let snapshot = app.get("/v1/sessions/lost", &app.admin()).await.body;
+
+    let plan = repair(&app, true).await;
+    assert_eq!(plan["dry_run"], true);
+    let expected = json!([
+        {"session_id": "lost", "from": {"status": "cancelled", "reason": "too_short"}, "to": {"status": "completed", "reason": "completed"}, "money_effect_cents": 4000},
+        {"session_id": "met-expired", "from": {"status": "expired", "reason": "no_show_both"}, "to": {"status": "completed", "reason": "completed"}, "money_effect_cents": 4000},
+        {"session_id": "paid-noshow", "from": {"status": "completed", "reason": "completed"}, "to": {"status": "cancelled", "reason": "no_show_provider"}, "money_effect_cents": -4000},
+        {"session_id": "wrong-reason", "from": {"status": "cancelled", "reason": "no_show_both"}, "to": {"status": "cancelled", "reason": "never_overlapped"}, "money_effect_cents": 0},
+    ]);
+    assert_eq!(plan["changes"], expected);
+    assert_eq!(app.counts().await, before, "a dry run changes nothing");
+    assert_eq!(app.get("/v1/sessions/lost", &app.admin()).await.body, snapshot);
+    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
+    assert_eq!(report["ok"], false);
+
+    let applied = repair(&app, false).await;
+    assert_eq!(applied["dry_run"], false);
+    assert_eq!(applied["changes"], expected);
+
+    // Newly completed: a balanced posting and a payout of the share.
+    for id in ["lost", "met-expired"] {
+        let session = app.get(&format!("/v1/sessions/{id}"), &app.admin()).await.ok().clone();
+        assert_eq!(
+            (session["status"].as_str(), session["charged_cents"].as_i64()),
+            (Some("completed"), Some(4000))
+        );
+        let payouts =
+            app.get(&format!("/v1/payouts?session_id={id}"), &app.admin()).await.ok()["items"]
+                .clone();
+        assert_eq!(
+            (payouts[0]["amount_cents"].as_i64(), payouts[0]["state"].as_str()),
+            (Some(3200), Some("pending"))
+        );
+        let postings = app.state.store.postings(id).await.unwrap();
+        assert!(postings.len() == 1 && postings[0].is_balanced());
+    }
+    // Wrongly paid: a reversal posting nets the session's books to zero,
+    // the payout is marked reversed and a reversal is queued.
+    let postings = app.state.store.postings("paid-noshow").await.unwrap();
+    assert_eq!(
+        postings.iter().map(|p| p.kind.as_str()).collect::<Vec<_>>(),
+        ["settlement", "reversal"]
+    );
+    assert!(postings.iter().all(|p| p.is_balanced()));
+    let net: i64 = postings
+        .iter()
+        .flat_map(|p| &p.lines)
+        .filter(|l| l.account == "provider_payable:prov-1")
+        .map(|l| l.amount.0)
+        .sum();
+    assert_eq!(net, 0);
+    let payout =
+        app.get("/v1/payouts?session_id=paid-noshow", &app.admin()).await.ok()["items"][0].clone();
+    assert!(payout["reversed_at"].is_string());
+    let outbox = app.get("/v1/admin/outbox", &app.admin()).await.ok()["items"].clone();
+    assert!(
+        outbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["topic"] == "payout.reversal" && row["session_id"] == "paid-noshow")
+    );
+    // Audited, and the parties told.
+    let events = app.events("paid-noshow").await;
+    let corrected: Vec<&Value> = events.iter().filter(|e| e["type"] == "corrected").collect();
+    assert_eq!(corrected.len(), 1);
+    assert_eq!(corrected[0]["actor"], json!({"role": "system", "id": "repair"}));
+    assert_eq!(corrected[0]["data"]["to"]["reason"], "no_show_provider");
+    let inbox = app.get("/v1/notifications", &app.customer()).await.ok()["items"].clone();
+    assert_eq!(
+        inbox.as_array().unwrap().iter().filter(|n| n["kind"] == "session_corrected").count(),
+        4
+    );
+
+    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
+    assert_eq!(report["ok"], true, "verify is clean after repair: {report}");
+    let counts = app.counts().await;
+    let again = repair(&app, false).await;
+    assert_eq!(again["changes"], json!([]), "a second apply changes nothing");
+    assert_eq!(app.counts().await, counts);
+}
