@@ -755,27 +755,35 @@ impl Store for Engine {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(Session, SessionAudit)>, StoreError> {
-        let (mode, since, until) = match scope {
-            AuditScope::All => (0i64, 0i64, 0i64),
-            AuditScope::EndedSince(since) => (1, since.0, 0),
-            AuditScope::Open => (2, 0, 0),
-            AuditScope::EndedBetween(since, until) => (3, since.0, until.0),
+        // One statement per scope, each able to use its index.
+        macro_rules! page {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    ", policy, (SELECT MAX(e.at) FROM session_events e WHERE e.session_id = sessions.id \
+                     AND e.type = 'ended') AS decided_at FROM sessions WHERE id > $1 ",
+                    $filter,
+                    " ORDER BY id LIMIT $2"
+                )
+            };
+        }
+        let (statement, since, until) = match scope {
+            AuditScope::All => (page!(""), 0, 0),
+            AuditScope::EndedSince(since) => (page!("AND ended_at >= $3"), since.0, 0),
+            AuditScope::Open => (page!("AND ended_at IS NULL"), 0, 0),
+            AuditScope::EndedBetween(since, until) => {
+                (page!("AND ended_at >= $3 AND ended_at < $4"), since.0, until.0)
+            }
         };
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            ", policy, (SELECT MAX(e.at) FROM session_events e WHERE e.session_id = sessions.id \
-             AND e.type = 'ended') AS decided_at FROM sessions WHERE id > $1 AND ( \
-             ($2 = 0) OR ($2 = 1 AND ended_at >= $3) OR ($2 = 2 AND ended_at IS NULL) \
-             OR ($2 = 3 AND ended_at >= $3 AND ended_at < $5)) ORDER BY id LIMIT $4"
-        ))
-        .bind(after.unwrap_or(""))
-        .bind(mode)
-        .bind(since)
-        .bind(limit.clamp(1, 10_000))
-        .bind(until)
-        .fetch_all(&self.reader)
-        .await?;
+        let mut query = sqlx::query(statement).bind(after.unwrap_or("")).bind(limit.clamp(1, 10_000));
+        if !matches!(scope, AuditScope::All | AuditScope::Open) {
+            query = query.bind(since);
+        }
+        if matches!(scope, AuditScope::EndedBetween(..)) {
+            query = query.bind(until);
+        }
+        let rows = query.fetch_all(&self.reader).await?;
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(Vec::new());
         };

@@ -3,6 +3,7 @@
 //! `verdict serve` starts.
 
 pub mod config;
+pub mod generate;
 
 use std::future::Future;
 use std::net::SocketAddr;
