@@ -54,6 +54,28 @@ where
     }
 }
 
+/// A query string that must fit `T` exactly (unknown parameters too are a
+/// 422 naming the problem).
+pub struct StrictQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for StrictQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| StrictQuery(value))
+            .map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))
+    }
+}
+
 /// An optional JSON object body: empty → `None`.
 pub struct OptionalJsonObject(pub Option<serde_json::Value>);
 

@@ -776,7 +776,8 @@ impl Store for Engine {
                 (page!("AND ended_at >= $3 AND ended_at < $4"), since.0, until.0)
             }
         };
-        let mut query = sqlx::query(statement).bind(after.unwrap_or("")).bind(limit.clamp(1, 10_000));
+        let mut query =
+            sqlx::query(statement).bind(after.unwrap_or("")).bind(limit.clamp(1, 10_000));
         if !matches!(scope, AuditScope::All | AuditScope::Open) {
             query = query.bind(since);
         }
@@ -794,24 +795,12 @@ impl Store for Engine {
         for row in &rows {
             let session = session_from_row(row)?;
             let policy: Option<String> = row.try_get("policy")?;
-            let audit = SessionAudit {
-                status: session.status,
-                reason: session.reason,
-                created_at: session.created_at,
-                scheduled_start: session.scheduled_start,
-                started_at: session.started_at,
-                ended_at: session.ended_at,
-                billable_seconds: session.billable_seconds,
-                price: session.price.clone(),
-                charged: session.charged_cents,
-                policy: policy.as_deref().map(policy_from_json).transpose()?,
-                ended_by_system: session.ended_by == Some(Role::System),
-                decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(UnixMillis),
-                events: Vec::new(),
-                payouts: Vec::new(),
-                posting_sums: Vec::new(),
-                request: None,
-            };
+            let audit = audit_of(
+                &session,
+                policy.as_deref().map(policy_from_json).transpose()?,
+                row.try_get::<Option<i64>, _>("decided_at")?.map(UnixMillis),
+                Vec::new(),
+            );
             index.insert(session.id.clone(), audits.len());
             audits.push((session, audit));
         }
@@ -1081,7 +1070,7 @@ impl Store for Engine {
     ) -> Result<Option<Correction>, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let session = lock_session(&mut tx, id).await?;
-        let (Some(ended_at), Some(reason)) = (session.ended_at, session.reason) else {
+        let (Some(_), Some(reason)) = (session.ended_at, session.reason) else {
             return Ok(None);
         };
         let stored_policy: Option<String> =
@@ -1102,29 +1091,11 @@ impl Store for Engine {
         .await?
         .try_get("decided_at")?;
         let events = presence_events(&mut tx, &session).await?;
-        let audit = SessionAudit {
-            status: session.status,
-            reason: session.reason,
-            created_at: session.created_at,
-            scheduled_start: session.scheduled_start,
-            started_at: session.started_at,
-            ended_at: session.ended_at,
-            billable_seconds: session.billable_seconds,
-            price: session.price.clone(),
-            charged: session.charged_cents,
-            policy: Some(policy),
-            ended_by_system: session.ended_by == Some(Role::System),
-            decided_at: decided_at.map(UnixMillis),
-            events,
-            payouts: Vec::new(),
-            posting_sums: Vec::new(),
-            request: None,
-        };
+        let audit = audit_of(&session, Some(policy), decided_at.map(UnixMillis), events);
         let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
         if (expected.status, expected.reason) == (session.status, reason) {
             return Ok(None);
         }
-        let _ = ended_at;
         let old_charge = session.charged_cents.unwrap_or(Cents(0));
         let new_charge = charge_for(&session.price, expected.reason, expected.billable_seconds);
         let correction = Correction {
@@ -1154,19 +1125,7 @@ impl Store for Engine {
         });
         let repairer = Actor { role: Role::System, id: "repair".to_owned() };
         insert_event(&mut tx, id, EventType::Corrected, None, &repairer, now, Some(&data)).await?;
-        for party in [Party::Customer, Party::Provider] {
-            sqlx::query(
-                "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
-                 created_at) VALUES ($1, $2, $3, 'session_corrected', $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(party.as_str())
-            .bind(session.party_id(party))
-            .bind(id)
-            .bind(expected.reason.as_str())
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
-        }
+        notify_parties(&mut tx, &session, "session_corrected", expected.reason, now).await?;
         let was_completed = session.status == Status::Completed;
         let is_completed = expected.status == Status::Completed;
         if is_completed && !was_completed {
@@ -1185,8 +1144,7 @@ impl Store for Engine {
         } else if was_completed && !is_completed {
             reverse_settlement(&mut tx, &session, now).await?;
         }
-        let corrected = tx.commit().await;
-        corrected?;
+        tx.commit().await?;
         Ok(Some(correction))
     }
 
@@ -1322,20 +1280,7 @@ async fn settle_end(
         Status::Expired => "session_expired",
         _ => "session_cancelled",
     };
-    for party in [Party::Customer, Party::Provider] {
-        sqlx::query(
-            "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(party.as_str())
-        .bind(session.party_id(party))
-        .bind(id)
-        .bind(notification_kind)
-        .bind(outcome.reason.as_str())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-    }
+    notify_parties(tx, session, notification_kind, outcome.reason, now).await?;
     let payload = json!({
         "event": "session.ended",
         "session_id": id,
@@ -1355,6 +1300,32 @@ async fn settle_end(
     }
 
     Ok(outcome)
+}
+
+/// A notification of `kind` to each party (at most one per session, party
+/// and kind).
+async fn notify_parties(
+    connection: &mut DbConnection,
+    session: &Session,
+    kind: &str,
+    reason: Reason,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    for party in [Party::Customer, Party::Provider] {
+        sqlx::query(
+            "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(party.as_str())
+        .bind(session.party_id(party))
+        .bind(&session.id)
+        .bind(kind)
+        .bind(reason.as_str())
+        .bind(now.0)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Inserts a `waiting` session and its `created` event; false when the id
@@ -1803,6 +1774,34 @@ fn policy_json(policy: &Policy) -> Value {
         "presence_timeout_seconds": policy.presence_timeout_seconds,
         "platform_fee_bps": policy.platform_fee_bps,
     })
+}
+
+/// What verification needs of a session, before its related rows (payouts,
+/// postings, request) are attached.
+fn audit_of(
+    session: &Session,
+    policy: Option<Policy>,
+    decided_at: Option<UnixMillis>,
+    events: Vec<PresenceEvent>,
+) -> SessionAudit {
+    SessionAudit {
+        status: session.status,
+        reason: session.reason,
+        created_at: session.created_at,
+        scheduled_start: session.scheduled_start,
+        started_at: session.started_at,
+        ended_at: session.ended_at,
+        billable_seconds: session.billable_seconds,
+        price: session.price.clone(),
+        charged: session.charged_cents,
+        policy,
+        ended_by_system: session.ended_by == Some(Role::System),
+        decided_at,
+        events,
+        payouts: Vec::new(),
+        posting_sums: Vec::new(),
+        request: None,
+    }
 }
 
 fn policy_from_json(text: &str) -> Result<Policy, StoreError> {

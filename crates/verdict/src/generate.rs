@@ -12,7 +12,13 @@ use verdict_core::UnixMillis;
 use verdict_http::wire::format_instant;
 
 /// Writes `sessions` lines ending over the `days` before `now`.
-pub fn history(out: &mut impl Write, sessions: u64, days: u64, seed: u64, now: UnixMillis) -> std::io::Result<()> {
+pub fn history(
+    out: &mut impl Write,
+    sessions: u64,
+    days: u64,
+    seed: u64,
+    now: UnixMillis,
+) -> std::io::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let span_millis = (days.max(1) * 86_400_000) as i64;
     for n in 0..sessions {
@@ -34,7 +40,9 @@ pub fn history(out: &mut impl Write, sessions: u64, days: u64, seed: u64, now: U
         let share = amount - (amount * 2000 + 5000) / 10000;
         let paid = json!([{"amount_cents": share, "currency": "usd", "state": "paid"}]);
         let (status, reason, events, payouts) = match roll {
-            0..60 => ("completed", "completed", together(60, rng.random_range(300..3000)), paid.clone()),
+            0..60 => {
+                ("completed", "completed", together(60, rng.random_range(300..3000)), paid.clone())
+            }
             60..80 => {
                 let events = json!([{"type": "joined", "party": "customer", "at": at(120)}]);
                 ("cancelled", "no_show_provider", events, json!([]))

@@ -9,8 +9,8 @@ use tracing_subscriber::EnvFilter;
 use verdict::config::{ClockKind, Config, Overrides};
 use verdict::{Application, BoxError, secret_or_random};
 use verdict_core::Role;
-use verdict_store::clock::Clock;
 use verdict_http::{JwtKeys, JwtSecret};
+use verdict_store::clock::Clock;
 
 #[derive(Parser)]
 #[command(name = "verdict", version, about = "Server-authoritative session end and settlement")]

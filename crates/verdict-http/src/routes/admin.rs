@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,6 +13,7 @@ use verdict_store::monitor;
 use crate::auth::Caller;
 use crate::dto::{Page, SessionDto};
 use crate::problem::ApiError;
+use crate::wire::StrictQuery;
 use crate::wire::format_instant;
 use crate::{AppState, Router};
 
@@ -32,14 +33,6 @@ pub fn router() -> Router {
 
 /// The largest import body: the data is streamed, never held whole.
 pub const IMPORT_BYTES_MAX: usize = 4 << 30;
-
-fn query<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, ApiError> {
-    query
-        .map(|Query(value)| value)
-        .map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SectionDto {
@@ -183,10 +176,10 @@ pub struct HealthQuery {
 pub async fn health(
     State(state): State<AppState>,
     caller: Caller,
-    window: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(window): StrictQuery<HealthQuery>,
 ) -> Result<Json<HealthDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let window_hours = query(window)?.window_hours.unwrap_or(24);
+    let window_hours = window.window_hours.unwrap_or(24);
     if !(1..=720).contains(&window_hours) {
         return Err(ApiError::Unprocessable("window_hours must be between 1 and 720".into()));
     }
@@ -225,10 +218,10 @@ pub struct HourlyQuery {
 pub async fn hourly(
     State(state): State<AppState>,
     caller: Caller,
-    hours: Result<Query<HourlyQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(hours): StrictQuery<HourlyQuery>,
 ) -> Result<Json<HourlyDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let hours = query(hours)?.hours.unwrap_or(24);
+    let hours = hours.hours.unwrap_or(24);
     if !(1..=168).contains(&hours) {
         return Err(ApiError::Unprocessable("hours must be between 1 and 168".into()));
     }
@@ -272,10 +265,9 @@ pub struct ReviewQuery {
 pub async fn review(
     State(state): State<AppState>,
     caller: Caller,
-    page: Result<Query<ReviewQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(page): StrictQuery<ReviewQuery>,
 ) -> Result<Json<Page<ReviewItemDto>>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let page = query(page)?;
     let limit = page.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::Unprocessable("limit must be between 1 and 200".into()));
@@ -463,10 +455,9 @@ impl RepairDto {
 pub async fn repair(
     State(state): State<AppState>,
     caller: Caller,
-    params: Result<Query<RepairQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(params): StrictQuery<RepairQuery>,
 ) -> Result<Json<RepairDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let params = query(params)?;
     let bound = |field: &str, text: &Option<String>, default: i64| match text {
         None => Ok(verdict_core::UnixMillis(default)),
         Some(text) => crate::wire::parse_instant(text).ok_or_else(|| {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -15,6 +15,7 @@ use verdict_core::{Party, Role};
 use crate::auth::Caller;
 use crate::dto::{AdvanceClockRequest, ClockDto, HealthDto, NotificationDto, OutboxRowDto, Page};
 use crate::problem::{ApiError, Problem, problem_response};
+use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, format_instant};
 use crate::{ApiDoc, AppState, Router};
 
@@ -99,9 +100,8 @@ pub struct NotificationsQuery {
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<NotificationsQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(query): StrictQuery<NotificationsQuery>,
 ) -> Result<Json<Page<NotificationDto>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))?;
     let after = match query.after.as_deref() {
         None => None,
         Some(text) => Some(text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -136,10 +136,9 @@ pub struct OutboxQuery {
 pub async fn outbox(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(query): StrictQuery<OutboxQuery>,
 ) -> Result<Json<Page<OutboxRowDto>>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let Query(query) = query.map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))?;
     if let Some(wanted) = query.state.as_deref()
         && !["pending", "delivered", "dead"].contains(&wanted)
     {

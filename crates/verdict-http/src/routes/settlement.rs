@@ -2,7 +2,7 @@
 //! and earnings.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -16,6 +16,7 @@ use crate::dto::{
 };
 use crate::problem::{ApiError, Problem};
 use crate::routes::sessions::{created_response, idempotency_for};
+use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, from_value};
 use crate::{AppState, Router};
 
@@ -40,15 +41,6 @@ fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
             "{what} ids are 1 to 128 characters from [A-Za-z0-9_.:-]; there is no such {what}"
         )))
     }
-}
-
-/// Query strings are strict: an unknown parameter is a mistake worth a 422.
-fn query<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, ApiError> {
-    query
-        .map(|Query(value)| value)
-        .map_err(|rejection| ApiError::Unprocessable(rejection.body_text()))
 }
 
 #[utoipa::path(put, path = "/v1/users/{id}", tag = "settlement",
@@ -174,10 +166,9 @@ pub struct AssignmentsQuery {
 pub async fn assignments(
     State(state): State<AppState>,
     caller: Caller,
-    filter: Result<Query<AssignmentsQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(filter): StrictQuery<AssignmentsQuery>,
 ) -> Result<Json<Page<AssignmentDto>>, ApiError> {
     caller.require(&[Role::Provider, Role::Admin])?;
-    let filter = query(filter)?;
     let provider_id = match caller.role {
         Role::Provider => match filter.provider_id {
             Some(other) if other != caller.id => {
@@ -208,10 +199,9 @@ pub struct PayoutsQuery {
 pub async fn payouts(
     State(state): State<AppState>,
     caller: Caller,
-    filter: Result<Query<PayoutsQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(filter): StrictQuery<PayoutsQuery>,
 ) -> Result<Json<Page<PayoutDto>>, ApiError> {
     caller.require(&[Role::Service, Role::Admin])?;
-    let filter = query(filter)?;
     for (name, value) in [("session_id", &filter.session_id), ("after", &filter.after)] {
         if let Some(value) = value
             && !is_valid_id(value)
