@@ -939,127 +939,197 @@ impl Store for Engine {
         sessions: &[ImportSession],
         now: UnixMillis,
     ) -> Result<Vec<bool>, StoreError> {
-        let importer = Actor { role: Role::System, id: "import".to_owned() };
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let mut inserted = Vec::with_capacity(sessions.len());
-        for imported in sessions {
-            // What the history says, computed once: start and billable time.
-            let events: Vec<PresenceEvent> = imported
-                .events
-                .iter()
-                .map(|&(party, joined, at)| PresenceEvent {
-                    party,
-                    kind: if joined { PresenceKind::Joined } else { PresenceKind::Left },
-                    at,
-                })
-                .collect();
-            let facts = verdict_core::SessionFacts {
-                created_at: imported.created_at,
-                scheduled_start: None,
-                recorded: None,
-            };
-            let derived = imported.ended_at.map(|ended_at| {
-                decide(
-                    &facts,
-                    &events,
-                    &Policy::default(),
-                    EndRequest::new(ended_at, EndCause::Requested),
-                )
-            });
-            let reason = imported.reason.or_else(|| match imported.status {
-                Status::Completed => Some(Reason::Completed),
-                status if status.is_terminal() => derived.map(|outcome| outcome.reason),
-                _ => None,
-            });
-            let billable = derived.map(|outcome| outcome.billable_seconds);
-            let charged = match imported.status {
-                Status::Completed => {
-                    charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Derived once per line: start, billable time, reason if missing,
+        // what the old system charged.
+        struct Derived {
+            reason: Option<Reason>,
+            started_at: Option<i64>,
+            billable: Option<i64>,
+            charged: Cents,
+        }
+        let derived: Vec<Derived> = sessions
+            .iter()
+            .map(|imported| {
+                let events: Vec<PresenceEvent> = imported
+                    .events
+                    .iter()
+                    .map(|&(party, joined, at)| PresenceEvent {
+                        party,
+                        kind: if joined { PresenceKind::Joined } else { PresenceKind::Left },
+                        at,
+                    })
+                    .collect();
+                let facts = verdict_core::SessionFacts {
+                    created_at: imported.created_at,
+                    scheduled_start: None,
+                    recorded: None,
+                };
+                let outcome = imported.ended_at.map(|ended_at| {
+                    decide(
+                        &facts,
+                        &events,
+                        &Policy::default(),
+                        EndRequest::new(ended_at, EndCause::Requested),
+                    )
+                });
+                let reason = imported.reason.or_else(|| match imported.status {
+                    Status::Completed => Some(Reason::Completed),
+                    status if status.is_terminal() => outcome.map(|outcome| outcome.reason),
+                    _ => None,
+                });
+                let billable = outcome.map(|outcome| outcome.billable_seconds);
+                let charged = match imported.status {
+                    Status::Completed => {
+                        charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
+                    }
+                    _ => Cents(0),
+                };
+                Derived {
+                    reason,
+                    started_at: outcome.and_then(|outcome| outcome.started_at).map(|at| at.0),
+                    billable,
+                    charged,
                 }
-                _ => Cents(0),
-            };
-            let done = sqlx::query(
-                "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
-                 provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-                 price_amount_cents, currency, charged_cents) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&imported.id)
-            .bind(imported.kind.as_str())
-            .bind(imported.status.as_str())
-            .bind(reason.map(Reason::as_str))
-            .bind(&imported.customer_id)
-            .bind(&imported.provider_id)
-            .bind(&imported.provider_account)
-            .bind(imported.created_at.0)
-            .bind(derived.and_then(|outcome| outcome.started_at).map(|at| at.0))
-            .bind(imported.ended_at.map(|at| at.0))
-            .bind(billable)
-            .bind(imported.price.mode.as_str())
-            .bind(imported.price.amount.0)
-            .bind(&imported.price.currency)
-            .bind(charged.0)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                inserted.push(false);
-                continue;
-            }
-            let id = imported.id.as_str();
-            insert_event(
-                &mut tx,
-                id,
-                EventType::Created,
-                None,
-                &importer,
-                imported.created_at,
-                None,
-            )
-            .await?;
+            })
+            .collect();
+
+        // Multi-row statements: a batch is a handful of round trips, not
+        // one per row (the SQL is built by QueryBuilder with bound values).
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+             provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
+             price_amount_cents, currency, charged_cents) ",
+        );
+        insert.push_values(sessions.iter().zip(&derived), |mut row, (imported, derived)| {
+            row.push_bind(imported.id.clone())
+                .push_bind(imported.kind.as_str())
+                .push_bind(imported.status.as_str())
+                .push_bind(derived.reason.map(Reason::as_str))
+                .push_bind(imported.customer_id.clone())
+                .push_bind(imported.provider_id.clone())
+                .push_bind(imported.provider_account.clone())
+                .push_bind(imported.created_at.0)
+                .push_bind(derived.started_at)
+                .push_bind(imported.ended_at.map(|at| at.0))
+                .push_bind(derived.billable)
+                .push_bind(imported.price.mode.as_str())
+                .push_bind(imported.price.amount.0)
+                .push_bind(imported.price.currency.clone())
+                .push_bind(derived.charged.0);
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        let stored: std::collections::HashSet<String> = insert
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()?;
+        let new: Vec<(&ImportSession, &Derived)> = sessions
+            .iter()
+            .zip(&derived)
+            .filter(|(imported, _)| stored.contains(&imported.id))
+            .collect();
+
+        // The audit trail: `created` and each join and leave, by `import`.
+        let mut events: Vec<(&str, &'static str, Option<&'static str>, i64)> = Vec::new();
+        for (imported, _) in &new {
+            events.push((&imported.id, "created", None, imported.created_at.0));
             for &(party, joined, at) in &imported.events {
-                let event_type = if joined { EventType::Joined } else { EventType::Left };
-                insert_event(&mut tx, id, event_type, Some(party), &importer, at, None).await?;
+                events.push((
+                    &imported.id,
+                    if joined { "joined" } else { "left" },
+                    Some(party.as_str()),
+                    at.0,
+                ));
             }
-            if let Some((amount, state)) = imported.payout {
-                sqlx::query(
-                    "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
-                     currency, state, provider, created_at, updated_at, imported) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'manual', $8, $8, 1)",
-                )
-                .bind(format!("po_{id}"))
-                .bind(id)
-                .bind(&imported.provider_id)
-                .bind(&imported.provider_account)
-                .bind(amount.0)
-                .bind(&imported.price.currency)
-                .bind(state.as_str())
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?;
-                // What the old system paid went through the books: charge
-                // receivable, the payout payable, the rest platform revenue.
-                let posting_id: i64 = sqlx::query(
-                    "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
-                     VALUES ($1, 'settlement', $2, $3) RETURNING id",
-                )
-                .bind(id)
-                .bind(&imported.price.currency)
-                .bind(now.0)
-                .fetch_one(&mut *tx)
+        }
+        for chunk in events.chunks(2_000) {
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
+            );
+            insert.push_values(chunk, |mut row, (session_id, event_type, party, at)| {
+                row.push_bind(session_id.to_string())
+                    .push_bind(*event_type)
+                    .push_bind(*party)
+                    .push_bind("system")
+                    .push_bind("import")
+                    .push_bind(*at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+
+        // Payouts as recorded, and what they did to the books.
+        let paid: Vec<(&ImportSession, &Derived, Cents, PayoutState)> = new
+            .iter()
+            .filter_map(|(imported, derived)| {
+                imported.payout.map(|(amount, state)| (*imported, *derived, amount, state))
+            })
+            .collect();
+        if !paid.is_empty() {
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
+                 state, provider, created_at, updated_at, imported) ",
+            );
+            insert.push_values(&paid, |mut row, (imported, _, amount, state)| {
+                row.push_bind(format!("po_{}", imported.id))
+                    .push_bind(imported.id.clone())
+                    .push_bind(imported.provider_id.clone())
+                    .push_bind(imported.provider_account.clone())
+                    .push_bind(amount.0)
+                    .push_bind(imported.price.currency.clone())
+                    .push_bind(state.as_str())
+                    .push_bind("manual")
+                    .push_bind(now.0)
+                    .push_bind(now.0)
+                    .push_bind(1i64);
+            });
+            insert.build().execute(&mut *tx).await?;
+
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO ledger_postings (session_id, kind, currency, created_at) ",
+            );
+            insert.push_values(&paid, |mut row, (imported, ..)| {
+                row.push_bind(imported.id.clone())
+                    .push_bind("settlement")
+                    .push_bind(imported.price.currency.clone())
+                    .push_bind(now.0);
+            });
+            insert.push(" RETURNING id, session_id");
+            let postings: HashMap<String, i64> = insert
+                .build()
+                .fetch_all(&mut *tx)
                 .await?
-                .try_get("id")?;
-                let lines = [
-                    (accounts::customer_receivable(&imported.customer_id), charged.0),
-                    (accounts::provider_payable(&imported.provider_id), -amount.0),
-                    (accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charged.0),
-                ];
-                insert_lines(&mut tx, posting_id, &lines).await?;
+                .iter()
+                .map(|row| {
+                    Ok((row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            // Charge receivable, the payout payable, the rest platform revenue.
+            let mut lines: Vec<(i64, String, i64)> = Vec::with_capacity(paid.len() * 3);
+            for (imported, derived, amount, _) in &paid {
+                let posting = postings[&imported.id];
+                let charge = derived.charged.0;
+                lines.push((posting, accounts::customer_receivable(&imported.customer_id), charge));
+                lines.push((posting, accounts::provider_payable(&imported.provider_id), -amount.0));
+                lines.push((posting, accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charge));
             }
-            inserted.push(true);
+            for chunk in lines.chunks(3_000) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
+                );
+                insert.push_values(chunk, |mut row, (posting, account, amount)| {
+                    row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(sessions.iter().map(|imported| stored.contains(&imported.id)).collect())
     }
 
     async fn correct_session(
