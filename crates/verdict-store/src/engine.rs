@@ -999,36 +999,38 @@ impl Store for Engine {
         // Multi-row statements: a batch is a handful of round trips, not
         // one per row (the SQL is built by QueryBuilder with bound values).
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
-             provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-             price_amount_cents, currency, charged_cents) ",
-        );
-        insert.push_values(sessions.iter().zip(&derived), |mut row, (imported, derived)| {
-            row.push_bind(imported.id.clone())
-                .push_bind(imported.kind.as_str())
-                .push_bind(imported.status.as_str())
-                .push_bind(derived.reason.map(Reason::as_str))
-                .push_bind(imported.customer_id.clone())
-                .push_bind(imported.provider_id.clone())
-                .push_bind(imported.provider_account.clone())
-                .push_bind(imported.created_at.0)
-                .push_bind(derived.started_at)
-                .push_bind(imported.ended_at.map(|at| at.0))
-                .push_bind(derived.billable)
-                .push_bind(imported.price.mode.as_str())
-                .push_bind(imported.price.amount.0)
-                .push_bind(imported.price.currency.clone())
-                .push_bind(derived.charged.0);
-        });
-        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-        let stored: std::collections::HashSet<String> = insert
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>("id"))
-            .collect::<Result<_, _>>()?;
+        // At most 1,000 rows per statement: SQLite binds at most 32,766
+        // values per statement.
+        let mut stored: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let rows: Vec<(&ImportSession, &Derived)> = sessions.iter().zip(&derived).collect();
+        for chunk in rows.chunks(1_000) {
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+                 provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
+                 price_amount_cents, currency, charged_cents) ",
+            );
+            insert.push_values(chunk, |mut row, (imported, derived)| {
+                row.push_bind(imported.id.clone())
+                    .push_bind(imported.kind.as_str())
+                    .push_bind(imported.status.as_str())
+                    .push_bind(derived.reason.map(Reason::as_str))
+                    .push_bind(imported.customer_id.clone())
+                    .push_bind(imported.provider_id.clone())
+                    .push_bind(imported.provider_account.clone())
+                    .push_bind(imported.created_at.0)
+                    .push_bind(derived.started_at)
+                    .push_bind(imported.ended_at.map(|at| at.0))
+                    .push_bind(derived.billable)
+                    .push_bind(imported.price.mode.as_str())
+                    .push_bind(imported.price.amount.0)
+                    .push_bind(imported.price.currency.clone())
+                    .push_bind(derived.charged.0);
+            });
+            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            for row in insert.build().fetch_all(&mut *tx).await? {
+                stored.insert(row.try_get::<String, _>("id")?);
+            }
+        }
         let new: Vec<(&ImportSession, &Derived)> = sessions
             .iter()
             .zip(&derived)
@@ -1070,12 +1072,13 @@ impl Store for Engine {
                 imported.payout.map(|(amount, state)| (*imported, *derived, amount, state))
             })
             .collect();
-        if !paid.is_empty() {
+        let mut postings: HashMap<String, i64> = HashMap::with_capacity(paid.len());
+        for chunk in paid.chunks(1_000) {
             let mut insert = sqlx::QueryBuilder::<Db>::new(
                 "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
                  state, provider, created_at, updated_at, imported) ",
             );
-            insert.push_values(&paid, |mut row, (imported, _, amount, state)| {
+            insert.push_values(chunk, |mut row, (imported, _, amount, state)| {
                 row.push_bind(format!("po_{}", imported.id))
                     .push_bind(imported.id.clone())
                     .push_bind(imported.provider_id.clone())
@@ -1093,22 +1096,19 @@ impl Store for Engine {
             let mut insert = sqlx::QueryBuilder::<Db>::new(
                 "INSERT INTO ledger_postings (session_id, kind, currency, created_at) ",
             );
-            insert.push_values(&paid, |mut row, (imported, ..)| {
+            insert.push_values(chunk, |mut row, (imported, ..)| {
                 row.push_bind(imported.id.clone())
                     .push_bind("settlement")
                     .push_bind(imported.price.currency.clone())
                     .push_bind(now.0);
             });
             insert.push(" RETURNING id, session_id");
-            let postings: HashMap<String, i64> = insert
-                .build()
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok((row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?))
-                })
-                .collect::<Result<_, StoreError>>()?;
+            for row in insert.build().fetch_all(&mut *tx).await? {
+                postings
+                    .insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
+            }
+        }
+        {
             // Charge receivable, the payout payable, the rest platform revenue.
             let mut lines: Vec<(i64, String, i64)> = Vec::with_capacity(paid.len() * 3);
             for (imported, derived, amount, _) in &paid {
