@@ -785,11 +785,9 @@ impl Store for Engine {
             query = query.bind(until);
         }
         let rows = query.fetch_all(&self.reader).await?;
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        if rows.is_empty() {
             return Ok(Vec::new());
-        };
-        let first: String = first.try_get("id")?;
-        let last: String = last.try_get("id")?;
+        }
         let mut audits: Vec<(Session, SessionAudit)> = Vec::with_capacity(rows.len());
         let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
         for row in &rows {
@@ -804,14 +802,15 @@ impl Store for Engine {
             index.insert(session.id.clone(), audits.len());
             audits.push((session, audit));
         }
-        // Everything else for the page's id range, one query per table.
-        let events = sqlx::query(
-            "SELECT session_id, type, party, at FROM session_events \
-             WHERE session_id >= $1 AND session_id <= $2 AND type IN ('joined', 'left') \
-             ORDER BY session_id, seq",
+        // Everything else for the page's sessions, one query per table (an id
+        // list: a windowed page is sparse in id space).
+        let ids: Vec<String> = audits.iter().map(|(session, _)| session.id.clone()).collect();
+        let events = in_list(
+            "SELECT session_id, type, party, at FROM session_events WHERE type IN ('joined', 'left') AND session_id IN (",
+            &ids,
+            " ORDER BY session_id, seq",
         )
-        .bind(&first)
-        .bind(&last)
+        .build()
         .fetch_all(&self.reader)
         .await?;
         for row in &events {
@@ -837,12 +836,12 @@ impl Store for Engine {
                 }
             }
         }
-        let payouts = sqlx::query(
-            "SELECT session_id, amount_cents FROM payouts \
-             WHERE session_id >= $1 AND session_id <= $2 AND reversed_at IS NULL",
+        let payouts = in_list(
+            "SELECT session_id, amount_cents FROM payouts WHERE reversed_at IS NULL AND session_id IN (",
+            &ids,
+            "",
         )
-        .bind(&first)
-        .bind(&last)
+        .build()
         .fetch_all(&self.reader)
         .await?;
         for row in &payouts {
@@ -851,13 +850,12 @@ impl Store for Engine {
                 audits[slot].1.payouts.push(Cents(row.try_get("amount_cents")?));
             }
         }
-        let postings = sqlx::query(
-            "SELECT p.session_id, CAST(SUM(l.amount_cents) AS BIGINT) AS total \
-             FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id \
-             WHERE p.session_id >= $1 AND p.session_id <= $2 GROUP BY p.session_id, p.id",
+        let postings = in_list(
+            "SELECT p.session_id, CAST(SUM(l.amount_cents) AS BIGINT) AS total FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id WHERE p.session_id IN (",
+            &ids,
+            " GROUP BY p.session_id, p.id",
         )
-        .bind(&first)
-        .bind(&last)
+        .build()
         .fetch_all(&self.reader)
         .await?;
         for row in &postings {
@@ -866,13 +864,12 @@ impl Store for Engine {
                 audits[slot].1.posting_sums.push(row.try_get("total")?);
             }
         }
-        let requests = sqlx::query(
-            "SELECT r.session_id, r.status, \
-             (SELECT COUNT(*) FROM assignments a WHERE a.request_id = r.id) AS open_assignments \
-             FROM requests r WHERE r.session_id >= $1 AND r.session_id <= $2",
+        let requests = in_list(
+            "SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE r.session_id IN (",
+            &ids,
+            "",
         )
-        .bind(&first)
-        .bind(&last)
+        .build()
         .fetch_all(&self.reader)
         .await?;
         for row in &requests {
@@ -1844,6 +1841,19 @@ fn policy_json(policy: &Policy) -> Value {
         "presence_timeout_seconds": policy.presence_timeout_seconds,
         "platform_fee_bps": policy.platform_fee_bps,
     })
+}
+
+/// `prefix` + `$1, $2, …)` with `ids` bound + `suffix`: an IN list built
+/// with bound values only.
+fn in_list(prefix: &str, ids: &[String], suffix: &str) -> sqlx::QueryBuilder<Db> {
+    let mut query = sqlx::QueryBuilder::<Db>::new(prefix);
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.clone());
+    }
+    list.push_unseparated(")");
+    query.push(suffix);
+    query
 }
 
 /// What verification needs of a session, before its related rows (payouts,
