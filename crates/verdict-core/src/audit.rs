@@ -31,7 +31,9 @@ pub struct SessionAudit {
     pub events: Vec<PresenceEvent>,
     /// Payout amounts (any state).
     pub payouts: Vec<Cents>,
-    /// The sum of each ledger posting's lines.
+    /// The sum of the lines of each ledger posting that does not balance
+    /// (a store may leave out balanced ones: only a non-zero sum is a
+    /// finding).
     pub posting_sums: Vec<i64>,
     /// The linked request: its status as text and its open assignments.
     pub request: Option<(String, i64)>,

@@ -90,7 +90,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let last = LAST_HEALTH_MILLIS.load(Ordering::Relaxed);
     if verdict_store::clock::system_now_millis() - last > HEALTH_REFRESH_MILLIS
         && let Ok(health) =
-            verdict_store::monitor::health(state.store.as_ref(), &state.settings, now, 24).await
+            verdict_store::monitor::health(&state.store, &state.settings, now, 24).await
     {
         record_health(health.score);
     }

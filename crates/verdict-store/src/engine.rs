@@ -11,6 +11,7 @@
 //! the database write lock), so changes to one session are serialised and a
 //! concurrent caller waits, then sees the first one's result.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
@@ -24,8 +25,8 @@ use verdict_core::{
 
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
-    Actor, Assignment, AuditEvent, AuditScope, Correction, Created, EarningsTotal, Ended,
-    EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
+    Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
+    Ended, EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
     OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
     Posting, PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError,
     SweepReport, User, accounts,
@@ -40,6 +41,14 @@ macro_rules! session_columns {
          scheduled_start, created_at, started_at, ended_at, ended_by, billable_seconds, \
          price_mode, price_amount_cents, currency, charged_cents, metadata, \
          customer_last_seen_at, provider_last_seen_at"
+    };
+}
+
+/// What a verification page reads of each session, in `SessionRecord`
+/// field order.
+macro_rules! audit_columns {
+    () => {
+        concat!(session_columns!(), ", policy")
     };
 }
 
@@ -752,81 +761,59 @@ impl Store for Engine {
     async fn audits(
         &self,
         scope: AuditScope,
-        after: Option<&str>,
+        after: Option<&AuditCursor>,
+        through: Option<&AuditCursor>,
         limit: i64,
     ) -> Result<Vec<(Session, SessionAudit)>, StoreError> {
-        // One statement per scope, each able to use its index.
-        macro_rules! page {
-            ($filter:literal) => {
-                concat!(
-                    "SELECT ",
-                    session_columns!(),
-                    ", policy, (SELECT MAX(e.at) FROM session_events e WHERE e.session_id = sessions.id \
-                     AND e.type = 'ended') AS decided_at FROM sessions WHERE id > $1 ",
-                    $filter,
-                    " ORDER BY id LIMIT $2"
-                )
-            };
-        }
-        let (statement, since, until) = match scope {
-            AuditScope::All => (page!(""), 0, 0),
-            AuditScope::EndedSince(since) => (page!("AND ended_at >= $3"), since.0, 0),
-            AuditScope::Open => (page!("AND ended_at IS NULL"), 0, 0),
-            AuditScope::EndedBetween(since, until) => {
-                (page!("AND ended_at >= $3 AND ended_at < $4"), since.0, until.0)
+        // Each query answers with one row holding the whole page as a JSON
+        // array: per-row driver overhead, not the database, bounds a scan of
+        // millions of sessions.
+        let limit = limit.clamp(1, 10_000);
+        let after_id = after.map_or("", |cursor| cursor.id.as_str());
+        let mut page = sqlx::QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            json_rows!(audit_columns!()),
+            " FROM (SELECT ",
+            audit_columns!(),
+            " FROM sessions WHERE "
+        ));
+        push_page(&mut page, scope, after, through);
+        page.push(" LIMIT ").push_bind(limit).push(") page");
+        let text: Option<String> = page.build().fetch_one(&self.reader).await?.try_get(0)?;
+        let mut records: Vec<SessionRecord> = from_json_page(text.as_deref())?;
+        // Aggregates promise no order: the page is put back in scope order.
+        match scope {
+            AuditScope::All | AuditScope::Open => records.sort_by(|a, b| a.id.cmp(&b.id)),
+            AuditScope::EndedSince(_) | AuditScope::EndedBetween(..) => {
+                records.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)))
             }
+        }
+        let Some(last) = records.last() else { return Ok(Vec::new()) };
+        // Related rows: an id range for a page in id order (the indexes
+        // are read sequentially), an id list for a windowed page (sparse in
+        // id space).
+        let filter = if scope != AuditScope::All {
+            Related::Ids(records.iter().map(|record| record.id.clone()).collect())
+        } else {
+            Related::Range(after_id.to_owned(), last.id.clone())
         };
-        let mut query =
-            sqlx::query(statement).bind(after.unwrap_or("")).bind(limit.clamp(1, 10_000));
-        if !matches!(scope, AuditScope::All | AuditScope::Open) {
-            query = query.bind(since);
-        }
-        if matches!(scope, AuditScope::EndedBetween(..)) {
-            query = query.bind(until);
-        }
-        let rows = query.fetch_all(&self.reader).await?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut audits: Vec<(Session, SessionAudit)> = Vec::with_capacity(rows.len());
-        let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let session = session_from_row(row)?;
-            let policy: Option<String> = row.try_get("policy")?;
-            let audit = audit_of(
-                &session,
-                policy.as_deref().map(policy_from_json).transpose()?,
-                row.try_get::<Option<i64>, _>("decided_at")?.map(UnixMillis),
-                Vec::new(),
-            );
-            index.insert(session.id.clone(), audits.len());
-            audits.push((session, audit));
-        }
-        // Everything else for the page's sessions, one query per table (an id
-        // list: a windowed page is sparse in id space).
-        let ids: Vec<String> = audits.iter().map(|(session, _)| session.id.clone()).collect();
-        let events = in_list(
-            "SELECT session_id, type, party, at FROM session_events WHERE type IN ('joined', 'left') AND session_id IN (",
-            &ids,
-            " ORDER BY session_id, seq",
-        )
-        .build()
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &events {
-            let session_id: String = row.try_get("session_id")?;
-            let Some(&slot) = index.get(&session_id) else { continue };
-            let event_type: String = row.try_get("type")?;
-            let kind =
-                if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
-            let Some(party) = parse_optional::<Party>(row.try_get("party")?)? else { continue };
-            audits[slot].1.events.push(PresenceEvent {
-                party,
-                kind,
-                at: UnixMillis(row.try_get("at")?),
-            });
-        }
-        for (session, audit) in &mut audits {
+        let mut policies: HashMap<String, Policy> = HashMap::new();
+        let mut audits: Vec<(Session, SessionAudit)> = Vec::with_capacity(records.len());
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
+        for record in records {
+            let policy = match record.policy.as_deref() {
+                None => None,
+                Some(text) => Some(match policies.get(text) {
+                    Some(policy) => *policy,
+                    None => {
+                        let policy = policy_from_json(text)?;
+                        policies.insert(text.to_owned(), policy);
+                        policy
+                    }
+                }),
+            };
+            let session = record.into_session()?;
+            let mut audit = audit_of(&session, policy, None, Vec::new());
             for (party, last_seen) in [
                 (Party::Customer, session.customer_last_seen_at),
                 (Party::Provider, session.provider_last_seen_at),
@@ -835,51 +822,110 @@ impl Store for Engine {
                     audit.events.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
                 }
             }
+            index.insert(session.id.clone(), audits.len());
+            audits.push((session, audit));
         }
-        let payouts = in_list(
-            "SELECT session_id, amount_cents FROM payouts WHERE reversed_at IS NULL AND session_id IN (",
-            &ids,
+
+        // The four related queries run at once, each on a reader of its own.
+        let events = filter.query(
+            concat!(
+                "SELECT ",
+                json_rows!("session_id, seq, type, party, at"),
+                " FROM session_events WHERE type IN ('joined', 'left', 'ended') AND "
+            ),
+            "session_id",
             "",
-        )
-        .build()
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &payouts {
-            let session_id: String = row.try_get("session_id")?;
-            if let Some(&slot) = index.get(&session_id) {
-                audits[slot].1.payouts.push(Cents(row.try_get("amount_cents")?));
+        );
+        let payouts = filter.query(
+            concat!(
+                "SELECT ",
+                json_rows!("session_id, amount_cents"),
+                " FROM payouts WHERE reversed_at IS NULL AND "
+            ),
+            "session_id",
+            "",
+        );
+        let postings = filter.query(
+            concat!(
+                "SELECT ",
+                json_rows!("session_id, total"),
+                " FROM (SELECT p.session_id, CAST(SUM(l.amount_cents) AS BIGINT) AS total \
+                 FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id WHERE "
+            ),
+            "p.session_id",
+            // Only what does not balance is a finding.
+            " GROUP BY p.session_id, p.id HAVING SUM(l.amount_cents) <> 0) sums",
+        );
+        let requests = filter.query(
+            concat!(
+                "SELECT ",
+                json_rows!("session_id, status, open_assignments"),
+                " FROM (SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a \
+                 WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE "
+            ),
+            "r.session_id",
+            ") requests",
+        );
+        let (events, payouts, postings, requests) = tokio::try_join!(
+            json_page(&self.reader, events),
+            json_page(&self.reader, payouts),
+            json_page(&self.reader, postings),
+            json_page(&self.reader, requests)
+        )?;
+
+        let mut events: Vec<EventRecord> = from_json_page(events.as_deref())?;
+        // In the order they happened (the audit trail's sequence).
+        events.sort_by_key(|event| event.seq);
+        for EventRecord { session_id, kind, party, at, .. } in events {
+            let Some(&slot) = index.get(session_id.as_ref()) else { continue };
+            if kind == "ended" {
+                // When the decision was taken.
+                let audit = &mut audits[slot].1;
+                audit.decided_at = audit.decided_at.max(Some(UnixMillis(at)));
+                continue;
+            }
+            let Some(party) = party.and_then(|party| party.parse::<Party>().ok()) else { continue };
+            let kind = if kind == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
+            audits[slot].1.events.push(PresenceEvent { party, kind, at: UnixMillis(at) });
+        }
+        for (session_id, amount) in from_json_page::<(Cow<'_, str>, i64)>(payouts.as_deref())? {
+            if let Some(&slot) = index.get(session_id.as_ref()) {
+                audits[slot].1.payouts.push(Cents(amount));
             }
         }
-        let postings = in_list(
-            "SELECT p.session_id, CAST(SUM(l.amount_cents) AS BIGINT) AS total FROM ledger_postings p JOIN ledger_lines l ON l.posting_id = p.id WHERE p.session_id IN (",
-            &ids,
-            " GROUP BY p.session_id, p.id",
-        )
-        .build()
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &postings {
-            let session_id: String = row.try_get("session_id")?;
-            if let Some(&slot) = index.get(&session_id) {
-                audits[slot].1.posting_sums.push(row.try_get("total")?);
+        for (session_id, total) in from_json_page::<(Cow<'_, str>, i64)>(postings.as_deref())? {
+            if let Some(&slot) = index.get(session_id.as_ref()) {
+                audits[slot].1.posting_sums.push(total);
             }
         }
-        let requests = in_list(
-            "SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE r.session_id IN (",
-            &ids,
-            "",
-        )
-        .build()
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &requests {
-            let session_id: Option<String> = row.try_get("session_id")?;
-            if let Some(&slot) = session_id.as_ref().and_then(|id| index.get(id)) {
-                audits[slot].1.request =
-                    Some((row.try_get("status")?, row.try_get("open_assignments")?));
+        for (session_id, status, open) in
+            from_json_page::<(Cow<'_, str>, String, i64)>(requests.as_deref())?
+        {
+            if let Some(&slot) = index.get(session_id.as_ref()) {
+                audits[slot].1.request = Some((status, open));
             }
         }
         Ok(audits)
+    }
+
+    async fn audit_page_end(
+        &self,
+        scope: AuditScope,
+        after: Option<&AuditCursor>,
+        limit: i64,
+    ) -> Result<Option<AuditCursor>, StoreError> {
+        // The page's last session, read from the index alone.
+        let mut query = sqlx::QueryBuilder::<Db>::new("SELECT id, ended_at FROM sessions WHERE ");
+        push_page(&mut query, scope, after, None);
+        query.push(" LIMIT 1 OFFSET ").push_bind(limit.clamp(1, 10_000) - 1);
+        let row = query.build().fetch_optional(&self.reader).await?;
+        row.map(|row| {
+            Ok(AuditCursor {
+                id: row.try_get("id")?,
+                ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(UnixMillis),
+            })
+        })
+        .transpose()
     }
 
     fn expected_schema_version(&self) -> i64 {
@@ -1845,15 +1891,213 @@ fn policy_json(policy: &Policy) -> Value {
 
 /// `prefix` + `$1, $2, …)` with `ids` bound + `suffix`: an IN list built
 /// with bound values only.
-fn in_list(prefix: &str, ids: &[String], suffix: &str) -> sqlx::QueryBuilder<Db> {
-    let mut query = sqlx::QueryBuilder::<Db>::new(prefix);
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(id.clone());
+/// The sessions of `scope` after `after` and up to `through`, in scope
+/// order (a `WHERE` condition and its `ORDER BY`): id order for `All` and
+/// `Open`, keyset on (ended_at, id) for the windows, the order of
+/// `sessions_by_ended`.
+fn push_page(
+    query: &mut sqlx::QueryBuilder<Db>,
+    scope: AuditScope,
+    after: Option<&AuditCursor>,
+    through: Option<&AuditCursor>,
+) {
+    let after_id = after.map_or(String::new(), |cursor| cursor.id.clone());
+    let end_of = |cursor: &AuditCursor| cursor.ended_at.map_or(i64::MIN, |at| at.0);
+    match scope {
+        AuditScope::All | AuditScope::Open => {
+            query.push("id > ").push_bind(after_id);
+            if let Some(through) = through {
+                query.push(" AND id <= ").push_bind(through.id.clone());
+            }
+            if scope == AuditScope::Open {
+                query.push(" AND ended_at IS NULL");
+            }
+            query.push(" ORDER BY id");
+        }
+        AuditScope::EndedSince(since) | AuditScope::EndedBetween(since, _) => {
+            let after_end = after.map_or(i64::MIN, end_of);
+            query.push("ended_at >= ").push_bind(since.0.max(after_end));
+            if let AuditScope::EndedBetween(_, until) = scope {
+                query.push(" AND ended_at < ").push_bind(until.0);
+            }
+            query.push(" AND (ended_at > ").push_bind(after_end);
+            query.push(" OR id > ").push_bind(after_id).push(")");
+            if let Some(through) = through {
+                query.push(" AND ended_at <= ").push_bind(end_of(through));
+                query.push(" AND (ended_at < ").push_bind(end_of(through));
+                query.push(" OR id <= ").push_bind(through.id.clone()).push(")");
+            }
+            query.push(" ORDER BY ended_at, id");
+        }
     }
-    list.push_unseparated(")");
-    query.push(suffix);
-    query
+}
+
+/// The related rows of an audit page: the id range `(after, last]` or an
+/// id list.
+enum Related {
+    Range(String, String),
+    Ids(Vec<String>),
+}
+
+impl Related {
+    /// `prefix`, the filter on `column`, then `suffix`, with bound values.
+    fn query(&self, prefix: &str, column: &str, suffix: &str) -> sqlx::QueryBuilder<Db> {
+        let mut query = sqlx::QueryBuilder::<Db>::new(prefix);
+        query.push(column);
+        match self {
+            Related::Range(after, last) => {
+                query.push(" > ").push_bind(after.clone());
+                query.push(" AND ").push(column).push(" <= ").push_bind(last.clone());
+            }
+            Related::Ids(ids) => {
+                query.push(" IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(id.clone());
+                }
+                list.push_unseparated(")");
+            }
+        }
+        query.push(suffix);
+        query
+    }
+}
+
+/// Runs a `json_rows!` query: its one value.
+async fn json_page(
+    pool: &Pool<Db>,
+    mut query: sqlx::QueryBuilder<Db>,
+) -> Result<Option<String>, StoreError> {
+    Ok(query.build().fetch_one(pool).await?.try_get::<Option<String>, _>(0)?)
+}
+
+/// A page of rows aggregated into one JSON array (`None`: no rows).
+fn from_json_page<'a, T: serde::Deserialize<'a>>(
+    text: Option<&'a str>,
+) -> Result<Vec<T>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|error| StoreError::Internal(format!("audit page: {error}"))),
+    }
+}
+
+/// A presence event of an audit page.
+#[derive(serde::Deserialize)]
+struct EventRecord<'a> {
+    #[serde(borrow)]
+    session_id: Cow<'a, str>,
+    seq: i64,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    party: Option<Cow<'a, str>>,
+    at: i64,
+}
+
+/// A `sessions` row as stored, read column by column or from a JSON page
+/// (in `audit_columns!()` order); [`SessionRecord::into_session`] is the
+/// one place its text becomes a [`Session`].
+#[derive(serde::Deserialize)]
+struct SessionRecord<'a> {
+    id: String,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    customer_id: String,
+    provider_id: String,
+    provider_account: Option<String>,
+    request_id: Option<String>,
+    scheduled_start: Option<i64>,
+    created_at: i64,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+    #[serde(borrow)]
+    ended_by: Option<Cow<'a, str>>,
+    billable_seconds: Option<i64>,
+    #[serde(borrow)]
+    price_mode: Cow<'a, str>,
+    price_amount_cents: i64,
+    currency: String,
+    charged_cents: Option<i64>,
+    #[serde(borrow)]
+    metadata: Option<Cow<'a, str>>,
+    customer_last_seen_at: Option<i64>,
+    provider_last_seen_at: Option<i64>,
+    #[serde(borrow, default)]
+    policy: Option<Cow<'a, str>>,
+}
+
+impl SessionRecord<'_> {
+    fn from_row(row: &DbRow) -> Result<SessionRecord<'static>, StoreError> {
+        let text = |column: &str| -> Result<Cow<'static, str>, StoreError> {
+            Ok(Cow::Owned(row.try_get::<String, _>(column)?))
+        };
+        let optional = |column: &str| -> Result<Option<Cow<'static, str>>, StoreError> {
+            Ok(row.try_get::<Option<String>, _>(column)?.map(Cow::Owned))
+        };
+        Ok(SessionRecord {
+            id: row.try_get("id")?,
+            kind: text("kind")?,
+            status: text("status")?,
+            reason: optional("reason")?,
+            customer_id: row.try_get("customer_id")?,
+            provider_id: row.try_get("provider_id")?,
+            provider_account: row.try_get("provider_account")?,
+            request_id: row.try_get("request_id")?,
+            scheduled_start: row.try_get("scheduled_start")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            ended_at: row.try_get("ended_at")?,
+            ended_by: optional("ended_by")?,
+            billable_seconds: row.try_get("billable_seconds")?,
+            price_mode: text("price_mode")?,
+            price_amount_cents: row.try_get("price_amount_cents")?,
+            currency: row.try_get("currency")?,
+            charged_cents: row.try_get("charged_cents")?,
+            metadata: optional("metadata")?,
+            customer_last_seen_at: row.try_get("customer_last_seen_at")?,
+            provider_last_seen_at: row.try_get("provider_last_seen_at")?,
+            policy: None,
+        })
+    }
+
+    fn into_session(self) -> Result<Session, StoreError> {
+        Ok(Session {
+            kind: parse::<Kind>(&self.kind)?,
+            status: parse::<Status>(&self.status)?,
+            reason: parse_optional::<Reason>(self.reason.as_deref())?,
+            customer_id: self.customer_id,
+            provider_id: self.provider_id,
+            provider_account: self.provider_account,
+            request_id: self.request_id,
+            scheduled_start: self.scheduled_start.map(UnixMillis),
+            created_at: UnixMillis(self.created_at),
+            started_at: self.started_at.map(UnixMillis),
+            ended_at: self.ended_at.map(UnixMillis),
+            ended_by: parse_optional::<Role>(self.ended_by.as_deref())?,
+            billable_seconds: self.billable_seconds,
+            price: Price {
+                mode: PriceMode::parse(&self.price_mode).ok_or_else(|| {
+                    StoreError::Corrupt(format!("price_mode {:?}", self.price_mode))
+                })?,
+                amount: Cents(self.price_amount_cents),
+                currency: self.currency,
+            },
+            charged_cents: self.charged_cents.map(Cents),
+            metadata: self
+                .metadata
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|error| StoreError::Corrupt(format!("metadata: {error}")))?,
+            customer_last_seen_at: self.customer_last_seen_at.map(UnixMillis),
+            provider_last_seen_at: self.provider_last_seen_at.map(UnixMillis),
+            id: self.id,
+        })
+    }
 }
 
 /// What verification needs of a session, before its related rows (payouts,
@@ -1917,34 +2161,7 @@ fn outcome_json(outcome: &Outcome) -> Value {
 }
 
 fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
-    let instant = |column: &str| -> Result<Option<UnixMillis>, StoreError> {
-        Ok(row.try_get::<Option<i64>, _>(column)?.map(UnixMillis))
-    };
-    let metadata: Option<String> = row.try_get("metadata")?;
-    Ok(Session {
-        id: row.try_get("id")?,
-        kind: parse::<Kind>(row.try_get("kind")?)?,
-        status: parse::<Status>(row.try_get("status")?)?,
-        reason: parse_optional::<Reason>(row.try_get("reason")?)?,
-        customer_id: row.try_get("customer_id")?,
-        provider_id: row.try_get("provider_id")?,
-        provider_account: row.try_get("provider_account")?,
-        request_id: row.try_get("request_id")?,
-        scheduled_start: instant("scheduled_start")?,
-        created_at: UnixMillis(row.try_get("created_at")?),
-        started_at: instant("started_at")?,
-        ended_at: instant("ended_at")?,
-        ended_by: parse_optional::<Role>(row.try_get("ended_by")?)?,
-        billable_seconds: row.try_get("billable_seconds")?,
-        price: price_from_row(row)?,
-        charged_cents: row.try_get::<Option<i64>, _>("charged_cents")?.map(Cents),
-        metadata: metadata
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|error| StoreError::Corrupt(format!("metadata: {error}")))?,
-        customer_last_seen_at: instant("customer_last_seen_at")?,
-        provider_last_seen_at: instant("provider_last_seen_at")?,
-    })
+    SessionRecord::from_row(row)?.into_session()
 }
 
 fn price_from_row(row: &DbRow) -> Result<Price, StoreError> {
@@ -2015,14 +2232,14 @@ fn event_from_row(row: &DbRow) -> Result<AuditEvent, StoreError> {
     })
 }
 
-fn parse<T>(text: String) -> Result<T, StoreError>
+fn parse<T>(text: &str) -> Result<T, StoreError>
 where
     T: std::str::FromStr<Err = verdict_core::ParseError>,
 {
     text.parse().map_err(|error| StoreError::Corrupt(format!("{error}: {text:?}")))
 }
 
-fn parse_optional<T>(text: Option<String>) -> Result<Option<T>, StoreError>
+fn parse_optional<T>(text: Option<&str>) -> Result<Option<T>, StoreError>
 where
     T: std::str::FromStr<Err = verdict_core::ParseError>,
 {

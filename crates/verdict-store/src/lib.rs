@@ -21,8 +21,8 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use error::StoreError;
 pub use model::{
-    Actor, Assignment, AuditEvent, AuditScope, Correction, Created, EarningsTotal, Ended,
-    EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
+    Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
+    Ended, EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
     OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
     Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
     accounts,
@@ -194,14 +194,27 @@ pub trait Store: Send + Sync + 'static {
 
     async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError>;
 
-    /// A page of sessions with everything verification needs, in id order
-    /// after `after` (keyset paging: memory stays flat on any volume).
+    /// A page of at most `limit` sessions with everything verification
+    /// needs, after `after` and up to `through` (keyset paging: memory stays
+    /// flat on any volume). `All` and `Open` are in id order, the windowed
+    /// scopes in end order.
     async fn audits(
         &self,
         scope: AuditScope,
-        after: Option<&str>,
+        after: Option<&AuditCursor>,
+        through: Option<&AuditCursor>,
         limit: i64,
     ) -> Result<Vec<(Session, verdict_core::SessionAudit)>, StoreError>;
+
+    /// The last session of the page `audits(scope, after, None, limit)`
+    /// would return, if that page is full: lets a scan start the next pages
+    /// before this one has been read.
+    async fn audit_page_end(
+        &self,
+        scope: AuditScope,
+        after: Option<&AuditCursor>,
+        limit: i64,
+    ) -> Result<Option<AuditCursor>, StoreError>;
 
     /// The migration this binary expects (its latest embedded one).
     fn expected_schema_version(&self) -> i64;

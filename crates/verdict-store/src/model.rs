@@ -462,6 +462,21 @@ pub enum AuditScope {
     EndedBetween(UnixMillis, UnixMillis),
 }
 
+/// Where the next page of audits starts: just after this session. Windowed
+/// scopes are read in end order (`ended_at`, then `id`), the others by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditCursor {
+    pub id: String,
+    pub ended_at: Option<UnixMillis>,
+}
+
+impl AuditCursor {
+    /// The cursor just after `session`.
+    pub fn after(session: &Session) -> AuditCursor {
+        AuditCursor { id: session.id.clone(), ended_at: session.ended_at }
+    }
+}
+
 /// Delivery health for verification.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboxHealth {

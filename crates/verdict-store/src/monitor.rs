@@ -4,13 +4,14 @@
 //! session's stored policy — over sessions streamed in pages, so memory
 //! stays flat whatever the volume.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use verdict_core::{
     Finding, Reason, SessionAudit, UnixMillis, health_label, health_score, percentile,
 };
 
-use crate::{AuditScope, Session, Settings, Store, StoreError};
+use crate::{AuditCursor, AuditScope, Session, Settings, Store, StoreError};
 
 /// Sessions read per page.
 pub const PAGE: i64 = 2_000;
@@ -61,34 +62,55 @@ fn findings(
     audit.findings(settings.policies.for_kind(session.kind), now)
 }
 
-/// Streams every session of `scope` through `visit`; `progress` gets the
-/// running count after each page.
+/// Pages read ahead of the one being visited.
+const READ_AHEAD: usize = 3;
+
+/// Streams every session of `scope` through `visit`, in scope order;
+/// `progress` gets the running count after each page.
+///
+/// Pages are bounded by ends read from the index ahead of them, so several
+/// are read at once, each in a task of its own (queries on readers of their
+/// own, decoding on the runtime's threads), while this one visits them in
+/// order. Memory stays at `READ_AHEAD` pages whatever the volume.
 pub async fn scan(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     scope: AuditScope,
     mut visit: impl FnMut(&Session, &SessionAudit),
     mut progress: impl FnMut(u64),
 ) -> Result<u64, StoreError> {
-    let mut after: Option<String> = None;
+    type Page = Vec<(Session, SessionAudit)>;
     let mut seen = 0u64;
+    let mut start: Option<AuditCursor> = None;
+    let mut exhausted = false;
+    let mut reading: VecDeque<tokio::task::JoinHandle<Result<Page, StoreError>>> = VecDeque::new();
     loop {
-        let page = store.audits(scope, after.as_deref(), PAGE).await?;
-        let Some((last, _)) = page.last() else { return Ok(seen) };
-        after = Some(last.id.clone());
+        while !exhausted && reading.len() < READ_AHEAD {
+            let end = store.audit_page_end(scope, start.as_ref(), PAGE).await?;
+            let store = Arc::clone(store);
+            let (after, through) = (start.clone(), end.clone());
+            reading.push_back(tokio::spawn(async move {
+                store.audits(scope, after.as_ref(), through.as_ref(), PAGE).await
+            }));
+            match end {
+                Some(end) => start = Some(end),
+                None => exhausted = true,
+            }
+        }
+        let Some(next) = reading.pop_front() else { return Ok(seen) };
+        let page = next
+            .await
+            .map_err(|error| StoreError::Internal(format!("reading a page: {error}")))??;
         for (session, audit) in &page {
             visit(session, audit);
         }
         seen += page.len() as u64;
         progress(seen);
-        if (page.len() as i64) < PAGE {
-            return Ok(seen);
-        }
     }
 }
 
 /// The verification report.
 pub async fn verify(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     settings: &Settings,
     now: UnixMillis,
     progress: impl FnMut(u64),
@@ -236,7 +258,7 @@ fn rate(part: i64, whole: i64) -> f64 {
 
 /// The health of the sessions ended in the last `window_hours` (SPEC §6).
 pub async fn health(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     settings: &Settings,
     now: UnixMillis,
     window_hours: i64,
@@ -340,7 +362,7 @@ pub struct HourlyScore {
 /// One score per hour for the last `hours` hours (oldest first), each over
 /// the sessions ended in that hour: `100 × clean / ended`.
 pub async fn hourly(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     settings: &Settings,
     now: UnixMillis,
     hours: i64,
@@ -400,14 +422,14 @@ pub async fn review(
     limit: usize,
 ) -> Result<(Vec<ReviewItem>, Option<String>), StoreError> {
     let mut items = Vec::new();
-    let mut cursor = after.map(str::to_owned);
+    let mut cursor = after.map(|id| AuditCursor { id: id.to_owned(), ended_at: None });
     let mut scanned = 0i64;
     loop {
-        let page = store.audits(AuditScope::All, cursor.as_deref(), 500).await?;
+        let page = store.audits(AuditScope::All, cursor.as_ref(), None, 500).await?;
         let exhausted = (page.len() as i64) < 500;
         for (session, audit) in page {
             scanned += 1;
-            cursor = Some(session.id.clone());
+            cursor = Some(AuditCursor::after(&session));
             let found = findings(settings, &session, &audit, now);
             if !found.is_empty() {
                 items.push(ReviewItem {
@@ -415,7 +437,7 @@ pub async fn review(
                     session,
                 });
                 if items.len() == limit {
-                    return Ok((items, cursor));
+                    return Ok((items, cursor.map(|cursor| cursor.id)));
                 }
             }
         }
@@ -423,7 +445,7 @@ pub async fn review(
             return Ok((items, None));
         }
         if scanned >= REVIEW_SCAN_MAX {
-            return Ok((items, cursor));
+            return Ok((items, cursor.map(|cursor| cursor.id)));
         }
     }
 }
@@ -433,7 +455,7 @@ pub async fn review(
 /// (SPEC §7). Applying re-checks each session under its lock, so running
 /// it twice changes nothing the second time.
 pub async fn repair(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     settings: &Settings,
     now: UnixMillis,
     since: UnixMillis,

@@ -34,6 +34,14 @@ macro_rules! skip_locked {
     };
 }
 
+/// A JSON array of one array per row (in no promised order; NULL for no
+/// rows): a whole page crosses the driver as one value.
+macro_rules! json_rows {
+    ($columns:expr) => {
+        concat!("json_agg(json_build_array(", $columns, "))::text")
+    };
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]

@@ -31,6 +31,14 @@ macro_rules! skip_locked {
     };
 }
 
+/// A JSON array of one array per row (in no promised order): a whole page
+/// crosses the driver as one value.
+macro_rules! json_rows {
+    ($columns:expr) => {
+        concat!("json_group_array(json_array(", $columns, "))")
+    };
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]
@@ -57,7 +65,9 @@ impl engine::Engine {
             // FULL: a committed end survives power loss, not just a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(WRITE_WAIT);
+            .busy_timeout(WRITE_WAIT)
+            // Sorting and temporary b-trees in memory, not in temp files.
+            .pragma("temp_store", "memory");
         if let Some(parent) = Path::new(options.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
@@ -65,10 +75,13 @@ impl engine::Engine {
                 StoreError::Unavailable(format!("cannot create {}: {error}", parent.display()))
             })?;
         }
+        // Page caches (negative: KiB). The writer's holds a large batch's
+        // index pages, so a transaction does not spill to the WAL before
+        // it commits; a reader's is sized for one verification page.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await?;
         MIGRATOR
             .run(&writer)
@@ -77,7 +90,7 @@ impl engine::Engine {
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.pragma("cache_size", "-16384"))
             .await?;
         let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
         Ok(engine::Engine { reader, writer, availability })

@@ -51,6 +51,17 @@ macro_rules! contract {
 }
 
 impl Fixture {
+    /// Runs a statement with one text parameter behind the store's back.
+    async fn execute(&self, statement: &'static str, parameter: &str) {
+        if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
+        }
+    }
+
     /// Inserts a payout behind the store's back, as a buggy writer would.
     async fn raw_payout(&self, session_id: &str) -> Result<(), String> {
         const INSERT: &str = "INSERT INTO payouts (id, session_id, provider_id, amount_cents, \
@@ -76,6 +87,7 @@ contract!(
     presence_on_an_ended_session_is_a_conflict_and_writes_nothing,
     concurrent_ends_make_exactly_one_transition,
     unknown_sessions_are_not_found,
+    audit_pages_cover_each_scope_exactly_once,
 );
 
 fn new_session(id: &str) -> NewSession {
@@ -306,4 +318,114 @@ async fn the_database_refuses_a_payout_for_a_session_not_completed_or_paid_twice
     let error = fixture.raw_payout("done").await.unwrap_err();
     assert!(error.to_lowercase().contains("unique"), "{error}");
     assert_eq!(store.payouts(Some("done"), None, 10).await.unwrap().len(), 1);
+}
+
+/// Audit pages cover every session of their scope exactly once, in scope
+/// order, across page boundaries and ties on the end instant, with each
+/// session's own related rows (ids that need escaping included).
+async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
+    use verdict_store::{AuditCursor, AuditScope, ImportSession, PayoutState};
+    let store = fixture.store.as_ref();
+    let sessions: Vec<ImportSession> = (0..23)
+        .map(|i: i64| {
+            let open = i % 7 == 3;
+            let ended_at = UnixMillis(T0.0 + 3_600_000 + (i % 5) * 1_000);
+            ImportSession {
+                id: format!(
+                    "s{:02}-{}",
+                    (i * 11) % 23,
+                    ["plain", "q\"uote", "com,ma|bar", "ünï\\"][i as usize % 4]
+                ),
+                kind: Kind::Video,
+                customer_id: "c1".into(),
+                provider_id: "p1".into(),
+                provider_account: None,
+                price: Price { mode: PriceMode::Flat, amount: Cents(1000), currency: "usd".into() },
+                status: if open { Status::Waiting } else { Status::Completed },
+                reason: None,
+                created_at: T0,
+                ended_at: (!open).then_some(ended_at),
+                // i + 1 joins and leaves, so each session's count is its own.
+                events: (0..=i)
+                    .map(|n| (Party::Customer, n % 2 == 0, UnixMillis(T0.0 + n * 1_000)))
+                    .collect(),
+                payout: (!open && i % 2 == 0).then_some((Cents(800 + i), PayoutState::Paid)),
+            }
+        })
+        .collect();
+    store.import_sessions(&sessions, T0).await.unwrap();
+    // One posting made unbalanced behind the store's back (lines are
+    // append-only, so by a line added to it).
+    let unbalanced_id = sessions[4].id.clone();
+    fixture
+        .execute(
+            "INSERT INTO ledger_lines (posting_id, account, amount_cents) \
+             SELECT id, 'platform:revenue', 7 FROM ledger_postings WHERE session_id = $1",
+            &unbalanced_id,
+        )
+        .await;
+    let unbalanced_id = unbalanced_id.as_str();
+
+    let page_all = |scope: AuditScope| async move {
+        let mut seen = Vec::new();
+        let mut after: Option<AuditCursor> = None;
+        loop {
+            // The page end read ahead from the index bounds the page read.
+            let end = store.audit_page_end(scope, after.as_ref(), 4).await.unwrap();
+            let page = store.audits(scope, after.as_ref(), end.as_ref(), 4).await.unwrap();
+            assert!(page.len() <= 4);
+            assert_eq!(end.is_some(), page.len() == 4, "{scope:?}");
+            if let Some(end) = &end {
+                assert_eq!(&AuditCursor::after(&page.last().unwrap().0), end);
+                // `through` alone bounds a page too.
+                let bounded = store.audits(scope, after.as_ref(), Some(end), 100).await.unwrap();
+                assert_eq!(bounded.len(), 4);
+            }
+            let Some((last, _)) = page.last() else { return seen };
+            after = Some(AuditCursor::after(last));
+            seen.extend(page);
+        }
+    };
+    let end = |i: i64| UnixMillis(T0.0 + 3_600_000 + i * 1_000);
+    for (scope, keep) in [
+        (
+            AuditScope::All,
+            Box::new(|_: &ImportSession| true) as Box<dyn Fn(&ImportSession) -> bool>,
+        ),
+        (AuditScope::Open, Box::new(|s: &ImportSession| s.ended_at.is_none())),
+        (
+            AuditScope::EndedSince(end(2)),
+            Box::new(move |s: &ImportSession| s.ended_at >= Some(end(2))),
+        ),
+        (
+            AuditScope::EndedBetween(end(1), end(3)),
+            Box::new(move |s: &ImportSession| {
+                s.ended_at >= Some(end(1)) && s.ended_at < Some(end(3))
+            }),
+        ),
+    ] {
+        let mut expected: Vec<&ImportSession> = sessions.iter().filter(|s| keep(s)).collect();
+        match scope {
+            AuditScope::All | AuditScope::Open => expected.sort_by(|a, b| a.id.cmp(&b.id)),
+            _ => expected.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id))),
+        }
+        let seen = page_all(scope).await;
+        assert_eq!(
+            seen.iter().map(|(session, _)| session.id.as_str()).collect::<Vec<_>>(),
+            expected.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "{scope:?}"
+        );
+        for ((session, audit), imported) in seen.iter().zip(&expected) {
+            assert_eq!(audit.events.len(), imported.events.len(), "{}", session.id);
+            assert_eq!(
+                audit.payouts,
+                imported.payout.iter().map(|(amount, _)| *amount).collect::<Vec<_>>(),
+                "{}",
+                session.id
+            );
+            // Balanced postings are left out; the one unbalanced on purpose is not.
+            let unbalanced = if session.id == unbalanced_id { vec![7] } else { vec![] };
+            assert_eq!(audit.posting_sums, unbalanced, "{}", session.id);
+        }
+    }
 }

@@ -131,10 +131,9 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
         indicatif::ProgressBar::hidden()
     };
     let now = SystemClock.now();
-    let report = verdict_store::monitor::verify(store.as_ref(), &settings, now, |seen| {
-        bar.set_position(seen)
-    })
-    .await?;
+    let report =
+        verdict_store::monitor::verify(&store, &settings, now, |seen| bar.set_position(seen))
+            .await?;
     bar.finish_and_clear();
     if json {
         let sections: Vec<serde_json::Value> = report
@@ -251,7 +250,7 @@ pub async fn repair(
     let (since, until) = (bound("since", since, 0)?, bound("until", until, i64::MAX)?);
     let now = SystemClock.now();
     let corrections =
-        verdict_store::monitor::repair(store.as_ref(), &settings, now, since, until, apply).await?;
+        verdict_store::monitor::repair(&store, &settings, now, since, until, apply).await?;
     if json {
         let changes: Vec<serde_json::Value> = corrections
             .iter()

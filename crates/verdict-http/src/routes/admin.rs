@@ -82,8 +82,7 @@ pub async fn verify(
     caller: Caller,
 ) -> Result<Json<VerifyDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let report =
-        monitor::verify(state.store.as_ref(), &state.settings, state.clock.now(), |_| {}).await?;
+    let report = monitor::verify(&state.store, &state.settings, state.clock.now(), |_| {}).await?;
     Ok(Json(VerifyDto::from(&report)))
 }
 
@@ -184,8 +183,7 @@ pub async fn health(
         return Err(ApiError::Unprocessable("window_hours must be between 1 and 720".into()));
     }
     let health =
-        monitor::health(state.store.as_ref(), &state.settings, state.clock.now(), window_hours)
-            .await?;
+        monitor::health(&state.store, &state.settings, state.clock.now(), window_hours).await?;
     crate::metrics::record_health(health.score);
     Ok(Json(HealthDto::from(&health)))
 }
@@ -225,8 +223,7 @@ pub async fn hourly(
     if !(1..=168).contains(&hours) {
         return Err(ApiError::Unprocessable("hours must be between 1 and 168".into()));
     }
-    let scores =
-        monitor::hourly(state.store.as_ref(), &state.settings, state.clock.now(), hours).await?;
+    let scores = monitor::hourly(&state.store, &state.settings, state.clock.now(), hours).await?;
     Ok(Json(HourlyDto {
         hours,
         items: scores
@@ -467,14 +464,8 @@ pub async fn repair(
     let since = bound("since", &params.since, 0)?;
     let until = bound("until", &params.until, i64::MAX)?;
     let dry_run = params.dry_run.unwrap_or(true);
-    let corrections = monitor::repair(
-        state.store.as_ref(),
-        &state.settings,
-        state.clock.now(),
-        since,
-        until,
-        !dry_run,
-    )
-    .await?;
+    let corrections =
+        monitor::repair(&state.store, &state.settings, state.clock.now(), since, until, !dry_run)
+            .await?;
     Ok(Json(RepairDto::new(dry_run, &corrections)))
 }
