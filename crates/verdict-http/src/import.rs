@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Party, Reason, Status, UnixMillis, is_valid_id};
-use verdict_store::{ImportSession, PayoutState, Store, StoreError};
+use verdict_store::{ImportSession, Imported, PayoutState, Store, StoreError};
 
 use crate::dto::{KindDto, PriceDto};
 use crate::wire::parse_instant;
@@ -173,13 +173,17 @@ pub struct Summary {
     pub rejected_total: u64,
 }
 
-/// Feeds lines in, stores them in batches.
+/// Feeds lines in, stores them in batches. Memory stays flat: only the
+/// current batch's ids are kept, and the store recognises an id stored by
+/// an earlier batch of the same run.
 pub struct Importer<'a> {
     store: &'a dyn Store,
     now: UnixMillis,
-    batch: Vec<ImportSession>,
-    /// Ids of this file so far: a second occurrence is rejected.
-    seen: HashSet<String>,
+    /// This run's id, stored with each session it imports.
+    run: String,
+    /// The batch, with each session's line number.
+    batch: Vec<(u64, ImportSession)>,
+    batch_ids: HashSet<String>,
     pub summary: Summary,
 }
 
@@ -188,8 +192,9 @@ impl<'a> Importer<'a> {
         Importer {
             store,
             now,
+            run: uuid::Uuid::now_v7().to_string(),
             batch: Vec::with_capacity(BATCH),
-            seen: HashSet::new(),
+            batch_ids: HashSet::with_capacity(BATCH),
             summary: Summary::default(),
         }
     }
@@ -203,17 +208,26 @@ impl<'a> Importer<'a> {
 
     /// One line (1-based `number`); blank lines are ignored.
     pub async fn line(&mut self, number: u64, text: &str) -> Result<(), StoreError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(());
+        match parse(text) {
+            None => Ok(()),
+            Some(parsed) => self.parsed(number, parsed).await,
         }
-        match parse_line(text) {
+    }
+
+    /// One line already parsed by [`parse`] (elsewhere, e.g. on a thread
+    /// of its own).
+    pub async fn parsed(
+        &mut self,
+        number: u64,
+        parsed: Result<ImportSession, String>,
+    ) -> Result<(), StoreError> {
+        match parsed {
             Err(error) => self.reject(number, error),
             Ok(session) => {
-                if !self.seen.insert(session.id.clone()) {
-                    self.reject(number, format!("id: {} appears earlier in this file", session.id));
+                if !self.batch_ids.insert(session.id.clone()) {
+                    self.reject(number, duplicate(&session.id));
                 } else {
-                    self.batch.push(session);
+                    self.batch.push((number, session));
                     if self.batch.len() >= BATCH {
                         self.flush().await?;
                     }
@@ -232,20 +246,34 @@ impl<'a> Importer<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let stored = self.store.import_sessions(&self.batch, self.now).await?;
-        for inserted in stored {
-            if inserted {
-                self.summary.imported += 1;
-            } else {
-                self.summary.skipped += 1;
+        let (numbers, sessions): (Vec<u64>, Vec<ImportSession>) = self.batch.drain(..).unzip();
+        self.batch_ids.clear();
+        let outcomes = self.store.import_sessions(&sessions, &self.run, self.now).await?;
+        for ((number, session), outcome) in numbers.into_iter().zip(&sessions).zip(outcomes) {
+            match outcome {
+                Imported::New => self.summary.imported += 1,
+                Imported::Existing => self.summary.skipped += 1,
+                Imported::EarlierInRun => self.reject(number, duplicate(&session.id)),
             }
         }
-        self.batch.clear();
         Ok(())
     }
 
     pub async fn finish(mut self) -> Result<Summary, StoreError> {
         self.flush().await?;
+        // Repeated ids are found when their batch is stored, after later
+        // lines' other rejections: listed in line order all the same.
+        self.summary.rejected.sort_by_key(|(line, _)| *line);
         Ok(self.summary)
     }
+}
+
+fn duplicate(id: &str) -> String {
+    format!("id: {id} appears earlier in this file")
+}
+
+/// Parses one line: `None` for a blank one.
+pub fn parse(text: &str) -> Option<Result<ImportSession, String>> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| parse_line(text))
 }

@@ -26,10 +26,10 @@ use verdict_core::{
 use super::{BACKEND, BEGIN_WRITE, Db};
 use crate::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
-    Ended, EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
-    OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
-    Posting, PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError,
-    SweepReport, User, accounts,
+    Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
+    Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider,
+    PayoutState, Posting, PresenceChange, Request, RequestStatus, Session, Settings, Store,
+    StoreError, SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -980,8 +980,9 @@ impl Store for Engine {
     async fn import_sessions(
         &self,
         sessions: &[ImportSession],
+        run: &str,
         now: UnixMillis,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Imported>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
@@ -1050,7 +1051,7 @@ impl Store for Engine {
             let mut insert = sqlx::QueryBuilder::<Db>::new(
                 "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
                  provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-                 price_amount_cents, currency, charged_cents) ",
+                 price_amount_cents, currency, charged_cents, import_run) ",
             );
             insert.push_values(chunk, |mut row, (imported, derived)| {
                 row.push_bind(imported.id.clone())
@@ -1067,7 +1068,8 @@ impl Store for Engine {
                     .push_bind(imported.price.mode.as_str())
                     .push_bind(imported.price.amount.0)
                     .push_bind(imported.price.currency.clone())
-                    .push_bind(derived.charged.0);
+                    .push_bind(derived.charged.0)
+                    .push_bind(run.to_owned());
             });
             insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
             for row in insert.build().fetch_all(&mut *tx).await? {
@@ -1171,8 +1173,39 @@ impl Store for Engine {
                 insert.build().execute(&mut *tx).await?;
             }
         }
+        // Ids not stored now: stored earlier by this run, or by another.
+        let existing: Vec<String> = sessions
+            .iter()
+            .filter(|imported| !stored.contains(&imported.id))
+            .map(|imported| imported.id.clone())
+            .collect();
+        let mut earlier: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for chunk in existing.chunks(1_000) {
+            let mut query =
+                sqlx::QueryBuilder::<Db>::new("SELECT id FROM sessions WHERE import_run = ");
+            query.push_bind(run.to_owned()).push(" AND id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.clone());
+            }
+            list.push_unseparated(")");
+            for row in query.build().fetch_all(&mut *tx).await? {
+                earlier.insert(row.try_get("id")?);
+            }
+        }
         tx.commit().await?;
-        Ok(sessions.iter().map(|imported| stored.contains(&imported.id)).collect())
+        Ok(sessions
+            .iter()
+            .map(|imported| {
+                if stored.contains(&imported.id) {
+                    Imported::New
+                } else if earlier.contains(&imported.id) {
+                    Imported::EarlierInRun
+                } else {
+                    Imported::Existing
+                }
+            })
+            .collect())
     }
 
     async fn correct_session(

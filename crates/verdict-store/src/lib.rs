@@ -22,10 +22,10 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 pub use error::StoreError;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
-    Ended, EventType, Idempotency, ImportSession, LedgerLine, NewRequest, NewSession, Notification,
-    OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider, PayoutState,
-    Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
-    accounts,
+    Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
+    Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider,
+    PayoutState, Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport,
+    User, accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -229,13 +229,15 @@ pub trait Store: Send + Sync + 'static {
     async fn ended_by_status(&self, since: UnixMillis)
     -> Result<BTreeMap<String, i64>, StoreError>;
 
-    /// Stores historical sessions as recorded, in one transaction; returns
-    /// for each whether it was new (an existing id is left untouched).
+    /// Stores historical sessions as recorded, in one transaction, marked
+    /// with the import `run`; returns what became of each (an existing id is
+    /// left untouched). Ids must be distinct within one call.
     async fn import_sessions(
         &self,
         sessions: &[ImportSession],
+        run: &str,
         now: UnixMillis,
-    ) -> Result<Vec<bool>, StoreError>;
+    ) -> Result<Vec<Imported>, StoreError>;
 
     /// Re-derives one terminal session under its lock and, if the recorded
     /// outcome differs, corrects it with its audit event, notifications,

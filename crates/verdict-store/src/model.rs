@@ -507,6 +507,17 @@ pub struct ImportSession {
     pub payout: Option<(Cents, PayoutState)>,
 }
 
+/// What an import did with one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// Stored.
+    New,
+    /// Already there from an earlier run: left untouched.
+    Existing,
+    /// Stored earlier in the same run: a repeated id.
+    EarlierInRun,
+}
+
 /// One correction of a recorded outcome (SPEC §7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Correction {

@@ -353,7 +353,7 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
             }
         })
         .collect();
-    store.import_sessions(&sessions, T0).await.unwrap();
+    store.import_sessions(&sessions, "run-1", T0).await.unwrap();
     // One posting made unbalanced behind the store's back (lines are
     // append-only, so by a line added to it).
     let unbalanced_id = sessions[4].id.clone();

@@ -194,22 +194,57 @@ pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxEr
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut importer = verdict_http::import::Importer::new(store.as_ref(), SystemClock.now());
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let number = index as u64 + 1;
-        let bytes = line?;
-        if bytes.len() > verdict_http::import::LINE_BYTES_MAX {
-            importer.unreadable(number, "line longer than 1 MiB");
-        } else {
-            match std::str::from_utf8(&bytes) {
-                Ok(text) => importer.line(number, text).await?,
-                Err(_) => importer.unreadable(number, "not UTF-8"),
+    // Lines are read and parsed on a thread of their own, a chunk at a
+    // time, while this one stores the previous chunks.
+    enum Read {
+        Parsed(Result<verdict_store::ImportSession, String>),
+        Unreadable(&'static str),
+    }
+    let (chunks, mut parsed) = tokio::sync::mpsc::channel::<std::io::Result<Vec<(u64, Read)>>>(8);
+    let reading = std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(1_000);
+        for (index, line) in reader.split(b'\n').enumerate() {
+            let number = index as u64 + 1;
+            let bytes = match line {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let _ = chunks.blocking_send(Err(error));
+                    return;
+                }
+            };
+            let read = if bytes.len() > verdict_http::import::LINE_BYTES_MAX {
+                Some(Read::Unreadable("line longer than 1 MiB"))
+            } else {
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => verdict_http::import::parse(text).map(Read::Parsed),
+                    Err(_) => Some(Read::Unreadable("not UTF-8")),
+                }
+            };
+            if let Some(read) = read {
+                chunk.push((number, read));
+            }
+            if chunk.len() == 1_000 {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(1_000));
+                if chunks.blocking_send(Ok(full)).is_err() {
+                    return;
+                }
             }
         }
-        if number.is_multiple_of(1000) {
-            bar.set_position(number);
+        let _ = chunks.blocking_send(Ok(chunk));
+    });
+    let mut importer = verdict_http::import::Importer::new(store.as_ref(), SystemClock.now());
+    while let Some(chunk) = parsed.recv().await {
+        for (number, read) in chunk? {
+            match read {
+                Read::Parsed(result) => importer.parsed(number, result).await?,
+                Read::Unreadable(why) => importer.unreadable(number, why),
+            }
+            if number.is_multiple_of(1000) {
+                bar.set_position(number);
+            }
         }
     }
+    let _ = reading.join();
     let summary = importer.finish().await?;
     bar.finish_and_clear();
     let rejected: Vec<serde_json::Value> = summary
@@ -221,8 +256,19 @@ pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxEr
         "imported": summary.imported, "skipped": summary.skipped,
         "rejected": rejected, "rejected_total": summary.rejected_total,
     });
-    println!("{}", serde_json::to_string_pretty(&document)?);
-    Ok(())
+    print_document(&document)
+}
+
+/// Prints a JSON document on stdout; a closed stdout (`| head`) is not an
+/// error worth a panic.
+fn print_document(document: &serde_json::Value) -> Result<(), BoxError> {
+    use std::io::Write;
+    let mut text = serde_json::to_string_pretty(document)?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// `verdict repair`: the planned (or applied) corrections, as a table or

@@ -10,6 +10,7 @@ on_every_backend!(
     bad_lines_are_rejected_with_their_line_and_field_and_the_rest_goes_on,
     importing_again_is_a_no_op,
     the_command_line_imports_a_file_and_stdin,
+    an_id_repeated_batches_later_is_rejected_by_its_line,
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
 );
 
@@ -214,6 +215,44 @@ async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
     let summary = run("-", Some(&format!("{}\n{more}\n", good_file()[0])));
     assert_eq!((summary["imported"].as_i64(), summary["skipped"].as_i64()), (Some(1), Some(1)));
     assert_eq!(app.counts().await["sessions"], 4);
+}
+
+/// The importer keeps only the current batch's ids in memory; an id
+/// repeated in a later batch is still rejected, by its line number, and a
+/// re-run of the same file skips rather than rejects.
+async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
+    let batch = verdict_http::import::BATCH;
+    let mut lines: Vec<String> = (0..batch + 2)
+        .map(|i| line(&format!("bulk-{i}"), "expired", None, json!([]), json!([])))
+        .collect();
+    // Line batch + 3 repeats line 2 (bulk-1), two batches apart.
+    lines.push(line("bulk-1", "completed", Some("completed"), met(), paid(3200)));
+    let path = app.data_dir().join("bulk.ndjson");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let run = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["import", path.to_str().unwrap()])
+            .env("VERDICT_DATABASE_URL", &app.database_url)
+            .current_dir(app.data_dir())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let summary = run();
+    assert_eq!(summary["imported"], json!(batch + 2));
+    assert_eq!(summary["skipped"], json!(0));
+    assert_eq!(
+        summary["rejected"],
+        json!([{"line": batch + 3, "error": "id: bulk-1 appears earlier in this file"}])
+    );
+    let session = app.get("/v1/sessions/bulk-1", &app.admin()).await.ok().clone();
+    assert_eq!(session["status"], "expired", "the first bulk-1 is kept");
+    assert_eq!(app.counts().await["payouts"], 0);
+    // Another run: everything is already there, nothing is a repeat.
+    let again = run();
+    assert_eq!((again["imported"].clone(), again["skipped"].clone()), (json!(0), json!(batch + 3)));
+    assert_eq!(again["rejected_total"], json!(0));
 }
 
 async fn repair(app: &TestApp, dry_run: bool) -> Value {
