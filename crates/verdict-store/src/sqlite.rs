@@ -77,7 +77,8 @@ impl engine::Engine {
         }
         // Page caches (negative: KiB). The writer's holds a large batch's
         // index pages, so a transaction does not spill to the WAL before
-        // it commits; a reader's is sized for one verification page.
+        // it commits; a reader's stays small (the OS caches the file; many
+        // readers' caches would add up without making scans faster).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
@@ -90,7 +91,7 @@ impl engine::Engine {
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.pragma("cache_size", "-16384"))
+            .connect_with(options.pragma("cache_size", "-4096"))
             .await?;
         let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
         Ok(engine::Engine { reader, writer, availability })
