@@ -79,6 +79,11 @@ impl JwtKeys {
 
     /// Checks a token and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        self.verify_with_expiry(token).map(|(caller, _)| caller)
+    }
+
+    /// [`JwtKeys::verify`], with the token's expiry (Unix seconds).
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Caller, i64), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -102,7 +107,7 @@ impl JwtKeys {
         if !is_valid_id(&data.claims.sub) {
             return Err(ApiError::Unauthorized("the token subject is not a valid id".into()));
         }
-        Ok(Caller { role, id: data.claims.sub })
+        Ok((Caller { role, id: data.claims.sub }, data.claims.exp))
     }
 }
 

@@ -6,6 +6,7 @@
 //! knows status codes and JSON field names.
 
 pub mod auth;
+mod dashboard;
 pub mod dto;
 pub mod import;
 pub mod metrics;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Policy per kind and payout provider, from configuration.
     pub settings: Settings,
     pub jwt: Arc<JwtKeys>,
+    /// How often the dashboard refreshes itself.
+    pub dashboard_refresh_seconds: u64,
 }
 
 pub(crate) type Router = axum::Router<AppState>;
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
         .merge(routes::admin::router())
+        .merge(dashboard::router())
         .route("/metrics", axum::routing::get(metrics::render))
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

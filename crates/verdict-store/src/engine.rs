@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::{Pool, Row};
 use verdict_core::{
-    BillingBasis, Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet,
-    PresenceEvent, PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis,
-    charge_for, decide, open_since, platform_fee, presence_at, sweep_due,
+    Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet, PresenceEvent,
+    PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis, charge_for,
+    decide, open_since, platform_fee, presence_at, sweep_due,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
@@ -668,12 +668,19 @@ impl Store for Engine {
         Ok(released.rows_affected())
     }
 
-    async fn outbox(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn outbox(
+        &self,
+        state: Option<&str>,
+        session_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, session_id, topic, state, attempts, due_at, created_at, delivered_at, \
-             last_error FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+             last_error FROM outbox WHERE ($1 IS NULL OR state = $1) \
+             AND ($2 IS NULL OR session_id = $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(state)
+        .bind(session_id)
         .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
         .fetch_all(&self.reader)
         .await?;
@@ -2164,23 +2171,7 @@ fn audit_of(
 fn policy_from_json(text: &str) -> Result<Policy, StoreError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|error| StoreError::Corrupt(format!("stored policy: {error}")))?;
-    let number = |name: &str| {
-        value[name]
-            .as_i64()
-            .ok_or_else(|| StoreError::Corrupt(format!("stored policy lacks {name}")))
-    };
-    Ok(Policy {
-        min_billable_seconds: number("min_billable_seconds")?,
-        billing_basis: value["billing_basis"]
-            .as_str()
-            .and_then(BillingBasis::parse)
-            .ok_or_else(|| StoreError::Corrupt("stored policy billing_basis".into()))?,
-        join_grace_seconds: number("join_grace_seconds")?,
-        abandon_after_seconds: number("abandon_after_seconds")?,
-        max_duration_seconds: number("max_duration_seconds")?,
-        presence_timeout_seconds: number("presence_timeout_seconds")?,
-        platform_fee_bps: number("platform_fee_bps")?,
-    })
+    crate::policy_from_value(&value)
 }
 
 fn outcome_json(outcome: &Outcome) -> Value {

@@ -190,7 +190,12 @@ pub trait Store: Send + Sync + 'static {
     async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError>;
 
     /// Outbox rows for operators, newest first, optionally in one state.
-    async fn outbox(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+    async fn outbox(
+        &self,
+        state: Option<&str>,
+        session_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
 
     async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError>;
 
@@ -282,6 +287,28 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A policy as stored with a decision (the `policy` of an `ended` event and
+/// of the session row): JSON with every field of [`verdict_core::Policy`].
+pub fn policy_from_value(value: &serde_json::Value) -> Result<verdict_core::Policy, StoreError> {
+    let number = |name: &str| {
+        value[name]
+            .as_i64()
+            .ok_or_else(|| StoreError::Corrupt(format!("stored policy lacks {name}")))
+    };
+    Ok(verdict_core::Policy {
+        min_billable_seconds: number("min_billable_seconds")?,
+        billing_basis: value["billing_basis"]
+            .as_str()
+            .and_then(verdict_core::BillingBasis::parse)
+            .ok_or_else(|| StoreError::Corrupt("stored policy billing_basis".into()))?,
+        join_grace_seconds: number("join_grace_seconds")?,
+        abandon_after_seconds: number("abandon_after_seconds")?,
+        max_duration_seconds: number("max_duration_seconds")?,
+        presence_timeout_seconds: number("presence_timeout_seconds")?,
+        platform_fee_bps: number("platform_fee_bps")?,
+    })
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ impl Application {
             clock,
             settings: Settings { policies, payout_provider: config.payout_provider() },
             jwt: Arc::new(JwtKeys::new(secret)),
+            dashboard_refresh_seconds: config.dashboard_refresh_seconds,
         };
         let worker = if config.worker {
             let worker = Worker::new(

@@ -144,7 +144,8 @@ pub async fn outbox(
     {
         return Err(ApiError::Unprocessable("state must be pending, delivered or dead".into()));
     }
-    let rows = state.store.outbox(query.state.as_deref(), verdict_store::PAGE_LIMIT_MAX).await?;
+    let rows =
+        state.store.outbox(query.state.as_deref(), None, verdict_store::PAGE_LIMIT_MAX).await?;
     Ok(Json(Page { items: rows.iter().map(OutboxRowDto::from).collect(), next_cursor: None }))
 }
 

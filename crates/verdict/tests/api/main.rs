@@ -4,6 +4,7 @@
 mod support;
 
 mod concurrency;
+mod dashboard;
 mod decisions;
 mod delivery;
 mod fakes;
