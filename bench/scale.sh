@@ -3,7 +3,7 @@
 #   N=1000000 ROUNDS=20 bench/scale.sh      → bench/scale-results.md
 # Generates N historical sessions (ends spread over 365 days), imports them,
 # runs `verdict verify`, then measures GET /v1/admin/health (24 h and 720 h
-# windows) against `verdict serve`. Release build; a throwaway PostgreSQL
+# windows) and the dashboard page against `verdict serve`. Release build; a throwaway PostgreSQL
 # cluster (durable defaults) in a temp dir. Stops and cleans up by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,15 +38,15 @@ measure() {
 }
 
 percentiles() { # stdin: one number per line → "median p95" (ms)
-  sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%.1f %.1f", m*1000, p*1000}'
+  sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%.1f %.1f\n", m*1000, p*1000}'
 }
 
-health_latency() { # url window → "median p95" over ROUNDS requests
+latency() { # path → "median p95" (ms) over ROUNDS requests
   local token
   token=$("$V" token --role admin --sub bench)
   for _ in $(seq "$ROUNDS"); do
     curl -s -o /dev/null -w '%{time_total}\n' -H "authorization: Bearer $token" \
-      "http://127.0.0.1:18181/v1/admin/health?window_hours=$2"
+      "http://127.0.0.1:18181$1"
   done | percentiles
 }
 
@@ -59,13 +59,14 @@ run_backend() { # name url
   "$V" serve --bind 127.0.0.1:18181 > /dev/null 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18181/readyz > /dev/null && break; sleep 0.2; done
-  read -r h24_med h24_p95 < <(health_latency "http://127.0.0.1:18181" 24)
-  read -r h720_med h720_p95 < <(health_latency "http://127.0.0.1:18181" 720)
+  read -r h24_med h24_p95 < <(latency "/v1/admin/health?window_hours=24")
+  read -r h720_med h720_p95 < <(latency "/v1/admin/health?window_hours=720")
+  read -r page_med page_p95 < <(latency "/admin/sessions/session-health")
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   awk -v n="$N" -v name="$name" -v is="$import_s" -v ir="$import_rss" -v vs="$verify_s" -v vr="$verify_rss" \
-      -v a="$h24_med" -v b="$h24_p95" -v c="$h720_med" -v d="$h720_p95" 'BEGIN {
-    printf "| %s | %.0f lines/s (%.1f s), peak RSS %.0f MiB | %.0f sessions/s (%.1f s), peak RSS %.0f MiB | %s / %s ms | %s / %s ms |\n",
-      name, n/is, is, ir/1024, n/vs, vs, vr/1024, a, b, c, d }' >> "$WORK/rows"
+      -v a="$h24_med" -v b="$h24_p95" -v c="$h720_med" -v d="$h720_p95" -v e="$page_med" -v f="$page_p95" 'BEGIN {
+    printf "| %s | %.0f lines/s (%.1f s), peak RSS %.0f MiB | %.0f sessions/s (%.1f s), peak RSS %.0f MiB | %s / %s ms | %s / %s ms | %s / %s ms |\n",
+      name, n/is, is, ir/1024, n/vs, vs, vr/1024, a, b, c, d, e, f }' >> "$WORK/rows"
 }
 
 run_backend sqlite "sqlite://$WORK/sqlite/verdict.db"
@@ -83,8 +84,8 @@ run_backend postgres "postgres://postgres@127.0.0.1:18432/verdict"
   echo "Command: \`N=$N ROUNDS=$ROUNDS bench/scale.sh\` (release build; sessions ending over 365 days;"
   echo "~10 % recorded wrong; health median / p95 over $ROUNDS requests; PostgreSQL with durable defaults)."
   echo
-  echo "| backend | import | verify | health 24 h (≈$((N / 365)) sessions) | health 720 h (≈$((N * 30 / 365)) sessions) |"
-  echo "|---|---|---|---|---|"
+  echo "| backend | import | verify | health 24 h (≈$((N / 365)) sessions) | health 720 h (≈$((N * 30 / 365)) sessions) | dashboard page |"
+  echo "|---|---|---|---|---|---|"
   cat "$WORK/rows"
 } > "$OUT"
 cat "$OUT"
