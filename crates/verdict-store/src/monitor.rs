@@ -62,8 +62,9 @@ fn findings(
     audit.findings(settings.policies.for_kind(session.kind), now)
 }
 
-/// Pages read ahead of the one being visited.
-const READ_AHEAD: usize = 3;
+/// Pages read at once, ahead of the one being visited (measured on 1M
+/// sessions, SQLite, 2 cores: 3 → 6.4 s, 6 → 5.0 s).
+const READ_AHEAD: usize = 6;
 
 /// Streams every session of `scope` through `visit`, in scope order;
 /// `progress` gets the running count after each page.

@@ -3,7 +3,9 @@
 //! `verdict serve` starts.
 
 pub mod config;
+pub mod demo;
 pub mod generate;
+pub mod simulate;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -53,6 +53,33 @@ enum Command {
         #[arg(long, value_parser = ["system", "manual"])]
         clock: Option<String>,
     },
+    /// The server on the embedded default with a simulated marketplace
+    /// and some legacy history: prints the dashboard URL and an admin token.
+    Demo {
+        /// Listen address.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Drive a running server over HTTP with marketplace traffic; prints
+    /// throughput and latency percentiles per operation.
+    Simulate {
+        /// The server, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        sessions: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Scenario weights: together, customer-only, provider-only, nobody.
+        #[arg(long, default_value = "together=70,customer-only=15,provider-only=10,nobody=5")]
+        mix: verdict::simulate::Mix,
+        /// Ends sent again per session after the first (idempotent answers).
+        #[arg(long, default_value_t = 0)]
+        repeat_ends: u32,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run only the outbox worker (deliveries), no HTTP.
     Worker,
     /// Verify every session and the books (SPEC §6); exit 1 on any anomaly.
@@ -136,6 +163,9 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> Result<(), BoxError> {
     let mut overrides =
         Overrides { database_url: cli.database_url.clone(), ..Overrides::default() };
+    if let Command::Demo { bind } = &cli.command {
+        overrides.bind = bind.clone();
+    }
     if let Command::Serve { bind, clock } = &cli.command {
         overrides.bind = bind.clone();
         overrides.clock = clock.as_deref().map(|text| match text {
@@ -147,6 +177,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
+        Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,
+        Command::Simulate { url, sessions, concurrency, mix, repeat_ends, json } => {
+            simulate(&config, url, sessions, concurrency, mix, repeat_ends, json).await
+        }
         Command::Generate { sessions, days, seed } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -184,6 +218,69 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
     }
+}
+
+async fn simulate(
+    config: &Config,
+    url: String,
+    sessions: u64,
+    concurrency: usize,
+    mix: verdict::simulate::Mix,
+    repeat_ends: u32,
+    json: bool,
+) -> Result<(), BoxError> {
+    use std::io::IsTerminal;
+    let secret = config.jwt_secret.as_ref().ok_or(
+        "set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) to the server's secret: \
+         simulate mints the parties' tokens",
+    )?;
+    let keys = JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec()));
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(sessions)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let shown = bar.clone();
+    let options = verdict::simulate::Options {
+        url,
+        sessions,
+        concurrency,
+        mix,
+        repeat_ends,
+        keys: std::sync::Arc::new(keys),
+    };
+    let report = verdict::simulate::run(options, move |done| shown.set_position(done)).await?;
+    bar.finish_and_clear();
+    let document = &report.document;
+    if json {
+        println!("{}", serde_json::to_string_pretty(document)?);
+        return Ok(());
+    }
+    println!(
+        "{} sessions in {} s against {}, {} at once",
+        document["sessions"], document["elapsed_seconds"], document["url"], document["concurrency"]
+    );
+    println!("outcomes: {}", document["outcomes"]);
+    println!(
+        "{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "operation", "count", "errors", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    if let Some(operations) = document["operations"].as_object() {
+        for (name, stats) in operations {
+            println!(
+                "{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                stats["count"],
+                stats["errors"],
+                stats["per_second"],
+                stats["p50_ms"],
+                stats["p90_ms"],
+                stats["p99_ms"],
+                stats["max_ms"]
+            );
+        }
+    }
+    Ok(())
 }
 
 fn role_of(role: RoleArg) -> Role {

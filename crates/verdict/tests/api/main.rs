@@ -13,4 +13,5 @@ mod monitoring;
 mod scale_out;
 mod security;
 mod settlement;
+mod simulate;
 mod sweeper;

@@ -253,6 +253,19 @@ impl TestApp {
         }
     }
 
+    /// One number from the database, behind the API's back.
+    pub async fn sql_count(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        let query = sqlx::AssertSqlSafe(query.to_owned());
+        if self.database_url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.database_url).await.unwrap();
+            sqlx::query_scalar::<_, i64>(query).fetch_one(&mut connection).await.unwrap()
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.database_url).await.unwrap();
+            sqlx::query_scalar::<_, i64>(query).fetch_one(&mut connection).await.unwrap()
+        }
+    }
+
     /// A worker on this app's database and clock.
     pub fn worker(
         &self,

@@ -1,0 +1,316 @@
+//! `verdict simulate`: drives any running verdict over HTTP with marketplace
+//! traffic and reports throughput and latency per operation (the load
+//! generator of the benchmarks), and the real-time marketplace behind
+//! `verdict demo`.
+//!
+//! Each simulated session: the platform creates it, its parties join as the
+//! scenario says, then it is ended (and, with `repeat_ends`, ended again:
+//! the idempotent path). Tokens are minted with the server's secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use verdict_core::Role;
+use verdict_http::JwtKeys;
+
+use crate::BoxError;
+
+/// What happens to a simulated session before it is ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// Both parties join.
+    Together,
+    /// Only the customer joins.
+    CustomerOnly,
+    /// Only the provider joins.
+    ProviderOnly,
+    /// Nobody joins.
+    Nobody,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 4] =
+        [Scenario::Together, Scenario::CustomerOnly, Scenario::ProviderOnly, Scenario::Nobody];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Together => "together",
+            Scenario::CustomerOnly => "customer-only",
+            Scenario::ProviderOnly => "provider-only",
+            Scenario::Nobody => "nobody",
+        }
+    }
+}
+
+/// Scenario weights, from `--mix together=70,customer-only=15,…`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mix(Vec<(Scenario, u32)>);
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix(vec![
+            (Scenario::Together, 70),
+            (Scenario::CustomerOnly, 15),
+            (Scenario::ProviderOnly, 10),
+            (Scenario::Nobody, 5),
+        ])
+    }
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Mix, String> {
+        let mut weights = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let (name, weight) =
+                part.split_once('=').ok_or_else(|| format!("{part:?}: expected name=weight"))?;
+            let scenario = Scenario::ALL
+                .into_iter()
+                .find(|scenario| scenario.name() == name.trim())
+                .ok_or_else(|| {
+                    format!(
+                        "{name:?}: scenarios are together, customer-only, provider-only, nobody"
+                    )
+                })?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the weight must be a whole number"))?;
+            weights.push((scenario, weight));
+        }
+        if weights.iter().map(|(_, weight)| weight).sum::<u32>() == 0 {
+            return Err("the mix needs at least one positive weight".into());
+        }
+        Ok(Mix(weights))
+    }
+}
+
+impl Mix {
+    fn pick(&self, rng: &mut impl Rng) -> Scenario {
+        let total: u32 = self.0.iter().map(|(_, weight)| weight).sum();
+        let mut roll = rng.random_range(0..total);
+        for (scenario, weight) in &self.0 {
+            if roll < *weight {
+                return *scenario;
+            }
+            roll -= weight;
+        }
+        Scenario::Together
+    }
+}
+
+pub struct Options {
+    pub url: String,
+    pub sessions: u64,
+    pub concurrency: usize,
+    pub mix: Mix,
+    /// Extra ends per session after the first (already ended: idempotent).
+    pub repeat_ends: u32,
+    pub keys: Arc<JwtKeys>,
+}
+
+/// Latencies of one operation.
+#[derive(Default)]
+struct Samples {
+    micros: Vec<u64>,
+    errors: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    operations: BTreeMap<&'static str, Samples>,
+    outcomes: BTreeMap<String, u64>,
+    scenarios: BTreeMap<&'static str, u64>,
+}
+
+/// The report: counts, throughput and latency percentiles per operation,
+/// and the outcomes the server answered.
+pub struct Report {
+    pub document: Value,
+}
+
+fn percentile(sorted: &[u64], percent: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (percent * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+/// One HTTP call, timed; `Ok(body)` for a 2xx answer.
+async fn call(
+    tally: &Mutex<Tally>,
+    operation: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<Value, String> {
+    let started = Instant::now();
+    let result = async {
+        let response = request.send().await.map_err(|error| error.to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
+    }
+    .await;
+    let elapsed = started.elapsed().as_micros() as u64;
+    let mut tally = tally.lock().await;
+    let samples = tally.operations.entry(operation).or_default();
+    match &result {
+        Ok(_) => samples.micros.push(elapsed),
+        Err(_) => samples.errors += 1,
+    }
+    result
+}
+
+/// Runs the simulation to the end; `progress` gets the sessions done.
+pub async fn run(
+    options: Options,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<Report, BoxError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(options.concurrency)
+        .build()?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let options = Arc::new(options);
+    let progress = Arc::new(progress);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..options.concurrency.max(1) {
+        let (client, tally, next, done, options, progress, run_id) = (
+            client.clone(),
+            tally.clone(),
+            next.clone(),
+            done.clone(),
+            options.clone(),
+            progress.clone(),
+            run_id.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= options.sessions {
+                    return;
+                }
+                let scenario = options.mix.pick(&mut rand::rng());
+                one_session(&client, &tally, &options, &run_id, n, scenario).await;
+                tally
+                    .lock()
+                    .await
+                    .scenarios
+                    .entry(scenario.name())
+                    .and_modify(|c| *c += 1)
+                    .or_insert(1);
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let tally = tally.lock().await;
+    let mut operations = serde_json::Map::new();
+    for (name, samples) in &tally.operations {
+        let mut sorted = samples.micros.clone();
+        sorted.sort_unstable();
+        operations.insert(
+            (*name).to_owned(),
+            json!({
+                "count": sorted.len(),
+                "errors": samples.errors,
+                "per_second": (sorted.len() as f64 / elapsed * 10.0).round() / 10.0,
+                "p50_ms": percentile(&sorted, 50),
+                "p90_ms": percentile(&sorted, 90),
+                "p99_ms": percentile(&sorted, 99),
+                "max_ms": sorted.last().map_or(0.0, |max| *max as f64 / 1000.0),
+            }),
+        );
+    }
+    Ok(Report {
+        document: json!({
+            "url": options.url,
+            "run": run_id,
+            "sessions": options.sessions,
+            "concurrency": options.concurrency,
+            "elapsed_seconds": (elapsed * 1000.0).round() / 1000.0,
+            "scenarios": tally.scenarios,
+            "outcomes": tally.outcomes,
+            "operations": operations,
+        }),
+    })
+}
+
+async fn one_session(
+    client: &reqwest::Client,
+    tally: &Mutex<Tally>,
+    options: &Options,
+    run_id: &str,
+    n: u64,
+    scenario: Scenario,
+) {
+    let base = options.url.trim_end_matches('/');
+    let in_an_hour = unix_now() + 3600;
+    let id = format!("sim-{run_id}-{n}");
+    let customer = format!("sim-c{}", n % 1000);
+    let provider = format!("sim-p{}", n % 100);
+    let service = options.keys.mint(Role::Service, "simulate", in_an_hour);
+    let created = call(
+        tally,
+        "create",
+        client.post(format!("{base}/v1/sessions")).bearer_auth(&service).json(&json!({
+            "id": id, "kind": "video", "customer_id": customer, "provider_id": provider,
+            "price": {"mode": "per_minute", "amount_cents": 150, "currency": "usd"},
+        })),
+    )
+    .await;
+    if created.is_err() {
+        return;
+    }
+    let joins: &[(Role, &str)] = match scenario {
+        Scenario::Together => {
+            &[(Role::Customer, customer.as_str()), (Role::Provider, provider.as_str())]
+        }
+        Scenario::CustomerOnly => &[(Role::Customer, customer.as_str())],
+        Scenario::ProviderOnly => &[(Role::Provider, provider.as_str())],
+        Scenario::Nobody => &[],
+    };
+    for (role, sub) in joins {
+        let token = options.keys.mint(*role, sub, in_an_hour);
+        let _ = call(
+            tally,
+            "join",
+            client.post(format!("{base}/v1/sessions/{id}/join")).bearer_auth(token),
+        )
+        .await;
+    }
+    let end = |operation| {
+        call(
+            tally,
+            operation,
+            client.post(format!("{base}/v1/sessions/{id}/end")).bearer_auth(&service),
+        )
+    };
+    if let Ok(body) = end("end").await {
+        let status = body["outcome"]["status"].as_str().unwrap_or("unknown").to_owned();
+        *tally.lock().await.outcomes.entry(status).or_default() += 1;
+    }
+    for _ in 0..options.repeat_ends {
+        let _ = end("end_again").await;
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,64 @@
+//! `verdict simulate` against a test server: its report matches what the
+//! server recorded.
+
+use serde_json::{Value, json};
+
+use crate::support::{SECRET, TestApp, on_every_backend};
+
+on_every_backend!(a_simulation_reports_what_the_server_recorded);
+
+async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["simulate", "--url", &app.base, "--sessions", "60", "--concurrency", "8"])
+        .args([
+            "--repeat-ends",
+            "1",
+            "--mix",
+            "together=5,customer-only=2,provider-only=2,nobody=1",
+        ])
+        .arg("--json")
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .current_dir(app.data_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let operations = &report["operations"];
+    let count = |operation: &str| operations[operation]["count"].as_u64().unwrap_or(0);
+    let errors = |operation: &str| operations[operation]["errors"].as_u64().unwrap_or(0);
+    assert_eq!(report["sessions"], 60);
+    for operation in ["create", "join", "end", "end_again"] {
+        assert_eq!(errors(operation), 0, "{operation}: {report}");
+    }
+    assert_eq!((count("create"), count("end"), count("end_again")), (60, 60, 60));
+    let scenario = |name: &str| report["scenarios"][name].as_u64().unwrap_or(0);
+    assert_eq!(
+        scenario("together")
+            + scenario("customer-only")
+            + scenario("provider-only")
+            + scenario("nobody"),
+        60
+    );
+    assert_eq!(
+        count("join"),
+        2 * scenario("together") + scenario("customer-only") + scenario("provider-only")
+    );
+    for operation in ["create", "end"] {
+        let stats = &operations[operation];
+        assert!(stats["p50_ms"].as_f64().unwrap() <= stats["p99_ms"].as_f64().unwrap());
+        assert!(stats["p99_ms"].as_f64().unwrap() <= stats["max_ms"].as_f64().unwrap());
+    }
+
+    // The server recorded exactly that: 60 sessions, one end each, and the
+    // outcomes the report counted.
+    let counts = app.counts().await;
+    assert_eq!(counts["sessions"], 60);
+    let ended: i64 =
+        app.sql_count("SELECT COUNT(*) FROM session_events WHERE type = 'ended'").await;
+    assert_eq!(ended, 60);
+    let health = app.get("/v1/admin/health", &app.admin()).await.ok().clone();
+    let mut outcomes = report["outcomes"].clone();
+    outcomes.as_object_mut().unwrap().retain(|_, count| count != &json!(0));
+    assert_eq!(health["status_distribution"], outcomes, "{report}");
+}
