@@ -820,7 +820,7 @@ impl Store for Engine {
                 }),
             };
             let session = record.into_session()?;
-            let mut audit = audit_of(&session, policy, None, Vec::new());
+            let mut audit = session.audit(policy, None, Vec::new());
             for (party, last_seen) in [
                 (Party::Customer, session.customer_last_seen_at),
                 (Party::Provider, session.provider_last_seen_at),
@@ -1244,7 +1244,7 @@ impl Store for Engine {
         .await?
         .try_get("decided_at")?;
         let events = presence_events(&mut tx, &session).await?;
-        let audit = audit_of(&session, Some(policy), decided_at.map(UnixMillis), events);
+        let audit = session.audit(Some(policy), decided_at.map(UnixMillis), events);
         let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
         if (expected.status, expected.reason) == (session.status, reason) {
             return Ok(None);
@@ -2137,34 +2137,6 @@ impl SessionRecord<'_> {
             provider_last_seen_at: self.provider_last_seen_at.map(UnixMillis),
             id: self.id,
         })
-    }
-}
-
-/// What verification needs of a session, before its related rows (payouts,
-/// postings, request) are attached.
-fn audit_of(
-    session: &Session,
-    policy: Option<Policy>,
-    decided_at: Option<UnixMillis>,
-    events: Vec<PresenceEvent>,
-) -> SessionAudit {
-    SessionAudit {
-        status: session.status,
-        reason: session.reason,
-        created_at: session.created_at,
-        scheduled_start: session.scheduled_start,
-        started_at: session.started_at,
-        ended_at: session.ended_at,
-        billable_seconds: session.billable_seconds,
-        price: session.price.clone(),
-        charged: session.charged_cents,
-        policy,
-        ended_by_system: session.ended_by == Some(Role::System),
-        decided_at,
-        events,
-        payouts: Vec::new(),
-        posting_sums: Vec::new(),
-        request: None,
     }
 }
 

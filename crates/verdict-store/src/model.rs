@@ -58,6 +58,34 @@ pub struct Session {
 }
 
 impl Session {
+    /// What verification needs of this session, before its related rows
+    /// (payouts, postings, request) are attached.
+    pub fn audit(
+        &self,
+        policy: Option<verdict_core::Policy>,
+        decided_at: Option<UnixMillis>,
+        events: Vec<verdict_core::PresenceEvent>,
+    ) -> verdict_core::SessionAudit {
+        verdict_core::SessionAudit {
+            status: self.status,
+            reason: self.reason,
+            created_at: self.created_at,
+            scheduled_start: self.scheduled_start,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            billable_seconds: self.billable_seconds,
+            price: self.price.clone(),
+            charged: self.charged_cents,
+            policy,
+            ended_by_system: self.ended_by == Some(Role::System),
+            decided_at,
+            events,
+            payouts: Vec::new(),
+            posting_sums: Vec::new(),
+            request: None,
+        }
+    }
+
     /// The id of the given party.
     pub fn party_id(&self, party: Party) -> &str {
         match party {

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use verdict_core::{Party, PresenceEvent, PresenceKind, Role, SessionAudit, UnixMillis};
+use verdict_core::{Party, PresenceEvent, PresenceKind, Role, UnixMillis};
 use verdict_store::{EventType, monitor};
 
 use crate::auth::Caller;
@@ -285,12 +285,7 @@ async fn dashboard(
     headers: HeaderMap,
     StrictQuery(query): StrictQuery<WindowQuery>,
 ) -> Result<Response, ApiError> {
-    if let Err(denied) = admin(&state, &headers) {
-        return Ok(denied.into_response());
-    }
-    let hours = query.hours()?;
-    let snapshot = snapshot(&state, hours).await?;
-    Ok(html(view::dashboard(&snapshot)))
+    health_page(&state, &headers, &query, view::dashboard).await
 }
 
 /// The dashboard's panel alone, for its in-place refresh.
@@ -299,12 +294,20 @@ async fn panel(
     headers: HeaderMap,
     StrictQuery(query): StrictQuery<WindowQuery>,
 ) -> Result<Response, ApiError> {
-    if let Err(denied) = admin(&state, &headers) {
+    health_page(&state, &headers, &query, view::panel).await
+}
+
+async fn health_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &WindowQuery,
+    render: fn(&Snapshot) -> maud::Markup,
+) -> Result<Response, ApiError> {
+    if let Err(denied) = admin(state, headers) {
         return Ok(denied.into_response());
     }
-    let hours = query.hours()?;
-    let snapshot = snapshot(&state, hours).await?;
-    Ok(html(view::panel(&snapshot)))
+    let snapshot = snapshot(state, query.hours()?).await?;
+    Ok(html(render(&snapshot)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,32 +467,17 @@ async fn session_page(
     let (customer, provider) = (intervals(Party::Customer), intervals(Party::Provider));
     let (overlap_millis, _) = verdict_core::overlap(&customer, &provider);
     let together = charts::intersect(&customer, &provider);
-    let audit = SessionAudit {
-        status: session.status,
-        reason: session.reason,
-        created_at: session.created_at,
-        scheduled_start: session.scheduled_start,
-        started_at: session.started_at,
-        ended_at: session.ended_at,
-        billable_seconds: session.billable_seconds,
-        price: session.price.clone(),
-        charged: session.charged_cents,
-        policy: stored,
-        ended_by_system: session.ended_by == Some(Role::System),
-        decided_at: ended.map(|event| event.at),
-        events: presence,
-        payouts: payouts
-            .iter()
-            .filter(|payout| payout.reversed_at.is_none())
-            .map(|payout| payout.amount)
-            .collect(),
-        posting_sums: postings
-            .iter()
-            .filter(|posting| !posting.is_balanced())
-            .map(|posting| posting.lines.iter().map(|line| line.amount.0).sum())
-            .collect(),
-        request: None,
-    };
+    let mut audit = session.audit(stored, ended.map(|event| event.at), presence);
+    audit.payouts = payouts
+        .iter()
+        .filter(|payout| payout.reversed_at.is_none())
+        .map(|payout| payout.amount)
+        .collect();
+    audit.posting_sums = postings
+        .iter()
+        .filter(|posting| !posting.is_balanced())
+        .map(|posting| posting.lines.iter().map(|line| line.amount.0).sum())
+        .collect();
     let view = SessionView {
         rederived: audit.rederive(&configured),
         findings: audit
