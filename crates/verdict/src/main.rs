@@ -76,6 +76,10 @@ enum Command {
         /// Ends sent again per session after the first (idempotent answers).
         #[arg(long, default_value_t = 0)]
         repeat_ends: u32,
+        /// Create and join every session first, then end them all, so the
+        /// ends' throughput and latency are measured alone.
+        #[arg(long)]
+        ends_apart: bool,
         /// The report as JSON.
         #[arg(long)]
         json: bool,
@@ -178,8 +182,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
         Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,
-        Command::Simulate { url, sessions, concurrency, mix, repeat_ends, json } => {
-            simulate(&config, url, sessions, concurrency, mix, repeat_ends, json).await
+        Command::Simulate { url, sessions, concurrency, mix, repeat_ends, ends_apart, json } => {
+            let options = (sessions, concurrency, mix, repeat_ends, ends_apart);
+            simulate(&config, url, options, json).await
         }
         Command::Generate { sessions, days, seed } => {
             let stdout = std::io::stdout();
@@ -223,10 +228,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 async fn simulate(
     config: &Config,
     url: String,
-    sessions: u64,
-    concurrency: usize,
-    mix: verdict::simulate::Mix,
-    repeat_ends: u32,
+    (sessions, concurrency, mix, repeat_ends, ends_apart): (
+        u64,
+        usize,
+        verdict::simulate::Mix,
+        u32,
+        bool,
+    ),
     json: bool,
 ) -> Result<(), BoxError> {
     use std::io::IsTerminal;
@@ -247,6 +255,7 @@ async fn simulate(
         concurrency,
         mix,
         repeat_ends,
+        ends_apart,
         keys: std::sync::Arc::new(keys),
     };
     let report = verdict::simulate::run(options, move |done| shown.set_position(done)).await?;

@@ -112,6 +112,9 @@ pub struct Options {
     pub mix: Mix,
     /// Extra ends per session after the first (already ended: idempotent).
     pub repeat_ends: u32,
+    /// Create and join every session first, then end them all: the ends'
+    /// throughput is measured alone.
+    pub ends_apart: bool,
     pub keys: Arc<JwtKeys>,
 }
 
@@ -167,6 +170,27 @@ async fn call(
     result
 }
 
+/// Which part of each session's story a pass of workers plays.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Create, join, end: the whole story.
+    Whole,
+    /// Create and join only (`ends_apart`, first pass).
+    Prepare,
+    /// End only the sessions prepared (`ends_apart`, second pass).
+    Finish,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    tally: Mutex<Tally>,
+    options: Options,
+    run_id: String,
+    /// Sessions created (so the end pass knows which to end).
+    created: Vec<std::sync::atomic::AtomicBool>,
+    done: AtomicU64,
+}
+
 /// Runs the simulation to the end; `progress` gets the sessions done.
 pub async fn run(
     options: Options,
@@ -176,58 +200,42 @@ pub async fn run(
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(options.concurrency)
         .build()?;
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let next = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let options = Arc::new(options);
-    let progress = Arc::new(progress);
+    let shared = Arc::new(Shared {
+        client,
+        tally: Mutex::new(Tally::default()),
+        run_id: uuid::Uuid::now_v7().simple().to_string(),
+        created: (0..options.sessions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+        done: AtomicU64::new(0),
+        options,
+    });
+    let progress: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(progress);
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..options.concurrency.max(1) {
-        let (client, tally, next, done, options, progress, run_id) = (
-            client.clone(),
-            tally.clone(),
-            next.clone(),
-            done.clone(),
-            options.clone(),
-            progress.clone(),
-            run_id.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= options.sessions {
-                    return;
-                }
-                let scenario = options.mix.pick(&mut rand::rng());
-                one_session(&client, &tally, &options, &run_id, n, scenario).await;
-                tally
-                    .lock()
-                    .await
-                    .scenarios
-                    .entry(scenario.name())
-                    .and_modify(|c| *c += 1)
-                    .or_insert(1);
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await?;
-    }
+    // Throughput of each operation is over the pass it ran in.
+    let (setup_seconds, end_seconds) = if shared.options.ends_apart {
+        pass(&shared, Stage::Prepare, &progress).await?;
+        let setup = started.elapsed().as_secs_f64();
+        let ending = Instant::now();
+        pass(&shared, Stage::Finish, &progress).await?;
+        (setup, ending.elapsed().as_secs_f64())
+    } else {
+        pass(&shared, Stage::Whole, &progress).await?;
+        let whole = started.elapsed().as_secs_f64();
+        (whole, whole)
+    };
     let elapsed = started.elapsed().as_secs_f64();
-    let tally = tally.lock().await;
+    let options = &shared.options;
+    let tally = shared.tally.lock().await;
     let mut operations = serde_json::Map::new();
     for (name, samples) in &tally.operations {
         let mut sorted = samples.micros.clone();
         sorted.sort_unstable();
+        let seconds = if name.starts_with("end") { end_seconds } else { setup_seconds };
         operations.insert(
             (*name).to_owned(),
             json!({
                 "count": sorted.len(),
                 "errors": samples.errors,
-                "per_second": (sorted.len() as f64 / elapsed * 10.0).round() / 10.0,
+                "per_second": (sorted.len() as f64 / seconds * 10.0).round() / 10.0,
                 "p50_ms": percentile(&sorted, 50),
                 "p90_ms": percentile(&sorted, 90),
                 "p99_ms": percentile(&sorted, 99),
@@ -238,9 +246,10 @@ pub async fn run(
     Ok(Report {
         document: json!({
             "url": options.url,
-            "run": run_id,
+            "run": shared.run_id,
             "sessions": options.sessions,
             "concurrency": options.concurrency,
+            "ends_apart": options.ends_apart,
             "elapsed_seconds": (elapsed * 1000.0).round() / 1000.0,
             "scenarios": tally.scenarios,
             "outcomes": tally.outcomes,
@@ -249,31 +258,73 @@ pub async fn run(
     })
 }
 
-async fn one_session(
-    client: &reqwest::Client,
-    tally: &Mutex<Tally>,
-    options: &Options,
-    run_id: &str,
-    n: u64,
-    scenario: Scenario,
-) {
-    let base = options.url.trim_end_matches('/');
-    let in_an_hour = unix_now() + 3600;
-    let id = format!("sim-{run_id}-{n}");
+/// One pass over every session, `concurrency` at a time.
+async fn pass(
+    shared: &Arc<Shared>,
+    stage: Stage,
+    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(), BoxError> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..shared.options.concurrency.max(1) {
+        let (shared, next, progress) = (shared.clone(), next.clone(), progress.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= shared.options.sessions {
+                    return;
+                }
+                let slot = &shared.created[n as usize];
+                if stage != Stage::Finish {
+                    let scenario = shared.options.mix.pick(&mut rand::rng());
+                    let created = prepare(&shared, n, scenario).await;
+                    slot.store(created, Ordering::Relaxed);
+                    *shared.tally.lock().await.scenarios.entry(scenario.name()).or_default() += 1;
+                }
+                if stage != Stage::Prepare {
+                    if slot.load(Ordering::Relaxed) {
+                        finish(&shared, n).await;
+                    }
+                    progress(shared.done.fetch_add(1, Ordering::Relaxed) + 1);
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    Ok(())
+}
+
+fn session_id(shared: &Shared, n: u64) -> String {
+    format!("sim-{}-{n}", shared.run_id)
+}
+
+fn service_token(shared: &Shared) -> String {
+    shared.options.keys.mint(Role::Service, "simulate", unix_now() + 3600)
+}
+
+/// Creates session `n` and lets its parties join as `scenario` says;
+/// whether it was created.
+async fn prepare(shared: &Shared, n: u64, scenario: Scenario) -> bool {
+    let (client, tally) = (&shared.client, &shared.tally);
+    let base = shared.options.url.trim_end_matches('/');
+    let id = session_id(shared, n);
     let customer = format!("sim-c{}", n % 1000);
     let provider = format!("sim-p{}", n % 100);
-    let service = options.keys.mint(Role::Service, "simulate", in_an_hour);
     let created = call(
         tally,
         "create",
-        client.post(format!("{base}/v1/sessions")).bearer_auth(&service).json(&json!({
-            "id": id, "kind": "video", "customer_id": customer, "provider_id": provider,
-            "price": {"mode": "per_minute", "amount_cents": 150, "currency": "usd"},
-        })),
+        client.post(format!("{base}/v1/sessions")).bearer_auth(service_token(shared)).json(
+            &json!({
+                "id": id, "kind": "video", "customer_id": customer, "provider_id": provider,
+                "price": {"mode": "per_minute", "amount_cents": 150, "currency": "usd"},
+            }),
+        ),
     )
     .await;
     if created.is_err() {
-        return;
+        return false;
     }
     let joins: &[(Role, &str)] = match scenario {
         Scenario::Together => {
@@ -284,7 +335,7 @@ async fn one_session(
         Scenario::Nobody => &[],
     };
     for (role, sub) in joins {
-        let token = options.keys.mint(*role, sub, in_an_hour);
+        let token = shared.options.keys.mint(*role, sub, unix_now() + 3600);
         let _ = call(
             tally,
             "join",
@@ -292,6 +343,15 @@ async fn one_session(
         )
         .await;
     }
+    true
+}
+
+/// Ends session `n`, then ends it again `repeat_ends` times.
+async fn finish(shared: &Shared, n: u64) {
+    let (client, tally) = (&shared.client, &shared.tally);
+    let base = shared.options.url.trim_end_matches('/');
+    let id = session_id(shared, n);
+    let service = service_token(shared);
     let end = |operation| {
         call(
             tally,
@@ -303,7 +363,7 @@ async fn one_session(
         let status = body["outcome"]["status"].as_str().unwrap_or("unknown").to_owned();
         *tally.lock().await.outcomes.entry(status).or_default() += 1;
     }
-    for _ in 0..options.repeat_ends {
+    for _ in 0..shared.options.repeat_ends {
         let _ = end("end_again").await;
     }
 }

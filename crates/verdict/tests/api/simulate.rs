@@ -61,4 +61,35 @@ async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
     let mut outcomes = report["outcomes"].clone();
     outcomes.as_object_mut().unwrap().retain(|_, count| count != &json!(0));
     assert_eq!(health["status_distribution"], outcomes, "{report}");
+
+    // Ends apart: every session prepared first, then all ended; the same
+    // accounting, and ends timed over their own pass.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["simulate", "--url", &app.base, "--sessions", "40", "--concurrency", "8"])
+        .args(["--ends-apart", "--json"])
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .current_dir(app.data_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let apart: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(apart["ends_apart"], true);
+    assert_eq!(apart["operations"]["create"]["count"], 40);
+    assert_eq!(apart["operations"]["end"]["count"], 40);
+    assert_eq!(apart["operations"]["end"]["errors"], 0);
+    assert!(apart["operations"]["end"]["per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(app.counts().await["sessions"], 100);
+    let ended: i64 =
+        app.sql_count("SELECT COUNT(*) FROM session_events WHERE type = 'ended'").await;
+    assert_eq!(ended, 100);
+    let health = app.get("/v1/admin/health", &app.admin()).await.ok().clone();
+    let total: u64 =
+        apart["outcomes"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 40);
+    for (status, count) in health["status_distribution"].as_object().unwrap() {
+        let expected = report["outcomes"][status].as_u64().unwrap_or(0)
+            + apart["outcomes"][status].as_u64().unwrap_or(0);
+        assert_eq!(count.as_u64().unwrap(), expected, "{status}");
+    }
 }
