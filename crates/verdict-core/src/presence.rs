@@ -133,26 +133,35 @@ impl Tracker {
     }
 }
 
+/// The spans both interval lists (sorted, disjoint) cover at once, in
+/// order.
+pub fn intersections<'a>(
+    a: &'a [Interval],
+    b: &'a [Interval],
+) -> impl Iterator<Item = Interval> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        while i < a.len() && j < b.len() {
+            let start = a[i].start.max(b[j].start);
+            let end = a[i].end.min(b[j].end);
+            if a[i].end <= b[j].end {
+                i += 1;
+            } else {
+                j += 1;
+            }
+            if start < end {
+                return Some(Interval { start, end });
+            }
+        }
+        None
+    })
+}
+
 /// Total time both interval lists cover at once, in milliseconds, and the
 /// first instant of that overlap (`None` if they never overlap).
 pub fn overlap(a: &[Interval], b: &[Interval]) -> (i64, Option<UnixMillis>) {
-    let (mut i, mut j) = (0, 0);
-    let mut total = 0i64;
-    let mut first = None;
-    while i < a.len() && j < b.len() {
-        let start = a[i].start.max(b[j].start);
-        let end = a[i].end.min(b[j].end);
-        if start < end {
-            total += end.millis_since(start);
-            first.get_or_insert(start);
-        }
-        if a[i].end <= b[j].end {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    (total, first)
+    intersections(a, b)
+        .fold((0, None), |(total, first), both| (total + both.millis(), first.or(Some(both.start))))
 }
 
 /// When `party`'s current explicit presence began: the instant of its last

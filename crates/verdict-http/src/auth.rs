@@ -5,8 +5,8 @@
 use std::fmt;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use verdict_core::{Role, is_valid_id};
@@ -142,10 +142,19 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <token>".into())
-        })?;
-        let token = header
+        })??;
+        state.jwt.verify(token)
+    }
+}
+
+/// The bearer token of a request: `None` without an Authorization header,
+/// an error when the header is not `Bearer <token>`.
+pub fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let header = headers.get(header::AUTHORIZATION)?;
+    Some(
+        header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
@@ -153,7 +162,6 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 ApiError::Unauthorized("the Authorization header must be Bearer <token>".into())
-            })?;
-        state.jwt.verify(token)
-    }
+            }),
+    )
 }

@@ -820,15 +820,7 @@ impl Store for Engine {
                 }),
             };
             let session = record.into_session()?;
-            let mut audit = session.audit(policy, None, Vec::new());
-            for (party, last_seen) in [
-                (Party::Customer, session.customer_last_seen_at),
-                (Party::Provider, session.provider_last_seen_at),
-            ] {
-                if let Some(at) = last_seen {
-                    audit.events.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
-                }
-            }
+            let audit = session.audit(policy, None, session.last_heartbeats().collect());
             index.insert(session.id.clone(), audits.len());
             audits.push((session, audit));
         }
@@ -1630,18 +1622,7 @@ async fn post_settlement(
         (accounts::provider_payable(&session.provider_id), -(charge.0 - fee.0)),
         (accounts::PLATFORM_REVENUE.to_owned(), -fee.0),
     ];
-    assert_eq!(lines.iter().map(|(_, amount)| amount).sum::<i64>(), 0, "postings balance");
-    for (account, amount) in lines {
-        sqlx::query(
-            "INSERT INTO ledger_lines (posting_id, account, amount_cents) VALUES ($1, $2, $3)",
-        )
-        .bind(posting_id)
-        .bind(account)
-        .bind(amount)
-        .execute(&mut *connection)
-        .await?;
-    }
-    Ok(())
+    insert_lines(connection, posting_id, &lines).await
 }
 
 async fn insert_lines(
@@ -1808,14 +1789,7 @@ async fn presence_events(
         })?;
         events.push(PresenceEvent { party, kind, at: UnixMillis(row.try_get("at")?) });
     }
-    for (party, last_seen) in [
-        (Party::Customer, session.customer_last_seen_at),
-        (Party::Provider, session.provider_last_seen_at),
-    ] {
-        if let Some(at) = last_seen {
-            events.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
-        }
-    }
+    events.extend(session.last_heartbeats());
     Ok(events)
 }
 

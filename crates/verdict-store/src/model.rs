@@ -86,6 +86,22 @@ impl Session {
         }
     }
 
+    /// Each party's last heartbeat, as presence events.
+    pub fn last_heartbeats(&self) -> impl Iterator<Item = verdict_core::PresenceEvent> + use<> {
+        [
+            (Party::Customer, self.customer_last_seen_at),
+            (Party::Provider, self.provider_last_seen_at),
+        ]
+        .into_iter()
+        .filter_map(|(party, at)| {
+            Some(verdict_core::PresenceEvent {
+                party,
+                kind: verdict_core::PresenceKind::Heartbeat,
+                at: at?,
+            })
+        })
+    }
+
     /// The id of the given party.
     pub fn party_id(&self, party: Party) -> &str {
         match party {

@@ -264,16 +264,31 @@ pub async fn health(
     now: UnixMillis,
     window_hours: i64,
 ) -> Result<Health, StoreError> {
+    Ok(health_with_hourly(store, settings, now, window_hours, 0).await?.0)
+}
+
+/// [`health`] and [`hourly`] (for the last `hours` hours; 0: none) from one
+/// scan of the sessions ended in the longer of the two windows.
+pub async fn health_with_hourly(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    now: UnixMillis,
+    window_hours: i64,
+    hours: i64,
+) -> Result<(Health, Vec<HourlyScore>), StoreError> {
     let since = now.plus_seconds(-window_hours * 3600);
     let mut tally = Tally::default();
+    let mut hourly = Hourly::new(now, hours);
     scan(
         store,
-        AuditScope::EndedSince(since),
+        AuditScope::EndedSince(since.min(hourly.since())),
         |session, audit| {
-            if session.ended_at.is_some_and(|ended| ended <= now) {
-                let found = findings(settings, session, audit, now);
+            let Some(ended) = session.ended_at.filter(|ended| *ended <= now) else { return };
+            let found = findings(settings, session, audit, now);
+            if ended >= since {
                 tally.add(session, audit, &found);
             }
+            hourly.add(ended, found.is_empty());
         },
         |_| {},
     )
@@ -330,7 +345,7 @@ pub async fn health(
     }
     tally.billable.sort_unstable();
     let total: i64 = tally.billable.iter().sum();
-    Ok(Health {
+    let health = Health {
         window_hours,
         score: (score * 100.0).round() / 100.0,
         label: health_label(tally.ended as u64, score),
@@ -349,7 +364,8 @@ pub async fn health(
         alerts,
         underbilled_cents: tally.underbilled,
         overbilled_cents: tally.overbilled,
-    })
+    };
+    Ok((health, hourly.scores()))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -368,40 +384,62 @@ pub async fn hourly(
     now: UnixMillis,
     hours: i64,
 ) -> Result<Vec<HourlyScore>, StoreError> {
-    let since = now.plus_seconds(-hours * 3600);
-    let mut buckets = vec![(0i64, 0i64); hours as usize];
+    let mut hourly = Hourly::new(now, hours);
     scan(
         store,
-        AuditScope::EndedSince(since),
+        AuditScope::EndedSince(hourly.since()),
         |session, audit| {
             let Some(ended) = session.ended_at.filter(|ended| *ended <= now) else { return };
-            let age_hours = (now.0 - ended.0) / 3_600_000;
-            let Some(bucket) =
-                (hours - 1 - age_hours).try_into().ok().and_then(|i: usize| buckets.get_mut(i))
-            else {
-                return;
-            };
-            bucket.0 += 1;
-            if findings(settings, session, audit, now).is_empty() {
-                bucket.1 += 1;
-            }
+            hourly.add(ended, findings(settings, session, audit, now).is_empty());
         },
         |_| {},
     )
     .await?;
-    Ok(buckets
-        .into_iter()
-        .enumerate()
-        .map(|(index, (ended, clean))| {
-            let score = health_score(ended as u64, clean as u64, 0, 0);
-            HourlyScore {
-                hour_start: UnixMillis(now.0 - (hours - index as i64) * 3_600_000),
-                ended,
-                score: (score * 100.0).round() / 100.0,
-                label: health_label(ended as u64, score),
-            }
-        })
-        .collect())
+    Ok(hourly.scores())
+}
+
+/// Ended and clean sessions per hour, the last `hours` hours before `now`.
+struct Hourly {
+    now: UnixMillis,
+    hours: i64,
+    /// `(ended, clean)`, oldest hour first.
+    buckets: Vec<(i64, i64)>,
+}
+
+impl Hourly {
+    fn new(now: UnixMillis, hours: i64) -> Hourly {
+        Hourly { now, hours, buckets: vec![(0, 0); hours.max(0) as usize] }
+    }
+
+    fn since(&self) -> UnixMillis {
+        self.now.plus_seconds(-self.hours * 3600)
+    }
+
+    fn add(&mut self, ended: UnixMillis, clean: bool) {
+        let age_hours = (self.now.0 - ended.0) / 3_600_000;
+        let slot = (self.hours - 1 - age_hours).try_into().ok();
+        if let Some(bucket) = slot.and_then(|index: usize| self.buckets.get_mut(index)) {
+            bucket.0 += 1;
+            bucket.1 += i64::from(clean);
+        }
+    }
+
+    fn scores(self) -> Vec<HourlyScore> {
+        let (now, hours) = (self.now, self.hours);
+        self.buckets
+            .into_iter()
+            .enumerate()
+            .map(|(index, (ended, clean))| {
+                let score = health_score(ended as u64, clean as u64, 0, 0);
+                HourlyScore {
+                    hour_start: UnixMillis(now.0 - (hours - index as i64) * 3_600_000),
+                    ended,
+                    score: (score * 100.0).round() / 100.0,
+                    label: health_label(ended as u64, score),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

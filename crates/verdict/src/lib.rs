@@ -117,22 +117,10 @@ pub async fn run_worker(
 /// `verdict verify`: prints the report (a table, or JSON) and returns
 /// whether it is clean. A progress bar shows on a terminal.
 pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
-    use std::io::IsTerminal;
     let store = verdict_store::open(&config.database_url).await?;
     let settings =
         Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} verifying {pos} sessions ({per_sec}) {elapsed}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = spinner("verifying {pos} sessions ({per_sec}) {elapsed}");
     let now = SystemClock.now();
     let report =
         verdict_store::monitor::verify(&store, &settings, now, |seen| bar.set_position(seen))
@@ -176,7 +164,7 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
 /// `verdict import FILE` (or `-` for stdin): streams the lines through the
 /// importer and prints the summary as JSON; a progress bar on a terminal.
 pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxError> {
-    use std::io::{BufRead, IsTerminal};
+    use std::io::BufRead;
     let store = verdict_store::open(&config.database_url).await?;
     let reader: Box<dyn BufRead + Send> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -185,18 +173,7 @@ pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxEr
             std::fs::File::open(file).map_err(|error| format!("{}: {error}", file.display()))?,
         ))
     };
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} importing line {pos} ({per_sec}) {elapsed}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = spinner("importing line {pos} ({per_sec}) {elapsed}");
     // Lines are read and parsed on a thread of their own, a chunk at a
     // time, while this one stores the previous chunks.
     enum Read {
@@ -342,4 +319,19 @@ pub fn secret_or_random(config: &Config) -> (JwtSecret, bool) {
             (JwtSecret::new(bytes.to_vec()), true)
         }
     }
+}
+
+/// A spinner with a count on a terminal (`what` follows the spinner in an
+/// indicatif template), hidden otherwise.
+pub fn spinner(what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {what}"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar
 }

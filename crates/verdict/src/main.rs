@@ -183,8 +183,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
         Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,
         Command::Simulate { url, sessions, concurrency, mix, repeat_ends, ends_apart, json } => {
-            let options = (sessions, concurrency, mix, repeat_ends, ends_apart);
-            simulate(&config, url, options, json).await
+            let keys = configured_keys(
+                &config,
+                "to the server's secret: simulate mints the parties' tokens",
+            )?;
+            let options = verdict::simulate::Options {
+                url,
+                sessions,
+                concurrency,
+                mix,
+                repeat_ends,
+                ends_apart,
+                keys: std::sync::Arc::new(keys),
+            };
+            simulate(options, json).await
         }
         Command::Generate { sessions, days, seed } => {
             let stdout = std::io::stdout();
@@ -211,53 +223,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Token { role, sub, ttl_seconds } => {
-            let secret = config
-                .jwt_secret
-                .as_ref()
-                .ok_or("set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) to mint tokens")?;
+            let keys = configured_keys(&config, "to mint tokens")?;
             if !verdict_core::is_valid_id(&sub) {
                 return Err("--sub must be 1 to 128 characters from [A-Za-z0-9_.:-]".into());
             }
-            let keys = JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec()));
             println!("{}", keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1)));
             Ok(())
         }
     }
 }
 
-async fn simulate(
-    config: &Config,
-    url: String,
-    (sessions, concurrency, mix, repeat_ends, ends_apart): (
-        u64,
-        usize,
-        verdict::simulate::Mix,
-        u32,
-        bool,
-    ),
-    json: bool,
-) -> Result<(), BoxError> {
+/// The signing keys of the configured secret; `purpose` ends the error
+/// when none is configured.
+fn configured_keys(config: &Config, purpose: &str) -> Result<JwtKeys, BoxError> {
+    let secret = config.jwt_secret.as_ref().ok_or_else(|| {
+        format!("set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) {purpose}")
+    })?;
+    Ok(JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec())))
+}
+
+async fn simulate(options: verdict::simulate::Options, json: bool) -> Result<(), BoxError> {
     use std::io::IsTerminal;
-    let secret = config.jwt_secret.as_ref().ok_or(
-        "set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) to the server's secret: \
-         simulate mints the parties' tokens",
-    )?;
-    let keys = JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec()));
     let bar = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(sessions)
+        indicatif::ProgressBar::new(options.sessions)
     } else {
         indicatif::ProgressBar::hidden()
     };
     let shown = bar.clone();
-    let options = verdict::simulate::Options {
-        url,
-        sessions,
-        concurrency,
-        mix,
-        repeat_ends,
-        ends_apart,
-        keys: std::sync::Arc::new(keys),
-    };
     let report = verdict::simulate::run(options, move |done| shown.set_position(done)).await?;
     bar.finish_and_clear();
     let document = &report.document;

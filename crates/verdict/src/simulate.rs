@@ -121,7 +121,7 @@ pub struct Options {
 /// Latencies of one operation.
 #[derive(Default)]
 struct Samples {
-    micros: Vec<u64>,
+    micros: Vec<i64>,
     errors: u64,
 }
 
@@ -138,12 +138,9 @@ pub struct Report {
     pub document: Value,
 }
 
-fn percentile(sorted: &[u64], percent: usize) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (percent * sorted.len()).div_ceil(100).clamp(1, sorted.len());
-    sorted[rank - 1] as f64 / 1000.0
+/// Milliseconds at the nearest-rank percentile of sorted microseconds.
+fn percentile_ms(sorted: &[i64], percent: u32) -> f64 {
+    verdict_core::percentile(sorted, percent).unwrap_or(0) as f64 / 1000.0
 }
 
 /// One HTTP call, timed; `Ok(body)` for a 2xx answer.
@@ -160,7 +157,7 @@ async fn call(
         if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
     }
     .await;
-    let elapsed = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed().as_micros() as i64;
     let mut tally = tally.lock().await;
     let samples = tally.operations.entry(operation).or_default();
     match &result {
@@ -236,9 +233,9 @@ pub async fn run(
                 "count": sorted.len(),
                 "errors": samples.errors,
                 "per_second": (sorted.len() as f64 / seconds * 10.0).round() / 10.0,
-                "p50_ms": percentile(&sorted, 50),
-                "p90_ms": percentile(&sorted, 90),
-                "p99_ms": percentile(&sorted, 99),
+                "p50_ms": percentile_ms(&sorted, 50),
+                "p90_ms": percentile_ms(&sorted, 90),
+                "p99_ms": percentile_ms(&sorted, 99),
                 "max_ms": sorted.last().map_or(0.0, |max| *max as f64 / 1000.0),
             }),
         );

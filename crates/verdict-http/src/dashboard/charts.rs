@@ -8,25 +8,6 @@ use verdict_core::{Interval, UnixMillis};
 use super::view::{clock_time, duration};
 use verdict_store::monitor::HourlyScore;
 
-/// The spans both parties cover at once.
-pub(crate) fn intersect(a: &[Interval], b: &[Interval]) -> Vec<Interval> {
-    let (mut i, mut j) = (0, 0);
-    let mut both = Vec::new();
-    while i < a.len() && j < b.len() {
-        let start = a[i].start.max(b[j].start);
-        let end = a[i].end.min(b[j].end);
-        if start < end {
-            both.push(Interval { start, end });
-        }
-        if a[i].end <= b[j].end {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    both
-}
-
 /// Horizontal bars, one per status, longest for the most sessions.
 pub(crate) fn status_distribution(counts: &BTreeMap<String, i64>) -> Markup {
     let max = counts.values().copied().max().unwrap_or(0).max(1);

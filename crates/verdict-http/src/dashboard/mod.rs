@@ -113,15 +113,10 @@ impl IntoResponse for Denied {
 
 /// The admin behind a page request: a bearer token, else the cookie.
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<Caller, Denied> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Denied::Unauthorized("The Authorization header must be Bearer <token>.".into())
-            })?;
+    if let Some(token) = crate::auth::bearer_token(headers) {
+        let token = token.map_err(|_| {
+            Denied::Unauthorized("The Authorization header must be Bearer <token>.".into())
+        })?;
         let caller = state
             .jwt
             .verify(token)
@@ -261,9 +256,8 @@ pub(crate) struct Snapshot {
 async fn snapshot(state: &AppState, window_hours: i64) -> Result<Snapshot, ApiError> {
     let now = state.clock.now();
     let store = &state.store;
-    let (health, hourly, (review, _), outbox, dead) = tokio::try_join!(
-        monitor::health(store, &state.settings, now, window_hours),
-        monitor::hourly(store, &state.settings, now, 24),
+    let ((health, hourly), (review, _), outbox, dead) = tokio::try_join!(
+        monitor::health_with_hourly(store, &state.settings, now, window_hours, 24),
         monitor::review(store.as_ref(), &state.settings, now, None, REVIEW_ON_DASHBOARD),
         store.outbox_health(now.plus_seconds(-monitor::OVERDUE_AFTER_SECONDS)),
         store.outbox(Some("dead"), None, 10),
@@ -445,14 +439,7 @@ async fn session_page(
             Some(PresenceEvent { party: event.party?, kind, at: event.at })
         })
         .collect();
-    for (party, seen) in [
-        (Party::Customer, session.customer_last_seen_at),
-        (Party::Provider, session.provider_last_seen_at),
-    ] {
-        if let Some(at) = seen {
-            presence.push(PresenceEvent { party, kind: PresenceKind::Heartbeat, at });
-        }
-    }
+    presence.extend(session.last_heartbeats());
     let until = session.ended_at.unwrap_or(now);
     let judged_at = ended.map_or(until, |event| event.at).max(until);
     let intervals = |party| {
@@ -466,7 +453,7 @@ async fn session_page(
     };
     let (customer, provider) = (intervals(Party::Customer), intervals(Party::Provider));
     let (overlap_millis, _) = verdict_core::overlap(&customer, &provider);
-    let together = charts::intersect(&customer, &provider);
+    let together: Vec<_> = verdict_core::intersections(&customer, &provider).collect();
     let mut audit = session.audit(stored, ended.map(|event| event.at), presence);
     audit.payouts = payouts
         .iter()

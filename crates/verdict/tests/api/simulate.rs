@@ -7,23 +7,35 @@ use crate::support::{SECRET, TestApp, on_every_backend};
 
 on_every_backend!(a_simulation_reports_what_the_server_recorded);
 
-async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
+/// Runs `verdict simulate --json` against the app; its report.
+async fn simulate(app: &TestApp, arguments: &[&str]) -> Value {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["simulate", "--url", &app.base, "--sessions", "60", "--concurrency", "8"])
-        .args([
-            "--repeat-ends",
-            "1",
-            "--mix",
-            "together=5,customer-only=2,provider-only=2,nobody=1",
-        ])
-        .arg("--json")
+        .args(["simulate", "--url", &app.base, "--json"])
+        .args(arguments)
         .env("VERDICT_JWT_SECRET", SECRET)
         .current_dir(app.data_dir())
         .output()
         .await
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
+    let report = simulate(
+        &app,
+        &[
+            "--sessions",
+            "60",
+            "--concurrency",
+            "8",
+            "--repeat-ends",
+            "1",
+            "--mix",
+            "together=5,customer-only=2,provider-only=2,nobody=1",
+        ],
+    )
+    .await;
     let operations = &report["operations"];
     let count = |operation: &str| operations[operation]["count"].as_u64().unwrap_or(0);
     let errors = |operation: &str| operations[operation]["errors"].as_u64().unwrap_or(0);
@@ -64,16 +76,7 @@ async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
 
     // Ends apart: every session prepared first, then all ended; the same
     // accounting, and ends timed over their own pass.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["simulate", "--url", &app.base, "--sessions", "40", "--concurrency", "8"])
-        .args(["--ends-apart", "--json"])
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .current_dir(app.data_dir())
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let apart: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let apart = simulate(&app, &["--sessions", "40", "--concurrency", "8", "--ends-apart"]).await;
     assert_eq!(apart["ends_apart"], true);
     assert_eq!(apart["operations"]["create"]["count"], 40);
     assert_eq!(apart["operations"]["end"]["count"], 40);
