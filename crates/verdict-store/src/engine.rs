@@ -75,6 +75,149 @@ pub struct Engine {
     /// Whether the database answers, as last probed (always true for an
     /// embedded database). Requests fail fast while it is false.
     pub(super) availability: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Session writes waiting for a group transaction, one queue per group
+    /// writer (see `grouped`).
+    groups: Vec<tokio::sync::mpsc::Sender<Job>>,
+}
+
+/// A write waiting for a group transaction: it runs on the group's
+/// connection and says whether it succeeded, with what to do once the
+/// group's fate (committed or not) is known.
+type Job = Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Done> + Send>;
+/// Whether the job's writes stand, and how to answer its caller once the
+/// group's commit is known (`Err`: the commit failed, with why).
+type Done = (bool, Box<dyn FnOnce(Result<(), String>) + Send>);
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The most writes one group transaction carries.
+const GROUP_MAX: usize = 256;
+
+impl Engine {
+    /// The store over `reader` and `writer`, with `groups` group-commit
+    /// writers (each uses one `writer` connection while it commits).
+    pub(super) fn new(
+        reader: Pool<Db>,
+        writer: Pool<Db>,
+        availability: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+        groups: usize,
+    ) -> Engine {
+        let groups = (0..groups.max(1))
+            .map(|_| {
+                let (queue, jobs) = tokio::sync::mpsc::channel(GROUP_MAX);
+                tokio::spawn(group_writer(writer.clone(), jobs));
+                queue
+            })
+            .collect();
+        Engine { reader, writer, availability, groups }
+    }
+
+    /// Runs `write` in a group transaction and answers once that is
+    /// durable (group commit): concurrent writes share one commit, so one
+    /// fsync, instead of paying one each. Each write runs in a savepoint
+    /// of its own: one that fails is rolled back alone and its caller gets
+    /// its error, while the others commit. The caller is answered only
+    /// after the commit, so an acknowledged write is durable, and a failed
+    /// commit fails every write of the group (none of them is stored).
+    ///
+    /// Writes to one session always go to the same group writer, so that
+    /// two groups never wait for each other's lock on a session (on
+    /// PostgreSQL, where several groups write at once, that could deadlock).
+    async fn grouped<T, W>(&self, session_id: &str, write: W) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        W: for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            Box::pin(async move {
+                let result = write(connection).await;
+                let stands = result.is_ok();
+                let answer: Box<dyn FnOnce(Result<(), String>) + Send> =
+                    Box::new(move |committed| {
+                        let result = match committed {
+                            Ok(()) => result,
+                            Err(why) => result.and(Err(StoreError::Unavailable(why))),
+                        };
+                        let _ = reply.send(result);
+                    });
+                (stands, answer)
+            })
+        });
+        let group = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            session_id.hash(&mut hasher);
+            hasher.finish() as usize % self.groups.len()
+        };
+        self.groups[group]
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        // Dropped unanswered: the group failed before its commit (logged
+        // by the group writer), and none of its writes is stored.
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
+    }
+}
+
+/// Takes whatever writes are waiting (at least one, at most `GROUP_MAX`)
+/// and commits them together, until the store is dropped.
+async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX
+            && let Ok(job) = jobs.try_recv()
+        {
+            group.push(job);
+        }
+        // In a task of its own: a panicking write fails its group (whose
+        // callers see their answers dropped), not the writer.
+        if let Err(error) = tokio::spawn(commit_group(writer.clone(), group)).await {
+            tracing::error!(%error, "a write group panicked; its writes were rolled back");
+        }
+    }
+}
+
+/// One group transaction. A lone write needs no savepoint: its own
+/// failure rolls the whole transaction back.
+async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
+    let outcome: Result<(), StoreError> = async {
+        let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+        let alone = group.len() == 1;
+        let mut answers = Vec::with_capacity(group.len());
+        let mut any_stands = false;
+        for job in group {
+            if !alone {
+                sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            }
+            let (stands, answer) = job(&mut tx).await;
+            if !alone {
+                if !stands {
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
+                }
+                sqlx::raw_sql("RELEASE SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            }
+            any_stands |= stands;
+            answers.push(answer);
+        }
+        let committed = if any_stands {
+            tx.commit().await.map_err(|error| StoreError::from(error).to_string())
+        } else {
+            // Nothing to keep (all failed, or only reads and no-ops).
+            tx.rollback().await.map_err(|error| StoreError::from(error).to_string())
+        };
+        for answer in answers {
+            answer(committed.clone());
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = outcome {
+        tracing::warn!(%error, "a write group failed before its commit; its writes were not stored");
+    }
 }
 
 #[async_trait]
@@ -99,20 +242,13 @@ impl Store for Engine {
         idempotency: Option<&Idempotency>,
         now: UnixMillis,
     ) -> Result<Created<Session>, StoreError> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        if let Some(idempotency) = idempotency
-            && let Some(earlier) = claim_key(&mut tx, idempotency, &new.id, now).await?
-        {
-            let session = lock_session(&mut tx, &earlier).await?;
-            tx.rollback().await?;
-            return Ok(Created { value: session, replayed: true });
-        }
-        if !insert_session(&mut tx, &new, actor, now).await? {
-            return Err(StoreError::Conflict(format!("session {} already exists", new.id)));
-        }
-        let session = lock_session(&mut tx, &new.id).await?;
-        tx.commit().await?;
-        Ok(Created { value: session, replayed: false })
+        let (key, actor, idempotency) = (new.id.clone(), actor.clone(), idempotency.cloned());
+        self.grouped(&key, move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                create_session_in(connection, &new, &actor, idempotency.as_ref(), now).await
+            })
+        })
+        .await
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
@@ -133,96 +269,14 @@ impl Store for Engine {
         policies: &PolicySet,
         now: UnixMillis,
     ) -> Result<Session, StoreError> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let session = lock_session(&mut tx, id).await?;
-        if session.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "session {id} is {}: presence can no longer change",
-                session.status
-            )));
-        }
-        let policy = policies.for_kind(session.kind);
-        let timeout_millis = policy.presence_timeout_seconds.saturating_mul(1000);
-        let mut events = presence_events(&mut tx, &session).await?;
-        // A party whose heartbeats lapsed has been absent since its last one.
-        // Write that down before anything else (actor `system`), so that the
-        // history stays exact whatever the party does next.
-        let last_seen = match party {
-            Party::Customer => session.customer_last_seen_at,
-            Party::Provider => session.provider_last_seen_at,
-        };
-        let mut lapsed = false;
-        if let Some(seen) = last_seen
-            && now.millis_since(seen) > timeout_millis
-            && open_since(&events, party).is_some_and(|joined| joined <= seen)
-        {
-            let data = json!({"cause": "heartbeat_lapsed"});
-            insert_event(
-                &mut tx,
-                id,
-                EventType::Left,
-                Some(party),
-                &Actor::system(),
-                seen,
-                Some(&data),
-            )
-            .await?;
-            events.push(PresenceEvent { party, kind: PresenceKind::Left, at: seen });
-            lapsed = true;
-        }
-        let present = presence_at(&events, now, policy.presence_timeout_seconds);
-        let (party_present, other_present) = match party {
-            Party::Customer => (present.customer, present.provider),
-            Party::Provider => (present.provider, present.customer),
-        };
-        let joins = match change {
-            PresenceChange::Heartbeat => {
-                let statement = match party {
-                    Party::Customer => {
-                        "UPDATE sessions SET customer_last_seen_at = $1 WHERE id = $2"
-                    }
-                    Party::Provider => {
-                        "UPDATE sessions SET provider_last_seen_at = $1 WHERE id = $2"
-                    }
-                };
-                sqlx::query(statement).bind(now.0).bind(id).execute(&mut *tx).await?;
-                // A heartbeat after a lapse is a reconnection.
-                lapsed
-            }
-            // Joining while present and leaving while absent are no-ops:
-            // clients retry, and a retry must not split an interval.
-            PresenceChange::Join => !party_present,
-            PresenceChange::Leave => {
-                if party_present {
-                    insert_event(&mut tx, id, EventType::Left, Some(party), actor, now, None)
-                        .await?;
-                }
-                false
-            }
-        };
-        if joins {
-            insert_event(&mut tx, id, EventType::Joined, Some(party), actor, now, None).await?;
-            if other_present && session.started_at.is_none() {
-                sqlx::query(
-                    "UPDATE sessions SET status = 'live', started_at = $1 \
-                     WHERE id = $2 AND started_at IS NULL",
-                )
-                .bind(now.0)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                let payload = json!({"event": "session.started", "session_id": id, "at": now.0});
-                insert_outbox(&mut tx, id, "webhook:session.started", &payload, now).await?;
-            }
-        }
-        sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
-            .bind(now.0)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let session = lock_session(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(session)
+        let (key, actor, policies) = (id.to_owned(), actor.clone(), *policies);
+        let id = key.clone();
+        self.grouped(&key, move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                record_presence_in(connection, &id, party, change, &actor, &policies, now).await
+            })
+        })
+        .await
     }
 
     async fn end_session(
@@ -234,17 +288,14 @@ impl Store for Engine {
         settings: &Settings,
         now: UnixMillis,
     ) -> Result<Ended, StoreError> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let session = lock_session(&mut tx, id).await?;
-        if session.status.is_terminal() {
-            tx.rollback().await?;
-            return Ok(Ended { session, already_ended: true });
-        }
-        settle_end(&mut tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
-            .await?;
-        let session = lock_session(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(Ended { session, already_ended: false })
+        let (key, actor, settings) = (id.to_owned(), actor.clone(), *settings);
+        let id = key.clone();
+        self.grouped(&key, move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                end_session_in(connection, &id, &actor, claimed, cause, &settings, now).await
+            })
+        })
+        .await
     }
 
     async fn create_request(
@@ -1360,6 +1411,142 @@ impl Store for Engine {
 }
 
 /// Reads the session inside a write transaction, locking its row.
+/// Creates a session inside a grouped transaction (see `Engine::grouped`).
+async fn create_session_in(
+    tx: &mut DbConnection,
+    new: &NewSession,
+    actor: &Actor,
+    idempotency: Option<&Idempotency>,
+    now: UnixMillis,
+) -> Result<Created<Session>, StoreError> {
+    if let Some(idempotency) = idempotency
+        && let Some(earlier) = claim_key(&mut *tx, idempotency, &new.id, now).await?
+    {
+        let session = lock_session(&mut *tx, &earlier).await?;
+        return Ok(Created { value: session, replayed: true });
+    }
+    if !insert_session(&mut *tx, new, actor, now).await? {
+        return Err(StoreError::Conflict(format!("session {} already exists", new.id)));
+    }
+    let session = lock_session(&mut *tx, &new.id).await?;
+    Ok(Created { value: session, replayed: false })
+}
+
+/// Ends a session inside a grouped transaction (see `Engine::grouped`).
+async fn end_session_in(
+    tx: &mut DbConnection,
+    id: &str,
+    actor: &Actor,
+    claimed: Option<Value>,
+    cause: EndCause,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Result<Ended, StoreError> {
+    let session = lock_session(&mut *tx, id).await?;
+    if session.status.is_terminal() {
+        return Ok(Ended { session, already_ended: true });
+    }
+    settle_end(&mut *tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
+        .await?;
+    let session = lock_session(&mut *tx, id).await?;
+    Ok(Ended { session, already_ended: false })
+}
+
+/// Records presence inside a grouped transaction (see `Engine::grouped`).
+async fn record_presence_in(
+    tx: &mut DbConnection,
+    id: &str,
+    party: Party,
+    change: PresenceChange,
+    actor: &Actor,
+    policies: &PolicySet,
+    now: UnixMillis,
+) -> Result<Session, StoreError> {
+    let session = lock_session(&mut *tx, id).await?;
+    if session.status.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "session {id} is {}: presence can no longer change",
+            session.status
+        )));
+    }
+    let policy = policies.for_kind(session.kind);
+    let timeout_millis = policy.presence_timeout_seconds.saturating_mul(1000);
+    let mut events = presence_events(&mut *tx, &session).await?;
+    // A party whose heartbeats lapsed has been absent since its last one.
+    // Write that down before anything else (actor `system`), so that the
+    // history stays exact whatever the party does next.
+    let last_seen = match party {
+        Party::Customer => session.customer_last_seen_at,
+        Party::Provider => session.provider_last_seen_at,
+    };
+    let mut lapsed = false;
+    if let Some(seen) = last_seen
+        && now.millis_since(seen) > timeout_millis
+        && open_since(&events, party).is_some_and(|joined| joined <= seen)
+    {
+        let data = json!({"cause": "heartbeat_lapsed"});
+        insert_event(
+            &mut *tx,
+            id,
+            EventType::Left,
+            Some(party),
+            &Actor::system(),
+            seen,
+            Some(&data),
+        )
+        .await?;
+        events.push(PresenceEvent { party, kind: PresenceKind::Left, at: seen });
+        lapsed = true;
+    }
+    let present = presence_at(&events, now, policy.presence_timeout_seconds);
+    let (party_present, other_present) = match party {
+        Party::Customer => (present.customer, present.provider),
+        Party::Provider => (present.provider, present.customer),
+    };
+    let joins = match change {
+        PresenceChange::Heartbeat => {
+            let statement = match party {
+                Party::Customer => "UPDATE sessions SET customer_last_seen_at = $1 WHERE id = $2",
+                Party::Provider => "UPDATE sessions SET provider_last_seen_at = $1 WHERE id = $2",
+            };
+            sqlx::query(statement).bind(now.0).bind(id).execute(&mut *tx).await?;
+            // A heartbeat after a lapse is a reconnection.
+            lapsed
+        }
+        // Joining while present and leaving while absent are no-ops:
+        // clients retry, and a retry must not split an interval.
+        PresenceChange::Join => !party_present,
+        PresenceChange::Leave => {
+            if party_present {
+                insert_event(&mut *tx, id, EventType::Left, Some(party), actor, now, None).await?;
+            }
+            false
+        }
+    };
+    if joins {
+        insert_event(&mut *tx, id, EventType::Joined, Some(party), actor, now, None).await?;
+        if other_present && session.started_at.is_none() {
+            sqlx::query(
+                "UPDATE sessions SET status = 'live', started_at = $1 \
+                 WHERE id = $2 AND started_at IS NULL",
+            )
+            .bind(now.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let payload = json!({"event": "session.started", "session_id": id, "at": now.0});
+            insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+        }
+    }
+    sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let session = lock_session(&mut *tx, id).await?;
+    Ok(session)
+}
+
 async fn lock_session(connection: &mut DbConnection, id: &str) -> Result<Session, StoreError> {
     let row = sqlx::query(concat!(
         "SELECT ",

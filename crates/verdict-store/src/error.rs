@@ -66,6 +66,10 @@ fn is_transient(code: &str) -> bool {
     let postgres_down = code.starts_with("08")
         || code.starts_with("57")
         || code.starts_with("53")
-        || code == "55P03";
+        || code == "55P03"
+        // Deadlock detected, serialization failure: this transaction lost,
+        // a retry will not.
+        || code == "40P01"
+        || code == "40001";
     sqlite_busy || postgres_down
 }

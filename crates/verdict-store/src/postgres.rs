@@ -53,6 +53,10 @@ pub type PgStore = engine::Engine;
 /// Connections per process. Several processes share one server, whose
 /// default `max_connections` is 100.
 const CONNECTIONS_MAX: u32 = 32;
+/// Group-commit writers (see `Engine::grouped`): several, so that the
+/// server's parallelism is used while a group commits, each holding one
+/// connection only while it writes.
+const WRITE_GROUPS: usize = 4;
 /// How long a request may queue for a connection under load. An outage is
 /// not detected by this timeout but by the availability probe, which
 /// releases waiting requests within a second.
@@ -83,7 +87,7 @@ impl engine::Engine {
             .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
         let availability = Arc::new(watch::Sender::new(true));
         tokio::spawn(probe(options, Arc::downgrade(&availability)));
-        Ok(engine::Engine { reader: pool.clone(), writer: pool, availability })
+        Ok(engine::Engine::new(pool.clone(), pool, availability, WRITE_GROUPS))
     }
 }
 

@@ -94,6 +94,6 @@ impl engine::Engine {
             .connect_with(options.pragma("cache_size", "-4096"))
             .await?;
         let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
-        Ok(engine::Engine { reader, writer, availability })
+        Ok(engine::Engine::new(reader, writer, availability, 1))
     }
 }

@@ -86,6 +86,7 @@ contract!(
     ending_writes_the_outcome_the_audit_event_and_the_notifications_once,
     presence_on_an_ended_session_is_a_conflict_and_writes_nothing,
     concurrent_ends_make_exactly_one_transition,
+    a_failing_write_fails_alone_among_concurrent_writes,
     unknown_sessions_are_not_found,
     audit_pages_cover_each_scope_exactly_once,
 );
@@ -277,6 +278,82 @@ async fn concurrent_ends_make_exactly_one_transition(fixture: Fixture) {
     assert!(results.iter().all(|ended| ended.session == results[0].session));
     let counts = fixture.store.table_counts().await.unwrap();
     assert_eq!(counts["notifications"], 2);
+}
+
+/// Concurrent writes share group transactions: one that fails (after
+/// writing part of its change) must roll back alone and answer its own
+/// error, while every other write of its group is committed.
+async fn a_failing_write_fails_alone_among_concurrent_writes(fixture: Fixture) {
+    const N: usize = 24;
+    for n in 0..N {
+        live_session(fixture.store.as_ref(), &format!("s{n}")).await;
+    }
+    let settings = Settings::default();
+    let end_at = UnixMillis(T0.0 + 600_000);
+    let mut calls = Vec::new();
+    for n in 0..N {
+        let store = fixture.store.clone();
+        calls.push(tokio::spawn(async move {
+            match n % 4 {
+                // Succeeds: a real end, with a payout.
+                0 | 1 => store
+                    .end_session(
+                        &format!("s{n}"),
+                        &service(),
+                        None,
+                        EndCause::Requested,
+                        &settings,
+                        end_at,
+                    )
+                    .await
+                    .map(|ended| format!("ended {} {}", ended.session.status, ended.already_ended)),
+                // Fails before writing: no such session.
+                2 => store
+                    .end_session(
+                        &format!("ghost{n}"),
+                        &service(),
+                        None,
+                        EndCause::Requested,
+                        &settings,
+                        end_at,
+                    )
+                    .await
+                    .map(|_| "ghost ended".to_owned()),
+                // Fails after writing: the key is claimed, then the id is
+                // taken; the claim must be rolled back with it.
+                _ => {
+                    let key = verdict_store::Idempotency {
+                        scope: "service:platform:create".into(),
+                        key: format!("k{n}"),
+                        fingerprint: "body".into(),
+                    };
+                    store
+                        .create_session(new_session(&format!("s{n}")), &service(), Some(&key), T0)
+                        .await
+                        .map(|_| "duplicate created".to_owned())
+                }
+            }
+        }));
+    }
+    let results: Vec<_> = join_all(calls).await.into_iter().map(|joined| joined.unwrap()).collect();
+    for (n, result) in results.iter().enumerate() {
+        match n % 4 {
+            0 | 1 => assert_eq!(result.as_deref().unwrap(), "ended completed false", "s{n}"),
+            2 => assert!(matches!(result, Err(StoreError::NotFound { .. })), "{n}: {result:?}"),
+            _ => assert!(matches!(result, Err(StoreError::Conflict(_))), "{n}: {result:?}"),
+        }
+    }
+    let counts = fixture.store.table_counts().await.unwrap();
+    assert_eq!(counts["sessions"], N as i64);
+    assert_eq!(counts["payouts"], (N / 2) as i64);
+    assert_eq!(counts["ledger_postings"], (N / 2) as i64);
+    assert_eq!(counts["notifications"], N as i64);
+    assert_eq!(counts["idempotency_keys"], 0, "a failed write's key claim was kept");
+    for n in 0..N {
+        let session = fixture.store.session(&format!("s{n}")).await.unwrap().unwrap();
+        let expected = if n % 4 < 2 { Status::Completed } else { Status::Live };
+        assert_eq!(session.status, expected, "s{n}");
+    }
 }
 
 async fn unknown_sessions_are_not_found(fixture: Fixture) {

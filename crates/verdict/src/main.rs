@@ -76,8 +76,9 @@ enum Command {
         /// Ends sent again per session after the first (idempotent answers).
         #[arg(long, default_value_t = 0)]
         repeat_ends: u32,
-        /// Create and join every session first, then end them all, so the
-        /// ends' throughput and latency are measured alone.
+        /// Create and join every session first, then end them all, then
+        /// (with --repeat-ends) end them all again: each kind of end is
+        /// measured alone.
         #[arg(long)]
         ends_apart: bool,
         /// The report as JSON.

@@ -176,6 +176,9 @@ enum Stage {
     Prepare,
     /// End only the sessions prepared (`ends_apart`, second pass).
     Finish,
+    /// End the ended sessions again, `repeat_ends` times each
+    /// (`ends_apart`, third pass): the idempotent path alone.
+    Again,
 }
 
 struct Shared {
@@ -208,16 +211,21 @@ pub async fn run(
     let progress: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(progress);
     let started = Instant::now();
     // Throughput of each operation is over the pass it ran in.
-    let (setup_seconds, end_seconds) = if shared.options.ends_apart {
+    let (setup_seconds, end_seconds, again_seconds) = if shared.options.ends_apart {
         pass(&shared, Stage::Prepare, &progress).await?;
         let setup = started.elapsed().as_secs_f64();
         let ending = Instant::now();
         pass(&shared, Stage::Finish, &progress).await?;
-        (setup, ending.elapsed().as_secs_f64())
+        let ends = ending.elapsed().as_secs_f64();
+        let again = Instant::now();
+        if shared.options.repeat_ends > 0 {
+            pass(&shared, Stage::Again, &progress).await?;
+        }
+        (setup, ends, again.elapsed().as_secs_f64())
     } else {
         pass(&shared, Stage::Whole, &progress).await?;
         let whole = started.elapsed().as_secs_f64();
-        (whole, whole)
+        (whole, whole, whole)
     };
     let elapsed = started.elapsed().as_secs_f64();
     let options = &shared.options;
@@ -226,7 +234,11 @@ pub async fn run(
     for (name, samples) in &tally.operations {
         let mut sorted = samples.micros.clone();
         sorted.sort_unstable();
-        let seconds = if name.starts_with("end") { end_seconds } else { setup_seconds };
+        let seconds = match *name {
+            "end" => end_seconds,
+            "end_again" => again_seconds,
+            _ => setup_seconds,
+        };
         operations.insert(
             (*name).to_owned(),
             json!({
@@ -272,6 +284,12 @@ async fn pass(
                     return;
                 }
                 let slot = &shared.created[n as usize];
+                if stage == Stage::Again {
+                    if slot.load(Ordering::Relaxed) {
+                        end_again(&shared, n).await;
+                    }
+                    continue;
+                }
                 if stage != Stage::Finish {
                     let scenario = shared.options.mix.pick(&mut rand::rng());
                     let created = prepare(&shared, n, scenario).await;
@@ -343,25 +361,38 @@ async fn prepare(shared: &Shared, n: u64, scenario: Scenario) -> bool {
     true
 }
 
-/// Ends session `n`, then ends it again `repeat_ends` times.
+/// Ends session `n` (then, unless ends are apart, again `repeat_ends` times).
 async fn finish(shared: &Shared, n: u64) {
     let (client, tally) = (&shared.client, &shared.tally);
     let base = shared.options.url.trim_end_matches('/');
     let id = session_id(shared, n);
     let service = service_token(shared);
-    let end = |operation| {
-        call(
-            tally,
-            operation,
-            client.post(format!("{base}/v1/sessions/{id}/end")).bearer_auth(&service),
-        )
-    };
-    if let Ok(body) = end("end").await {
+    let ended = call(
+        tally,
+        "end",
+        client.post(format!("{base}/v1/sessions/{id}/end")).bearer_auth(&service),
+    )
+    .await;
+    if let Ok(body) = ended {
         let status = body["outcome"]["status"].as_str().unwrap_or("unknown").to_owned();
         *tally.lock().await.outcomes.entry(status).or_default() += 1;
     }
+    // Apart, the repeats have a pass of their own.
+    if !shared.options.ends_apart {
+        end_again(shared, n).await;
+    }
+}
+
+/// Ends session `n` again `repeat_ends` times (each answered as already
+/// ended).
+async fn end_again(shared: &Shared, n: u64) {
+    let base = shared.options.url.trim_end_matches('/');
+    let id = session_id(shared, n);
+    let service = service_token(shared);
     for _ in 0..shared.options.repeat_ends {
-        let _ = end("end_again").await;
+        let request =
+            shared.client.post(format!("{base}/v1/sessions/{id}/end")).bearer_auth(&service);
+        let _ = call(&shared.tally, "end_again", request).await;
     }
 }
 

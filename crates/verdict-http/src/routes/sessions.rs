@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use verdict_core::{EndCause, Party, Role, is_valid_id};
-use verdict_store::{Idempotency, PresenceChange, Session};
+use verdict_store::{Ended, Idempotency, PresenceChange, Session};
 
 use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
@@ -198,18 +198,24 @@ pub async fn end(
     Path(id): Path<String>,
     OptionalJsonObject(claimed): OptionalJsonObject,
 ) -> Result<Json<EndResponse>, ApiError> {
-    visible_session(&state, &caller, &id).await?;
-    let ended = state
-        .store
-        .end_session(
-            &id,
-            &caller.actor(),
-            claimed,
-            EndCause::Requested,
-            &state.settings,
-            state.clock.now(),
-        )
-        .await?;
+    let session = visible_session(&state, &caller, &id).await?;
+    // A terminal status never changes back, so a retried end is answered
+    // from the read alone, without waiting for the writer.
+    let ended = if session.status.is_terminal() {
+        Ended { session, already_ended: true }
+    } else {
+        state
+            .store
+            .end_session(
+                &id,
+                &caller.actor(),
+                claimed,
+                EndCause::Requested,
+                &state.settings,
+                state.clock.now(),
+            )
+            .await?
+    };
     let response = EndResponse::try_from(&ended)?;
     if !ended.already_ended {
         crate::metrics::record_ended(&response.outcome.status, &response.outcome.reason);

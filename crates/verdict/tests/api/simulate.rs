@@ -76,11 +76,18 @@ async fn a_simulation_reports_what_the_server_recorded(app: TestApp) {
 
     // Ends apart: every session prepared first, then all ended; the same
     // accounting, and ends timed over their own pass.
-    let apart = simulate(&app, &["--sessions", "40", "--concurrency", "8", "--ends-apart"]).await;
+    // Repeated ends come in a third pass, timed alone, and change nothing.
+    let apart = simulate(
+        &app,
+        &["--sessions", "40", "--concurrency", "8", "--ends-apart", "--repeat-ends", "2"],
+    )
+    .await;
     assert_eq!(apart["ends_apart"], true);
     assert_eq!(apart["operations"]["create"]["count"], 40);
     assert_eq!(apart["operations"]["end"]["count"], 40);
     assert_eq!(apart["operations"]["end"]["errors"], 0);
+    assert_eq!(apart["operations"]["end_again"]["count"], 80);
+    assert_eq!(apart["operations"]["end_again"]["errors"], 0);
     assert!(apart["operations"]["end"]["per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(app.counts().await["sessions"], 100);
     let ended: i64 =
