@@ -186,11 +186,15 @@ async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::Receiver<Jo
 async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     let outcome: Result<(), StoreError> = async {
         let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-        let alone = group.len() == 1;
+        let total = group.len();
+        let alone = total == 1;
         let mut answers = Vec::with_capacity(group.len());
         let mut any_stands = false;
+        // Between two writes, the release of one savepoint and the start
+        // of the next are one round trip.
+        let mut open = false;
         for job in group {
-            if !alone {
+            if !alone && !open {
                 sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
             }
             let (stands, answer) = job(&mut tx).await;
@@ -198,7 +202,14 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
                 if !stands {
                     sqlx::raw_sql("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
                 }
-                sqlx::raw_sql("RELEASE SAVEPOINT grouped_write").execute(&mut *tx).await?;
+                let next = answers.len() + 1 < total;
+                let close = if next {
+                    "RELEASE SAVEPOINT grouped_write; SAVEPOINT grouped_write"
+                } else {
+                    "RELEASE SAVEPOINT grouped_write"
+                };
+                sqlx::raw_sql(close).execute(&mut *tx).await?;
+                open = next;
             }
             any_stands |= stands;
             answers.push(answer);
@@ -799,9 +810,10 @@ impl Store for Engine {
             let events = presence_events(&mut tx, &session).await?;
             match sweep_due(&session.facts(), &events, policy, now) {
                 Some(end) => {
-                    settle_end(&mut tx, &session, &Actor::system(), None, end, settings, now)
-                        .await?;
-                    report.ended.push(lock_session(&mut tx, &id).await?);
+                    let ended =
+                        settle_end(&mut tx, &session, &Actor::system(), None, end, settings, now)
+                            .await?;
+                    report.ended.push(ended);
                 }
                 None => {
                     sqlx::query("UPDATE sessions SET sweep_checked_at = $1 WHERE id = $2")
@@ -1446,9 +1458,9 @@ async fn end_session_in(
     if session.status.is_terminal() {
         return Ok(Ended { session, already_ended: true });
     }
-    settle_end(&mut *tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
-        .await?;
-    let session = lock_session(&mut *tx, id).await?;
+    let session =
+        settle_end(&mut *tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
+            .await?;
     Ok(Ended { session, already_ended: false })
 }
 
@@ -1565,7 +1577,7 @@ async fn lock_session(connection: &mut DbConnection, id: &str) -> Result<Session
 
 /// Decides a locked, non-terminal session and writes everything its end
 /// entails (SPEC §3), inside the caller's transaction: shared by `end` and
-/// the sweeper.
+/// the sweeper. Returns the session as ended.
 async fn settle_end(
     tx: &mut DbConnection,
     session: &Session,
@@ -1574,7 +1586,7 @@ async fn settle_end(
     end: EndRequest,
     settings: &Settings,
     now: UnixMillis,
-) -> Result<Outcome, StoreError> {
+) -> Result<Session, StoreError> {
     let id = session.id.as_str();
     let policy = *settings.policies.for_kind(session.kind);
     let events = presence_events(&mut *tx, session).await?;
@@ -1599,6 +1611,17 @@ async fn settle_end(
     .execute(&mut *tx)
     .await?;
     assert_eq!(updated.rows_affected(), 1, "the locked, non-terminal session must update");
+    // The row as just written, without reading it back.
+    let ended = Session {
+        status: outcome.status,
+        reason: Some(outcome.reason),
+        started_at: outcome.started_at,
+        ended_at: Some(outcome.ended_at),
+        ended_by: Some(actor.role),
+        billable_seconds: Some(outcome.billable_seconds),
+        charged_cents: Some(charged),
+        ..session.clone()
+    };
 
     let audit = json!({
         "claimed": claimed,
@@ -1631,7 +1654,7 @@ async fn settle_end(
         insert_payout(&mut *tx, session, share, settings.payout_provider, now).await?;
     }
 
-    Ok(outcome)
+    Ok(ended)
 }
 
 /// A notification of `kind` to each party (at most one per session, party
@@ -1643,20 +1666,21 @@ async fn notify_parties(
     reason: Reason,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
-    for party in [Party::Customer, Party::Provider] {
-        sqlx::query(
-            "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(party.as_str())
-        .bind(session.party_id(party))
-        .bind(&session.id)
-        .bind(kind)
-        .bind(reason.as_str())
-        .bind(now.0)
-        .execute(&mut *connection)
-        .await?;
-    }
+    sqlx::query(
+        "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6), ($7, $8, $3, $4, $5, $6) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(Party::Customer.as_str())
+    .bind(session.party_id(Party::Customer))
+    .bind(&session.id)
+    .bind(kind)
+    .bind(reason.as_str())
+    .bind(now.0)
+    .bind(Party::Provider.as_str())
+    .bind(session.party_id(Party::Provider))
+    .execute(&mut *connection)
+    .await?;
     Ok(())
 }
 
@@ -1770,13 +1794,18 @@ async fn queue_receipts(
     session: &Session,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
-    for party in [Party::Customer, Party::Provider] {
-        let row = sqlx::query("SELECT email FROM users WHERE id = $1 AND email IS NOT NULL")
-            .bind(session.party_id(party))
-            .fetch_optional(&mut *connection)
+    let rows =
+        sqlx::query("SELECT id, email FROM users WHERE id IN ($1, $2) AND email IS NOT NULL")
+            .bind(session.party_id(Party::Customer))
+            .bind(session.party_id(Party::Provider))
+            .fetch_all(&mut *connection)
             .await?;
-        if let Some(row) = row {
-            let email: String = row.try_get("email")?;
+    let mut emails = HashMap::new();
+    for row in &rows {
+        emails.insert(row.try_get::<String, _>("id")?, row.try_get::<String, _>("email")?);
+    }
+    for party in [Party::Customer, Party::Provider] {
+        if let Some(email) = emails.get(session.party_id(party)) {
             let payload = json!({"session_id": session.id, "party": party.as_str(), "to": email});
             let topic = format!("email:receipt:{party}");
             insert_outbox(connection, &session.id, &topic, &payload, now).await?;
@@ -1818,16 +1847,13 @@ async fn insert_lines(
     lines: &[(String, i64)],
 ) -> Result<(), StoreError> {
     assert_eq!(lines.iter().map(|(_, amount)| amount).sum::<i64>(), 0, "postings balance");
-    for (account, amount) in lines {
-        sqlx::query(
-            "INSERT INTO ledger_lines (posting_id, account, amount_cents) VALUES ($1, $2, $3)",
-        )
-        .bind(posting_id)
-        .bind(account)
-        .bind(amount)
-        .execute(&mut *connection)
-        .await?;
-    }
+    let mut insert = sqlx::QueryBuilder::<Db>::new(
+        "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
+    );
+    insert.push_values(lines, |mut row, (account, amount)| {
+        row.push_bind(posting_id).push_bind(account.as_str()).push_bind(*amount);
+    });
+    insert.build().execute(&mut *connection).await?;
     Ok(())
 }
 
