@@ -46,6 +46,11 @@ cleanup() {
 trap cleanup EXIT
 
 [ -x "$BASELINE/run.sh" ] || { echo "no reference design at $BASELINE" >&2; exit 2; }
+for port in "$PORT_PG" "$PORT_HTTP" "$PORT_BASE"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:$port (PORT_PG / PORT_BASE choose others)" >&2; exit 2
+  fi
+done
 started=$(date +%s)
 cargo build --release -q -p verdict
 V=$ROOT/target/release/verdict
