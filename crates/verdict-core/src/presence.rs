@@ -63,7 +63,10 @@ pub fn intervals_judged(
 ) -> Vec<Interval> {
     let mut own: Vec<&PresenceEvent> =
         events.iter().filter(|event| event.party == party && event.at <= until).collect();
-    own.sort_by_key(|event| event.at);
+    // A heartbeat comes after the joins and leaves of its instant (a party
+    // is seen once it is there), and joins and leaves keep their recorded
+    // order: the outcome never depends on how the caller listed them.
+    own.sort_by_key(|event| (event.at, event.kind == PresenceKind::Heartbeat));
 
     let mut tracker = Tracker {
         timeout_millis: presence_timeout_seconds.saturating_mul(1000),

@@ -232,7 +232,45 @@ fn spans() -> impl Strategy<Value = Vec<(i64, i64)>> {
     prop::collection::vec((0i64..3000, 1i64..400), 0..5)
 }
 
+/// Joins and leaves in recorded order, plus each party's last heartbeat,
+/// on a coarse clock so that events often share an instant.
+fn history_with_heartbeats() -> impl Strategy<Value = (Vec<PresenceEvent>, Vec<PresenceEvent>)> {
+    let instant = || (0i64..8).prop_map(|step| UnixMillis(T0 + step * 75_000));
+    let party = || prop_oneof![Just(Customer), Just(Provider)];
+    let moves =
+        prop::collection::vec((party(), prop_oneof![Just(Joined), Just(Left)], instant()), 0..12);
+    let beats = prop::collection::vec((party(), instant()), 0..2);
+    (moves, beats).prop_map(|(moves, beats)| {
+        let mut moves: Vec<PresenceEvent> =
+            moves.into_iter().map(|(party, kind, at)| PresenceEvent { party, kind, at }).collect();
+        moves.sort_by_key(|event| event.at);
+        let beats = beats
+            .into_iter()
+            .map(|(party, at)| PresenceEvent { party, kind: Heartbeat, at })
+            .collect();
+        (moves, beats)
+    })
+}
+
 proptest! {
+    /// The end and the verification assemble a session's history in
+    /// different orders (recorded events then heartbeats, or the other way
+    /// round): the decision must not depend on it.
+    #[test]
+    fn where_the_heartbeats_are_listed_does_not_change_the_decision(
+        (moves, beats) in history_with_heartbeats(),
+        policy in arbitrary_policy(),
+        end in 0i64..700_000,
+    ) {
+        let end = EndRequest::new(UnixMillis(T0 + end), EndCause::Requested);
+        let after: Vec<_> = moves.iter().chain(&beats).copied().collect();
+        let before: Vec<_> = beats.iter().chain(&moves).copied().collect();
+        prop_assert_eq!(
+            decide(&facts(), &after, &policy, end),
+            decide(&facts(), &before, &policy, end)
+        );
+    }
+
     #[test]
     fn deciding_twice_gives_the_same_outcome(
         events in prop::collection::vec(arbitrary_event(), 0..40),
@@ -385,4 +423,22 @@ proptest! {
             prop_assert!(outcome.ended_at >= facts().created_at);
         }
     }
+}
+
+/// Found by the store's seeded simulation: both parties join at one
+/// instant, the customer's only heartbeat at that instant, the end 71 s
+/// later. The end listed the heartbeat after the joins, verification
+/// before them; both must decide alike.
+#[test]
+fn a_heartbeat_at_the_instant_of_the_join_counts_wherever_it_is_listed() {
+    let at = UnixMillis(T0);
+    let joins = [
+        PresenceEvent { party: Customer, kind: Joined, at },
+        PresenceEvent { party: Provider, kind: Joined, at },
+    ];
+    let beat = PresenceEvent { party: Customer, kind: Heartbeat, at };
+    let end = requested(71);
+    let after = decide(&facts(), &[joins[0], joins[1], beat], &Policy::default(), end);
+    let before = decide(&facts(), &[beat, joins[0], joins[1]], &Policy::default(), end);
+    assert_eq!(after, before);
 }
