@@ -241,6 +241,11 @@ impl Store for Engine {
         self.availability.subscribe()
     }
 
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())

@@ -47,6 +47,11 @@ pub trait Store: Send + Sync + 'static {
     /// Is the database reachable and answering?
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Stops the store: waits for the write in progress (a group commit
+    /// among them) to finish, then refuses every later one. For a clean
+    /// shutdown, and for tests that stop a store as a crash would.
+    async fn close(&self);
+
     /// Creates a session in `waiting`, with its `created` audit event.
     /// A duplicate id is a conflict. With an idempotency key, a repeat with
     /// the same body returns the first session (`replayed`), another body
