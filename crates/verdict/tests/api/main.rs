@@ -4,6 +4,7 @@
 mod support;
 
 mod concurrency;
+mod crash;
 mod dashboard;
 mod decisions;
 mod delivery;
