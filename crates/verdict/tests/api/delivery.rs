@@ -18,6 +18,7 @@ on_every_backend!(
     without_smtp_receipts_are_eml_files,
     webhooks_are_signed_and_delivered_in_order,
     a_receiver_that_never_recovers_leaves_a_dead_letter,
+    with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once,
 );
 
 const STRIPE_KEY: &str = "sk_test_verdict";
@@ -256,4 +257,60 @@ async fn a_receiver_that_never_recovers_leaves_a_dead_letter(app: TestApp) {
     assert_eq!(receiver.received().len(), 12);
     app.get("/v1/admin/outbox", &app.token(Role::Service, "platform")).await.problem(403);
     app.get("/v1/admin/outbox?state=lost", &app.admin()).await.problem(422);
+}
+
+/// Stripe and the webhook receiver both fail 30 % of requests at random
+/// (5xx, 429, answers slower than the timeout, after which the transfer was
+/// made anyway): every payout ends paid with exactly one transfer, every
+/// webhook is delivered, nothing is dead.
+async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(app: TestApp) {
+    use rand::Rng;
+    const SESSIONS: usize = 24;
+    let app = stripe_app(&app).await;
+    let mut rng = rand::rng();
+    let script: Vec<Fault> = (0..400)
+        .map(|_| match rng.random_range(0..100) {
+            0..10 => Fault::Status(500),
+            10..18 => Fault::Status(503),
+            18..25 => Fault::Status(429),
+            25..30 => Fault::SlowSuccess(Duration::from_millis(600)),
+            _ => Fault::Succeed,
+        })
+        .collect();
+    let faults = script.iter().filter(|fault| !matches!(fault, Fault::Succeed)).count();
+    let fake = FakeStripe::start(script).await;
+    let receiver = Receiver::start_flaky(30, Duration::from_millis(600)).await;
+    let worker = app.worker(|config| {
+        config.stripe = stripe(&fake);
+        config.webhooks.urls = vec![receiver.url.clone()];
+        config.outbound_timeout = Duration::from_millis(300);
+    });
+    for n in 0..SESSIONS {
+        run_session(&app, &format!("f{n}"), 120).await;
+    }
+    let webhooks = app.sql_count("SELECT COUNT(*) FROM outbox WHERE channel = 'webhook'").await;
+    app.deliver_until(&worker, 40, async || {
+        app.sql_count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").await == 0
+    })
+    .await;
+
+    let paid = app.sql_count("SELECT COUNT(*) FROM payouts WHERE state = 'paid'").await;
+    assert_eq!(paid, SESSIONS as i64, "every payout paid");
+    let transfers = fake.transfers();
+    let sessions: std::collections::BTreeSet<String> =
+        transfers.iter().map(|t| t["metadata"]["session_id"].to_string()).collect();
+    assert_eq!((transfers.len(), sessions.len()), (SESSIONS, SESSIONS), "one transfer each");
+    assert_eq!(app.sql_count("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").await, 0);
+    // Payout events were queued while delivering: count webhooks again.
+    let webhooks_now = app.sql_count("SELECT COUNT(*) FROM outbox WHERE channel = 'webhook'").await;
+    assert!(webhooks_now >= webhooks);
+    assert_eq!(receiver.delivered() as i64, webhooks_now, "every webhook delivered");
+    eprintln!(
+        "{}: {} transfer calls for {} transfers (30 % of the script faults: {faults} of 400); \
+         {} webhook attempts for {webhooks_now} webhooks",
+        app.backend.name(),
+        fake.calls().len(),
+        transfers.len(),
+        receiver.received().len(),
+    );
 }

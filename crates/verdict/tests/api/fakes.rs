@@ -29,6 +29,8 @@ pub enum Fault {
     /// Make the transfer, but answer only after this long (the client has
     /// given up by then): the nastiest case.
     SlowSuccess(Duration),
+    /// Make the transfer and answer at once (a script's healthy turn).
+    Succeed,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +131,11 @@ async fn create_transfer(
                     (200, transfer, delay)
                 }
             };
-            if let Some(key) = &key {
+            // Stripe saves a result only once the endpoint ran: a request
+            // refused as rate-limited (429) or concurrent (409) is not saved.
+            if let Some(key) = &key
+                && !matches!(status, 409 | 429)
+            {
                 state.saved.insert(key.clone(), (status, body.clone()));
             }
             (status, body, delay, false)
@@ -172,6 +178,10 @@ struct ReceiverState {
     received: Vec<Received>,
     /// Answer this status to everything (success when None).
     failing: Option<u16>,
+    /// Fail this percentage of deliveries at random (5xx, or too slow).
+    flaky_percent: u32,
+    /// `webhook-id`s answered with success.
+    delivered: std::collections::HashSet<String>,
     in_flight: HashMap<String, usize>,
     concurrent_duplicates: usize,
     delay: Option<Duration>,
@@ -192,6 +202,23 @@ impl Receiver {
         Receiver { url: format!("{}/hook", serve(router).await), state }
     }
 
+    /// A receiver failing `percent` % of deliveries at random: 500, 503,
+    /// or an answer slower than `slow` (past the sender's timeout).
+    pub async fn start_flaky(percent: u32, slow: Duration) -> Receiver {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            flaky_percent: percent,
+            delay: Some(slow),
+            ..ReceiverState::default()
+        }));
+        let router = Router::new().route("/hook", post(receive)).with_state(state.clone());
+        Receiver { url: format!("{}/hook", serve(router).await), state }
+    }
+
+    /// Distinct `webhook-id`s answered with success.
+    pub fn delivered(&self) -> usize {
+        self.state.lock().unwrap().delivered.len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
     }
@@ -206,14 +233,48 @@ impl Receiver {
     }
 }
 
+/// For a flaky receiver, what to answer (status, or success) and how late.
+fn flaky_answer(
+    state: &Mutex<ReceiverState>,
+    id: &str,
+    headers: &HeaderMap,
+    body: &str,
+) -> Option<(Option<u16>, Option<Duration>)> {
+    use rand::Rng;
+    let mut state = state.lock().unwrap();
+    if state.flaky_percent == 0 {
+        return None;
+    }
+    let mut rng = rand::rng();
+    let answer = if rng.random_range(0..100) >= state.flaky_percent {
+        state.delivered.insert(id.to_owned());
+        (None, None)
+    } else {
+        match rng.random_range(0..5) {
+            0 => (None, state.delay),
+            1 | 2 => (Some(500), None),
+            _ => (Some(503), None),
+        }
+    };
+    state.received.push(Received { headers: headers.clone(), body: body.to_owned() });
+    Some(answer)
+}
+
 async fn receive(
     State(state): State<Arc<Mutex<ReceiverState>>>,
     headers: HeaderMap,
     body: String,
 ) -> StatusCode {
     let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    if let Some((failing, delay)) = flaky_answer(&state, &id, &headers, &body) {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        return failing.map_or(StatusCode::NO_CONTENT, |s| StatusCode::from_u16(s).unwrap());
+    }
     let (failing, delay) = {
         let mut state = state.lock().unwrap();
+
         let in_flight = state.in_flight.entry(id.clone()).or_default();
         *in_flight += 1;
         if *in_flight > 1 {
