@@ -6,19 +6,17 @@
 //! absorb the deliveries a kill interrupted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use verdict_core::Role;
 use verdict_http::{JwtKeys, JwtSecret};
 
 use crate::fakes::FakeStripe;
-use crate::support::{Backend, SECRET};
+use crate::support::{Backend, SECRET, serve_process};
 
 /// Kills per run.
 const KILLS: usize = 4;
@@ -28,38 +26,22 @@ const CLIENTS: usize = 12;
 /// A `verdict serve` process with the outbox worker on, paying through the
 /// fake Stripe.
 async fn serve(database_url: &str, dir: &std::path::Path, stripe: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(dir)
-        .env("VERDICT_DATABASE_URL", database_url)
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .env("VERDICT_STRIPE_API_BASE", stripe)
-        .env("VERDICT_STRIPE_SECRET_KEY", "sk_test_crash")
-        // Flat-priced sessions ended right after both joins are completions.
-        .env("VERDICT_MIN_BILLABLE_SECONDS", "0")
-        // A killed worker's leases come back after 3 s, not 2 minutes.
-        .env("VERDICT_OUTBOUND_TIMEOUT_SECONDS", "1")
-        .env("VERDICT_OUTBOX_LEASE_SECONDS", "3")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start verdict serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(address) = line.strip_prefix("verdict listening on ") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("verdict serve exited before listening");
-    })
+    serve_process(
+        Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("VERDICT_DATABASE_URL", database_url)
+            .env("VERDICT_JWT_SECRET", SECRET)
+            .env("VERDICT_STRIPE_API_BASE", stripe)
+            .env("VERDICT_STRIPE_SECRET_KEY", "sk_test_crash")
+            // Flat-priced sessions ended right after both joins are completions.
+            .env("VERDICT_MIN_BILLABLE_SECONDS", "0")
+            // A killed worker's leases come back after 3 s, not 2 minutes.
+            .env("VERDICT_OUTBOUND_TIMEOUT_SECONDS", "1")
+            .env("VERDICT_OUTBOX_LEASE_SECONDS", "3")
+            .env("RUST_LOG", "error"),
+    )
     .await
-    .expect("verdict serve starts within a minute");
-    // Keep reading its output so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
 }
 
 /// One simulated session, start to end; the end's outcome if acknowledged.

@@ -8,13 +8,12 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use verdict_core::Role;
 use verdict_http::{JwtKeys, JwtSecret};
 
 use crate::fakes::Receiver;
-use crate::support::{Backend, SECRET, TestApp};
+use crate::support::{Backend, SECRET, TestApp, serve_process};
 
 /// A `verdict serve` child process, killed when dropped.
 struct Server {
@@ -23,29 +22,16 @@ struct Server {
 }
 
 async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--clock", "manual"])
-        .current_dir(dir)
-        .env("VERDICT_DATABASE_URL", database_url)
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .env("VERDICT_WORKER", "off")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start verdict serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(address) = line.strip_prefix("verdict listening on ") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("verdict serve exited before listening");
-    })
-    .await
-    .expect("verdict serve starts within a minute");
+    let (child, base) = serve_process(
+        Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--clock", "manual"])
+            .current_dir(dir)
+            .env("VERDICT_DATABASE_URL", database_url)
+            .env("VERDICT_JWT_SECRET", SECRET)
+            .env("VERDICT_WORKER", "off")
+            .env("RUST_LOG", "warn"),
+    )
+    .await;
     Server { base, _child: child }
 }
 

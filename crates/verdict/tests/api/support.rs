@@ -334,3 +334,31 @@ pub fn outcome(reply: &Reply) -> (String, String, i64) {
 pub fn expect(status: &str, reason: &str, billable_seconds: i64) -> (String, String, i64) {
     (status.to_owned(), reason.to_owned(), billable_seconds)
 }
+
+/// Starts `verdict serve` as configured in `command` (stdout piped) and
+/// waits for its listening address; its output is drained from then on.
+pub async fn serve_process(
+    command: &mut tokio::process::Command,
+) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start verdict serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(address) = line.strip_prefix("verdict listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("verdict serve exited before listening");
+    })
+    .await
+    .expect("verdict serve starts within a minute");
+    // Keep reading its output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
