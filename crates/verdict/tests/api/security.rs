@@ -19,6 +19,7 @@ on_every_backend!(
     legacy_status_routes_are_gone_and_point_to_end,
     the_test_clock_does_not_exist_on_the_system_clock,
     the_openapi_document_lists_every_route,
+    every_route_admits_exactly_the_callers_it_should,
 );
 
 async fn missing_forged_and_expired_tokens_are_refused(app: TestApp) {
@@ -391,5 +392,108 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
     assert_eq!(
         app.send(Method::GET, "/healthz", None, None).await.ok()["database"],
         app.backend.name()
+    );
+}
+
+/// The authorization matrix: every route × every role × own or someone
+/// else's resource. An admitted caller never gets 401/403 (it may get 404,
+/// 409 or 422 as the resource's state says); anyone else gets 403, and no
+/// token gets 401. Public routes admit everyone.
+async fn every_route_admits_exactly_the_callers_it_should(app: TestApp) {
+    app.create_session("s1").await;
+    let request = json!({"customer_id": "cust-1", "kind": "chat",
+        "price": {"mode": "flat", "amount_cents": 500, "currency": "usd"},
+        "candidate_provider_ids": ["prov-1"]});
+    let r1 = app.post("/v1/requests", &app.service(), request).await.ok()["id"].clone();
+    let r1 = r1.as_str().unwrap();
+    // Callers: none, the session's and request's own parties, strangers of
+    // the same roles, the platform and an admin.
+    let callers: Vec<(&str, Option<String>)> = vec![
+        ("anonymous", None),
+        ("customer", Some(app.token(Role::Customer, "cust-1"))),
+        ("other_customer", Some(app.token(Role::Customer, "cust-2"))),
+        ("other_provider", Some(app.token(Role::Provider, "prov-2"))),
+        ("provider", Some(app.token(Role::Provider, "prov-1"))),
+        ("service", Some(app.service())),
+        ("admin", Some(app.admin())),
+    ];
+    const PUBLIC: &[&str] = &[
+        "anonymous",
+        "customer",
+        "other_customer",
+        "other_provider",
+        "provider",
+        "service",
+        "admin",
+    ];
+    const SIGNED_IN: &[&str] =
+        &["customer", "other_customer", "other_provider", "provider", "service", "admin"];
+    const PARTIES: &[&str] = &["customer", "provider"];
+    const PARTIES_AND_PLATFORM: &[&str] = &["customer", "provider", "service", "admin"];
+    const PLATFORM: &[&str] = &["service", "admin"];
+    const ADMIN: &[&str] = &["admin"];
+    let new_session = |n: &str| {
+        json!({"id": format!("new-{n}"), "kind": "chat", "customer_id": "cust-1",
+            "provider_id": "prov-1", "price": {"mode": "flat", "amount_cents": 1, "currency": "usd"}})
+        .to_string()
+    };
+    let own_request = json!({"customer_id": "cust-1", "kind": "chat",
+        "price": {"mode": "flat", "amount_cents": 500, "currency": "usd"},
+        "candidate_provider_ids": ["prov-1"]})
+    .to_string();
+    let (read_request, accept) =
+        (format!("/v1/requests/{r1}"), format!("/v1/requests/{r1}/accept"));
+    let cases: Vec<(Method, &str, Option<String>, &[&str])> = vec![
+        (Method::GET, "/healthz", None, PUBLIC),
+        (Method::GET, "/readyz", None, PUBLIC),
+        (Method::GET, "/openapi.json", None, PUBLIC),
+        (Method::GET, "/metrics", None, PUBLIC),
+        (Method::POST, "/v1/sessions", Some(new_session("x")), PLATFORM),
+        (Method::GET, "/v1/sessions/s1", None, PARTIES_AND_PLATFORM),
+        (Method::GET, "/v1/sessions/s1/events", None, PARTIES_AND_PLATFORM),
+        (Method::POST, "/v1/sessions/s1/join", None, PARTIES),
+        (Method::POST, "/v1/sessions/s1/heartbeat", None, PARTIES),
+        (Method::POST, "/v1/sessions/s1/leave", None, PARTIES),
+        (Method::POST, "/v1/sessions/s1/end", None, PARTIES_AND_PLATFORM),
+        (Method::PUT, "/v1/users/cust-1", Some(json!({"display_name": "C"}).to_string()), PLATFORM),
+        (Method::POST, "/v1/requests", Some(own_request), &["customer", "service"]),
+        (Method::GET, &read_request, None, PARTIES_AND_PLATFORM),
+        (Method::GET, "/v1/assignments?provider_id=prov-1", None, &["provider", "admin"]),
+        (Method::GET, "/v1/payouts", None, PLATFORM),
+        (Method::GET, "/v1/providers/prov-1/earnings", None, &["provider", "admin"]),
+        (Method::GET, "/v1/notifications", None, SIGNED_IN),
+        (Method::GET, "/v1/admin/outbox", None, ADMIN),
+        (Method::GET, "/v1/admin/verify", None, ADMIN),
+        (Method::GET, "/v1/admin/health", None, ADMIN),
+        (Method::GET, "/v1/admin/health/hourly", None, ADMIN),
+        (Method::GET, "/v1/admin/review", None, ADMIN),
+        (Method::POST, "/v1/admin/repair?dry_run=true", None, ADMIN),
+        (Method::POST, "/v1/admin/import", Some(String::new()), ADMIN),
+        (Method::POST, "/v1/test-clock/advance", Some(json!({"seconds": 1}).to_string()), ADMIN),
+        (Method::POST, &accept, Some("{}".into()), &["provider"]),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, admitted) in &cases {
+        for (caller, token) in &callers {
+            let reply = app.send(method.clone(), path, token.as_deref(), body.as_deref()).await;
+            let status = reply.status.as_u16();
+            let expected = if admitted.contains(caller) {
+                if matches!(status, 401 | 403) || status >= 500 { Some("admitted") } else { None }
+            } else if token.is_none() {
+                (status != 401).then_some("401")
+            } else {
+                (status != 403).then_some("403")
+            };
+            if let Some(expected) = expected {
+                wrong.push(format!("{method} {path} as {caller}: {status}, expected {expected}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cells wrong:\n{}",
+        wrong.len(),
+        cases.len() * callers.len(),
+        wrong.join("\n")
     );
 }
