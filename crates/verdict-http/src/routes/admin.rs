@@ -115,7 +115,7 @@ pub struct RevenueImpactDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HealthDto {
+pub struct SessionHealthDto {
     pub window_hours: i64,
     pub score: f64,
     /// `excellent`, `good`, `degraded`, `critical`, or `idle`.
@@ -128,9 +128,9 @@ pub struct HealthDto {
     pub revenue_impact: RevenueImpactDto,
 }
 
-impl From<&monitor::Health> for HealthDto {
-    fn from(health: &monitor::Health) -> HealthDto {
-        HealthDto {
+impl From<&monitor::Health> for SessionHealthDto {
+    fn from(health: &monitor::Health) -> SessionHealthDto {
+        SessionHealthDto {
             window_hours: health.window_hours,
             score: health.score,
             label: health.label.to_owned(),
@@ -170,13 +170,13 @@ pub struct HealthQuery {
 
 #[utoipa::path(get, path = "/v1/admin/health", tag = "admin",
     params(("window_hours" = Option<i64>, Query, description = "1 to 720; default 24")),
-    responses((status = 200, body = HealthDto)),
+    responses((status = 200, body = SessionHealthDto)),
     security(("bearer" = [])))]
 pub async fn health(
     State(state): State<AppState>,
     caller: Caller,
     StrictQuery(window): StrictQuery<HealthQuery>,
-) -> Result<Json<HealthDto>, ApiError> {
+) -> Result<Json<SessionHealthDto>, ApiError> {
     caller.require(&[Role::Admin])?;
     let window_hours = window.window_hours.unwrap_or(24);
     if !(1..=720).contains(&window_hours) {
@@ -185,7 +185,7 @@ pub async fn health(
     let health =
         monitor::health(&state.store, &state.settings, state.clock.now(), window_hours).await?;
     crate::metrics::record_health(health.score);
-    Ok(Json(HealthDto::from(&health)))
+    Ok(Json(SessionHealthDto::from(&health)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
