@@ -210,3 +210,81 @@ async fn sqlite_killed_at_random_moments_nothing_acknowledged_is_lost() {
 async fn postgres_killed_at_random_moments_nothing_acknowledged_is_lost() {
     killed_at_random_moments_nothing_acknowledged_is_lost(Backend::Postgres).await;
 }
+
+/// SQLite contention: two server processes and an import on one database
+/// file, under 16 concurrent clients. SQLite has one writer per file, so
+/// every writer waits for the lock (`database is locked` underneath): no
+/// answer may be a 5xx, every acknowledged end is stored, the import lands
+/// whole, and the books verify clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writers_in_three_processes_never_surface_a_lock_as_an_error() {
+    verdict_worker::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}/shared.db", dir.path().display());
+    let start = async || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_verdict"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("VERDICT_DATABASE_URL", &database_url)
+            .env("VERDICT_JWT_SECRET", SECRET)
+            .env("VERDICT_WORKER", "off")
+            .env("VERDICT_MIN_BILLABLE_SECONDS", "0")
+            .env("RUST_LOG", "error");
+        serve_process(&mut command).await
+    };
+    let (_first, a) = start().await;
+    let (_second, b) = start().await;
+    let history: String = (0..3000)
+        .map(|n| {
+            format!(
+                "{{\"id\":\"legacy-{n}\",\"kind\":\"chat\",\"customer_id\":\"c{n}\",\
+                 \"provider_id\":\"p{n}\",\"status\":\"cancelled\",\"reason\":\"no_show_both\",\"created_at\":\"2026-01-01T00:00:00Z\",\
+                 \"ended_at\":\"2026-01-01T00:10:00Z\",\"price\":{{\"mode\":\"flat\",\
+                 \"amount_cents\":100,\"currency\":\"usd\"}},\"events\":[]}}\n"
+            )
+        })
+        .collect();
+    let history_path = dir.path().join("history.ndjson");
+    std::fs::write(&history_path, history).unwrap();
+    let import = Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .arg("import")
+        .arg(&history_path)
+        .current_dir(dir.path())
+        .env("VERDICT_DATABASE_URL", &database_url)
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .output();
+    let keys = Arc::new(JwtKeys::new(&JwtSecret::new(SECRET.as_bytes().to_vec())));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let acknowledged: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let load: Vec<_> = (0..16)
+        .map(|client| {
+            let base = if client % 2 == 0 { a.clone() } else { b.clone() };
+            let (http, keys, acknowledged) = (http.clone(), keys.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for n in 0..15 {
+                    let id = format!("contended-{client}-{n}");
+                    if let Some(status) = one_session(&http, &base, &keys, &id).await {
+                        acknowledged.lock().unwrap().insert(id, status);
+                    }
+                }
+            })
+        })
+        .collect();
+    let imported = import.await.unwrap();
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), 16 * 15, "every session acknowledged, none refused");
+    for (id, status) in &acknowledged {
+        assert_eq!(status_of(&database_url, id).await.as_deref(), Some(status.as_str()), "{id}");
+    }
+    let legacy = count(&database_url, "SELECT COUNT(*) FROM sessions WHERE id LIKE 'legacy-%'");
+    assert_eq!(legacy.await, 3000, "the import landed whole");
+    eprintln!(
+        "sqlite contention: {} ends acknowledged across two servers during a 3,000-line import",
+        acknowledged.len()
+    );
+}

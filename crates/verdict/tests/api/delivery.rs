@@ -260,9 +260,9 @@ async fn a_receiver_that_never_recovers_leaves_a_dead_letter(app: TestApp) {
 }
 
 /// Stripe and the webhook receiver both fail 30 % of requests at random
-/// (5xx, 429, answers slower than the timeout, after which the transfer was
-/// made anyway): every payout ends paid with exactly one transfer, every
-/// webhook is delivered, nothing is dead.
+/// (5xx, 429, answers or bodies slower than the timeout, after which the
+/// transfer was made anyway): every payout ends paid with exactly one
+/// transfer, every webhook is delivered, nothing is dead.
 async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(app: TestApp) {
     use rand::Rng;
     const SESSIONS: usize = 24;
@@ -273,7 +273,8 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
             0..10 => Fault::Status(500),
             10..18 => Fault::Status(503),
             18..25 => Fault::Status(429),
-            25..30 => Fault::SlowSuccess(Duration::from_millis(600)),
+            25..28 => Fault::SlowSuccess(Duration::from_millis(600)),
+            28..30 => Fault::SlowBody(Duration::from_millis(600)),
             _ => Fault::Succeed,
         })
         .collect();

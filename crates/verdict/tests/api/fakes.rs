@@ -31,6 +31,9 @@ pub enum Fault {
     SlowSuccess(Duration),
     /// Make the transfer and answer at once (a script's healthy turn).
     Succeed,
+    /// Make the transfer, send the status and headers at once, and the
+    /// body only after this long (the client gives up while reading it).
+    SlowBody(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -125,7 +128,8 @@ async fn create_transfer(
                     });
                     state.transfers.push(transfer.clone());
                     let delay = match other {
-                        Some(Fault::SlowSuccess(delay)) => Some(delay),
+                        Some(Fault::SlowSuccess(delay)) => Some((delay, false)),
+                        Some(Fault::SlowBody(delay)) => Some((delay, true)),
                         _ => None,
                     };
                     (200, transfer, delay)
@@ -141,10 +145,24 @@ async fn create_transfer(
             (status, body, delay, false)
         }
     };
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
-    }
-    let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+    let mut response = match delay {
+        Some((delay, true)) => {
+            let bytes = body.to_string();
+            let slow = futures::stream::once(async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::convert::Infallible>(bytes)
+            });
+            let mut response = axum::body::Body::from_stream(slow).into_response();
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            response
+        }
+        Some((delay, false)) => {
+            tokio::time::sleep(delay).await;
+            (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+        }
+        None => (StatusCode::from_u16(status).unwrap(), Json(body)).into_response(),
+    };
     if replayed {
         response.headers_mut().insert("idempotent-replayed", "true".parse().unwrap());
     }

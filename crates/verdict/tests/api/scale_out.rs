@@ -186,6 +186,88 @@ async fn an_unreachable_database_answers_503_quickly_and_recovers_without_restar
     assert_eq!(ended.ok()["outcome"]["reason"], "no_show_both");
 }
 
+/// The database stops and comes back while 8 clients keep creating,
+/// joining and ending sessions: every answer is a success or a 503 (never
+/// another 5xx), every acknowledged end is stored as acknowledged, and the
+/// books verify clean afterwards, all without restarting the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_stopped_under_load_gives_503s_and_loses_nothing() {
+    use std::sync::{Arc, Mutex};
+    let cluster = verdict_testing::Cluster::start();
+    let url = cluster.url("postgres");
+    let app =
+        Arc::new(TestApp::spawn(Backend::Sqlite, |config| config.database_url = url.clone()).await);
+    let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let statuses: Arc<Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|client| {
+            let (app, acknowledged, statuses, stop) =
+                (app.clone(), acknowledged.clone(), statuses.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (service, customer, provider) = (app.service(), app.customer(), app.provider());
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("load-{client}-{n}");
+                    let body = json!({"id": id, "kind": "video", "customer_id": "cust-1",
+                        "provider_id": "prov-1",
+                        "price": {"mode": "flat", "amount_cents": 900, "currency": "usd"}});
+                    let replies = [
+                        app.post("/v1/sessions", &service, body).await,
+                        app.join(&id, &customer).await,
+                        app.join(&id, &provider).await,
+                        app.end(&id, &service, None).await,
+                    ];
+                    let mut counts = statuses.lock().unwrap();
+                    for reply in &replies {
+                        *counts.entry(reply.status.as_u16()).or_default() += 1;
+                    }
+                    let ended = &replies[3];
+                    if ended.status == 200 {
+                        let status = ended.body["outcome"]["status"].as_str().unwrap().to_owned();
+                        acknowledged.lock().unwrap().push((id, status));
+                    }
+                }
+            })
+        })
+        .collect();
+    let ended_before = || acknowledged.lock().unwrap().len();
+    assert!(
+        verdict_testing::eventually(Duration::from_secs(30), async || ended_before() >= 20).await
+    );
+    tokio::task::block_in_place(|| cluster.stop());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = ended_before();
+    tokio::task::block_in_place(|| cluster.resume());
+    let recovered = verdict_testing::eventually(Duration::from_secs(30), async || {
+        ended_before() >= during + 20
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(recovered, "ends succeed again once the database is back: {statuses:?}");
+    assert!(statuses.get(&503).is_some_and(|n| *n > 0), "the outage was seen: {statuses:?}");
+    // 409: a join or end of a session whose create met the outage.
+    let unexpected: Vec<_> =
+        statuses.keys().filter(|status| !matches!(**status, 200 | 201 | 404 | 409 | 503)).collect();
+    assert!(unexpected.is_empty(), "answers other than success or 503: {statuses:?}");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for (id, status) in &acknowledged {
+        let stored = app.get(&format!("/v1/sessions/{id}"), &app.service()).await;
+        assert_eq!(stored.ok()["status"].as_str(), Some(status.as_str()), "{id}");
+    }
+    let report = app.get("/v1/admin/verify", &app.admin()).await;
+    assert_eq!(report.ok()["ok"], true, "{}", report.body);
+    eprintln!(
+        "database stopped under load: {statuses:?}; {} ends acknowledged",
+        acknowledged.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_worker_processes_deliver_two_thousand_rows_once_each_despite_a_kill() {
     const SESSIONS: i64 = 500;
