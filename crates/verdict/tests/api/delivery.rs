@@ -261,8 +261,9 @@ async fn a_receiver_that_never_recovers_leaves_a_dead_letter(app: TestApp) {
 
 /// Stripe and the webhook receiver both fail 30 % of requests at random
 /// (5xx, 429, answers or bodies slower than the timeout, after which the
-/// transfer was made anyway): every payout ends paid with exactly one
-/// transfer, every webhook is delivered, nothing is dead.
+/// transfer was made anyway; the receiver also resets a tenth of its
+/// connections): every payout ends paid with exactly one transfer, every
+/// webhook is delivered, nothing is dead.
 async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(app: TestApp) {
     use rand::Rng;
     const SESSIONS: usize = 24;
@@ -306,12 +307,14 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
     let webhooks_now = app.sql_count("SELECT COUNT(*) FROM outbox WHERE channel = 'webhook'").await;
     assert!(webhooks_now >= webhooks);
     assert_eq!(receiver.delivered() as i64, webhooks_now, "every webhook delivered");
+    assert!(receiver.resets() > 0, "some connections were reset");
     eprintln!(
         "{}: {} transfer calls for {} transfers (30 % of the script faults: {faults} of 400); \
-         {} webhook attempts for {webhooks_now} webhooks",
+         {} webhook attempts and {} connection resets for {webhooks_now} webhooks",
         app.backend.name(),
         fake.calls().len(),
         transfers.len(),
         receiver.received().len(),
+        receiver.resets(),
     );
 }

@@ -21,6 +21,36 @@ async fn serve(router: Router) -> String {
     format!("http://{address}")
 }
 
+/// A listener that resets (RST, no answer at all) `percent` % of the
+/// connections it accepts, counting them.
+struct Resetting {
+    inner: TcpListener,
+    percent: u32,
+    resets: Arc<Mutex<usize>>,
+}
+
+impl axum::serve::Listener for Resetting {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.inner.accept().await else { continue };
+            if rand::random_range(0..100) < self.percent {
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                *self.resets.lock().unwrap() += 1;
+                continue;
+            }
+            return (stream, address);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
 /// What the fake does with the next transfer request.
 #[derive(Clone, Debug)]
 pub enum Fault {
@@ -200,6 +230,8 @@ struct ReceiverState {
     flaky_percent: u32,
     /// `webhook-id`s answered with success.
     delivered: std::collections::HashSet<String>,
+    /// Connections reset before any answer.
+    resets: Arc<Mutex<usize>>,
     in_flight: HashMap<String, usize>,
     concurrent_duplicates: usize,
     delay: Option<Duration>,
@@ -222,14 +254,32 @@ impl Receiver {
 
     /// A receiver failing `percent` % of deliveries at random: 500, 503,
     /// or an answer slower than `slow` (past the sender's timeout).
+    /// Besides, a tenth of its connections are reset when accepted, and
+    /// every answer closes its connection (so each delivery connects anew).
     pub async fn start_flaky(percent: u32, slow: Duration) -> Receiver {
         let state = Arc::new(Mutex::new(ReceiverState {
             flaky_percent: percent,
             delay: Some(slow),
             ..ReceiverState::default()
         }));
-        let router = Router::new().route("/hook", post(receive)).with_state(state.clone());
-        Receiver { url: format!("{}/hook", serve(router).await), state }
+        let router = Router::new()
+            .route("/hook", post(receive))
+            .layer(axum::middleware::map_response(async |mut response: Response| {
+                response.headers_mut().insert("connection", "close".parse().unwrap());
+                response
+            }))
+            .with_state(state.clone());
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = inner.local_addr().unwrap();
+        let resets = state.lock().unwrap().resets.clone();
+        let listener = Resetting { inner, percent: 10, resets };
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Receiver { url: format!("http://{address}/hook"), state }
+    }
+
+    /// Connections reset before any answer.
+    pub fn resets(&self) -> usize {
+        *self.state.lock().unwrap().resets.lock().unwrap()
     }
 
     /// Distinct `webhook-id`s answered with success.
