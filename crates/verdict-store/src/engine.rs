@@ -181,35 +181,31 @@ async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::Receiver<Jo
     }
 }
 
-/// One group transaction. A lone write needs no savepoint: its own
-/// failure rolls the whole transaction back.
+/// One group transaction; a lone write's failure rolls it all back.
 async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     let outcome: Result<(), StoreError> = async {
         let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+        // A lone write needs no savepoint. Between two writes, the release
+        // of one savepoint and the start of the next are one round trip.
         let total = group.len();
-        let alone = total == 1;
-        let mut answers = Vec::with_capacity(group.len());
+        let savepoints = total > 1;
+        if savepoints {
+            sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+        }
+        let mut answers = Vec::with_capacity(total);
         let mut any_stands = false;
-        // Between two writes, the release of one savepoint and the start
-        // of the next are one round trip.
-        let mut open = false;
-        for job in group {
-            if !alone && !open {
-                sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
-            }
+        for (n, job) in group.into_iter().enumerate() {
             let (stands, answer) = job(&mut tx).await;
-            if !alone {
+            if savepoints {
                 if !stands {
                     sqlx::raw_sql("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
                 }
-                let next = answers.len() + 1 < total;
-                let close = if next {
+                let close = if n + 1 < total {
                     "RELEASE SAVEPOINT grouped_write; SAVEPOINT grouped_write"
                 } else {
                     "RELEASE SAVEPOINT grouped_write"
                 };
                 sqlx::raw_sql(close).execute(&mut *tx).await?;
-                open = next;
             }
             any_stands |= stands;
             answers.push(answer);

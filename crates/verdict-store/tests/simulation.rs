@@ -272,7 +272,7 @@ impl World {
             if ended != usize::from(session.status.is_terminal()) {
                 return Err(format!("{id} is {} with {ended} ended events", session.status));
             }
-            let payouts = store.payouts_of(id).await?;
+            let payouts = payouts_of(&store, id).await?;
             let is_completed = session.status == Status::Completed;
             completed += usize::from(is_completed);
             if payouts != usize::from(is_completed) {
@@ -304,24 +304,18 @@ impl World {
     }
 }
 
-/// How many payouts a session has (through the store's own read).
-trait PayoutsOf {
-    async fn payouts_of(&self, id: &str) -> Result<usize, String>;
-}
-
-impl PayoutsOf for Arc<dyn Store> {
-    async fn payouts_of(&self, id: &str) -> Result<usize, String> {
-        let postings = self.postings(id).await.map_err(|error| error.to_string())?;
-        for posting in &postings {
-            let sum: i64 = posting.lines.iter().map(|line| line.amount.0).sum();
-            if sum != 0 {
-                return Err(format!("posting of {id} sums to {sum}"));
-            }
+/// How many payouts a session has, after checking that each of its
+/// postings balances (through the store's own reads).
+async fn payouts_of(store: &Arc<dyn Store>, id: &str) -> Result<usize, String> {
+    let postings = store.postings(id).await.map_err(|error| error.to_string())?;
+    for posting in &postings {
+        let sum: i64 = posting.lines.iter().map(|line| line.amount.0).sum();
+        if sum != 0 {
+            return Err(format!("posting of {id} sums to {sum}"));
         }
-        let payouts =
-            self.payouts(Some(id), None, 1000).await.map_err(|error| error.to_string())?;
-        Ok(payouts.len())
     }
+    let payouts = store.payouts(Some(id), None, 1000).await.map_err(|error| error.to_string())?;
+    Ok(payouts.len())
 }
 
 fn new_session(id: &str) -> NewSession {

@@ -74,27 +74,33 @@ async fn one_session(
     body["outcome"]["status"].as_str().map(str::to_owned)
 }
 
-async fn count(database_url: &str, query: &'static str) -> i64 {
+/// One value read behind the server's back, on either database.
+async fn scalar<T>(database_url: &str, query: &'static str, id: Option<&str>) -> Option<T>
+where
+    T: Send + Unpin,
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
     use sqlx::Connection;
     if database_url.starts_with("sqlite:") {
         let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_scalar(query).fetch_one(&mut connection).await.unwrap()
+        let statement = sqlx::query_scalar(query);
+        let statement = if let Some(id) = id { statement.bind(id) } else { statement };
+        statement.fetch_optional(&mut connection).await.unwrap()
     } else {
         let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_scalar(query).fetch_one(&mut connection).await.unwrap()
+        let statement = sqlx::query_scalar(query);
+        let statement = if let Some(id) = id { statement.bind(id) } else { statement };
+        statement.fetch_optional(&mut connection).await.unwrap()
     }
 }
 
+async fn count(database_url: &str, query: &'static str) -> i64 {
+    scalar(database_url, query, None).await.expect("a count")
+}
+
 async fn status_of(database_url: &str, id: &str) -> Option<String> {
-    use sqlx::Connection;
-    let query = "SELECT status FROM sessions WHERE id = $1";
-    if database_url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_scalar(query).bind(id).fetch_optional(&mut connection).await.unwrap()
-    } else {
-        let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_scalar(query).bind(id).fetch_optional(&mut connection).await.unwrap()
-    }
+    scalar(database_url, "SELECT status FROM sessions WHERE id = $1", Some(id)).await
 }
 
 async fn killed_at_random_moments_nothing_acknowledged_is_lost(backend: Backend) {
