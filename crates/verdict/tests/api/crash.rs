@@ -154,10 +154,11 @@ async fn killed_at_random_moments_nothing_acknowledged_is_lost(backend: Backend)
     let completed =
         count(&database_url, "SELECT COUNT(*) FROM sessions WHERE status = 'completed'");
     let completed = completed.await;
-    let pending = "SELECT COUNT(*) FROM outbox WHERE topic = 'payout' AND state = 'pending'";
+    // Every due outbox row (payouts, webhooks, e-mails), not just payouts.
+    let pending = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
     let mut waited = 0;
     while count(&database_url, pending).await > 0 {
-        assert!(waited < 600, "payouts still pending after 60 s");
+        assert!(waited < 600, "outbox rows still pending after 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += 1;
     }
@@ -175,6 +176,8 @@ async fn killed_at_random_moments_nothing_acknowledged_is_lost(backend: Backend)
         count(&database_url, "SELECT COUNT(*) FROM ledger_postings WHERE kind = 'settlement'")
             .await;
     assert_eq!((payouts, postings), (completed, completed));
+    let dead = count(&database_url, "SELECT COUNT(*) FROM outbox WHERE state = 'dead'").await;
+    assert_eq!(dead, 0, "nothing dead: every due row delivered");
     let paid = count(&database_url, "SELECT COUNT(*) FROM payouts WHERE state = 'paid'").await;
     assert_eq!(paid, completed, "every payout paid");
     // Exactly once in effect: one transfer per payout, whatever the retries.
