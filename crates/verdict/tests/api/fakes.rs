@@ -21,11 +21,12 @@ async fn serve(router: Router) -> String {
     format!("http://{address}")
 }
 
-/// A listener that resets (RST, no answer at all) `percent` % of the
-/// connections it accepts, counting them.
+/// A listener that resets (RST, no answer at all) one connection in
+/// `every` it accepts, the first among them, counting the resets.
 struct Resetting {
     inner: TcpListener,
-    percent: u32,
+    every: usize,
+    accepted: usize,
     resets: Arc<Mutex<usize>>,
 }
 
@@ -36,7 +37,8 @@ impl axum::serve::Listener for Resetting {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             let Ok((stream, address)) = self.inner.accept().await else { continue };
-            if rand::random_range(0..100) < self.percent {
+            self.accepted += 1;
+            if self.accepted % self.every == 1 {
                 let _ = stream.set_zero_linger();
                 drop(stream);
                 *self.resets.lock().unwrap() += 1;
@@ -49,6 +51,20 @@ impl axum::serve::Listener for Resetting {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
     }
+}
+
+/// Serves `router` behind a `Resetting` listener; every answer closes its
+/// connection.
+async fn serve_resetting(router: Router, every: usize, resets: Arc<Mutex<usize>>) -> String {
+    let router = router.layer(axum::middleware::map_response(async |mut response: Response| {
+        response.headers_mut().insert("connection", "close".parse().unwrap());
+        response
+    }));
+    let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = inner.local_addr().unwrap();
+    let listener = Resetting { inner, every, accepted: 0, resets };
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
 }
 
 /// What the fake does with the next transfer request.
@@ -95,6 +111,7 @@ struct StripeState {
 pub struct FakeStripe {
     pub base: String,
     state: Arc<Mutex<StripeState>>,
+    resets: Arc<Mutex<usize>>,
 }
 
 impl FakeStripe {
@@ -104,7 +121,26 @@ impl FakeStripe {
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .with_state(state.clone());
-        FakeStripe { base: serve(router).await, state }
+        FakeStripe { base: serve(router).await, state, resets: Arc::default() }
+    }
+
+    /// The same fake, which also resets one connection in `every` when it
+    /// accepts it (before any request is read) and closes each one after
+    /// answering, so that every call connects anew.
+    pub async fn start_resetting(script: Vec<Fault>, every: usize) -> FakeStripe {
+        let state =
+            Arc::new(Mutex::new(StripeState { script: script.into(), ..StripeState::default() }));
+        let router = Router::new()
+            .route("/v1/transfers", post(create_transfer).get(list_transfers))
+            .with_state(state.clone());
+        let resets = Arc::default();
+        let base = serve_resetting(router, every, Arc::clone(&resets)).await;
+        FakeStripe { base, state, resets }
+    }
+
+    /// Connections reset before any answer.
+    pub fn resets(&self) -> usize {
+        *self.resets.lock().unwrap()
     }
 
     pub fn calls(&self) -> Vec<TransferCall> {
@@ -262,19 +298,10 @@ impl Receiver {
             delay: Some(slow),
             ..ReceiverState::default()
         }));
-        let router = Router::new()
-            .route("/hook", post(receive))
-            .layer(axum::middleware::map_response(async |mut response: Response| {
-                response.headers_mut().insert("connection", "close".parse().unwrap());
-                response
-            }))
-            .with_state(state.clone());
-        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = inner.local_addr().unwrap();
+        let router = Router::new().route("/hook", post(receive)).with_state(state.clone());
         let resets = state.lock().unwrap().resets.clone();
-        let listener = Resetting { inner, percent: 10, resets };
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        Receiver { url: format!("http://{address}/hook"), state }
+        let base = serve_resetting(router, 10, resets).await;
+        Receiver { url: format!("{base}/hook"), state }
     }
 
     /// Connections reset before any answer.
