@@ -1,7 +1,8 @@
 //! `decide()` on realistic histories (divan): `cargo bench -p verdict-core`.
 
 use verdict_core::{
-    EndCause, EndRequest, Party, Policy, PresenceEvent, PresenceKind, SessionFacts, UnixMillis,
+    Connection, EndCause, EndRequest, Party, Policy, PresenceEvent, PresenceKind, SessionFacts,
+    UnixMillis,
 };
 
 fn main() {
@@ -21,7 +22,12 @@ fn history(events: usize) -> Vec<PresenceEvent> {
                 1 => PresenceKind::Heartbeat,
                 _ => PresenceKind::Left,
             };
-            PresenceEvent { party, kind, at: UnixMillis(T0.0 + n as i64 * 90_000) }
+            PresenceEvent {
+                party,
+                kind,
+                at: UnixMillis(T0.0 + n as i64 * 90_000),
+                connection: Connection::OWN,
+            }
         })
         .collect()
 }

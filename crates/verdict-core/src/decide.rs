@@ -81,10 +81,9 @@ pub fn decide(
         return recorded;
     }
 
-    let timeout = policy.presence_timeout_seconds;
     let judged_at = end.judged_at.max(end.at);
-    let customer = intervals_judged(events, Party::Customer, end.at, judged_at, timeout);
-    let provider = intervals_judged(events, Party::Provider, end.at, judged_at, timeout);
+    let customer = intervals_judged(events, Party::Customer, end.at, judged_at, policy);
+    let provider = intervals_judged(events, Party::Provider, end.at, judged_at, policy);
     let (overlap_millis, started_at) = overlap(&customer, &provider);
 
     let Some(started_at) = started_at else {
@@ -136,9 +135,8 @@ pub fn sweep_due(
     if session.recorded.is_some() {
         return None;
     }
-    let timeout = policy.presence_timeout_seconds;
-    let customer = intervals_of(events, Party::Customer, now, timeout);
-    let provider = intervals_of(events, Party::Provider, now, timeout);
+    let customer = intervals_of(events, Party::Customer, now, policy);
+    let provider = intervals_of(events, Party::Provider, now, policy);
     let (_, started_at) = overlap(&customer, &provider);
     let sweep = |at| Some(EndRequest { at, cause: EndCause::Sweeper, judged_at: now });
     let Some(started_at) = started_at else {

@@ -21,8 +21,8 @@ pub use decide::{EndCause, EndRequest, Outcome, SessionFacts, decide, sweep_due}
 pub use id::{ID_LENGTH_MAX, is_valid_id};
 pub use policy::{BillingBasis, Policy, PolicySet};
 pub use presence::{
-    Interval, Presence, PresenceEvent, PresenceKind, intersections, intervals_judged, intervals_of,
-    open_since, overlap, presence_at,
+    Connection, Interval, Presence, PresenceEvent, PresenceKind, intersections, intervals_judged,
+    intervals_of, open_since, overlap, presence_at,
 };
 pub use pricing::{AMOUNT_CENTS_MAX, Cents, Price, PriceMode, charge_for, platform_fee};
 pub use types::{Kind, ParseError, Party, Reason, Role, Status, UnixMillis};

@@ -46,6 +46,9 @@ pub struct Policy {
     /// A party whose last heartbeat in its current interval is older than
     /// this is absent since that heartbeat.
     pub presence_timeout_seconds: i64,
+    /// An absence shorter than this between a leave and a rejoin of the
+    /// same party does not split its presence (a reconnect).
+    pub reconnect_grace_seconds: i64,
     /// Platform fee in basis points of the charge.
     pub platform_fee_bps: i64,
 }
@@ -59,6 +62,7 @@ impl Default for Policy {
             abandon_after_seconds: 300,
             max_duration_seconds: 14_400,
             presence_timeout_seconds: 60,
+            reconnect_grace_seconds: 20,
             platform_fee_bps: 2_000,
         }
     }

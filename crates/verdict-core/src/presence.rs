@@ -1,6 +1,7 @@
 //! Presence: from a party's join, leave and heartbeat events to the intervals
 //! in which it was present, and from two parties' intervals to their overlap.
 
+use crate::policy::Policy;
 use crate::types::{Party, UnixMillis};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,12 +11,36 @@ pub enum PresenceKind {
     Heartbeat,
 }
 
-/// One thing the server saw of one party, at the server's instant.
+/// Which connection of a party an event belongs to.
+///
+/// [`Connection::OWN`] is the party's own calls to verdict (join, leave,
+/// heartbeat): one logical connection, taken in recording order. A video
+/// platform reports each connection of a participant apart (a reconnect is a
+/// new connection whose join may arrive before the old one's leave), so
+/// each of those gets its own number, and the party is present while any of
+/// its connections is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Connection(pub u32);
+
+impl Connection {
+    pub const OWN: Connection = Connection(0);
+}
+
+/// One thing seen of one party: by the server at its instant, or by a video
+/// platform at the platform's instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PresenceEvent {
     pub party: Party,
     pub kind: PresenceKind,
     pub at: UnixMillis,
+    pub connection: Connection,
+}
+
+impl PresenceEvent {
+    /// An event of the party's own connection.
+    pub fn own(party: Party, kind: PresenceKind, at: UnixMillis) -> PresenceEvent {
+        PresenceEvent { party, kind, at, connection: Connection::OWN }
+    }
 }
 
 /// A half-open span `[start, end)` with `start < end`.
@@ -40,15 +65,16 @@ impl Interval {
 /// `presence_timeout_seconds` is absent since that heartbeat; a later
 /// heartbeat (a reconnect without a new join) opens a new interval. A party
 /// that never heartbeats is present from its join to its leave. Events after
-/// `until` are ignored; events are taken in time order (stable for equal
-/// instants, so recording order breaks ties).
+/// `until` are ignored. Each connection is replayed apart, in time order;
+/// the party is present while any connection is, and an absence shorter
+/// than `reconnect_grace_seconds` between two presences does not count.
 pub fn intervals_of(
     events: &[PresenceEvent],
     party: Party,
     until: UnixMillis,
-    presence_timeout_seconds: i64,
+    policy: &Policy,
 ) -> Vec<Interval> {
-    intervals_judged(events, party, until, until, presence_timeout_seconds)
+    intervals_judged(events, party, until, until, policy)
 }
 
 /// [`intervals_of`] cut at `until`, with heartbeat staleness judged at
@@ -59,49 +85,62 @@ pub fn intervals_judged(
     party: Party,
     until: UnixMillis,
     judged_at: UnixMillis,
-    presence_timeout_seconds: i64,
+    policy: &Policy,
 ) -> Vec<Interval> {
     let mut own: Vec<&PresenceEvent> =
         events.iter().filter(|event| event.party == party && event.at <= until).collect();
-    // A heartbeat comes after the joins and leaves of its instant (a party
-    // is seen once it is there), and joins and leaves keep their recorded
-    // order: the outcome never depends on how the caller listed them.
-    own.sort_by_key(|event| (event.at, event.kind == PresenceKind::Heartbeat));
+    // Time order per connection, whatever order the events came in. On the
+    // party's own connection a heartbeat comes after the joins and leaves of
+    // its instant (a party is seen once it is there), and joins and leaves
+    // keep their recorded order (the server records them in the order it
+    // saw them). A platform's connection joins once and leaves once, so at
+    // one instant its join comes first: the order never depends on arrival.
+    own.sort_by_key(|event| {
+        let rank = match (event.connection, event.kind) {
+            (_, PresenceKind::Heartbeat) => 2,
+            (Connection::OWN, _) | (_, PresenceKind::Joined) => 0,
+            (_, PresenceKind::Left) => 1,
+        };
+        (event.connection, event.at, rank)
+    });
 
-    let mut tracker = Tracker {
-        timeout_millis: presence_timeout_seconds.saturating_mul(1000),
-        open: None,
-        last_heartbeat: None,
-        lapsed: false,
-        intervals: Vec::new(),
-    };
-    for event in own {
-        tracker.expire_if_stale(event.at);
-        match event.kind {
-            PresenceKind::Joined => {
-                if tracker.open.is_none() {
-                    tracker.open = Some(event.at);
-                    tracker.lapsed = false;
-                }
+    let timeout_millis = policy.presence_timeout_seconds.saturating_mul(1000);
+    let mut intervals = Vec::new();
+    for connection in own.chunk_by(|a, b| a.connection == b.connection) {
+        let mut tracker = Tracker {
+            timeout_millis,
+            open: None,
+            last_heartbeat: None,
+            lapsed: false,
+            intervals: Vec::new(),
+        };
+        for event in connection {
+            tracker.replay(event);
+        }
+        tracker.expire_if_stale(judged_at.max(until));
+        tracker.close(until);
+        intervals.append(&mut tracker.intervals);
+    }
+    // Sorted by connection, so several connections show at the two ends.
+    if own.first().map(|event| event.connection) != own.last().map(|event| event.connection) {
+        intervals.sort_by_key(|interval| interval.start);
+    }
+    merge_gaps(intervals, policy.reconnect_grace_seconds.saturating_mul(1000))
+}
+
+/// Sorted intervals with every overlap joined and every gap shorter than
+/// `grace_millis` bridged.
+fn merge_gaps(intervals: Vec<Interval>, grace_millis: i64) -> Vec<Interval> {
+    let mut merged: Vec<Interval> = Vec::with_capacity(intervals.len());
+    for interval in intervals {
+        match merged.last_mut() {
+            Some(last) if interval.start.millis_since(last.end) < grace_millis.max(1) => {
+                last.end = last.end.max(interval.end);
             }
-            PresenceKind::Left => {
-                tracker.close(event.at);
-                tracker.lapsed = false;
-            }
-            PresenceKind::Heartbeat => {
-                if tracker.open.is_some() {
-                    tracker.last_heartbeat = Some(event.at);
-                } else if tracker.lapsed {
-                    tracker.open = Some(event.at);
-                    tracker.last_heartbeat = Some(event.at);
-                    tracker.lapsed = false;
-                }
-            }
+            _ => merged.push(interval),
         }
     }
-    tracker.expire_if_stale(judged_at.max(until));
-    tracker.close(until);
-    tracker.intervals
+    merged
 }
 
 /// The state of one party while its events are replayed.
@@ -117,6 +156,31 @@ struct Tracker {
 }
 
 impl Tracker {
+    fn replay(&mut self, event: &PresenceEvent) {
+        self.expire_if_stale(event.at);
+        match event.kind {
+            PresenceKind::Joined => {
+                if self.open.is_none() {
+                    self.open = Some(event.at);
+                    self.lapsed = false;
+                }
+            }
+            PresenceKind::Left => {
+                self.close(event.at);
+                self.lapsed = false;
+            }
+            PresenceKind::Heartbeat => {
+                if self.open.is_some() {
+                    self.last_heartbeat = Some(event.at);
+                } else if self.lapsed {
+                    self.open = Some(event.at);
+                    self.last_heartbeat = Some(event.at);
+                    self.lapsed = false;
+                }
+            }
+        }
+    }
+
     fn close(&mut self, end: UnixMillis) {
         if let Some(start) = self.open.take()
             && start < end
@@ -167,12 +231,17 @@ pub fn overlap(a: &[Interval], b: &[Interval]) -> (i64, Option<UnixMillis>) {
         .fold((0, None), |(total, first), both| (total + both.millis(), first.or(Some(both.start))))
 }
 
-/// When `party`'s current explicit presence began: the instant of its last
-/// join if no leave followed it (heartbeats aside), else `None`.
+/// When `party`'s current explicit presence on its own connection began:
+/// the instant of its last join if no leave followed it (heartbeats aside),
+/// else `None`.
 pub fn open_since(events: &[PresenceEvent], party: Party) -> Option<UnixMillis> {
     let mut own: Vec<&PresenceEvent> = events
         .iter()
-        .filter(|event| event.party == party && event.kind != PresenceKind::Heartbeat)
+        .filter(|event| {
+            event.party == party
+                && event.connection == Connection::OWN
+                && event.kind != PresenceKind::Heartbeat
+        })
         .collect();
     own.sort_by_key(|event| event.at);
     let mut open = None;
@@ -194,16 +263,12 @@ pub struct Presence {
 }
 
 /// Whether each party is present at `at` (used on join to detect the start).
-pub fn presence_at(
-    events: &[PresenceEvent],
-    at: UnixMillis,
-    presence_timeout_seconds: i64,
-) -> Presence {
+pub fn presence_at(events: &[PresenceEvent], at: UnixMillis, policy: &Policy) -> Presence {
     // An interval still open at `at` ends exactly at `at`, so ask about the
     // instant just after the last event.
     let probe = UnixMillis(at.0.saturating_add(1));
     let present = |party| {
-        intervals_of(events, party, probe, presence_timeout_seconds)
+        intervals_of(events, party, probe, policy)
             .last()
             .is_some_and(|interval| interval.end == probe)
     };
@@ -215,7 +280,21 @@ mod tests {
     use super::*;
 
     fn ev(party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
-        PresenceEvent { party, kind, at: UnixMillis(seconds * 1000) }
+        PresenceEvent::own(party, kind, UnixMillis(seconds * 1000))
+    }
+
+    /// An event of the platform connection `connection`.
+    fn on(connection: u32, party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
+        PresenceEvent { connection: Connection(connection), ..ev(party, kind, seconds) }
+    }
+
+    /// Heartbeat timeout `timeout` seconds, no reconnect grace.
+    fn timeout(timeout: i64) -> Policy {
+        Policy {
+            presence_timeout_seconds: timeout,
+            reconnect_grace_seconds: 0,
+            ..Policy::default()
+        }
     }
 
     fn spans(intervals: &[Interval]) -> Vec<(i64, i64)> {
@@ -228,28 +307,31 @@ mod tests {
     #[test]
     fn join_and_leave_make_an_interval_and_the_end_closes_an_open_one() {
         let events = [ev(C, J, 10), ev(C, L, 20), ev(C, J, 30)];
-        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), 60)), [(10, 20), (30, 50)]);
+        assert_eq!(
+            spans(&intervals_of(&events, C, UnixMillis(50_000), &timeout(60))),
+            [(10, 20), (30, 50)]
+        );
     }
 
     #[test]
     fn repeated_joins_and_stray_leaves_change_nothing() {
         let events = [ev(C, L, 5), ev(C, J, 10), ev(C, J, 15), ev(C, L, 20), ev(C, L, 25)];
-        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), 60)), [(10, 20)]);
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), &timeout(60))), [(10, 20)]);
     }
 
     #[test]
     fn a_stale_heartbeat_makes_the_party_absent_from_that_heartbeat() {
         let events = [ev(C, J, 0), ev(C, H, 30), ev(C, H, 40)];
-        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(300_000), 60)), [(0, 40)]);
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(300_000), &timeout(60))), [(0, 40)]);
         // Exactly at the timeout the heartbeat is not yet older than it.
-        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(100_000), 60)), [(0, 100)]);
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(100_000), &timeout(60))), [(0, 100)]);
     }
 
     #[test]
     fn a_heartbeat_after_a_lapse_reopens_presence() {
         let events = [ev(C, J, 0), ev(C, H, 10), ev(C, H, 200), ev(C, L, 250)];
         assert_eq!(
-            spans(&intervals_of(&events, C, UnixMillis(300_000), 60)),
+            spans(&intervals_of(&events, C, UnixMillis(300_000), &timeout(60))),
             [(0, 10), (200, 250)]
         );
     }
@@ -257,7 +339,7 @@ mod tests {
     #[test]
     fn heartbeats_without_a_join_are_not_presence() {
         let events = [ev(C, H, 10), ev(C, H, 20)];
-        assert!(intervals_of(&events, C, UnixMillis(30_000), 60).is_empty());
+        assert!(intervals_of(&events, C, UnixMillis(30_000), &timeout(60)).is_empty());
     }
 
     #[test]
@@ -274,7 +356,34 @@ mod tests {
     #[test]
     fn presence_at_reports_who_is_in_the_room_now() {
         let events = [ev(C, J, 0), ev(Party::Provider, J, 5), ev(Party::Provider, L, 8)];
-        let now = presence_at(&events, UnixMillis(8_000), 60);
+        let now = presence_at(&events, UnixMillis(8_000), &timeout(60));
         assert_eq!(now, Presence { customer: true, provider: false });
+    }
+
+    #[test]
+    fn a_party_is_present_while_any_of_its_connections_is() {
+        // A reconnect: the new connection's join (at 30) reaches us before
+        // the old one's leave (at 31).
+        let events = [on(1, C, J, 10), on(2, C, J, 30), on(1, C, L, 31), on(2, C, L, 90)];
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(100_000), &timeout(60))), [(10, 90)]);
+    }
+
+    #[test]
+    fn a_platform_connection_joining_and_leaving_in_one_instant_is_never_present() {
+        let events = [on(1, C, L, 10), on(1, C, J, 10)];
+        assert!(intervals_of(&events, C, UnixMillis(100_000), &timeout(60)).is_empty());
+    }
+
+    #[test]
+    fn absences_shorter_than_the_reconnect_grace_do_not_split_presence() {
+        let events = [ev(C, J, 0), ev(C, L, 10), ev(C, J, 29), ev(C, L, 40), ev(C, J, 60)];
+        let policy = Policy { reconnect_grace_seconds: 20, ..timeout(60) };
+        // 19 s away is bridged; exactly 20 s is not.
+        assert_eq!(
+            spans(&intervals_of(&events, C, UnixMillis(70_000), &policy)),
+            [(0, 40), (60, 70)]
+        );
+        // A leave with no rejoin is a leave, grace or not.
+        assert_eq!(spans(&intervals_of(&events, C, UnixMillis(50_000), &policy)), [(0, 40)]);
     }
 }

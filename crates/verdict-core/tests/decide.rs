@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use verdict_core::{
-    BillingBasis, EndCause, EndRequest, Outcome, Party, Policy, PresenceEvent, PresenceKind,
-    Reason, SessionFacts, Status, UnixMillis, decide,
+    BillingBasis, Connection, EndCause, EndRequest, Outcome, Party, Policy, PresenceEvent,
+    PresenceKind, Reason, SessionFacts, Status, UnixMillis, decide,
 };
 
 use Party::{Customer, Provider};
@@ -17,7 +17,7 @@ fn at(seconds: i64) -> UnixMillis {
 }
 
 fn ev(party: Party, kind: PresenceKind, seconds: i64) -> PresenceEvent {
-    PresenceEvent { party, kind, at: at(seconds) }
+    PresenceEvent { party, kind, at: at(seconds), connection: Connection::OWN }
 }
 
 fn facts() -> SessionFacts {
@@ -77,7 +77,12 @@ fn exactly_sixty_seconds_together_completes() {
 #[test]
 fn billable_time_is_floored_to_whole_seconds() {
     let mut events = vec![ev(Customer, Joined, 0), ev(Provider, Joined, 0)];
-    events.push(PresenceEvent { party: Provider, kind: Left, at: UnixMillis(at(60).0 - 1) });
+    events.push(PresenceEvent {
+        party: Provider,
+        kind: Left,
+        at: UnixMillis(at(60).0 - 1),
+        connection: Connection::OWN,
+    });
     check(&events, 1000, (Status::Cancelled, Reason::TooShort, 59));
 }
 
@@ -187,6 +192,7 @@ fn arbitrary_event() -> impl Strategy<Value = PresenceEvent> {
             party,
             kind,
             at: UnixMillis(T0 + millis),
+            connection: Connection::OWN,
         })
 }
 
@@ -241,12 +247,19 @@ fn history_with_heartbeats() -> impl Strategy<Value = (Vec<PresenceEvent>, Vec<P
         prop::collection::vec((party(), prop_oneof![Just(Joined), Just(Left)], instant()), 0..12);
     let beats = prop::collection::vec((party(), instant()), 0..2);
     (moves, beats).prop_map(|(moves, beats)| {
-        let mut moves: Vec<PresenceEvent> =
-            moves.into_iter().map(|(party, kind, at)| PresenceEvent { party, kind, at }).collect();
+        let mut moves: Vec<PresenceEvent> = moves
+            .into_iter()
+            .map(|(party, kind, at)| PresenceEvent { party, kind, at, connection: Connection::OWN })
+            .collect();
         moves.sort_by_key(|event| event.at);
         let beats = beats
             .into_iter()
-            .map(|(party, at)| PresenceEvent { party, kind: Heartbeat, at })
+            .map(|(party, at)| PresenceEvent {
+                party,
+                kind: Heartbeat,
+                at,
+                connection: Connection::OWN,
+            })
             .collect();
         (moves, beats)
     })
@@ -433,12 +446,84 @@ proptest! {
 fn a_heartbeat_at_the_instant_of_the_join_counts_wherever_it_is_listed() {
     let at = UnixMillis(T0);
     let joins = [
-        PresenceEvent { party: Customer, kind: Joined, at },
-        PresenceEvent { party: Provider, kind: Joined, at },
+        PresenceEvent { party: Customer, kind: Joined, at, connection: Connection::OWN },
+        PresenceEvent { party: Provider, kind: Joined, at, connection: Connection::OWN },
     ];
-    let beat = PresenceEvent { party: Customer, kind: Heartbeat, at };
+    let beat = PresenceEvent { party: Customer, kind: Heartbeat, at, connection: Connection::OWN };
     let end = requested(71);
     let after = decide(&facts(), &[joins[0], joins[1], beat], &Policy::default(), end);
     let before = decide(&facts(), &[beat, joins[0], joins[1]], &Policy::default(), end);
     assert_eq!(after, before);
+}
+
+/// A video platform's view of a session: per party, up to four connections,
+/// each a join and (usually) a leave, at whole seconds so that instants
+/// often coincide. In time order, as the platform saw them.
+fn platform_stream() -> impl Strategy<Value = Vec<PresenceEvent>> {
+    // Ten-second steps and zero-length connections make instants collide.
+    let connection = (
+        (0i64..40).prop_map(|step| step * 10),
+        prop::option::of(prop_oneof![Just(0i64), (0i64..30).prop_map(|step| step * 10)]),
+    );
+    (prop::collection::vec(connection.clone(), 0..4), prop::collection::vec(connection, 0..4))
+        .prop_map(|(customer, provider)| {
+            let mut events = Vec::new();
+            for (party, spans) in [(Customer, customer), (Provider, provider)] {
+                for (n, (start, length)) in spans.into_iter().enumerate() {
+                    let connection =
+                        Connection(n as u32 + 1 + if party == Provider { 10 } else { 0 });
+                    events.push(PresenceEvent { party, kind: Joined, at: at(start), connection });
+                    if let Some(length) = length {
+                        let leave = at(start + length);
+                        events.push(PresenceEvent { party, kind: Left, at: leave, connection });
+                    }
+                }
+            }
+            events.sort_by_key(|event| (event.at, event.kind == Left));
+            events
+        })
+}
+
+proptest! {
+    /// Platforms deliver late, twice and out of order: any arrival order,
+    /// with any events repeated, decides as the ordered stream does.
+    #[test]
+    fn platform_events_decide_alike_in_any_order_and_with_repeats(
+        (ordered, delivered) in platform_stream().prop_flat_map(|ordered| {
+            let repeats = prop::collection::vec(any::<prop::sample::Index>(), 0..6);
+            (Just(ordered.clone()), (Just(ordered), repeats).prop_flat_map(|(events, repeats)| {
+                let mut delivered = events.clone();
+                if !events.is_empty() {
+                    delivered.extend(repeats.iter().map(|index| *index.get(&events)));
+                }
+                Just(delivered).prop_shuffle()
+            }))
+        }),
+        end in 0i64..800,
+        policy in arbitrary_policy(),
+    ) {
+        let end = requested(end);
+        prop_assert_eq!(
+            decide(&facts(), &delivered, &policy, end),
+            decide(&facts(), &ordered, &policy, end)
+        );
+    }
+}
+
+#[test]
+fn a_reconnect_shorter_than_the_grace_does_not_cut_a_session_short() {
+    // The customer drops out for 15 s in the middle of a 70 s meeting.
+    let events = [
+        ev(Customer, Joined, 0),
+        ev(Provider, Joined, 0),
+        ev(Customer, Left, 30),
+        ev(Customer, Joined, 45),
+    ];
+    let policy = Policy { reconnect_grace_seconds: 20, ..Policy::default() };
+    let outcome = decide(&facts(), &events, &policy, requested(70));
+    assert_eq!((outcome.status, outcome.billable_seconds), (Status::Completed, 70));
+    // Without the grace the 15 s are missing and the session is too short.
+    let strict = Policy { reconnect_grace_seconds: 0, ..policy };
+    let outcome = decide(&facts(), &events, &strict, requested(70));
+    assert_eq!((outcome.status, outcome.reason), (Status::Cancelled, Reason::TooShort));
 }

@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::{Pool, Row};
 use verdict_core::{
-    Cents, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet, PresenceEvent,
-    PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis, charge_for,
-    decide, open_since, platform_fee, presence_at, sweep_due,
+    Cents, Connection, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet,
+    PresenceEvent, PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis,
+    charge_for, decide, open_since, platform_fee, presence_at, sweep_due,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
@@ -949,7 +949,12 @@ impl Store for Engine {
             }
             let Some(party) = party.and_then(|party| party.parse::<Party>().ok()) else { continue };
             let kind = if kind == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
-            audits[slot].1.events.push(PresenceEvent { party, kind, at: UnixMillis(at) });
+            audits[slot].1.events.push(PresenceEvent {
+                party,
+                kind,
+                at: UnixMillis(at),
+                connection: Connection::OWN,
+            });
         }
         for (session_id, amount) in from_json_page::<(Cow<'_, str>, i64)>(payouts.as_deref())? {
             if let Some(&slot) = index.get(session_id.as_ref()) {
@@ -1063,10 +1068,9 @@ impl Store for Engine {
                 let events: Vec<PresenceEvent> = imported
                     .events
                     .iter()
-                    .map(|&(party, joined, at)| PresenceEvent {
-                        party,
-                        kind: if joined { PresenceKind::Joined } else { PresenceKind::Left },
-                        at,
+                    .map(|&(party, joined, at)| {
+                        let kind = if joined { PresenceKind::Joined } else { PresenceKind::Left };
+                        PresenceEvent::own(party, kind, at)
                     })
                     .collect();
                 let facts = verdict_core::SessionFacts {
@@ -1508,10 +1512,15 @@ async fn record_presence_in(
             Some(&data),
         )
         .await?;
-        events.push(PresenceEvent { party, kind: PresenceKind::Left, at: seen });
+        events.push(PresenceEvent {
+            party,
+            kind: PresenceKind::Left,
+            at: seen,
+            connection: Connection::OWN,
+        });
         lapsed = true;
     }
-    let present = presence_at(&events, now, policy.presence_timeout_seconds);
+    let present = presence_at(&events, now, policy);
     let (party_present, other_present) = match party {
         Party::Customer => (present.customer, present.provider),
         Party::Provider => (present.provider, present.customer),
@@ -2001,7 +2010,12 @@ async fn presence_events(
         let party = parse_optional(row.try_get("party")?)?.ok_or_else(|| {
             StoreError::Corrupt(format!("presence event of {} without a party", session.id))
         })?;
-        events.push(PresenceEvent { party, kind, at: UnixMillis(row.try_get("at")?) });
+        events.push(PresenceEvent {
+            party,
+            kind,
+            at: UnixMillis(row.try_get("at")?),
+            connection: Connection::OWN,
+        });
     }
     events.extend(session.last_heartbeats());
     Ok(events)
@@ -2113,6 +2127,7 @@ fn policy_json(policy: &Policy) -> Value {
         "abandon_after_seconds": policy.abandon_after_seconds,
         "max_duration_seconds": policy.max_duration_seconds,
         "presence_timeout_seconds": policy.presence_timeout_seconds,
+        "reconnect_grace_seconds": policy.reconnect_grace_seconds,
         "platform_fee_bps": policy.platform_fee_bps,
     })
 }

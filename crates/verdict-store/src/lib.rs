@@ -312,6 +312,8 @@ pub fn policy_from_value(value: &serde_json::Value) -> Result<verdict_core::Poli
         abandon_after_seconds: number("abandon_after_seconds")?,
         max_duration_seconds: number("max_duration_seconds")?,
         presence_timeout_seconds: number("presence_timeout_seconds")?,
+        // Decisions made before reconnect merging existed had none.
+        reconnect_grace_seconds: value["reconnect_grace_seconds"].as_i64().unwrap_or(0),
         platform_fee_bps: number("platform_fee_bps")?,
     })
 }

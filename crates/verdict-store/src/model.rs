@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 use verdict_core::{
-    Cents, Kind, Outcome, Party, PolicySet, Price, Reason, Role, SessionFacts, Status, UnixMillis,
+    Cents, Connection, Kind, Outcome, Party, PolicySet, Price, Reason, Role, SessionFacts, Status,
+    UnixMillis,
 };
 
 /// Who did something: a token's role and subject, or the system.
@@ -98,6 +99,7 @@ impl Session {
                 party,
                 kind: verdict_core::PresenceKind::Heartbeat,
                 at: at?,
+                connection: Connection::OWN,
             })
         })
     }

@@ -48,6 +48,7 @@ pub struct PolicyOverride {
     pub abandon_after_seconds: Option<i64>,
     pub max_duration_seconds: Option<i64>,
     pub presence_timeout_seconds: Option<i64>,
+    pub reconnect_grace_seconds: Option<i64>,
     pub platform_fee_bps: Option<i64>,
 }
 
@@ -63,6 +64,7 @@ pub struct Config {
     pub abandon_after_seconds: i64,
     pub max_duration_seconds: i64,
     pub presence_timeout_seconds: i64,
+    pub reconnect_grace_seconds: i64,
     pub platform_fee_bps: i64,
     pub stripe_api_base: String,
     pub stripe_secret_key: Option<Secret>,
@@ -99,6 +101,7 @@ impl Default for Config {
             abandon_after_seconds: policy.abandon_after_seconds,
             max_duration_seconds: policy.max_duration_seconds,
             presence_timeout_seconds: policy.presence_timeout_seconds,
+            reconnect_grace_seconds: policy.reconnect_grace_seconds,
             platform_fee_bps: policy.platform_fee_bps,
             stripe_api_base: "https://api.stripe.com".into(),
             stripe_secret_key: None,
@@ -235,6 +238,7 @@ impl Config {
             abandon_after_seconds: self.abandon_after_seconds,
             max_duration_seconds: self.max_duration_seconds,
             presence_timeout_seconds: self.presence_timeout_seconds,
+            reconnect_grace_seconds: self.reconnect_grace_seconds,
             platform_fee_bps: self.platform_fee_bps,
         };
         for name in self.policy.keys() {
@@ -259,6 +263,9 @@ impl Config {
                 presence_timeout_seconds: o
                     .presence_timeout_seconds
                     .unwrap_or(base.presence_timeout_seconds),
+                reconnect_grace_seconds: o
+                    .reconnect_grace_seconds
+                    .unwrap_or(base.reconnect_grace_seconds),
                 platform_fee_bps: o.platform_fee_bps.unwrap_or(base.platform_fee_bps),
             };
             validate(kind, policy)
@@ -284,6 +291,7 @@ fn validate(kind: Kind, policy: Policy) -> Result<Policy, ConfigError> {
         ("abandon_after_seconds", policy.abandon_after_seconds > 0),
         ("max_duration_seconds", policy.max_duration_seconds > 0),
         ("presence_timeout_seconds", policy.presence_timeout_seconds > 0),
+        ("reconnect_grace_seconds", policy.reconnect_grace_seconds >= 0),
         ("platform_fee_bps", (0..=10_000).contains(&policy.platform_fee_bps)),
     ];
     match checks.iter().find(|(_, ok)| !ok) {

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use verdict_core::{Party, PresenceEvent, PresenceKind, Role, UnixMillis};
+use verdict_core::{Connection, Party, PresenceEvent, PresenceKind, Role, UnixMillis};
 use verdict_store::{EventType, monitor};
 
 use crate::auth::Caller;
@@ -436,21 +436,19 @@ async fn session_page(
                 EventType::Left => PresenceKind::Left,
                 _ => return None,
             };
-            Some(PresenceEvent { party: event.party?, kind, at: event.at })
+            Some(PresenceEvent {
+                party: event.party?,
+                kind,
+                at: event.at,
+                connection: Connection::OWN,
+            })
         })
         .collect();
     presence.extend(session.last_heartbeats());
     let until = session.ended_at.unwrap_or(now);
     let judged_at = ended.map_or(until, |event| event.at).max(until);
-    let intervals = |party| {
-        verdict_core::intervals_judged(
-            &presence,
-            party,
-            until,
-            judged_at,
-            policy.presence_timeout_seconds,
-        )
-    };
+    let intervals =
+        |party| verdict_core::intervals_judged(&presence, party, until, judged_at, &policy);
     let (customer, provider) = (intervals(Party::Customer), intervals(Party::Provider));
     let (overlap_millis, _) = verdict_core::overlap(&customer, &provider);
     let together: Vec<_> = verdict_core::intersections(&customer, &provider).collect();
