@@ -11,6 +11,7 @@ pub mod dto;
 pub mod import;
 pub mod metrics;
 pub mod problem;
+pub mod providers;
 mod routes;
 pub mod wire;
 
