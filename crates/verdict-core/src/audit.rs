@@ -26,6 +26,9 @@ pub struct SessionAudit {
     pub policy: Option<Policy>,
     /// True when the sweeper ended it (so `expired` is a possible verdict).
     pub ended_by_system: bool,
+    /// Ended, its finalization window still open: its money is not settled
+    /// yet (no payout is expected).
+    pub finalizing: bool,
     /// When the decision was made, if verdict made it.
     pub decided_at: Option<UnixMillis>,
     pub events: Vec<PresenceEvent>,
@@ -158,7 +161,9 @@ impl SessionAudit {
 
         // Money.
         let policy = self.policy.unwrap_or(*configured);
-        let payout_ok = if self.status == Status::Completed {
+        let payout_ok = if self.finalizing {
+            self.payouts.is_empty()
+        } else if self.status == Status::Completed {
             let charge = self.charged.unwrap_or_else(|| {
                 charge_for(&self.price, Reason::Completed, self.billable_seconds.unwrap_or(0))
             });

@@ -24,6 +24,18 @@ pub struct Connection(pub u32);
 
 impl Connection {
     pub const OWN: Connection = Connection(0);
+
+    /// The connection a platform names `name` (its participant sid or
+    /// session id), `OWN` for none. A 32-bit FNV-1a hash, never 0: two
+    /// connections of one party in one session colliding is a one in four
+    /// billion chance, and would only merge their presence.
+    pub fn named(name: Option<&str>) -> Connection {
+        let Some(name) = name else { return Connection::OWN };
+        let hash = name
+            .bytes()
+            .fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+        Connection(hash.max(1))
+    }
 }
 
 /// One thing seen of one party: by the server at its instant, or by a video

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Kind, Party, Price, PriceMode, is_valid_id};
 use verdict_store::{
     Assignment, AuditEvent, EarningsTotal, Ended, NewRequest, NewSession, Notification, Payout,
-    Request, Session, User,
+    PlatformRoom, Request, Session, User,
 };
 
 use crate::problem::ApiError;
@@ -99,6 +99,27 @@ pub struct CreateSessionRequest {
     pub request_id: Option<String>,
     /// Any JSON object, kept verbatim.
     pub metadata: Option<Value>,
+    /// The room's name on the video platform (LiveKit, Daily, Twilio):
+    /// its presence webhooks then count for this session. Unique among
+    /// sessions; needs both identities.
+    pub room: Option<String>,
+    /// The customer's participant identity in the room (LiveKit
+    /// `identity`, Daily `user_id`, Twilio `ParticipantIdentity`).
+    pub customer_identity: Option<String>,
+    /// The provider's participant identity in the room.
+    pub provider_identity: Option<String>,
+}
+
+/// A platform name (room or participant identity): 1 to 256 characters,
+/// none of them a control character.
+fn check_platform_name(field: &str, value: &str) -> Result<(), ApiError> {
+    if (1..=256).contains(&value.chars().count()) && !value.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "{field} must be 1 to 256 characters, none of them a control character"
+        )))
+    }
 }
 
 fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
@@ -140,7 +161,27 @@ impl CreateSessionRequest {
                 return Err(ApiError::Unprocessable("metadata must be a JSON object".into()));
             }
         };
+        let room = match (self.room, self.customer_identity, self.provider_identity) {
+            (None, None, None) => None,
+            (Some(room), Some(customer_identity), Some(provider_identity)) => {
+                check_platform_name("room", &room)?;
+                check_platform_name("customer_identity", &customer_identity)?;
+                check_platform_name("provider_identity", &provider_identity)?;
+                if customer_identity == provider_identity {
+                    return Err(ApiError::Unprocessable(
+                        "customer_identity and provider_identity must differ".into(),
+                    ));
+                }
+                Some(PlatformRoom { room, customer_identity, provider_identity })
+            }
+            _ => {
+                return Err(ApiError::Unprocessable(
+                    "room, customer_identity and provider_identity go together: all or none".into(),
+                ));
+            }
+        };
         Ok(NewSession {
+            room,
             id,
             kind: self.kind.into(),
             customer_id: self.customer_id,
@@ -176,6 +217,15 @@ pub struct SessionDto {
     pub price: PriceDto,
     pub charged_cents: Option<i64>,
     pub metadata: Option<Value>,
+    /// The video platform room whose presence counts, if any.
+    pub room: Option<String>,
+    pub customer_identity: Option<String>,
+    pub provider_identity: Option<String>,
+    /// Until when late platform presence may still change the outcome
+    /// (RFC 3339); payouts and receipts wait for it.
+    pub finalizes_at: Option<String>,
+    /// When the outcome became final and its money was settled.
+    pub finalized_at: Option<String>,
 }
 
 impl From<&Session> for SessionDto {
@@ -202,6 +252,11 @@ impl From<&Session> for SessionDto {
             price: PriceDto::from_price(&session.price),
             charged_cents: session.charged_cents.map(|cents| cents.0),
             metadata: session.metadata.clone(),
+            room: session.room.as_ref().map(|room| room.room.clone()),
+            customer_identity: session.room.as_ref().map(|room| room.customer_identity.clone()),
+            provider_identity: session.room.as_ref().map(|room| room.provider_identity.clone()),
+            finalizes_at: session.finalizes_at.map(format_instant),
+            finalized_at: session.finalized_at.map(format_instant),
         }
     }
 }

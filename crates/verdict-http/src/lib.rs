@@ -44,6 +44,21 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     /// How often the dashboard refreshes itself.
     pub dashboard_refresh_seconds: u64,
+    /// The video platforms' webhook credentials.
+    pub presence: Arc<PresenceHooks>,
+}
+
+/// Credentials of the video platforms whose presence webhooks verdict
+/// takes; a platform without them has its route answer 404.
+#[derive(Clone, Default)]
+pub struct PresenceHooks {
+    pub livekit: Option<providers::LiveKitKeys>,
+    /// Daily's HMAC secret, base64.
+    pub daily_secret: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    /// The public base URL Twilio calls (it signs the full URL); without
+    /// it, the URL is rebuilt from the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 pub(crate) type Router = axum::Router<AppState>;
@@ -57,6 +72,7 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
+        .merge(routes::presence::router())
         .merge(routes::admin::router())
         .merge(dashboard::router())
         .route("/metrics", axum::routing::get(metrics::render))
@@ -162,6 +178,9 @@ impl Modify for BearerScheme {
         routes::admin::review,
         routes::admin::import,
         routes::admin::repair,
+        routes::presence::livekit,
+        routes::presence::daily,
+        routes::presence::twilio,
         routes::ops::notifications,
         routes::ops::outbox,
         routes::ops::advance_clock,

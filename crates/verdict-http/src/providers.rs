@@ -80,7 +80,9 @@ pub enum HookError {
     BadPayload(String),
 }
 
-/// The LiveKit API key and secret that sign webhooks.
+/// The LiveKit API key and secret that sign webhooks (no `Debug`: the
+/// secret never reaches a log).
+#[derive(Clone)]
 pub struct LiveKitKeys {
     pub api_key: String,
     pub api_secret: String,
@@ -280,6 +282,11 @@ fn parse_daily(body: &[u8]) -> Result<Parsed, HookError> {
 /// The `X-Webhook-Signature` value Daily would send with `timestamp` and `body`.
 ///
 /// Panics if `secret_base64` is not base64.
+/// Whether a Daily webhook secret is usable (base64, as Daily gives it).
+pub fn daily_secret_is_valid(secret_base64: &str) -> bool {
+    STANDARD.decode(secret_base64).is_ok()
+}
+
 pub fn sign_daily(secret_base64: &str, timestamp: &str, body: &[u8]) -> String {
     let mac = daily_mac(secret_base64, timestamp, body).expect("the Daily secret must be base64");
     STANDARD.encode(mac.finalize().into_bytes())

@@ -12,7 +12,7 @@
 //! concurrent caller waits, then sees the first one's result.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use sqlx::{Pool, Row};
 use verdict_core::{
     Cents, Connection, EndCause, EndRequest, Kind, Outcome, Party, Policy, PolicySet,
     PresenceEvent, PresenceKind, Price, PriceMode, Reason, Role, SessionAudit, Status, UnixMillis,
-    charge_for, decide, open_since, platform_fee, presence_at, sweep_due,
+    charge_for, decide, intervals_of, open_since, overlap, platform_fee, presence_at, sweep_due,
 };
 
 use super::{BACKEND, BEGIN_WRITE, Db};
@@ -28,8 +28,8 @@ use crate::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
     Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider,
-    PayoutState, Posting, PresenceChange, Request, RequestStatus, Session, Settings, Store,
-    StoreError, SweepReport, User, accounts,
+    PayoutState, PlatformDisposition, PlatformPresence, PlatformRoom, Posting, PresenceChange,
+    Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -40,7 +40,8 @@ macro_rules! session_columns {
         "id, kind, status, reason, customer_id, provider_id, provider_account, request_id, \
          scheduled_start, created_at, started_at, ended_at, ended_by, billable_seconds, \
          price_mode, price_amount_cents, currency, charged_cents, metadata, \
-         customer_last_seen_at, provider_last_seen_at"
+         customer_last_seen_at, provider_last_seen_at, room, customer_identity, \
+         provider_identity, finalizes_at, finalized_at"
     };
 }
 
@@ -419,6 +420,7 @@ impl Store for Engine {
             price: request.price.clone(),
             request_id: Some(request_id.to_owned()),
             metadata: None,
+            room: None,
         };
         if !insert_session(&mut tx, &new, actor, now).await? {
             return Err(StoreError::Conflict(format!("session {session_id} already exists")));
@@ -826,7 +828,68 @@ impl Store for Engine {
             }
             tx.commit().await?;
         }
+        // Close the finalization windows that are over.
+        let finalizing = sqlx::query(
+            "SELECT id FROM sessions WHERE finalized_at IS NULL AND finalizes_at <= $1 \
+             ORDER BY finalizes_at LIMIT $2",
+        )
+        .bind(now.0)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &finalizing {
+            let id: String = row.try_get("id")?;
+            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+            let session = lock_session(&mut tx, &id).await?;
+            if !session.is_finalizing() || session.finalizes_at.is_some_and(|at| at > now) {
+                // Another sweeper was first.
+                tx.rollback().await?;
+                continue;
+            }
+            report.finalized.push(finalize_locked(&mut tx, &session, settings, now).await?);
+            tx.commit().await?;
+        }
         Ok(report)
+    }
+
+    async fn record_platform_presence(
+        &self,
+        event: PlatformPresence,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<(PlatformDisposition, Option<Session>), StoreError> {
+        let row = sqlx::query("SELECT id FROM sessions WHERE room = $1")
+            .bind(&event.room)
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(row) = row else { return Ok((PlatformDisposition::UnknownRoom, None)) };
+        let id: String = row.try_get("id")?;
+        let settings = *settings;
+        self.grouped(&id.clone(), move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
+            Box::pin(
+                async move { platform_presence_in(connection, &id, &event, &settings, now).await },
+            )
+        })
+        .await
+    }
+
+    async fn late_presence(&self, session_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut late = HashSet::new();
+        for ids in session_ids.chunks(500) {
+            let mut query = sqlx::QueryBuilder::<Db>::new(
+                "SELECT DISTINCT session_id FROM presence_deliveries \
+                 WHERE disposition = 'late' AND session_id IN (",
+            );
+            let mut list = query.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.reader).await? {
+                late.insert(row.try_get("session_id")?);
+            }
+        }
+        Ok(late)
     }
 
     async fn audits(
@@ -893,7 +956,7 @@ impl Store for Engine {
         let events = filter.query(
             concat!(
                 "SELECT ",
-                json_rows!("session_id, seq, type, party, at"),
+                json_rows!("session_id, seq, type, party, at, connection"),
                 " FROM session_events WHERE type IN ('joined', 'left', 'ended') AND "
             ),
             "session_id",
@@ -939,7 +1002,7 @@ impl Store for Engine {
         let mut events: Vec<EventRecord> = from_json_page(events.as_deref())?;
         // In the order they happened (the audit trail's sequence).
         events.sort_by_key(|event| event.seq);
-        for EventRecord { session_id, kind, party, at, .. } in events {
+        for EventRecord { session_id, kind, party, at, connection, .. } in events {
             let Some(&slot) = index.get(session_id.as_ref()) else { continue };
             if kind == "ended" {
                 // When the decision was taken.
@@ -949,11 +1012,12 @@ impl Store for Engine {
             }
             let Some(party) = party.and_then(|party| party.parse::<Party>().ok()) else { continue };
             let kind = if kind == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
+            let connection = Connection::named(connection.as_deref());
             audits[slot].1.events.push(PresenceEvent {
                 party,
                 kind,
                 at: UnixMillis(at),
-                connection: Connection::OWN,
+                connection,
             });
         }
         for (session_id, amount) in from_json_page::<(Cow<'_, str>, i64)>(payouts.as_deref())? {
@@ -1283,87 +1347,17 @@ impl Store for Engine {
     ) -> Result<Option<Correction>, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let session = lock_session(&mut tx, id).await?;
-        let (Some(_), Some(reason)) = (session.ended_at, session.reason) else {
-            return Ok(None);
-        };
-        let stored_policy: Option<String> =
-            sqlx::query("SELECT policy FROM sessions WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("policy")?;
-        let policy = match stored_policy.as_deref() {
-            Some(text) => policy_from_json(text)?,
-            None => *settings.policies.for_kind(session.kind),
-        };
-        let decided_at: Option<i64> = sqlx::query(
-            "SELECT MAX(at) AS decided_at FROM session_events WHERE session_id = $1 AND type = 'ended'",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("decided_at")?;
-        let events = presence_events(&mut tx, &session).await?;
-        let audit = session.audit(Some(policy), decided_at.map(UnixMillis), events);
-        let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
-        if (expected.status, expected.reason) == (session.status, reason) {
-            return Ok(None);
-        }
-        let old_charge = session.charged_cents.unwrap_or(Cents(0));
-        let new_charge = charge_for(&session.price, expected.reason, expected.billable_seconds);
-        let correction = Correction {
-            session_id: id.to_owned(),
-            from: (session.status, reason),
-            to: (expected.status, expected.reason),
-            money_effect: new_charge.0 - old_charge.0,
-        };
-        sqlx::query(
-            "UPDATE sessions SET status = $1, reason = $2, billable_seconds = $3, started_at = $4, \
-             charged_cents = $5, policy = $6 WHERE id = $7",
-        )
-        .bind(expected.status.as_str())
-        .bind(expected.reason.as_str())
-        .bind(expected.billable_seconds)
-        .bind(expected.started_at.map(|at| at.0))
-        .bind(new_charge.0)
-        .bind(policy_json(&policy).to_string())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let data = json!({
-            "from": {"status": session.status.as_str(), "reason": reason.as_str()},
-            "to": {"status": expected.status.as_str(), "reason": expected.reason.as_str()},
-            "money_effect_cents": correction.money_effect,
-            "policy": policy_json(&policy),
-        });
         let repairer = Actor { role: Role::System, id: "repair".to_owned() };
-        insert_event(&mut tx, id, EventType::Corrected, None, &repairer, now, Some(&data)).await?;
-        notify_parties(&mut tx, &session, "session_corrected", expected.reason, now).await?;
-        let was_completed = session.status == Status::Completed;
-        let is_completed = expected.status == Status::Completed;
-        if is_completed && !was_completed {
-            let existing: i64 =
-                sqlx::query("SELECT COUNT(*) AS n FROM payouts WHERE session_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
-            if existing == 0 {
-                let fee = platform_fee(new_charge, policy.platform_fee_bps);
-                post_settlement(&mut tx, &session, new_charge, fee, now).await?;
-                let share = Cents(new_charge.0 - fee.0);
-                insert_payout(&mut tx, &session, share, settings.payout_provider, now).await?;
-            }
-        } else if was_completed && !is_completed {
-            reverse_settlement(&mut tx, &session, now).await?;
+        let correction = correct_locked(&mut tx, &session, settings, &repairer, now).await?;
+        if correction.is_some() {
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok(Some(correction))
+        Ok(correction)
     }
 
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, session_id, type, party, actor_role, actor_id, at, data \
+            "SELECT seq, session_id, type, party, actor_role, actor_id, at, data, connection \
              FROM session_events WHERE session_id = $1 ORDER BY seq",
         )
         .bind(id)
@@ -1442,6 +1436,20 @@ async fn create_session_in(
         let session = lock_session(&mut *tx, &earlier).await?;
         return Ok(Created { value: session, replayed: true });
     }
+    if let Some(room) = &new.room {
+        let holder = sqlx::query("SELECT id FROM sessions WHERE room = $1 AND id <> $2")
+            .bind(&room.room)
+            .bind(&new.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(holder) = holder {
+            let holder: String = holder.try_get("id")?;
+            return Err(StoreError::Conflict(format!(
+                "room {} is already the room of session {holder}",
+                room.room
+            )));
+        }
+    }
     if !insert_session(&mut *tx, new, actor, now).await? {
         return Err(StoreError::Conflict(format!("session {} already exists", new.id)));
     }
@@ -1467,6 +1475,209 @@ async fn end_session_in(
         settle_end(&mut *tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
             .await?;
     Ok(Ended { session, already_ended: false })
+}
+
+/// Re-derives a locked, terminal session and, if the recorded outcome
+/// differs, corrects it as `actor`: the row, a `corrected` audit event,
+/// notifications, and a posting with its payout (newly completed, paid
+/// once the session is final) or a reversal (wrongly completed). `None`
+/// when the outcome stands. Shared by repair and finalization.
+async fn correct_locked(
+    tx: &mut DbConnection,
+    session: &Session,
+    settings: &Settings,
+    actor: &Actor,
+    now: UnixMillis,
+) -> Result<Option<Correction>, StoreError> {
+    let id = session.id.as_str();
+    let (Some(_), Some(reason)) = (session.ended_at, session.reason) else {
+        return Ok(None);
+    };
+    let policy = stored_policy(&mut *tx, session, settings).await?;
+    let decided_at: Option<i64> = sqlx::query(
+        "SELECT MAX(at) AS decided_at FROM session_events WHERE session_id = $1 AND type = 'ended'",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("decided_at")?;
+    let events = presence_events(&mut *tx, session).await?;
+    let audit = session.audit(Some(policy), decided_at.map(UnixMillis), events);
+    let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
+    // Repair corrects statuses; inside the finalization window, where the
+    // presence itself is still arriving, every part of the outcome follows.
+    let stands = if session.is_finalizing() {
+        (expected.status, expected.reason, expected.billable_seconds, expected.started_at)
+            == (session.status, reason, session.billable_seconds.unwrap_or(0), session.started_at)
+    } else {
+        (expected.status, expected.reason) == (session.status, reason)
+    };
+    if stands {
+        return Ok(None);
+    }
+    let old_charge = session.charged_cents.unwrap_or(Cents(0));
+    let new_charge = charge_for(&session.price, expected.reason, expected.billable_seconds);
+    let correction = Correction {
+        session_id: id.to_owned(),
+        from: (session.status, reason),
+        to: (expected.status, expected.reason),
+        money_effect: new_charge.0 - old_charge.0,
+    };
+    sqlx::query(
+        "UPDATE sessions SET status = $1, reason = $2, billable_seconds = $3, started_at = $4, \
+         charged_cents = $5, policy = $6 WHERE id = $7",
+    )
+    .bind(expected.status.as_str())
+    .bind(expected.reason.as_str())
+    .bind(expected.billable_seconds)
+    .bind(expected.started_at.map(|at| at.0))
+    .bind(new_charge.0)
+    .bind(policy_json(&policy).to_string())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let data = json!({
+        "from": {"status": session.status.as_str(), "reason": reason.as_str()},
+        "to": {"status": expected.status.as_str(), "reason": expected.reason.as_str(),
+            "billable_seconds": expected.billable_seconds},
+        "money_effect_cents": correction.money_effect,
+        "policy": policy_json(&policy),
+    });
+    insert_event(&mut *tx, id, EventType::Corrected, None, actor, now, Some(&data)).await?;
+    notify_parties(&mut *tx, session, "session_corrected", expected.reason, now).await?;
+    if session.is_finalizing() {
+        // No money has moved yet: finalization settles the outcome as it
+        // stands then.
+        return Ok(Some(correction));
+    }
+    let was_completed = session.status == Status::Completed;
+    let is_completed = expected.status == Status::Completed;
+    if is_completed && !was_completed {
+        let existing: i64 = sqlx::query("SELECT COUNT(*) AS n FROM payouts WHERE session_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if existing == 0 {
+            let fee = platform_fee(new_charge, policy.platform_fee_bps);
+            post_settlement(&mut *tx, session, new_charge, fee, now).await?;
+            let share = Cents(new_charge.0 - fee.0);
+            insert_payout(&mut *tx, session, share, settings.payout_provider, now).await?;
+        }
+    } else if was_completed && !is_completed {
+        reverse_settlement(&mut *tx, session, now).await?;
+    }
+    Ok(Some(correction))
+}
+
+/// Records a platform's presence event inside a grouped transaction (see
+/// `Store::record_platform_presence`).
+async fn platform_presence_in(
+    tx: &mut DbConnection,
+    id: &str,
+    event: &PlatformPresence,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Result<(PlatformDisposition, Option<Session>), StoreError> {
+    let session = lock_session(&mut *tx, id).await?;
+    let Some(party) = session.room.as_ref().and_then(|room| room.party_of(&event.identity)) else {
+        return Ok((PlatformDisposition::UnknownIdentity, Some(session)));
+    };
+    let event_type = match event.kind {
+        PresenceKind::Joined => EventType::Joined,
+        PresenceKind::Left => EventType::Left,
+        PresenceKind::Heartbeat => {
+            return Err(StoreError::Unprocessable("a platform reports joins and leaves".into()));
+        }
+    };
+    // Nobody is present in a session before it exists, whatever the
+    // platform's clock says (the delivery keeps the platform's instant).
+    let at = event.at.max(session.created_at);
+    let before_end = session.ended_at.is_some_and(|ended| at <= ended);
+    let in_window = session.is_finalizing() && session.finalizes_at.is_some_and(|at| now < at);
+    let disposition = match (before_end, in_window) {
+        (false, _) => "recorded",
+        (true, true) => "reconsidered",
+        (true, false) => "late",
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO presence_deliveries (source, event_id, session_id, party, connection, kind, \
+         at, received_at, disposition) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (source, event_id) DO NOTHING",
+    )
+    .bind(event.source)
+    .bind(&event.event_id)
+    .bind(id)
+    .bind(party.as_str())
+    .bind(&event.connection)
+    .bind(event_type.as_str())
+    .bind(event.at.0)
+    .bind(now.0)
+    .bind(disposition)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok((PlatformDisposition::Duplicate, Some(session)));
+    }
+    if disposition == "late" {
+        // The outcome is final: the event is kept apart, for review.
+        return Ok((PlatformDisposition::Late, Some(session)));
+    }
+    let platform = Actor { role: Role::System, id: event.source.to_owned() };
+    let data = json!({"source": event.source, "event_id": event.event_id});
+    sqlx::query(
+        "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at, data, \
+         connection) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(event_type.as_str())
+    .bind(party.as_str())
+    .bind(platform.role.as_str())
+    .bind(&platform.id)
+    .bind(at.0)
+    .bind(data.to_string())
+    .bind(&event.connection)
+    .execute(&mut *tx)
+    .await?;
+    if session.status.is_terminal() {
+        if !before_end {
+            return Ok((PlatformDisposition::Recorded, Some(session)));
+        }
+        let finalizer = Actor { role: Role::System, id: "finalization".to_owned() };
+        let correction = correct_locked(&mut *tx, &session, settings, &finalizer, now).await?;
+        let session = lock_session(&mut *tx, id).await?;
+        return Ok((PlatformDisposition::Reconsidered(correction), Some(session)));
+    }
+    // An open session: the first overlap, wherever the event falls in
+    // time, starts it.
+    if session.started_at.is_none() {
+        let policy = settings.policies.for_kind(session.kind);
+        let events = presence_events(&mut *tx, &session).await?;
+        // Just after the latest event, so that a join at that instant counts.
+        let latest = events.iter().map(|event| event.at).max().unwrap_or(now);
+        let until = UnixMillis(now.max(latest).0 + 1);
+        let customer = intervals_of(&events, Party::Customer, until, policy);
+        let provider = intervals_of(&events, Party::Provider, until, policy);
+        if let (_, Some(started_at)) = overlap(&customer, &provider) {
+            sqlx::query(
+                "UPDATE sessions SET status = 'live', started_at = $1 \
+                 WHERE id = $2 AND started_at IS NULL",
+            )
+            .bind(started_at.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let payload = json!({"event": "session.started", "session_id": id, "at": started_at.0});
+            insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+        }
+    }
+    sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let session = lock_session(&mut *tx, id).await?;
+    Ok((PlatformDisposition::Recorded, Some(session)))
 }
 
 /// Records presence inside a grouped transaction (see `Engine::grouped`).
@@ -1603,11 +1814,16 @@ async fn settle_end(
     let outcome = decide(&session.facts(), &events, &policy, end);
     let charged = charge_for(&session.price, outcome.reason, outcome.billable_seconds);
     let policy_json = policy_json(&policy);
+    // Presence from a video platform can arrive late: such a session stays
+    // open to re-decision for a while, and its money and receipts wait for
+    // the sweeper to make it final.
+    let finalizes_at =
+        session.room.as_ref().map(|_| now.plus_seconds(settings.finalize_after_seconds));
 
     let updated = sqlx::query(
         "UPDATE sessions SET status = $1, reason = $2, started_at = $3, ended_at = $4, \
-         ended_by = $5, billable_seconds = $6, charged_cents = $7, policy = $8 \
-         WHERE id = $9 AND ended_at IS NULL",
+         ended_by = $5, billable_seconds = $6, charged_cents = $7, policy = $8, \
+         finalizes_at = $10 WHERE id = $9 AND ended_at IS NULL",
     )
     .bind(outcome.status.as_str())
     .bind(outcome.reason.as_str())
@@ -1618,6 +1834,7 @@ async fn settle_end(
     .bind(charged.0)
     .bind(policy_json.to_string())
     .bind(id)
+    .bind(finalizes_at.map(|at| at.0))
     .execute(&mut *tx)
     .await?;
     assert_eq!(updated.rows_affected(), 1, "the locked, non-terminal session must update");
@@ -1630,6 +1847,7 @@ async fn settle_end(
         ended_by: Some(actor.role),
         billable_seconds: Some(outcome.billable_seconds),
         charged_cents: Some(charged),
+        finalizes_at,
         ..session.clone()
     };
 
@@ -1656,15 +1874,66 @@ async fn settle_end(
     if let Some(request_id) = &session.request_id {
         settle_request(&mut *tx, request_id, id, outcome.status, now).await?;
     }
+    if finalizes_at.is_none() {
+        settle_money(&mut *tx, &ended, &policy, settings, now).await?;
+    }
+    Ok(ended)
+}
+
+/// What a final outcome owes: the receipts and, when completed, the
+/// ledger posting and the payout with its outbox row.
+async fn settle_money(
+    tx: &mut DbConnection,
+    session: &Session,
+    policy: &Policy,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
     queue_receipts(&mut *tx, session, now).await?;
-    if outcome.status == Status::Completed {
+    if session.status == Status::Completed {
+        let charged = session.charged_cents.unwrap_or(Cents(0));
         let fee = platform_fee(charged, policy.platform_fee_bps);
         post_settlement(&mut *tx, session, charged, fee, now).await?;
         let share = Cents(charged.0 - fee.0);
         insert_payout(&mut *tx, session, share, settings.payout_provider, now).await?;
     }
+    Ok(())
+}
 
-    Ok(ended)
+/// Closes the finalization window of a locked session: settles the money
+/// of the outcome it has now, once.
+async fn finalize_locked(
+    tx: &mut DbConnection,
+    session: &Session,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Result<Session, StoreError> {
+    let policy = stored_policy(&mut *tx, session, settings).await?;
+    settle_money(&mut *tx, session, &policy, settings, now).await?;
+    sqlx::query("UPDATE sessions SET finalized_at = $1 WHERE id = $2")
+        .bind(now.0)
+        .bind(&session.id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Session { finalized_at: Some(now), ..session.clone() })
+}
+
+/// The policy a terminal session was decided with (the configured one for
+/// history verdict never decided).
+async fn stored_policy(
+    tx: &mut DbConnection,
+    session: &Session,
+    settings: &Settings,
+) -> Result<Policy, StoreError> {
+    let stored: Option<String> = sqlx::query("SELECT policy FROM sessions WHERE id = $1")
+        .bind(&session.id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("policy")?;
+    match stored.as_deref() {
+        Some(text) => policy_from_json(text),
+        None => Ok(*settings.policies.for_kind(session.kind)),
+    }
 }
 
 /// A notification of `kind` to each party (at most one per session, party
@@ -1706,7 +1975,8 @@ async fn insert_session(
     let inserted = sqlx::query(
         "INSERT INTO sessions (id, kind, status, customer_id, provider_id, provider_account, \
          request_id, scheduled_start, created_at, price_mode, price_amount_cents, currency, \
-         metadata) VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         metadata, room, customer_identity, provider_identity) \
+         VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&new.id)
@@ -1721,6 +1991,9 @@ async fn insert_session(
     .bind(new.price.amount.0)
     .bind(&new.price.currency)
     .bind(&metadata)
+    .bind(new.room.as_ref().map(|room| &room.room))
+    .bind(new.room.as_ref().map(|room| &room.customer_identity))
+    .bind(new.room.as_ref().map(|room| &room.provider_identity))
     .execute(&mut *connection)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -1997,7 +2270,7 @@ async fn presence_events(
     session: &Session,
 ) -> Result<Vec<PresenceEvent>, StoreError> {
     let rows = sqlx::query(
-        "SELECT type, party, at FROM session_events \
+        "SELECT type, party, at, connection FROM session_events \
          WHERE session_id = $1 AND type IN ('joined', 'left') ORDER BY seq",
     )
     .bind(&session.id)
@@ -2010,12 +2283,8 @@ async fn presence_events(
         let party = parse_optional(row.try_get("party")?)?.ok_or_else(|| {
             StoreError::Corrupt(format!("presence event of {} without a party", session.id))
         })?;
-        events.push(PresenceEvent {
-            party,
-            kind,
-            at: UnixMillis(row.try_get("at")?),
-            connection: Connection::OWN,
-        });
+        let connection = Connection::named(row.try_get::<Option<&str>, _>("connection")?);
+        events.push(PresenceEvent { party, kind, at: UnixMillis(row.try_get("at")?), connection });
     }
     events.extend(session.last_heartbeats());
     Ok(events)
@@ -2236,6 +2505,8 @@ struct EventRecord<'a> {
     #[serde(borrow)]
     party: Option<Cow<'a, str>>,
     at: i64,
+    #[serde(borrow)]
+    connection: Option<Cow<'a, str>>,
 }
 
 /// A `sessions` row as stored, read column by column or from a JSON page
@@ -2270,6 +2541,11 @@ struct SessionRecord<'a> {
     metadata: Option<Cow<'a, str>>,
     customer_last_seen_at: Option<i64>,
     provider_last_seen_at: Option<i64>,
+    room: Option<String>,
+    customer_identity: Option<String>,
+    provider_identity: Option<String>,
+    finalizes_at: Option<i64>,
+    finalized_at: Option<i64>,
     #[serde(borrow, default)]
     policy: Option<Cow<'a, str>>,
 }
@@ -2304,6 +2580,11 @@ impl SessionRecord<'_> {
             metadata: optional("metadata")?,
             customer_last_seen_at: row.try_get("customer_last_seen_at")?,
             provider_last_seen_at: row.try_get("provider_last_seen_at")?,
+            room: row.try_get("room")?,
+            customer_identity: row.try_get("customer_identity")?,
+            provider_identity: row.try_get("provider_identity")?,
+            finalizes_at: row.try_get("finalizes_at")?,
+            finalized_at: row.try_get("finalized_at")?,
             policy: None,
         })
     }
@@ -2338,6 +2619,14 @@ impl SessionRecord<'_> {
                 .map_err(|error| StoreError::Corrupt(format!("metadata: {error}")))?,
             customer_last_seen_at: self.customer_last_seen_at.map(UnixMillis),
             provider_last_seen_at: self.provider_last_seen_at.map(UnixMillis),
+            room: match (self.room, self.customer_identity, self.provider_identity) {
+                (Some(room), Some(customer_identity), Some(provider_identity)) => {
+                    Some(PlatformRoom { room, customer_identity, provider_identity })
+                }
+                _ => None,
+            },
+            finalizes_at: self.finalizes_at.map(UnixMillis),
+            finalized_at: self.finalized_at.map(UnixMillis),
             id: self.id,
         })
     }
@@ -2424,6 +2713,7 @@ fn event_from_row(row: &DbRow) -> Result<AuditEvent, StoreError> {
         party: parse_optional(row.try_get("party")?)?,
         actor: Actor { role: parse(row.try_get("actor_role")?)?, id: row.try_get("actor_id")? },
         at: UnixMillis(row.try_get("at")?),
+        connection: row.try_get("connection")?,
         data: data
             .map(|text| serde_json::from_str(&text))
             .transpose()

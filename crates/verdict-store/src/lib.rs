@@ -22,10 +22,11 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 pub use error::StoreError;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
-    Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
-    Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider,
-    PayoutState, Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport,
-    User, accounts,
+    Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
+    NewRequest, NewSession, Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow,
+    Payout, PayoutProvider, PayoutState, PlatformDisposition, PlatformPresence, PlatformRoom,
+    Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
+    accounts,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -78,6 +79,27 @@ pub trait Store: Send + Sync + 'static {
         policies: &PolicySet,
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
+
+    /// Records a participant's join or leave reported by a video platform,
+    /// once per platform event id, at the platform's instant (whatever the
+    /// order of arrival). On an open session it is presence like any other
+    /// (a first overlap starts the session). On an ended session an event
+    /// from before the end re-decides the outcome while the finalization
+    /// window lasts (with the compensation of a repair), and is only
+    /// flagged for review after it.
+    async fn record_platform_presence(
+        &self,
+        event: PlatformPresence,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<(PlatformDisposition, Option<Session>), StoreError>;
+
+    /// Which of `session_ids` received platform presence after their
+    /// finalization window (a reason to review them).
+    async fn late_presence(
+        &self,
+        session_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
 
     /// Decides and settles the session in one transaction (SPEC §3): the
     /// row, the `ended` audit event (actor, claimed body, policy), a

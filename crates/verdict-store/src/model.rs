@@ -33,6 +33,30 @@ pub struct NewSession {
     pub price: Price,
     pub request_id: Option<String>,
     pub metadata: Option<Value>,
+    /// Where the session meets on the video platform, and the two parties'
+    /// identities there: how platform presence finds it.
+    pub room: Option<PlatformRoom>,
+}
+
+/// A session's room on the video platform and who is who in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformRoom {
+    pub room: String,
+    pub customer_identity: String,
+    pub provider_identity: String,
+}
+
+impl PlatformRoom {
+    /// The party a platform identity stands for in this room.
+    pub fn party_of(&self, identity: &str) -> Option<Party> {
+        if identity == self.customer_identity {
+            Some(Party::Customer)
+        } else if identity == self.provider_identity {
+            Some(Party::Provider)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +80,20 @@ pub struct Session {
     pub metadata: Option<Value>,
     pub customer_last_seen_at: Option<UnixMillis>,
     pub provider_last_seen_at: Option<UnixMillis>,
+    pub room: Option<PlatformRoom>,
+    /// Until when late platform presence may still change the outcome
+    /// (payouts and receipts wait for it); `None`: final when ended.
+    pub finalizes_at: Option<UnixMillis>,
+    /// When the sweeper made it final (and settled its money).
+    pub finalized_at: Option<UnixMillis>,
+}
+
+impl Session {
+    /// Ended, and late platform presence may still re-decide it: its
+    /// ledger posting, payout and receipts wait for finalization.
+    pub fn is_finalizing(&self) -> bool {
+        self.finalizes_at.is_some() && self.finalized_at.is_none()
+    }
 }
 
 impl Session {
@@ -79,6 +117,7 @@ impl Session {
             charged: self.charged_cents,
             policy,
             ended_by_system: self.ended_by == Some(Role::System),
+            finalizing: self.is_finalizing(),
             decided_at,
             events,
             payouts: Vec::new(),
@@ -194,6 +233,8 @@ pub struct AuditEvent {
     pub party: Option<Party>,
     pub actor: Actor,
     pub at: UnixMillis,
+    /// For presence reported by a video platform: its connection.
+    pub connection: Option<String>,
     /// For `ended`: `{claimed, policy, outcome}`.
     pub data: Option<Value>,
 }
@@ -240,11 +281,22 @@ impl PayoutProvider {
 pub struct Settings {
     pub policies: PolicySet,
     pub payout_provider: PayoutProvider,
+    /// How long after its end a session with a platform room may still be
+    /// re-decided by late platform presence.
+    pub finalize_after_seconds: i64,
 }
+
+/// The default finalization window: platforms deliver up to a minute or two
+/// late (Daily holds `meeting.ended` 20 s; retries come later).
+pub const FINALIZE_AFTER_SECONDS: i64 = 120;
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { policies: PolicySet::default(), payout_provider: PayoutProvider::Manual }
+        Settings {
+            policies: PolicySet::default(),
+            payout_provider: PayoutProvider::Manual,
+            finalize_after_seconds: FINALIZE_AFTER_SECONDS,
+        }
     }
 }
 
@@ -494,6 +546,9 @@ pub struct SweepReport {
     pub checked: usize,
     /// Sessions the sweep ended, as stored afterwards.
     pub ended: Vec<Session>,
+    /// Sessions whose finalization window the sweep closed, as stored
+    /// afterwards (money settled now when completed).
+    pub finalized: Vec<Session>,
 }
 
 /// Which sessions a verification page reads.
@@ -562,6 +617,43 @@ pub enum Imported {
     Existing,
     /// Stored earlier in the same run: a repeated id.
     EarlierInRun,
+}
+
+/// A participant's join or leave, as a video platform reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformPresence {
+    /// `livekit`, `daily` or `twilio`.
+    pub source: &'static str,
+    /// The platform's id of the event: a repeat carries the same.
+    pub event_id: String,
+    pub room: String,
+    pub identity: String,
+    /// The participant's connection (a reconnect is a new one).
+    pub connection: String,
+    /// `Joined` or `Left`.
+    pub kind: verdict_core::PresenceKind,
+    /// The platform's instant.
+    pub at: UnixMillis,
+}
+
+/// What became of a platform presence event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlatformDisposition {
+    /// Counted: the session was open, or the event came after its end.
+    Recorded,
+    /// Delivered before (same event id): nothing changed.
+    Duplicate,
+    /// Inside the finalization window, before the end: counted, and the
+    /// outcome re-decided — `Some` when it changed.
+    Reconsidered(Option<Correction>),
+    /// After the finalization window, before the end: not counted, the
+    /// session flagged for review.
+    Late,
+    /// No session has this room: nothing stored.
+    UnknownRoom,
+    /// Neither party of the room's session has this identity (an observer,
+    /// a recorder): nothing stored.
+    UnknownIdentity,
 }
 
 /// One correction of a recorded outcome (SPEC §7).

@@ -448,6 +448,10 @@ pub struct ReviewItem {
     pub reasons: Vec<&'static str>,
 }
 
+/// The review reason of a session that received platform presence from
+/// before its end after its finalization window.
+pub const LATE_PRESENCE: &str = "late_presence_after_finalization";
+
 /// The most sessions one review page reads before answering.
 pub const REVIEW_SCAN_MAX: i64 = 20_000;
 
@@ -466,15 +470,20 @@ pub async fn review(
     loop {
         let page = store.audits(AuditScope::All, cursor.as_ref(), None, 500).await?;
         let exhausted = (page.len() as i64) < 500;
+        let ids: Vec<String> = page.iter().map(|(session, _)| session.id.clone()).collect();
+        let late = store.late_presence(&ids).await?;
         for (session, audit) in page {
             scanned += 1;
             cursor = Some(AuditCursor::after(&session));
-            let found = findings(settings, &session, &audit, now);
-            if !found.is_empty() {
-                items.push(ReviewItem {
-                    reasons: found.iter().map(Finding::kind).collect(),
-                    session,
-                });
+            let mut reasons: Vec<&'static str> =
+                findings(settings, &session, &audit, now).iter().map(Finding::kind).collect();
+            if late.contains(&session.id) {
+                // The platform saw presence before the end, too late to
+                // change a final outcome: a person should look.
+                reasons.push(LATE_PRESENCE);
+            }
+            if !reasons.is_empty() {
+                items.push(ReviewItem { reasons, session });
                 if items.len() == limit {
                     return Ok((items, cursor.map(|cursor| cursor.id)));
                 }

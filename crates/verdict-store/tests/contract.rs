@@ -102,6 +102,7 @@ fn new_session(id: &str) -> NewSession {
         price: Price { mode: PriceMode::PerMinute, amount: Cents(150), currency: "usd".into() },
         request_id: Some("r1".into()),
         metadata: Some(json!({"car": "Saab 900", "nested": {"ünïcode": true}})),
+        room: None,
     }
 }
 

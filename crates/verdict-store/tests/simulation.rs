@@ -329,6 +329,7 @@ fn new_session(id: &str) -> NewSession {
         price: Price { mode: PriceMode::PerMinute, amount: Cents(150), currency: "usd".into() },
         request_id: None,
         metadata: None,
+        room: None,
     }
 }
 

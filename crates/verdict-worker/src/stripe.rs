@@ -45,6 +45,10 @@ pub(crate) async fn deliver(
         Ok(None) => return Delivery::Undeliverable(format!("payout {payout_id} does not exist")),
         Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
     };
+    if payout.reversed_at.is_some() {
+        // Reversed before it was paid: nothing may leave.
+        return Delivery::Done(OutboxOutcome::Delivered);
+    }
     if payout.state != PayoutState::Pending {
         // Settled by an earlier attempt whose bookkeeping was recorded.
         return Delivery::Done(OutboxOutcome::Delivered);

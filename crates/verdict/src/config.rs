@@ -83,6 +83,20 @@ pub struct Config {
     pub outbound_timeout_seconds: u64,
     /// How long a worker's claim on an outbox row lasts.
     pub outbox_lease_seconds: u64,
+    /// How long after its end a session with a video platform room may
+    /// still be re-decided by late platform presence.
+    pub finalize_after_seconds: i64,
+    /// LiveKit API key and secret: `POST /v1/presence/livekit` checks the
+    /// webhook's token with them (the route is off without both).
+    pub livekit_api_key: Option<String>,
+    pub livekit_api_secret: Option<Secret>,
+    /// Daily's webhook HMAC secret, base64 as Daily gives it.
+    pub daily_webhook_secret: Option<Secret>,
+    /// Twilio auth token, for `X-Twilio-Signature`.
+    pub twilio_auth_token: Option<Secret>,
+    /// This service's URL as the platforms call it (e.g.
+    /// `https://verdict.example.com`): Twilio signs the full URL.
+    pub public_url: Option<String>,
     /// `[policy.video]`, `[policy.chat]`, `[policy.diagnostic]`.
     pub policy: BTreeMap<String, PolicyOverride>,
 }
@@ -115,6 +129,12 @@ impl Default for Config {
             max_attempts: 12,
             outbound_timeout_seconds: 10,
             outbox_lease_seconds: 120,
+            finalize_after_seconds: verdict_store::FINALIZE_AFTER_SECONDS,
+            livekit_api_key: None,
+            livekit_api_secret: None,
+            daily_webhook_secret: None,
+            twilio_auth_token: None,
+            public_url: None,
             policy: BTreeMap::new(),
         }
     }
@@ -170,6 +190,47 @@ impl Config {
 
     /// Stripe pays providers when a secret key is configured; otherwise
     /// payouts stay `pending` for an operator (`manual`).
+    /// What the store needs to decide and settle.
+    pub fn settings(&self) -> Result<verdict_store::Settings, ConfigError> {
+        if self.finalize_after_seconds < 0 {
+            return Err(ConfigError::Invalid("finalize_after_seconds must be 0 or more".into()));
+        }
+        Ok(verdict_store::Settings {
+            policies: self.policies()?,
+            payout_provider: self.payout_provider(),
+            finalize_after_seconds: self.finalize_after_seconds,
+        })
+    }
+
+    /// The video platforms' webhook credentials.
+    pub fn presence_hooks(&self) -> Result<verdict_http::PresenceHooks, ConfigError> {
+        let livekit = match (&self.livekit_api_key, &self.livekit_api_secret) {
+            (Some(api_key), Some(api_secret)) => Some(verdict_http::providers::LiveKitKeys {
+                api_key: api_key.clone(),
+                api_secret: api_secret.expose().to_owned(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "livekit_api_key and livekit_api_secret go together".into(),
+                ));
+            }
+        };
+        if let Some(secret) = &self.daily_webhook_secret
+            && !verdict_http::providers::daily_secret_is_valid(secret.expose())
+        {
+            return Err(ConfigError::Invalid(
+                "daily_webhook_secret must be base64, as Daily gives it".into(),
+            ));
+        }
+        Ok(verdict_http::PresenceHooks {
+            livekit,
+            daily_secret: self.daily_webhook_secret.as_ref().map(|s| s.expose().to_owned()),
+            twilio_auth_token: self.twilio_auth_token.as_ref().map(|s| s.expose().to_owned()),
+            public_url: self.public_url.as_ref().map(|url| url.trim_end_matches('/').to_owned()),
+        })
+    }
+
     pub fn payout_provider(&self) -> verdict_store::PayoutProvider {
         match &self.stripe_secret_key {
             Some(key) if !key.expose().is_empty() => verdict_store::PayoutProvider::Stripe,

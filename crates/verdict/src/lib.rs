@@ -14,7 +14,6 @@ use std::sync::Arc;
 use rand::RngCore;
 use tokio::net::TcpListener;
 use verdict_http::{AppState, JwtKeys, JwtSecret};
-use verdict_store::Settings;
 use verdict_store::clock::{Clock, ManualClock, SystemClock};
 use verdict_worker::Worker;
 
@@ -34,7 +33,8 @@ impl Application {
     /// Opens and migrates the database, binds the listener (port 0 picks a
     /// free port) and wires the routes.
     pub async fn build(config: &Config, secret: &JwtSecret) -> Result<Application, BoxError> {
-        let policies = config.policies()?;
+        let settings = config.settings()?;
+        let presence = Arc::new(config.presence_hooks()?);
         let store = verdict_store::open(&config.database_url).await?;
         let clock: Arc<dyn Clock> = match config.clock {
             ClockKind::System => Arc::new(SystemClock),
@@ -46,8 +46,9 @@ impl Application {
         let state = AppState {
             store,
             clock,
-            settings: Settings { policies, payout_provider: config.payout_provider() },
+            settings,
             jwt: Arc::new(JwtKeys::new(secret)),
+            presence,
             dashboard_refresh_seconds: config.dashboard_refresh_seconds,
         };
         let worker = if config.worker {
@@ -106,8 +107,7 @@ pub async fn run_worker(
         ClockKind::System => Arc::new(SystemClock),
         ClockKind::Manual => return Err("the worker alone cannot run on a manual clock".into()),
     };
-    let settings =
-        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let settings = config.settings()?;
     let worker = Worker::new(store, clock, settings, config.worker_config()?)?;
     println!("verdict worker {} started", worker.owner());
     worker.run_until_stopped(shutdown).await;
@@ -118,8 +118,7 @@ pub async fn run_worker(
 /// whether it is clean. A progress bar shows on a terminal.
 pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
     let store = verdict_store::open(&config.database_url).await?;
-    let settings =
-        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let settings = config.settings()?;
     let bar = spinner("verifying {pos} sessions ({per_sec}) {elapsed}");
     let now = SystemClock.now();
     let report =
@@ -261,8 +260,7 @@ pub async fn repair(
     json: bool,
 ) -> Result<(), BoxError> {
     let store = verdict_store::open(&config.database_url).await?;
-    let settings =
-        Settings { policies: config.policies()?, payout_provider: config.payout_provider() };
+    let settings = config.settings()?;
     let bound = |flag: &str,
                  text: Option<&str>,
                  default: i64|

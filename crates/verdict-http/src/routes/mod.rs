@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod ops;
+pub mod presence;
 pub mod sessions;
 pub mod settlement;

@@ -11,6 +11,7 @@ mod delivery;
 mod fakes;
 mod history;
 mod monitoring;
+mod presence;
 mod scale_out;
 mod security;
 mod settlement;
