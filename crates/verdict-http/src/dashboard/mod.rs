@@ -440,7 +440,7 @@ async fn session_page(
                 party: event.party?,
                 kind,
                 at: event.at,
-                connection: Connection::OWN,
+                connection: Connection::named(event.connection.as_deref()),
             })
         })
         .collect();
