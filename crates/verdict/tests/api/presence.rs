@@ -48,6 +48,7 @@ with_platforms!(
     shuffled_and_repeated_deliveries_decide_as_the_ordered_stream,
     a_late_leave_inside_the_window_cancels_and_nothing_is_paid,
     a_late_leave_after_the_window_changes_nothing_and_asks_for_review,
+    repeats_racing_each_other_and_the_end_count_once,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -641,4 +642,59 @@ async fn a_late_leave_after_the_window_changes_nothing_and_asks_for_review(app: 
     // Kept apart from the decision, so verification still agrees with it.
     let verify = app.get("/v1/admin/verify", &app.admin()).await;
     assert_eq!(verify.ok()["ok"], true, "{}", verify.body);
+}
+
+/// The same leave delivered six times at once, racing the end: whichever
+/// comes first, it counts once (before the end, or inside the window after
+/// it) and the outcome is the one it implies.
+async fn repeats_racing_each_other_and_the_end_count_once(app: TestApp) {
+    for round in 0..4 {
+        let (id, room) = (format!("s{round}"), format!("room-{round}"));
+        create_in_room(&app, &id, &room).await;
+        let t0 = whole_second(now(&app)) + 1000;
+        let event = |identity, connection: &str, joined, seconds: i64| {
+            let connection = format!("{room}-{connection}");
+            PlatformEvent::new(
+                Platform::LiveKit,
+                &room,
+                identity,
+                &connection,
+                joined,
+                t0 + seconds * 1000,
+            )
+        };
+        deliver(&app, &event("alice", "a", true, 0)).await;
+        deliver(&app, &event("bob", "b", true, 0)).await;
+        app.advance(101).await;
+        let leave = event("alice", "a", false, 30);
+        let deliveries: Vec<_> = (0..6)
+            .map(|_| {
+                let (app, leave) = (&app, leave.clone());
+                async move { deliver(app, &leave).await }
+            })
+            .collect();
+        let service = app.service();
+        let (receipts, ended) =
+            tokio::join!(futures::future::join_all(deliveries), app.end(&id, &service, None));
+        ended.ok();
+        let counted: Vec<&str> = receipts
+            .iter()
+            .map(|receipt| receipt["disposition"].as_str().unwrap())
+            .filter(|disposition| *disposition != "duplicate")
+            .collect();
+        assert_eq!(counted.len(), 1, "round {round}: {receipts:?}");
+        let stored = session(&app, &id).await;
+        assert_eq!(
+            (
+                stored["status"].as_str(),
+                stored["reason"].as_str(),
+                stored["billable_seconds"].as_i64()
+            ),
+            (Some("cancelled"), Some("too_short"), Some(30)),
+            "round {round}: {counted:?}"
+        );
+    }
+    app.advance(120).await;
+    assert_eq!(sweep(&app).await.finalized.len(), 4);
+    assert_eq!(app.sql_count("SELECT COUNT(*) FROM payouts").await, 0);
 }
