@@ -26,9 +26,10 @@ pub struct SessionAudit {
     pub policy: Option<Policy>,
     /// True when the sweeper ended it (so `expired` is a possible verdict).
     pub ended_by_system: bool,
-    /// Ended, its finalization window still open: its money is not settled
-    /// yet (no payout is expected).
-    pub finalizing: bool,
+    /// Ended, and not final yet: until when its finalization window lasts.
+    /// Its money is not settled before (no payout is expected); a window
+    /// over for more than `STUCK_AFTER_SECONDS` is a stuck session.
+    pub finalizing_until: Option<UnixMillis>,
     /// When the decision was made, if verdict made it.
     pub decided_at: Option<UnixMillis>,
     pub events: Vec<PresenceEvent>,
@@ -61,7 +62,8 @@ pub enum Finding {
     LedgerUnbalanced,
     /// The request does not follow its session, or keeps queue entries.
     RequestMismatch,
-    /// Not ended although the sweeper should have ended it over 60 s ago.
+    /// Not ended although the sweeper should have ended it over 60 s ago,
+    /// or ended with its finalization window over for as long, unsettled.
     Stuck,
 }
 
@@ -143,11 +145,14 @@ impl SessionAudit {
             }
         }
 
-        // Joins the status needs.
+        // Joins the status needs (before the end: a platform reports
+        // joins after it too).
         let joined = |party| {
-            self.events
-                .iter()
-                .any(|event| event.party == party && event.kind == PresenceKind::Joined)
+            self.events.iter().any(|event| {
+                event.party == party
+                    && event.kind == PresenceKind::Joined
+                    && self.ended_at.is_none_or(|ended| event.at <= ended)
+            })
         };
         let needs = match self.reason {
             Some(Reason::Completed | Reason::TooShort | Reason::NeverOverlapped) => (true, true),
@@ -161,7 +166,7 @@ impl SessionAudit {
 
         // Money.
         let policy = self.policy.unwrap_or(*configured);
-        let payout_ok = if self.finalizing {
+        let payout_ok = if self.finalizing_until.is_some() {
             self.payouts.is_empty()
         } else if self.status == Status::Completed {
             let charge = self.charged.unwrap_or_else(|| {
@@ -189,6 +194,12 @@ impl SessionAudit {
             }
         }
 
+        if let Some(until) = self.finalizing_until
+            && now.millis_since(until) > STUCK_AFTER_SECONDS * 1000
+        {
+            // Nobody closed its window: its money is never settled.
+            findings.push(Finding::Stuck);
+        }
         if !terminal {
             let facts = SessionFacts {
                 created_at: self.created_at,

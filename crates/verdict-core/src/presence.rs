@@ -26,9 +26,10 @@ impl Connection {
     pub const OWN: Connection = Connection(0);
 
     /// The connection a platform names `name` (its participant sid or
-    /// session id), `OWN` for none. A 32-bit FNV-1a hash, never 0: two
-    /// connections of one party in one session colliding is a one in four
-    /// billion chance, and would only merge their presence.
+    /// session id), `OWN` for none. A 32-bit FNV-1a hash, never 0. Two
+    /// connections of one party in one session collide with a chance of
+    /// about one in four billion per pair; they would then count as one
+    /// connection from the first join to the last leave.
     pub fn named(name: Option<&str>) -> Connection {
         let Some(name) = name else { return Connection::OWN };
         let hash = name
@@ -105,20 +106,16 @@ pub fn intervals_judged(
     // party's own connection a heartbeat comes after the joins and leaves of
     // its instant (a party is seen once it is there), and joins and leaves
     // keep their recorded order (the server records them in the order it
-    // saw them). A platform's connection joins once and leaves once, so at
-    // one instant its join comes first: the order never depends on arrival.
-    own.sort_by_key(|event| {
-        let rank = match (event.connection, event.kind) {
-            (_, PresenceKind::Heartbeat) => 2,
-            (Connection::OWN, _) | (_, PresenceKind::Joined) => 0,
-            (_, PresenceKind::Left) => 1,
-        };
-        (event.connection, event.at, rank)
-    });
+    // saw them).
+    own.sort_by_key(|event| (event.connection, event.at, event.kind == PresenceKind::Heartbeat));
 
     let timeout_millis = policy.presence_timeout_seconds.saturating_mul(1000);
     let mut intervals = Vec::new();
     for connection in own.chunk_by(|a, b| a.connection == b.connection) {
+        if connection[0].connection != Connection::OWN {
+            intervals.extend(platform_connection(connection, until));
+            continue;
+        }
         let mut tracker = Tracker {
             timeout_millis,
             open: None,
@@ -138,6 +135,18 @@ pub fn intervals_judged(
         intervals.sort_by_key(|interval| interval.start);
     }
     merge_gaps(intervals, policy.reconnect_grace_seconds.saturating_mul(1000))
+}
+
+/// The presence of one platform connection: it joins once and leaves
+/// once, so it is present from its first join to its last leave (or
+/// `until`), whatever order its events came in and whichever clock stamped
+/// them — a leave stamped before its join (a platform counting leaves in
+/// whole seconds) closes it at once.
+fn platform_connection(events: &[&PresenceEvent], until: UnixMillis) -> Option<Interval> {
+    let joined = events.iter().filter(|e| e.kind == PresenceKind::Joined).map(|e| e.at).min()?;
+    let left = events.iter().filter(|e| e.kind == PresenceKind::Left).map(|e| e.at).max();
+    let end = left.map_or(until, |left| left.max(joined));
+    (joined < end).then_some(Interval { start: joined, end })
 }
 
 /// Sorted intervals with every overlap joined and every gap shorter than
@@ -383,6 +392,13 @@ mod tests {
     #[test]
     fn a_platform_connection_joining_and_leaving_in_one_instant_is_never_present() {
         let events = [on(1, C, L, 10), on(1, C, J, 10)];
+        assert!(intervals_of(&events, C, UnixMillis(100_000), &timeout(60)).is_empty());
+        // A leave stamped before its join (whole seconds against
+        // milliseconds) closes the connection at once, never leaves it open.
+        let events = [
+            PresenceEvent { at: UnixMillis(10_500), ..on(1, C, J, 0) },
+            PresenceEvent { at: UnixMillis(10_000), ..on(1, C, L, 0) },
+        ];
         assert!(intervals_of(&events, C, UnixMillis(100_000), &timeout(60)).is_empty());
     }
 

@@ -110,14 +110,14 @@ pub struct CreateSessionRequest {
     pub provider_identity: Option<String>,
 }
 
-/// A platform name (room or participant identity): 1 to 256 characters,
-/// none of them a control character.
+/// A platform name (room or participant identity): 1 to 256 bytes of
+/// UTF-8, no control character (the presence routes take the same).
 fn check_platform_name(field: &str, value: &str) -> Result<(), ApiError> {
-    if (1..=256).contains(&value.chars().count()) && !value.chars().any(char::is_control) {
+    if (1..=256).contains(&value.len()) && !value.chars().any(char::is_control) {
         Ok(())
     } else {
         Err(ApiError::Unprocessable(format!(
-            "{field} must be 1 to 256 characters, none of them a control character"
+            "{field} must be 1 to 256 bytes of UTF-8, without control characters"
         )))
     }
 }

@@ -177,15 +177,17 @@ fn parse_livekit(body: &[u8]) -> Result<Parsed, HookError> {
         "participant_left" | "participant_connection_aborted" => PresenceKind::Left,
         other => return Ok(Parsed::Ignored { event_type: other.to_owned() }),
     };
-    let joined_at_ms = match kind {
-        PresenceKind::Joined => json_int_opt(&root, &["participant", "joinedAtMs"])?,
-        _ => None,
-    };
-    let at = match joined_at_ms.filter(|ms| *ms > 0) {
-        Some(ms) => ms,
-        None => json_int(&root, &["createdAt"])?
-            .checked_mul(1000)
-            .ok_or_else(|| bad("field `createdAt` is out of range"))?,
+    let joined_at_ms = json_int_opt(&root, &["participant", "joinedAtMs"])?.filter(|ms| *ms > 0);
+    let created_at = json_int(&root, &["createdAt"])?
+        .checked_mul(1000)
+        .ok_or_else(|| bad("field `createdAt` is out of range"))?;
+    // `createdAt` counts whole seconds: a join is dated by its millisecond
+    // `joinedAtMs`, and a leave never before that join (a connection
+    // shorter than a second would otherwise leave before it joined).
+    let at = match (kind, joined_at_ms) {
+        (PresenceKind::Joined, Some(ms)) => ms,
+        (_, Some(ms)) => created_at.max(ms),
+        (_, None) => created_at,
     };
     Ok(Parsed::Presence(ProviderEvent {
         source: Source::LiveKit,
@@ -501,6 +503,20 @@ mod tests {
         let body = LK_JOINED.replace(r#""joinedAtMs":"1692985556123","#, "");
         let Ok(Parsed::Presence(event)) = lk_signed(&body) else { panic!("not a presence") };
         assert_eq!(event.at, UnixMillis(1_692_985_557_000));
+    }
+
+    #[test]
+    fn a_livekit_leave_is_never_dated_before_its_join() {
+        // Joined at …556.700, aborted within the same second: `createdAt`
+        // says …556, which would put the leave before the join.
+        let body = serde_json::json!({"event": "participant_connection_aborted",
+            "room": {"sid": "RM_1", "name": "room-1"},
+            "participant": {"sid": "PA_1", "identity": "alice", "state": "DISCONNECTED",
+                "joinedAt": "1692985556", "joinedAtMs": "1692985556700"},
+            "id": "EV_abort", "createdAt": "1692985556"})
+        .to_string();
+        let Ok(Parsed::Presence(event)) = lk_signed(&body) else { panic!("not a presence") };
+        assert_eq!((event.kind, event.at), (PresenceKind::Left, UnixMillis(1_692_985_556_700)));
     }
 
     #[test]

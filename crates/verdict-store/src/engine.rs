@@ -123,6 +123,25 @@ impl Engine {
     /// Writes to one session always go to the same group writer, so that
     /// two groups never wait for each other's lock on a session (on
     /// PostgreSQL, where several groups write at once, that could deadlock).
+    /// Closes one session's finalization window, if it is still open and
+    /// over (another sweeper may have been first).
+    async fn finalize(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let session = lock_session(&mut tx, id).await?;
+        if !session.is_finalizing() || session.finalizes_at.is_some_and(|at| at > now) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let session = finalize_locked(&mut tx, &session, settings, now).await?;
+        tx.commit().await?;
+        Ok(Some(session))
+    }
+
     async fn grouped<T, W>(&self, session_id: &str, write: W) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -780,6 +799,27 @@ impl Store for Engine {
         now: UnixMillis,
         limit: i64,
     ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        // Close the finalization windows that are over: first, so that a
+        // failing end below never holds money back.
+        let finalizing = sqlx::query(
+            "SELECT id FROM sessions WHERE finalized_at IS NULL AND finalizes_at <= $1 \
+             ORDER BY finalizes_at LIMIT $2",
+        )
+        .bind(now.0)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &finalizing {
+            let id: String = row.try_get("id")?;
+            // One session that cannot be finalized must not hold back the
+            // others (verification reports it as stuck).
+            match self.finalize(&id, settings, now).await {
+                Ok(Some(session)) => report.finalized.push(session),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(session = %id, %error, "finalization failed"),
+            }
+        }
         let policies =
             [settings.policies.video, settings.policies.chat, settings.policies.diagnostic];
         let least = |value: fn(&Policy) -> i64| policies.iter().map(value).min().unwrap_or(0);
@@ -799,7 +839,6 @@ impl Store for Engine {
         .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
         .fetch_all(&self.reader)
         .await?;
-        let mut report = SweepReport::default();
         for row in &candidates {
             let id: String = row.try_get("id")?;
             let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
@@ -826,27 +865,6 @@ impl Store for Engine {
                         .await?;
                 }
             }
-            tx.commit().await?;
-        }
-        // Close the finalization windows that are over.
-        let finalizing = sqlx::query(
-            "SELECT id FROM sessions WHERE finalized_at IS NULL AND finalizes_at <= $1 \
-             ORDER BY finalizes_at LIMIT $2",
-        )
-        .bind(now.0)
-        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &finalizing {
-            let id: String = row.try_get("id")?;
-            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-            let session = lock_session(&mut tx, &id).await?;
-            if !session.is_finalizing() || session.finalizes_at.is_some_and(|at| at > now) {
-                // Another sweeper was first.
-                tx.rollback().await?;
-                continue;
-            }
-            report.finalized.push(finalize_locked(&mut tx, &session, settings, now).await?);
             tx.commit().await?;
         }
         Ok(report)
@@ -1494,15 +1512,9 @@ async fn correct_locked(
         return Ok(None);
     };
     let policy = stored_policy(&mut *tx, session, settings).await?;
-    let decided_at: Option<i64> = sqlx::query(
-        "SELECT MAX(at) AS decided_at FROM session_events WHERE session_id = $1 AND type = 'ended'",
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("decided_at")?;
+    let decided_at = decided_at(&mut *tx, id).await?;
     let events = presence_events(&mut *tx, session).await?;
-    let audit = session.audit(Some(policy), decided_at.map(UnixMillis), events);
+    let audit = session.audit(Some(policy), decided_at, events);
     let Some(expected) = audit.rederive(&policy) else { return Ok(None) };
     // Repair corrects statuses; inside the finalization window, where the
     // presence itself is still arriving, every part of the outcome follows.
@@ -1545,6 +1557,11 @@ async fn correct_locked(
     });
     insert_event(&mut *tx, id, EventType::Corrected, None, actor, now, Some(&data)).await?;
     notify_parties(&mut *tx, session, "session_corrected", expected.reason, now).await?;
+    if let Some(request_id) = &session.request_id
+        && expected.status != session.status
+    {
+        settle_request(&mut *tx, request_id, id, expected.status, now).await?;
+    }
     if session.is_finalizing() {
         // No money has moved yet: finalization settles the outcome as it
         // stands then.
@@ -1598,7 +1615,21 @@ async fn platform_presence_in(
     let disposition = match (before_end, in_window) {
         (false, _) => "recorded",
         (true, true) => "reconsidered",
-        (true, false) => "late",
+        // Too late to count: worth a person's look only if it would have
+        // changed the outcome.
+        (true, false) => {
+            let mut events = presence_events(&mut *tx, &session).await?;
+            let connection = Connection::named(Some(&event.connection));
+            events.push(PresenceEvent { party, kind: event.kind, at, connection });
+            let policy = stored_policy(&mut *tx, &session, settings).await?;
+            let decided_at = decided_at(&mut *tx, id).await?;
+            let audit = session.audit(Some(policy), decided_at, events);
+            let changes = audit.rederive(&policy).is_some_and(|expected| {
+                (Some(expected.status), Some(expected.reason), Some(expected.billable_seconds))
+                    != (Some(session.status), session.reason, session.billable_seconds)
+            });
+            if changes { "late" } else { "late_unchanged" }
+        }
     };
     let inserted = sqlx::query(
         "INSERT INTO presence_deliveries (source, event_id, session_id, party, connection, kind, \
@@ -1619,9 +1650,11 @@ async fn platform_presence_in(
     if inserted.rows_affected() == 0 {
         return Ok((PlatformDisposition::Duplicate, Some(session)));
     }
-    if disposition == "late" {
-        // The outcome is final: the event is kept apart, for review.
-        return Ok((PlatformDisposition::Late, Some(session)));
+    if disposition.starts_with("late") {
+        // The outcome is final: the event is kept apart (for review when it
+        // would have changed the outcome).
+        let changes = disposition == "late";
+        return Ok((PlatformDisposition::Late { changes }, Some(session)));
     }
     let platform = Actor { role: Role::System, id: event.source.to_owned() };
     let data = json!({"source": event.source, "event_id": event.event_id});
@@ -1649,8 +1682,8 @@ async fn platform_presence_in(
         return Ok((PlatformDisposition::Reconsidered(correction), Some(session)));
     }
     // An open session: the first overlap, wherever the event falls in
-    // time, starts it.
-    if session.started_at.is_none() {
+    // time, starts it (an event arriving late may move the start earlier).
+    {
         let policy = settings.policies.for_kind(session.kind);
         let events = presence_events(&mut *tx, &session).await?;
         // Just after the latest event, so that a join at that instant counts.
@@ -1658,17 +1691,19 @@ async fn platform_presence_in(
         let until = UnixMillis(now.max(latest).0 + 1);
         let customer = intervals_of(&events, Party::Customer, until, policy);
         let provider = intervals_of(&events, Party::Provider, until, policy);
-        if let (_, Some(started_at)) = overlap(&customer, &provider) {
-            sqlx::query(
-                "UPDATE sessions SET status = 'live', started_at = $1 \
-                 WHERE id = $2 AND started_at IS NULL",
-            )
-            .bind(started_at.0)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            let payload = json!({"event": "session.started", "session_id": id, "at": started_at.0});
-            insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+        if let (_, Some(started_at)) = overlap(&customer, &provider)
+            && session.started_at.is_none_or(|known| started_at < known)
+        {
+            sqlx::query("UPDATE sessions SET status = 'live', started_at = $1 WHERE id = $2")
+                .bind(started_at.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if session.started_at.is_none() {
+                let payload =
+                    json!({"event": "session.started", "session_id": id, "at": started_at.0});
+                insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+            }
         }
     }
     sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
@@ -1910,12 +1945,34 @@ async fn finalize_locked(
 ) -> Result<Session, StoreError> {
     let policy = stored_policy(&mut *tx, session, settings).await?;
     settle_money(&mut *tx, session, &policy, settings, now).await?;
+    // `session.ended` told the first decision; this is the final one.
+    let payload = json!({
+        "event": "session.finalized",
+        "session_id": session.id,
+        "status": session.status.as_str(),
+        "reason": session.reason.map(Reason::as_str),
+        "billable_seconds": session.billable_seconds,
+        "charged_cents": session.charged_cents.map(|cents| cents.0),
+    });
+    insert_outbox(&mut *tx, &session.id, "webhook:session.finalized", &payload, now).await?;
     sqlx::query("UPDATE sessions SET finalized_at = $1 WHERE id = $2")
         .bind(now.0)
         .bind(&session.id)
         .execute(&mut *tx)
         .await?;
     Ok(Session { finalized_at: Some(now), ..session.clone() })
+}
+
+/// When the session's decision was taken (its `ended` event).
+async fn decided_at(tx: &mut DbConnection, id: &str) -> Result<Option<UnixMillis>, StoreError> {
+    let at: Option<i64> = sqlx::query(
+        "SELECT MAX(at) AS decided_at FROM session_events WHERE session_id = $1 AND type = 'ended'",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("decided_at")?;
+    Ok(at.map(UnixMillis))
 }
 
 /// The policy a terminal session was decided with (the configured one for

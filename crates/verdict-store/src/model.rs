@@ -117,7 +117,7 @@ impl Session {
             charged: self.charged_cents,
             policy,
             ended_by_system: self.ended_by == Some(Role::System),
-            finalizing: self.is_finalizing(),
+            finalizing_until: self.finalizes_at.filter(|_| self.is_finalizing()),
             decided_at,
             events,
             payouts: Vec::new(),
@@ -646,9 +646,10 @@ pub enum PlatformDisposition {
     /// Inside the finalization window, before the end: counted, and the
     /// outcome re-decided — `Some` when it changed.
     Reconsidered(Option<Correction>),
-    /// After the finalization window, before the end: not counted, the
-    /// session flagged for review.
-    Late,
+    /// After the finalization window, before the end: not counted; the
+    /// session is flagged for review when the event would have changed its
+    /// outcome (`changes`).
+    Late { changes: bool },
     /// No session has this room: nothing stored.
     UnknownRoom,
     /// Neither party of the room's session has this identity (an observer,

@@ -352,7 +352,12 @@ fn validate(kind: Kind, policy: Policy) -> Result<Policy, ConfigError> {
         ("abandon_after_seconds", policy.abandon_after_seconds > 0),
         ("max_duration_seconds", policy.max_duration_seconds > 0),
         ("presence_timeout_seconds", policy.presence_timeout_seconds > 0),
-        ("reconnect_grace_seconds", policy.reconnect_grace_seconds >= 0),
+        // A reconnect is a leave and a rejoin; a grace longer than the
+        // heartbeat timeout would also bridge lapsed heartbeats.
+        (
+            "reconnect_grace_seconds",
+            (0..=policy.presence_timeout_seconds).contains(&policy.reconnect_grace_seconds),
+        ),
         ("platform_fee_bps", (0..=10_000).contains(&policy.platform_fee_bps)),
     ];
     match checks.iter().find(|(_, ok)| !ok) {

@@ -33,8 +33,10 @@ pub fn router() -> Router {
 pub struct PresenceReceiptDto {
     /// `recorded` (counted), `duplicate` (seen before), `reconsidered`
     /// (arrived after the end, inside the finalization window: counted and
-    /// the outcome re-decided), `late` (after the window: not counted, the
-    /// session flagged for review) or `ignored`.
+    /// the outcome re-decided), `late` (after the window: not counted, and
+    /// since it would have changed the outcome, the session is flagged for
+    /// review), `late_unchanged` (after the window, and it would not have
+    /// changed anything) or `ignored`.
     pub disposition: String,
     /// Why an event was ignored: `not_presence` (another event type),
     /// `unknown_room` or `unknown_identity` (not one of the two parties).
@@ -46,7 +48,8 @@ pub struct PresenceReceiptDto {
     pub corrected: bool,
 }
 
-/// Longest platform id, room or identity verdict stores.
+/// Longest platform id, room or identity verdict stores, in bytes (as
+/// `POST /v1/sessions` measures rooms and identities).
 const NAME_MAX: usize = 256;
 
 #[utoipa::path(post, path = "/v1/presence/livekit", tag = "presence",
@@ -132,13 +135,17 @@ pub async fn twilio(
         .as_deref()
         .ok_or_else(|| not_configured("Twilio", "twilio_auth_token"))?;
     // Twilio signs the URL it called: ours as configured, else as this
-    // request names it.
+    // request names it (behind a proxy, as the proxy says it was called;
+    // a wrong guess only fails the signature, it never admits a forgery).
     let path = uri.path_and_query().map_or("/v1/presence/twilio", |path| path.as_str());
     let url = match &state.presence.public_url {
         Some(base) => format!("{base}{path}"),
         None => {
-            let host = header_text(&headers, header::HOST.as_str()).unwrap_or("localhost");
-            format!("http://{host}{path}")
+            let scheme = header_text(&headers, "x-forwarded-proto").unwrap_or("http");
+            let host = header_text(&headers, "x-forwarded-host")
+                .or_else(|| header_text(&headers, header::HOST.as_str()))
+                .unwrap_or("localhost");
+            format!("{scheme}://{host}{path}")
         }
     };
     let parsed = providers::twilio(token, header_text(&headers, "x-twilio-signature"), &url, &body)
@@ -180,7 +187,8 @@ async fn accept(state: &AppState, parsed: Parsed) -> Result<Json<PresenceReceipt
         PlatformDisposition::Recorded => ("recorded", false),
         PlatformDisposition::Duplicate => ("duplicate", false),
         PlatformDisposition::Reconsidered(correction) => ("reconsidered", correction.is_some()),
-        PlatformDisposition::Late => ("late", false),
+        PlatformDisposition::Late { changes: true } => ("late", false),
+        PlatformDisposition::Late { changes: false } => ("late_unchanged", false),
         PlatformDisposition::UnknownRoom => {
             metrics::counter!("verdict_presence_events_total", "source" => source, "disposition" => "ignored").increment(1);
             return Ok(Json(ignored("unknown_room", None)));
@@ -192,7 +200,7 @@ async fn accept(state: &AppState, parsed: Parsed) -> Result<Json<PresenceReceipt
     };
     metrics::counter!("verdict_presence_events_total", "source" => source, "disposition" => name)
         .increment(1);
-    if let PlatformDisposition::Late = disposition {
+    if let PlatformDisposition::Late { changes: true } = disposition {
         tracing::warn!(session = ?session.as_ref().map(|s| &s.id), source, "platform presence after finalization: flagged for review");
     }
     Ok(Json(PresenceReceiptDto {

@@ -18,7 +18,9 @@ CREATE INDEX sessions_finalizing ON sessions (finalizes_at) WHERE finalized_at I
 ALTER TABLE session_events ADD COLUMN connection TEXT;
 
 -- Every platform delivery once, by the platform's event id: a repeat is
--- recognised and changes nothing. `disposition` says what became of it.
+-- recognised and changes nothing. `disposition` says what became of it
+-- (`late`: after the finalization window, and it would have changed the
+-- outcome: the review queue lists the session).
 CREATE TABLE presence_deliveries (
     source      TEXT    NOT NULL CHECK (source IN ('livekit', 'daily', 'twilio')),
     event_id    TEXT    NOT NULL,
@@ -28,7 +30,7 @@ CREATE TABLE presence_deliveries (
     kind        TEXT    NOT NULL CHECK (kind IN ('joined', 'left')),
     at          BIGINT NOT NULL,
     received_at BIGINT NOT NULL,
-    disposition TEXT    NOT NULL CHECK (disposition IN ('recorded', 'reconsidered', 'late')),
+    disposition TEXT    NOT NULL CHECK (disposition IN ('recorded', 'reconsidered', 'late', 'late_unchanged')),
     PRIMARY KEY (source, event_id)
 );
 

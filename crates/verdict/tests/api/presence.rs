@@ -49,6 +49,7 @@ with_platforms!(
     a_late_leave_inside_the_window_cancels_and_nothing_is_paid,
     a_late_leave_after_the_window_changes_nothing_and_asks_for_review,
     repeats_racing_each_other_and_the_end_count_once,
+    a_window_nobody_closes_is_reported_stuck,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -367,6 +368,22 @@ async fn daily_webhooks_decide_a_session_and_forged_ones_are_refused(app: TestAp
 async fn twilio_callbacks_decide_a_session_and_forged_ones_are_refused(app: TestApp) {
     a_platform_decides_a_session(&app, Platform::Twilio).await;
     forged_requests_are_refused(&app, Platform::Twilio).await;
+    // Behind a TLS proxy Twilio signs the https URL it called.
+    create_in_room(&app, "s2", "room-tls").await;
+    let event =
+        PlatformEvent::new(Platform::Twilio, "room-tls", "alice", "PA_tls", true, now(&app));
+    let (path, _, body) = event.request(&app.base);
+    let url = format!("https://verdict.example.com{path}");
+    let signature = providers::sign_twilio(TWILIO_TOKEN, &url, body.as_bytes());
+    let proxied = vec![
+        ("x-twilio-signature", signature.clone()),
+        ("x-forwarded-proto", "https".to_owned()),
+        ("x-forwarded-host", "verdict.example.com".to_owned()),
+    ];
+    assert_eq!(raw(&app, path, &proxied, &body).await.ok()["disposition"], "recorded");
+    // Without the proxy's word the URL is ours, and the signature fails.
+    let direct = vec![("x-twilio-signature", signature)];
+    raw(&app, path, &direct, &body).await.problem(401);
 }
 
 async fn events_of_strangers_other_rooms_and_other_kinds_change_nothing(app: TestApp) {
@@ -535,6 +552,9 @@ async fn shuffled_and_repeated_deliveries_decide_as_the_ordered_stream(app: Test
     app.advance(200).await;
     let report = sweep(&app).await;
     assert_eq!(report.finalized.len(), 18);
+    // Paid once each, exactly the completed ones.
+    let completed = decided.iter().filter(|status| *status == "completed").count() * 2;
+    assert_eq!(app.sql_count("SELECT COUNT(*) FROM payouts").await, completed as i64);
     app.drain(&app.worker(|_| {})).await;
     let verify = app.get("/v1/admin/verify", &app.admin()).await;
     assert_eq!(verify.ok()["ok"], true, "{}", verify.body);
@@ -544,7 +564,23 @@ async fn shuffled_and_repeated_deliveries_decide_as_the_ordered_stream(app: Test
 /// in: re-decided inside the window, and no payout is ever made.
 async fn a_late_leave_inside_the_window_cancels_and_nothing_is_paid(app: TestApp) {
     app.sql("INSERT INTO users (id, stripe_account, email, updated_at) VALUES ('prov-1', 'acct_1', 'bob@example.com', 0)").await;
-    create_in_room(&app, "s1", "room-1").await;
+    // Linked to a request, which follows the session's final status.
+    let request = json!({"customer_id": "cust-1", "kind": "video",
+        "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"},
+        "candidate_provider_ids": ["prov-1"]});
+    let request_id = app.post("/v1/requests", &app.service(), request).await.ok()["id"].clone();
+    let request_id = request_id.as_str().unwrap();
+    let reply = app
+        .post(
+            "/v1/sessions",
+            &app.service(),
+            json!({"id": "s1", "kind": "video", "customer_id": "cust-1", "provider_id": "prov-1",
+                "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"},
+                "request_id": request_id,
+                "room": "room-1", "customer_identity": "alice", "provider_identity": "bob"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     // LiveKit leaves count in whole seconds: the first whole second after
     // the creation, and the end 100 s after it.
     let t0 = whole_second(now(&app)) + 1000;
@@ -590,6 +626,8 @@ async fn a_late_leave_inside_the_window_cancels_and_nothing_is_paid(app: TestApp
         0
     );
     assert_eq!(app.sql_count("SELECT COUNT(*) FROM outbox WHERE topic = 'payout'").await, 0);
+    let request = app.get(&format!("/v1/requests/{request_id}"), &app.admin()).await;
+    assert_eq!(request.ok()["status"], "cancelled");
     // The receipt went out once, when final.
     assert_eq!(
         app.sql_count("SELECT COUNT(*) FROM outbox WHERE topic = 'email:receipt:provider'").await,
@@ -634,6 +672,9 @@ async fn a_late_leave_after_the_window_changes_nothing_and_asks_for_review(app: 
     );
     assert_eq!(app.sql_count("SELECT COUNT(*) FROM session_events").await, before);
     assert_eq!(payouts(&app, "s1").await.len(), 1);
+    // A late event that would not have changed anything is only kept.
+    let moot = deliver(&app, &event("bob", "c-b2", true, 10)).await;
+    assert_eq!(moot["disposition"], "late_unchanged");
     let review = app.get("/v1/admin/review", &app.admin()).await;
     let items = review.ok()["items"].as_array().unwrap().clone();
     assert_eq!(items.len(), 1, "{items:?}");
@@ -697,4 +738,34 @@ async fn repeats_racing_each_other_and_the_end_count_once(app: TestApp) {
     app.advance(120).await;
     assert_eq!(sweep(&app).await.finalized.len(), 4);
     assert_eq!(app.sql_count("SELECT COUNT(*) FROM payouts").await, 0);
+}
+
+/// Without a sweeper the window of a completed session would never close
+/// and its provider never be paid: verification says so.
+async fn a_window_nobody_closes_is_reported_stuck(app: TestApp) {
+    create_in_room(&app, "s1", "room-1").await;
+    let t0 = whole_second(now(&app));
+    for (identity, connection) in [("alice", "a"), ("bob", "b")] {
+        deliver(
+            &app,
+            &PlatformEvent::new(Platform::Daily, "room-1", identity, connection, true, t0),
+        )
+        .await;
+    }
+    app.advance(100).await;
+    app.end("s1", &app.service(), None).await.ok();
+    let stuck = |report: &Value| {
+        let sections = report["sections"].as_array().unwrap();
+        let section = sections.iter().find(|s| s["name"] == "stuck_sessions").unwrap();
+        section["count"].as_i64().unwrap()
+    };
+    // Inside the window, and up to a minute after it, nothing is wrong.
+    app.advance(180).await;
+    assert_eq!(stuck(app.get("/v1/admin/verify", &app.admin()).await.ok()), 0);
+    app.advance(1).await;
+    let report = app.get("/v1/admin/verify", &app.admin()).await;
+    assert_eq!(stuck(report.ok()), 1, "{}", report.body);
+    assert_eq!(sweep(&app).await.finalized.len(), 1);
+    assert_eq!(stuck(app.get("/v1/admin/verify", &app.admin()).await.ok()), 0);
+    assert_eq!(payouts(&app, "s1").await.len(), 1);
 }
