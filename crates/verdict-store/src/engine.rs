@@ -1706,13 +1706,23 @@ async fn platform_presence_in(
             }
         }
     }
+    let session = touch_presence(&mut *tx, id, now).await?;
+    Ok((PlatformDisposition::Recorded, Some(session)))
+}
+
+/// Notes presence activity (the sweeper's candidates use it) and reads the
+/// session back.
+async fn touch_presence(
+    tx: &mut DbConnection,
+    id: &str,
+    now: UnixMillis,
+) -> Result<Session, StoreError> {
     sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
         .bind(now.0)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let session = lock_session(&mut *tx, id).await?;
-    Ok((PlatformDisposition::Recorded, Some(session)))
+    lock_session(&mut *tx, id).await
 }
 
 /// Records presence inside a grouped transaction (see `Engine::grouped`).
@@ -1806,13 +1816,7 @@ async fn record_presence_in(
             insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
         }
     }
-    sqlx::query("UPDATE sessions SET last_presence_at = $1 WHERE id = $2")
-        .bind(now.0)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let session = lock_session(&mut *tx, id).await?;
-    Ok(session)
+    touch_presence(&mut *tx, id, now).await
 }
 
 async fn lock_session(connection: &mut DbConnection, id: &str) -> Result<Session, StoreError> {
