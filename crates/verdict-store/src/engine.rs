@@ -23,7 +23,7 @@ use verdict_core::{
     charge_for, decide, intervals_of, open_since, overlap, platform_fee, presence_at, sweep_due,
 };
 
-use super::{BACKEND, BEGIN_WRITE, Db};
+use super::{BACKEND, BEGIN_WRITE, Db, PAGES_AS_ROWS};
 use crate::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
@@ -917,9 +917,10 @@ impl Store for Engine {
         through: Option<&AuditCursor>,
         limit: i64,
     ) -> Result<Vec<(Session, SessionAudit)>, StoreError> {
-        // Each query answers with one row holding the whole page as a JSON
-        // array: per-row driver overhead, not the database, bounds a scan of
-        // millions of sessions.
+        // On SQLite each query answers with one row holding the whole page as
+        // a JSON array: per-row driver overhead, not the database, bounds a
+        // scan of millions of sessions. On PostgreSQL building that JSON
+        // cost the server more than sending plain rows (see `RawPage`).
         let limit = limit.clamp(1, 10_000);
         let after_id = after.map_or("", |cursor| cursor.id.as_str());
         let mut page = sqlx::QueryBuilder::<Db>::new(concat!(
@@ -931,8 +932,8 @@ impl Store for Engine {
         ));
         push_page(&mut page, scope, after, through);
         page.push(" LIMIT ").push_bind(limit).push(") page");
-        let text: Option<String> = page.build().fetch_one(&self.reader).await?.try_get(0)?;
-        let mut records: Vec<SessionRecord> = from_json_page(text.as_deref())?;
+        let raw = fetch_page(&self.reader, page).await?;
+        let mut records: Vec<SessionRecord> = page_records(&raw)?;
         // Aggregates promise no order: the page is put back in scope order.
         match scope {
             AuditScope::All | AuditScope::Open => records.sort_by(|a, b| a.id.cmp(&b.id)),
@@ -1011,13 +1012,13 @@ impl Store for Engine {
             ") requests",
         );
         let (events, payouts, postings, requests) = tokio::try_join!(
-            json_page(&self.reader, events),
-            json_page(&self.reader, payouts),
-            json_page(&self.reader, postings),
-            json_page(&self.reader, requests)
+            fetch_page(&self.reader, events),
+            fetch_page(&self.reader, payouts),
+            fetch_page(&self.reader, postings),
+            fetch_page(&self.reader, requests)
         )?;
 
-        let mut events: Vec<EventRecord> = from_json_page(events.as_deref())?;
+        let mut events: Vec<EventRecord> = page_records(&events)?;
         // In the order they happened (the audit trail's sequence).
         events.sort_by_key(|event| event.seq);
         for EventRecord { session_id, kind, party, at, connection, .. } in events {
@@ -1038,21 +1039,19 @@ impl Store for Engine {
                 connection,
             });
         }
-        for (session_id, amount) in from_json_page::<(Cow<'_, str>, i64)>(payouts.as_deref())? {
+        for SessionAmount { session_id, amount } in page_records(&payouts)? {
             if let Some(&slot) = index.get(session_id.as_ref()) {
                 audits[slot].1.payouts.push(Cents(amount));
             }
         }
-        for (session_id, total) in from_json_page::<(Cow<'_, str>, i64)>(postings.as_deref())? {
+        for SessionAmount { session_id, amount } in page_records(&postings)? {
             if let Some(&slot) = index.get(session_id.as_ref()) {
-                audits[slot].1.posting_sums.push(total);
+                audits[slot].1.posting_sums.push(amount);
             }
         }
-        for (session_id, status, open) in
-            from_json_page::<(Cow<'_, str>, String, i64)>(requests.as_deref())?
-        {
+        for RequestRecord { session_id, status, open_assignments } in page_records(&requests)? {
             if let Some(&slot) = index.get(session_id.as_ref()) {
-                audits[slot].1.request = Some((status, open));
+                audits[slot].1.request = Some((status, open_assignments));
             }
         }
         Ok(audits)
@@ -2536,12 +2535,95 @@ impl Related {
     }
 }
 
-/// Runs a `json_rows!` query: its one value.
-async fn json_page(
+/// A verification page as the database answered it: one JSON array
+/// (SQLite, where every row costs the driver a hop to its worker thread) or
+/// plain rows (PostgreSQL, where `json_agg(json_build_array(…))` cost the
+/// server twice the rows' scan: with rows, `verdict verify` of 1,000,000
+/// sessions went from 8.4 s to 7.2 s).
+enum RawPage {
+    Json(Option<String>),
+    Rows(Vec<DbRow>),
+}
+
+/// Runs a page query (`json_rows!` decides its form, `PAGES_AS_ROWS` how it
+/// is read).
+async fn fetch_page(
     pool: &Pool<Db>,
     mut query: sqlx::QueryBuilder<Db>,
-) -> Result<Option<String>, StoreError> {
-    Ok(query.build().fetch_one(pool).await?.try_get::<Option<String>, _>(0)?)
+) -> Result<RawPage, StoreError> {
+    if PAGES_AS_ROWS {
+        Ok(RawPage::Rows(query.build().fetch_all(pool).await?))
+    } else {
+        Ok(RawPage::Json(query.build().fetch_one(pool).await?.try_get::<Option<String>, _>(0)?))
+    }
+}
+
+/// A record of a verification page, read from either form of the page: in
+/// the JSON form an array, in the query's column order.
+trait PageRecord<'a>: serde::Deserialize<'a> {
+    /// Reads one row by column position, borrowing its text.
+    fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError>;
+}
+
+fn page_records<'a, T: PageRecord<'a>>(page: &'a RawPage) -> Result<Vec<T>, StoreError> {
+    match page {
+        RawPage::Json(text) => from_json_page(text.as_deref()),
+        RawPage::Rows(rows) => rows.iter().map(T::from_db_row).collect(),
+    }
+}
+
+/// A payout's amount, or an unbalanced posting's sum, of a page's session.
+#[derive(serde::Deserialize)]
+struct SessionAmount<'a> {
+    #[serde(borrow)]
+    session_id: Cow<'a, str>,
+    amount: i64,
+}
+
+impl<'a> PageRecord<'a> for SessionAmount<'a> {
+    fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError> {
+        Ok(SessionAmount { session_id: Cow::Borrowed(row.try_get(0)?), amount: row.try_get(1)? })
+    }
+}
+
+/// The request of a page's session.
+#[derive(serde::Deserialize)]
+struct RequestRecord<'a> {
+    #[serde(borrow)]
+    session_id: Cow<'a, str>,
+    status: String,
+    open_assignments: i64,
+}
+
+impl<'a> PageRecord<'a> for RequestRecord<'a> {
+    fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError> {
+        Ok(RequestRecord {
+            session_id: Cow::Borrowed(row.try_get(0)?),
+            status: row.try_get(1)?,
+            open_assignments: row.try_get(2)?,
+        })
+    }
+}
+
+impl<'a> PageRecord<'a> for EventRecord<'a> {
+    fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError> {
+        // In the order of the events query's columns.
+        Ok(EventRecord {
+            session_id: Cow::Borrowed(row.try_get(0)?),
+            seq: row.try_get(1)?,
+            kind: Cow::Borrowed(row.try_get(2)?),
+            party: row.try_get::<Option<&str>, _>(3)?.map(Cow::Borrowed),
+            at: row.try_get(4)?,
+            connection: row.try_get::<Option<&str>, _>(5)?.map(Cow::Borrowed),
+        })
+    }
+}
+
+impl<'a> PageRecord<'a> for SessionRecord<'a> {
+    fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError> {
+        let policy = row.try_get::<Option<&str>, _>("policy")?.map(Cow::Borrowed);
+        Ok(SessionRecord { policy, ..SessionRecord::from_row(row)? })
+    }
 }
 
 /// A page of rows aggregated into one JSON array (`None`: no rows).

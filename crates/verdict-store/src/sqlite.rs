@@ -39,6 +39,10 @@ macro_rules! json_rows {
     };
 }
 
+/// Verification pages are read as one JSON value: sqlx's SQLite driver
+/// pays a hop to its worker thread for every row.
+const PAGES_AS_ROWS: bool = false;
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]
