@@ -146,7 +146,9 @@ async fn only_admins_see_the_dashboard_and_the_cookie_only_opens_pages(app: Test
 }
 
 /// A W3C WebDriver session on a chromedriver of its own, driving headless
-/// Chromium. Dropped: the browser is closed and chromedriver killed.
+/// Chromium. `quit` ends the session (chromedriver closes Chromium);
+/// dropped, chromedriver's whole process group is killed, Chromium with it,
+/// so that even a failing test leaves no browser behind.
 struct Browser {
     http: reqwest::Client,
     base: String,
@@ -159,8 +161,10 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 impl Browser {
     async fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        use std::os::unix::process::CommandExt;
         let driver = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -327,8 +331,17 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Ends the WebDriver session: chromedriver closes the browser.
+    async fn quit(self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -429,4 +442,5 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
     let source = browser.source().await;
     assert!(!source.contains("data-metric") && !source.contains("id=\"score\""));
     browser.screenshot("5-signed-out").await;
+    browser.quit().await;
 }
