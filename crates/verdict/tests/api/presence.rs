@@ -358,6 +358,19 @@ async fn forged_requests_are_refused(app: &TestApp, platform: Platform) {
 async fn livekit_webhooks_decide_a_session_and_forged_ones_are_refused(app: TestApp) {
     a_platform_decides_a_session(&app, Platform::LiveKit).await;
     forged_requests_are_refused(&app, Platform::LiveKit).await;
+    // What became of the platform's events, as Prometheus counts it.
+    let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("valid Prometheus text");
+    for disposition in ["recorded", "duplicate"] {
+        assert!(
+            scrape.samples.iter().any(|sample| sample.metric == "verdict_presence_events_total"
+                && sample.labels.get("source") == Some("livekit")
+                && sample.labels.get("disposition") == Some(disposition)),
+            "no {disposition} LiveKit events in:\n{text}"
+        );
+    }
 }
 
 async fn daily_webhooks_decide_a_session_and_forged_ones_are_refused(app: TestApp) {

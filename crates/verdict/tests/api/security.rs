@@ -383,6 +383,9 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
         "/v1/sessions/{id}/events",
         "/v1/notifications",
         "/v1/test-clock/advance",
+        "/v1/presence/livekit",
+        "/v1/presence/daily",
+        "/v1/presence/twilio",
         "/healthz",
         "/readyz",
     ] {
