@@ -22,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -131,12 +132,55 @@ async fn reject_large_bodies(request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let streamed = request.uri().path() == "/v1/admin/import";
-    if !streamed && declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
-        return ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
-            .into_response();
+    if request.uri().path() == "/v1/admin/import" {
+        // Streamed line by line, with limits of its own.
+        return next.run(request).await;
     }
-    next.run(request).await
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!("the body exceeds {BODY_BYTES_MAX} bytes"))
+            .into_response()
+    };
+    if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
+        if declared.is_some_and(|length| length <= DRAIN_BYTES_MAX as u64) {
+            drain(request.into_body().into_data_stream()).await;
+        }
+        return too_large();
+    }
+    if declared.is_some() {
+        return next.run(request).await;
+    }
+    // No declared length (chunked): read at most the limit here, so that
+    // an oversized body is refused as soon as it is known.
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return ApiError::BadRequest("the request body could not be read".into())
+                .into_response();
+        };
+        if collected.len() + chunk.len() > BODY_BYTES_MAX {
+            drain(stream).await;
+            return too_large();
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(collected.freeze()))).await
+}
+
+/// How much of a refused body is still read before answering: a client
+/// still sending when the connection closes unread may lose the answer to
+/// a reset, so a modest excess is read and dropped first.
+const DRAIN_BYTES_MAX: usize = 1024 * 1024;
+
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let mut drained = 0;
+    while drained < DRAIN_BYTES_MAX {
+        match stream.next().await {
+            Some(Ok(chunk)) => drained += chunk.len(),
+            _ => return,
+        }
+    }
 }
 
 struct BearerScheme;
