@@ -130,10 +130,7 @@ pub fn intervals_judged(
         tracker.close(until);
         intervals.append(&mut tracker.intervals);
     }
-    // Sorted by connection, so several connections show at the two ends.
-    if own.first().map(|event| event.connection) != own.last().map(|event| event.connection) {
-        intervals.sort_by_key(|interval| interval.start);
-    }
+    intervals.sort_by_key(|interval| interval.start);
     merge_gaps(intervals, policy.reconnect_grace_seconds.saturating_mul(1000))
 }
 

@@ -220,10 +220,14 @@ pub fn sign_livekit(keys: &LiveKitKeys, body: &[u8], now_unix_seconds: i64) -> S
 
 // ------------------------------------------------------------------ Daily
 
+/// The HMAC key of a Daily webhook secret (base64, as Daily gives it).
+fn daily_key(secret_base64: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(secret_base64.trim()).ok()
+}
+
 fn daily_mac(secret_base64: &str, timestamp: &str, body: &[u8]) -> Result<HmacSha256, HookError> {
-    let key = STANDARD
-        .decode(secret_base64.trim())
-        .map_err(|_| unauthorized("the configured Daily webhook secret is not base64"))?;
+    let key = daily_key(secret_base64)
+        .ok_or_else(|| unauthorized("the configured Daily webhook secret is not base64"))?;
     let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
@@ -281,14 +285,14 @@ fn parse_daily(body: &[u8]) -> Result<Parsed, HookError> {
     }))
 }
 
+/// Whether a Daily webhook secret is usable (base64, as Daily gives it).
+pub fn daily_secret_is_valid(secret_base64: &str) -> bool {
+    daily_key(secret_base64).is_some()
+}
+
 /// The `X-Webhook-Signature` value Daily would send with `timestamp` and `body`.
 ///
 /// Panics if `secret_base64` is not base64.
-/// Whether a Daily webhook secret is usable (base64, as Daily gives it).
-pub fn daily_secret_is_valid(secret_base64: &str) -> bool {
-    STANDARD.decode(secret_base64).is_ok()
-}
-
 pub fn sign_daily(secret_base64: &str, timestamp: &str, body: &[u8]) -> String {
     let mac = daily_mac(secret_base64, timestamp, body).expect("the Daily secret must be base64");
     STANDARD.encode(mac.finalize().into_bytes())

@@ -85,8 +85,9 @@ pub trait Store: Send + Sync + 'static {
     /// order of arrival). On an open session it is presence like any other
     /// (a first overlap starts the session). On an ended session an event
     /// from before the end re-decides the outcome while the finalization
-    /// window lasts (with the compensation of a repair), and is only
-    /// flagged for review after it.
+    /// window lasts (audited as a correction; the money waits for the
+    /// window to close), and after it is kept apart, flagged for review
+    /// when it would have changed the outcome.
     async fn record_platform_presence(
         &self,
         event: PlatformPresence,

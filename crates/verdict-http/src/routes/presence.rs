@@ -183,25 +183,24 @@ async fn accept(state: &AppState, parsed: Parsed) -> Result<Json<PresenceReceipt
     };
     let (disposition, session) =
         state.store.record_platform_presence(presence, &state.settings, state.clock.now()).await?;
-    let (name, corrected) = match &disposition {
-        PlatformDisposition::Recorded => ("recorded", false),
-        PlatformDisposition::Duplicate => ("duplicate", false),
-        PlatformDisposition::Reconsidered(correction) => ("reconsidered", correction.is_some()),
-        PlatformDisposition::Late { changes: true } => ("late", false),
-        PlatformDisposition::Late { changes: false } => ("late_unchanged", false),
-        PlatformDisposition::UnknownRoom => {
-            metrics::counter!("verdict_presence_events_total", "source" => source, "disposition" => "ignored").increment(1);
-            return Ok(Json(ignored("unknown_room", None)));
+    let (name, ignored_because, corrected) = match &disposition {
+        PlatformDisposition::Recorded => ("recorded", None, false),
+        PlatformDisposition::Duplicate => ("duplicate", None, false),
+        PlatformDisposition::Reconsidered(correction) => {
+            ("reconsidered", None, correction.is_some())
         }
-        PlatformDisposition::UnknownIdentity => {
-            metrics::counter!("verdict_presence_events_total", "source" => source, "disposition" => "ignored").increment(1);
-            return Ok(Json(ignored("unknown_identity", session.map(|s| s.id))));
-        }
+        PlatformDisposition::Late { changes: true } => ("late", None, false),
+        PlatformDisposition::Late { changes: false } => ("late_unchanged", None, false),
+        PlatformDisposition::UnknownRoom => ("ignored", Some("unknown_room"), false),
+        PlatformDisposition::UnknownIdentity => ("ignored", Some("unknown_identity"), false),
     };
     metrics::counter!("verdict_presence_events_total", "source" => source, "disposition" => name)
         .increment(1);
     if let PlatformDisposition::Late { changes: true } = disposition {
         tracing::warn!(session = ?session.as_ref().map(|s| &s.id), source, "platform presence after finalization: flagged for review");
+    }
+    if let Some(reason) = ignored_because {
+        return Ok(Json(ignored(reason, session.map(|session| session.id))));
     }
     Ok(Json(PresenceReceiptDto {
         disposition: name.to_owned(),
