@@ -68,10 +68,12 @@ pub(crate) async fn deliver(
             transfer_id: "none:zero-amount".into(),
         });
     }
-    // Which key generation this attempt uses (0: the payout id itself).
-    let generation = item.payload["key_generation"].as_u64().unwrap_or(0);
-    let key =
-        if generation == 0 { payout.id.clone() } else { format!("{}:{generation}", payout.id) };
+    // Which key generation this attempt starts with (0: the payout id
+    // itself). A key burnt on a saved failure is replaced within the same
+    // attempt, once: the new generation goes back with any failure, so a
+    // later attempt replays that key rather than risk a second transfer.
+    let mut generation = item.payload["key_generation"].as_u64().unwrap_or(0);
+    let mut renewed: Option<Value> = None;
     let form = [
         ("amount", payout.amount.0.to_string()),
         ("currency", payout.currency.clone()),
@@ -80,70 +82,66 @@ pub(crate) async fn deliver(
         ("metadata[session_id]", payout.session_id.clone()),
         ("metadata[payout_id]", payout.id.clone()),
     ];
-    let response = http
-        .post(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
-        .bearer_auth(&config.secret_key)
-        .header("Idempotency-Key", &key)
-        .form(&form)
-        .send()
-        .await;
-    let response = match response {
-        Ok(response) => response,
-        Err(error) => {
-            return Delivery::Failed {
-                error: format!("Stripe: {}", without_url(&error)),
-                payload: None,
+    loop {
+        let key =
+            if generation == 0 { payout.id.clone() } else { format!("{}:{generation}", payout.id) };
+        let retry = |error: String| Delivery::Failed { error, payload: renewed.clone() };
+        let response = http
+            .post(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
+            .bearer_auth(&config.secret_key)
+            .header("Idempotency-Key", &key)
+            .form(&form)
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => return retry(format!("Stripe: {}", without_url(&error))),
+        };
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return match body["id"].as_str() {
+                Some(transfer_id) => Delivery::Done(OutboxOutcome::PayoutPaid {
+                    payout_id: payout.id.clone(),
+                    transfer_id: transfer_id.to_owned(),
+                }),
+                None => retry("Stripe answered 2xx without a transfer id".into()),
             };
         }
-    };
-    let status = response.status();
-    let replayed = response
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if status.is_success() {
-        return match body["id"].as_str() {
-            Some(transfer_id) => Delivery::Done(OutboxOutcome::PayoutPaid {
-                payout_id: payout.id.clone(),
-                transfer_id: transfer_id.to_owned(),
-            }),
-            None => Delivery::Failed {
-                error: "Stripe answered 2xx without a transfer id".into(),
-                payload: None,
-            },
-        };
-    }
-    let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
-    if status.is_server_error() && replayed {
-        // The key is burnt on a saved failure. Did a transfer happen anyway?
-        return match find_transfer(http, config, &payout.session_id, &payout.id).await {
-            Ok(Some(transfer_id)) => Delivery::Done(OutboxOutcome::PayoutPaid {
-                payout_id: payout.id.clone(),
-                transfer_id,
-            }),
-            Ok(None) => {
-                let mut payload = item.payload.clone();
-                payload["key_generation"] = json!(generation + 1);
-                Delivery::Failed {
-                    error: format!("Stripe replayed HTTP {}: {message}", status.as_u16()),
-                    payload: Some(payload),
+        let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        if status.is_server_error() && replayed {
+            // The key is burnt on a saved failure. Did a transfer happen anyway?
+            match find_transfer(http, config, &payout.session_id, &payout.id).await {
+                Ok(Some(transfer_id)) => {
+                    return Delivery::Done(OutboxOutcome::PayoutPaid {
+                        payout_id: payout.id.clone(),
+                        transfer_id,
+                    });
                 }
+                Ok(None) if renewed.is_none() => {
+                    generation += 1;
+                    let mut payload = item.payload.clone();
+                    payload["key_generation"] = json!(generation);
+                    renewed = Some(payload);
+                    continue;
+                }
+                Ok(None) => {
+                    return retry(format!("Stripe replayed HTTP {}: {message}", status.as_u16()));
+                }
+                Err(error) => return retry(error),
             }
-            Err(error) => Delivery::Failed { error, payload: None },
+        }
+        return match status.as_u16() {
+            409 | 429 => retry(format!("Stripe HTTP {status}: {message}")),
+            400..=499 => {
+                failed(format!("Stripe refused the transfer (HTTP {}): {message}", status.as_u16()))
+            }
+            _ => retry(format!("Stripe HTTP {}: {message}", status.as_u16())),
         };
-    }
-    match status.as_u16() {
-        409 | 429 => {
-            Delivery::Failed { error: format!("Stripe HTTP {status}: {message}"), payload: None }
-        }
-        400..=499 => {
-            failed(format!("Stripe refused the transfer (HTTP {}): {message}", status.as_u16()))
-        }
-        _ => Delivery::Failed {
-            error: format!("Stripe HTTP {}: {message}", status.as_u16()),
-            payload: None,
-        },
     }
 }
 
