@@ -308,7 +308,19 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
 
     let paid = app.sql_count("SELECT COUNT(*) FROM payouts WHERE state = 'paid'").await;
     let dead = app.get("/v1/admin/outbox?state=dead", &app.admin()).await.ok()["items"].clone();
-    assert_eq!(paid, SESSIONS as i64, "every payout paid; dead rows: {dead:#}");
+    let keys_of = |session: &Value| -> Vec<String> {
+        let calls = fake.calls();
+        let of = calls
+            .iter()
+            .filter(|call| Some(call.field("metadata[session_id]")) == Some(session.as_str()));
+        of.map(|call| call.idempotency_key.clone().unwrap_or_default()).collect()
+    };
+    let keys: Vec<Vec<String>> =
+        dead.as_array().unwrap().iter().map(|row| keys_of(&row["session_id"])).collect();
+    assert_eq!(
+        paid, SESSIONS as i64,
+        "every payout paid; dead rows: {dead:#}; their keys: {keys:?}"
+    );
     let transfers = fake.transfers();
     let sessions: std::collections::BTreeSet<String> =
         transfers.iter().map(|t| t["metadata"]["session_id"].to_string()).collect();
