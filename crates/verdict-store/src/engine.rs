@@ -112,14 +112,6 @@ impl Engine {
         Engine { reader, writer, availability, groups }
     }
 
-    /// Runs `write` in a group transaction and answers once that is
-    /// durable (group commit): concurrent writes share one commit, so one
-    /// fsync, instead of paying one each. Each write runs in a savepoint
-    /// of its own: one that fails is rolled back alone and its caller gets
-    /// its error, while the others commit. The caller is answered only
-    /// after the commit, so an acknowledged write is durable, and a failed
-    /// commit fails every write of the group (none of them is stored).
-    ///
     /// Closes one session's finalization window, if it is still open and
     /// over (another sweeper may have been first).
     async fn finalize(
