@@ -6,6 +6,7 @@
 //! both databases run the same statements with the same semantics.
 
 pub mod clock;
+mod copy_binary;
 mod error;
 mod model;
 pub mod monitor;

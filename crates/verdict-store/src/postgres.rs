@@ -46,6 +46,59 @@ macro_rules! json_rows {
 /// Verification pages are read as rows, not as one JSON value.
 const PAGES_AS_ROWS: bool = true;
 
+/// An id-range verification page is read as binary `COPY` output (see
+/// `copy_page`), not as rows.
+const PAGES_BY_COPY: bool = true;
+
+/// Runs `COPY (select) TO STDOUT (FORMAT binary)` and returns its bytes.
+/// `select` is a constant of the engine: its range bounds are
+/// `current_setting('verdict.page_after')` and `…page_through`, set first
+/// from bound parameters, since `COPY` takes none. The client reads the
+/// rows in place (`copy_binary`), where sqlx decoding each row was about
+/// half of `verdict verify`'s client time.
+async fn copy_page(
+    pool: &sqlx::Pool<Db>,
+    select: &str,
+    after: &str,
+    through: &str,
+) -> Result<Vec<u8>, StoreError> {
+    use futures::TryStreamExt;
+
+    /// A connection dropped before its `COPY` was read to the end (the
+    /// caller went away) is closed, not returned with data still queued.
+    struct Copying {
+        connection: sqlx::pool::PoolConnection<Db>,
+        finished: bool,
+    }
+    impl Drop for Copying {
+        fn drop(&mut self) {
+            if !self.finished {
+                self.connection.close_on_drop();
+            }
+        }
+    }
+
+    let mut copying = Copying { connection: pool.acquire().await?, finished: false };
+    sqlx::query(
+        "SELECT set_config('verdict.page_after', $1, false), \
+         set_config('verdict.page_through', $2, false)",
+    )
+    .bind(after)
+    .bind(through)
+    .execute(&mut *copying.connection)
+    .await?;
+    let statement = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
+    let mut bytes = Vec::new();
+    {
+        let mut stream = copying.connection.copy_out_raw(&statement).await?;
+        while let Some(chunk) = stream.try_next().await? {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    copying.finished = true;
+    Ok(bytes)
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]

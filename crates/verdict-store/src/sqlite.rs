@@ -43,6 +43,18 @@ macro_rules! json_rows {
 /// pays a hop to its worker thread for every row.
 const PAGES_AS_ROWS: bool = false;
 
+/// `COPY` is PostgreSQL's: SQLite pages are never read with it.
+const PAGES_BY_COPY: bool = false;
+
+async fn copy_page(
+    _pool: &sqlx::Pool<Db>,
+    _select: &str,
+    _after: &str,
+    _through: &str,
+) -> Result<Vec<u8>, StoreError> {
+    Err(StoreError::Internal("COPY pages are PostgreSQL's".to_owned()))
+}
+
 // The engine is compiled once per backend on purpose: see engine.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine.rs"]

@@ -89,6 +89,7 @@ contract!(
     a_failing_write_fails_alone_among_concurrent_writes,
     unknown_sessions_are_not_found,
     audit_pages_cover_each_scope_exactly_once,
+    audit_pages_read_every_field_as_a_single_read_does,
 );
 
 fn new_session(id: &str) -> NewSession {
@@ -506,4 +507,69 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
             assert_eq!(audit.posting_sums, unbalanced, "{}", session.id);
         }
     }
+}
+
+/// A page bounded by its end (on PostgreSQL read by binary `COPY`, a
+/// reader of its own) gives every field of a session as `session` does:
+/// an ended one with its outcome, presence and metadata, one ended in a
+/// room (its finalization window open), an imported one and a waiting one.
+async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
+    use verdict_store::{AuditCursor, AuditScope, ImportSession, PlatformRoom};
+    let store = fixture.store.as_ref();
+    let settings = Settings::default();
+    live_session(store, "a-ended").await;
+    store
+        .end_session(
+            "a-ended",
+            &service(),
+            None,
+            EndCause::Requested,
+            &settings,
+            UnixMillis(T0.0 + 90_000),
+        )
+        .await
+        .unwrap();
+    let mut in_room = new_session("b-room");
+    in_room.room = Some(PlatformRoom {
+        room: "room-1".into(),
+        customer_identity: "alice".into(),
+        provider_identity: "bob".into(),
+    });
+    store.create_session(in_room, &service(), None, T0).await.unwrap();
+    let end_at = UnixMillis(T0.0 + 120_000);
+    let ended = store
+        .end_session("b-room", &service(), None, EndCause::Requested, &settings, end_at)
+        .await
+        .unwrap();
+    assert!(ended.session.finalizes_at.is_some());
+    let imported = ImportSession {
+        id: "c-imported".into(),
+        kind: Kind::Chat,
+        customer_id: "c2".into(),
+        provider_id: "p2".into(),
+        provider_account: None,
+        price: Price { mode: PriceMode::Flat, amount: Cents(900), currency: "eur".into() },
+        status: Status::Cancelled,
+        reason: None,
+        created_at: T0,
+        ended_at: Some(UnixMillis(T0.0 + 30_000)),
+        events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
+        payout: None,
+    };
+    store.import_sessions(&[imported], "run-1", T0).await.unwrap();
+    store.create_session(new_session("d-waiting"), &service(), None, T0).await.unwrap();
+
+    let mut after: Option<AuditCursor> = None;
+    let mut seen = Vec::new();
+    while let Some(end) = store.audit_page_end(AuditScope::All, after.as_ref(), 1).await.unwrap() {
+        let page = store.audits(AuditScope::All, after.as_ref(), Some(&end), 1).await.unwrap();
+        let [(session, audit)] = page.as_slice() else { panic!("{} sessions", page.len()) };
+        assert_eq!(Some(session), store.session(&session.id).await.unwrap().as_ref());
+        let events =
+            if session.id == "a-ended" { 2 } else { usize::from(session.id == "c-imported") };
+        assert_eq!(audit.events.len(), events, "{}", session.id);
+        seen.push(session.id.clone());
+        after = Some(end);
+    }
+    assert_eq!(seen, ["a-ended", "b-room", "c-imported", "d-waiting"]);
 }
