@@ -987,6 +987,8 @@ impl Store for Engine {
         }
 
         // The four related queries run at once, each on a reader of its own.
+        // The events (most rows) may come by COPY; the other three answer
+        // few rows and stay prepared statements, planned once, not per page.
         let events = filter.fetch(
             &self.reader,
             concat!(
@@ -997,41 +999,47 @@ impl Store for Engine {
             "session_id",
             "",
         );
-        let payouts = filter.fetch_rows(
+        let payouts = fetch_page(
             &self.reader,
-            concat!(
-                "SELECT ",
-                json_rows!("session_id, amount_cents"),
-                " FROM payouts WHERE reversed_at IS NULL AND "
+            filter.query(
+                concat!(
+                    "SELECT ",
+                    json_rows!("session_id, amount_cents"),
+                    " FROM payouts WHERE reversed_at IS NULL AND "
+                ),
+                "session_id",
+                "",
             ),
-            "session_id",
-            "",
         );
-        let postings = filter.fetch_rows(
+        let postings = fetch_page(
             &self.reader,
-            concat!(
-                "SELECT ",
-                json_rows!("session_id, total"),
-                // A sum per posting, each one index range of its lines:
-                // half the server time of a join, sort and group.
-                " FROM (SELECT p.session_id, (SELECT CAST(SUM(l.amount_cents) AS BIGINT) \
+            filter.query(
+                concat!(
+                    "SELECT ",
+                    json_rows!("session_id, total"),
+                    // A sum per posting, each one index range of its lines:
+                    // half the server time of a join, sort and group.
+                    " FROM (SELECT p.session_id, (SELECT CAST(SUM(l.amount_cents) AS BIGINT) \
                  FROM ledger_lines l WHERE l.posting_id = p.id) AS total \
                  FROM ledger_postings p WHERE "
+                ),
+                "p.session_id",
+                // Only what does not balance is a finding.
+                ") sums WHERE total <> 0",
             ),
-            "p.session_id",
-            // Only what does not balance is a finding.
-            ") sums WHERE total <> 0",
         );
-        let requests = filter.fetch_rows(
+        let requests = fetch_page(
             &self.reader,
-            concat!(
-                "SELECT ",
-                json_rows!("session_id, status, open_assignments"),
-                " FROM (SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a \
+            filter.query(
+                concat!(
+                    "SELECT ",
+                    json_rows!("session_id, status, open_assignments"),
+                    " FROM (SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a \
                  WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE "
+                ),
+                "r.session_id",
+                ") requests",
             ),
-            "r.session_id",
-            ") requests",
         );
         let (events, payouts, postings, requests) =
             tokio::try_join!(events, payouts, postings, requests)?;
@@ -2561,17 +2569,6 @@ impl Related {
         }
         query.push(suffix);
         query
-    }
-
-    /// Reads the related rows with `query`.
-    async fn fetch_rows(
-        &self,
-        pool: &Pool<Db>,
-        prefix: &'static str,
-        column: &'static str,
-        suffix: &'static str,
-    ) -> Result<RawPage, StoreError> {
-        fetch_page(pool, self.query(prefix, column, suffix)).await
     }
 
     /// Reads the related rows: an id range on PostgreSQL by binary `COPY`
