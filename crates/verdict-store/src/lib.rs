@@ -228,10 +228,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn payout(&self, id: &str) -> Result<Option<Payout>, StoreError>;
 
-    /// A page of at most `limit` sessions with everything verification
-    /// needs, after `after` and up to `through` (keyset paging: memory stays
-    /// flat on any volume). `All` and `Open` are in id order, the windowed
-    /// scopes in end order.
+    /// A page of sessions with everything verification needs, after
+    /// `after` (keyset paging: memory stays flat on any volume): every
+    /// session up to `through` when it is given (so that a session created
+    /// after a scan read its page ends is not skipped), else at most
+    /// `limit`. `All` and `Open` are in id order, the windowed scopes in end
+    /// order.
     async fn audits(
         &self,
         scope: AuditScope,

@@ -51,11 +51,13 @@ const PAGES_AS_ROWS: bool = true;
 const PAGES_BY_COPY: bool = true;
 
 /// Runs `COPY (select) TO STDOUT (FORMAT binary)` and returns its bytes.
-/// `select` is a constant of the engine: its range bounds are
+/// `select` is built from constants of the engine: its range bounds are
 /// `current_setting('verdict.page_after')` and `…page_through`, set first
-/// from bound parameters, since `COPY` takes none. The client reads the
-/// rows in place (`copy_binary`), where sqlx decoding each row was about
-/// half of `verdict verify`'s client time.
+/// from bound parameters, since `COPY` takes none, and local to one
+/// transaction (so nothing is left on the connection, and a pooler that
+/// hands out connections per transaction keeps the two statements
+/// together). The client reads the rows in place (`copy_binary`), where
+/// sqlx decoding each row was about half of `verdict verify`'s client time.
 async fn copy_page(
     pool: &sqlx::Pool<Db>,
     select: &str,
@@ -64,8 +66,9 @@ async fn copy_page(
 ) -> Result<Vec<u8>, StoreError> {
     use futures::TryStreamExt;
 
-    /// A connection dropped before its `COPY` was read to the end (the
-    /// caller went away) is closed, not returned with data still queued.
+    /// A connection dropped before its transaction ended (the caller went
+    /// away, or a statement failed) is closed, not returned with data still
+    /// queued or a transaction open.
     struct Copying {
         connection: sqlx::pool::PoolConnection<Db>,
         finished: bool,
@@ -79,9 +82,10 @@ async fn copy_page(
     }
 
     let mut copying = Copying { connection: pool.acquire().await?, finished: false };
+    sqlx::raw_sql("BEGIN READ ONLY").execute(&mut *copying.connection).await?;
     sqlx::query(
-        "SELECT set_config('verdict.page_after', $1, false), \
-         set_config('verdict.page_through', $2, false)",
+        "SELECT set_config('verdict.page_after', $1, true), \
+         set_config('verdict.page_through', $2, true)",
     )
     .bind(after)
     .bind(through)
@@ -95,6 +99,7 @@ async fn copy_page(
             bytes.extend_from_slice(&chunk);
         }
     }
+    sqlx::raw_sql("COMMIT").execute(&mut *copying.connection).await?;
     copying.finished = true;
     Ok(bytes)
 }

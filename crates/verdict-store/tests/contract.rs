@@ -459,6 +459,10 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
                 // `through` alone bounds a page too.
                 let bounded = store.audits(scope, after.as_ref(), Some(end), 100).await.unwrap();
                 assert_eq!(bounded.len(), 4);
+                // And whatever the limit: a scan reads page ends ahead, so a
+                // page is every session up to its end.
+                let bounded = store.audits(scope, after.as_ref(), Some(end), 1).await.unwrap();
+                assert_eq!(bounded.len(), 4);
             }
             let Some((last, _)) = page.last() else { return seen };
             after = Some(AuditCursor::after(last));
@@ -559,6 +563,11 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
     store.import_sessions(&[imported], "run-1", T0).await.unwrap();
     store.create_session(new_session("d-waiting"), &service(), None, T0).await.unwrap();
 
+    // The ended ones once more through a windowed page: related rows by
+    // id list, never by COPY.
+    let windowed = store.audits(AuditScope::EndedSince(T0), None, None, 100).await.unwrap();
+    assert_eq!(windowed.len(), 3);
+
     let mut after: Option<AuditCursor> = None;
     let mut seen = Vec::new();
     while let Some(end) = store.audit_page_end(AuditScope::All, after.as_ref(), 1).await.unwrap() {
@@ -568,6 +577,13 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
         let events =
             if session.id == "a-ended" { 2 } else { usize::from(session.id == "c-imported") };
         assert_eq!(audit.events.len(), events, "{}", session.id);
+        if session.id == "a-ended" {
+            assert!(audit.policy.is_some());
+            assert_eq!(audit.decided_at, session.ended_at);
+        }
+        if let Some(other) = windowed.iter().find(|(other, _)| other.id == session.id) {
+            assert_eq!(format!("{:?}", (session, audit)), format!("{other:?}"), "{}", session.id);
+        }
         seen.push(session.id.clone());
         after = Some(end);
     }
