@@ -1025,8 +1025,8 @@ impl Store for Engine {
                     // A sum per posting, each one index range of its lines:
                     // half the server time of a join, sort and group.
                     " FROM (SELECT p.session_id, (SELECT CAST(SUM(l.amount_cents) AS BIGINT) \
-                 FROM ledger_lines l WHERE l.posting_id = p.id) AS total \
-                 FROM ledger_postings p WHERE "
+                     FROM ledger_lines l WHERE l.posting_id = p.id) AS total \
+                     FROM ledger_postings p WHERE "
                 ),
                 "p.session_id",
                 // Only what does not balance is a finding.
@@ -1040,7 +1040,7 @@ impl Store for Engine {
                     "SELECT ",
                     json_rows!("session_id, status, open_assignments"),
                     " FROM (SELECT r.session_id, r.status, (SELECT COUNT(*) FROM assignments a \
-                 WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE "
+                     WHERE a.request_id = r.id) AS open_assignments FROM requests r WHERE "
                 ),
                 "r.session_id",
                 ") requests",
@@ -2632,7 +2632,11 @@ trait PageRecord<'a>: serde::Deserialize<'a> {
     /// Reads one row by column position, borrowing its text.
     fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError>;
     /// Reads one row of binary `COPY` output, in the query's column order.
-    fn from_copy(row: &mut CopyRow<'a>) -> Result<Self, StoreError>;
+    /// Only the sessions and their presence events are read by `COPY`; the
+    /// other records come from prepared statements.
+    fn from_copy(_row: &mut CopyRow<'a>) -> Result<Self, StoreError> {
+        Err(StoreError::Internal("this page is not read by COPY".to_owned()))
+    }
 }
 
 fn page_records<'a, T: PageRecord<'a>>(page: &'a RawPage) -> Result<Vec<T>, StoreError> {
@@ -2663,10 +2667,6 @@ impl<'a> PageRecord<'a> for SessionAmount<'a> {
     fn from_db_row(row: &'a DbRow) -> Result<Self, StoreError> {
         Ok(SessionAmount { session_id: Cow::Borrowed(row.try_get(0)?), amount: row.try_get(1)? })
     }
-
-    fn from_copy(row: &mut CopyRow<'a>) -> Result<Self, StoreError> {
-        Ok(SessionAmount { session_id: Cow::Borrowed(row.text()?), amount: row.int()? })
-    }
 }
 
 /// The request of a page's session.
@@ -2684,14 +2684,6 @@ impl<'a> PageRecord<'a> for RequestRecord<'a> {
             session_id: Cow::Borrowed(row.try_get(0)?),
             status: row.try_get(1)?,
             open_assignments: row.try_get(2)?,
-        })
-    }
-
-    fn from_copy(row: &mut CopyRow<'a>) -> Result<Self, StoreError> {
-        Ok(RequestRecord {
-            session_id: Cow::Borrowed(row.text()?),
-            status: row.text()?.to_owned(),
-            open_assignments: row.int()?,
         })
     }
 }
