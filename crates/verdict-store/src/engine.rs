@@ -1016,23 +1016,13 @@ impl Store for Engine {
                 "",
             ),
         );
-        let postings = fetch_page(
-            &self.reader,
-            filter.query(
-                concat!(
-                    "SELECT ",
-                    json_rows!("session_id, total"),
-                    // A sum per posting, each one index range of its lines:
-                    // half the server time of a join, sort and group.
-                    " FROM (SELECT p.session_id, (SELECT CAST(SUM(l.amount_cents) AS BIGINT) \
-                     FROM ledger_lines l WHERE l.posting_id = p.id) AS total \
-                     FROM ledger_postings p WHERE "
-                ),
-                "p.session_id",
-                // Only what does not balance is a finding.
-                ") sums WHERE total <> 0",
-            ),
-        );
+        let postings = async {
+            match &filter {
+                // A scan of everything checks the ledger in one pass.
+                Related::Range(..) => Ok(HashMap::new()),
+                Related::Ids(ids) => self.unbalanced_postings(ids).await,
+            }
+        };
         let requests = fetch_page(
             &self.reader,
             filter.query(
@@ -1075,9 +1065,9 @@ impl Store for Engine {
                 audits[slot].1.payouts.push(Cents(amount));
             }
         }
-        for SessionAmount { session_id, amount } in page_records(&postings)? {
-            if let Some(&slot) = index.get(session_id.as_ref()) {
-                audits[slot].1.posting_sums.push(amount);
+        for (session_id, sums) in postings {
+            if let Some(&slot) = index.get(&session_id) {
+                audits[slot].1.posting_sums = sums;
             }
         }
         for RequestRecord { session_id, status, open_assignments } in page_records(&requests)? {
@@ -1086,6 +1076,58 @@ impl Store for Engine {
             }
         }
         Ok(audits)
+    }
+
+    async fn ledger_imbalance(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
+        // One ordered pass over the covering index of the lines, grouped as
+        // it goes: a third of the server time of the same check per page.
+        let rows = sqlx::query(
+            "SELECT session_id, COUNT(*) OVER () AS sessions FROM (SELECT DISTINCT p.session_id \
+             FROM ledger_postings p JOIN (SELECT posting_id FROM ledger_lines GROUP BY posting_id \
+             HAVING SUM(amount_cents) <> 0) unbalanced ON unbalanced.posting_id = p.id) found \
+             ORDER BY session_id LIMIT $1",
+        )
+        .bind(i64::try_from(sample.max(1)).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        let count = match rows.first() {
+            Some(row) => row.try_get("sessions")?,
+            None => 0,
+        };
+        let ids = rows.iter().take(sample).map(|row| row.try_get("session_id"));
+        Ok((count, ids.collect::<Result<_, _>>()?))
+    }
+
+    async fn unbalanced_postings(
+        &self,
+        session_ids: &[String],
+    ) -> Result<HashMap<String, Vec<i64>>, StoreError> {
+        let mut unbalanced: HashMap<String, Vec<i64>> = HashMap::new();
+        for ids in session_ids.chunks(2_000) {
+            let page = fetch_page(
+                &self.reader,
+                Related::Ids(ids.to_vec()).query(
+                    concat!(
+                        "SELECT ",
+                        json_rows!("session_id, total"),
+                        // A sum per posting, each one index range of its
+                        // lines: half the server time of a join, sort and
+                        // group.
+                        " FROM (SELECT p.session_id, (SELECT CAST(SUM(l.amount_cents) AS BIGINT) \
+                         FROM ledger_lines l WHERE l.posting_id = p.id) AS total \
+                         FROM ledger_postings p WHERE "
+                    ),
+                    "p.session_id",
+                    // Only what does not balance is a finding.
+                    ") sums WHERE total <> 0",
+                ),
+            )
+            .await?;
+            for SessionAmount { session_id, amount } in page_records(&page)? {
+                unbalanced.entry(session_id.into_owned()).or_default().push(amount);
+            }
+        }
+        Ok(unbalanced)
     }
 
     async fn audit_page_end(

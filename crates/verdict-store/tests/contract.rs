@@ -90,6 +90,7 @@ contract!(
     unknown_sessions_are_not_found,
     audit_pages_cover_each_scope_exactly_once,
     audit_pages_read_every_field_as_a_single_read_does,
+    ledger_imbalance_counts_sessions_and_samples_in_id_order,
 );
 
 fn new_session(id: &str) -> NewSession {
@@ -506,11 +507,86 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
                 "{}",
                 session.id
             );
-            // Balanced postings are left out; the one unbalanced on purpose is not.
-            let unbalanced = if session.id == unbalanced_id { vec![7] } else { vec![] };
-            assert_eq!(audit.posting_sums, unbalanced, "{}", session.id);
+            // Balanced postings are left out; the one unbalanced on purpose
+            // is not, except on `All` pages: a scan of everything checks the
+            // ledger in one pass.
+            let unbalanced = if session.id == unbalanced_id && scope != AuditScope::All {
+                vec![7]
+            } else {
+                vec![]
+            };
+            assert_eq!(audit.posting_sums, unbalanced, "{scope:?} {}", session.id);
         }
     }
+
+    // The ledger in one pass, and by session.
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (1, vec![unbalanced_id.to_owned()]));
+    let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    let by_session = store.unbalanced_postings(&ids).await.unwrap();
+    assert_eq!(by_session, [(unbalanced_id.to_owned(), vec![7])].into_iter().collect());
+    assert!(store.unbalanced_postings(&ids[..4]).await.unwrap().is_empty());
+}
+
+/// The whole-ledger check counts sessions, not postings or lines, samples
+/// the first in id order, and a posting balanced again is not counted.
+async fn ledger_imbalance_counts_sessions_and_samples_in_id_order(fixture: Fixture) {
+    use verdict_store::{ImportSession, PayoutState};
+    let store = fixture.store.as_ref();
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
+    let sessions: Vec<ImportSession> = (0..6)
+        .map(|i| ImportSession {
+            // Imported out of id order: the sample is in id order anyway.
+            id: format!("led-{}", 5 - i),
+            kind: Kind::Video,
+            customer_id: "c1".into(),
+            provider_id: "p1".into(),
+            provider_account: None,
+            price: Price { mode: PriceMode::Flat, amount: Cents(1_000), currency: "usd".into() },
+            status: Status::Completed,
+            reason: None,
+            created_at: T0,
+            ended_at: Some(UnixMillis(T0.0 + 600_000)),
+            events: vec![
+                (Party::Customer, true, UnixMillis(T0.0 + 1_000)),
+                (Party::Provider, true, UnixMillis(T0.0 + 2_000)),
+            ],
+            payout: Some((Cents(800), PayoutState::Paid)),
+        })
+        .collect();
+    store.import_sessions(&sessions, "run-1", T0).await.unwrap();
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]), "imported books balance");
+    // Two lines off on led-4's posting (one session), one on led-1 and one
+    // on led-3 whose counterpart then restores the balance.
+    macro_rules! line {
+        ($cents:literal) => {
+            concat!(
+                "INSERT INTO ledger_lines (posting_id, account, amount_cents) \
+                 SELECT id, 'platform:revenue', ",
+                $cents,
+                " FROM ledger_postings WHERE session_id = $1"
+            )
+        };
+    }
+    for (id, line) in [
+        ("led-4", line!(3)),
+        ("led-4", line!(4)),
+        ("led-1", line!(-2)),
+        ("led-3", line!(5)),
+        ("led-3", line!(-5)),
+    ] {
+        fixture.execute(line, id).await;
+    }
+    assert_eq!(
+        store.ledger_imbalance(10).await.unwrap(),
+        (2, vec!["led-1".to_owned(), "led-4".to_owned()])
+    );
+    assert_eq!(store.ledger_imbalance(1).await.unwrap(), (2, vec!["led-1".to_owned()]));
+    assert_eq!(store.ledger_imbalance(0).await.unwrap(), (2, vec![]));
+    let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(
+        store.unbalanced_postings(&ids).await.unwrap(),
+        [("led-4".to_owned(), vec![7]), ("led-1".to_owned(), vec![-2])].into_iter().collect()
+    );
 }
 
 /// A page bounded by its end (on PostgreSQL read by binary `COPY`, a

@@ -310,6 +310,21 @@ async fn hourly_scores_and_the_review_queue_name_the_bad_hour_and_session(app: T
     assert_eq!(rest["items"], json!([]));
     assert_eq!(rest["next_cursor"], Value::Null);
     app.get("/v1/admin/review", &app.token(Role::Provider, "prov-1")).await.problem(403);
+
+    // A posting of `late` unbalanced behind the store's back is a reason
+    // too (the queue's pages carry no ledger sums: it asks per page).
+    app.sql("INSERT INTO ledger_lines (posting_id, account, amount_cents) SELECT id, 'platform_revenue', 1 FROM ledger_postings WHERE session_id = 'late'").await;
+    let review = app.get("/v1/admin/review", &app.admin()).await.ok().clone();
+    let listed: Vec<(&str, Value)> = review["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["session"]["id"].as_str().unwrap(), item["reasons"].clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("late", json!(["ledger_balance"])), ("wrong", json!(["misclassified_completed"]))]
+    );
 }
 
 async fn metrics_are_prometheus_text_with_the_documented_series(app: TestApp) {
