@@ -991,7 +991,8 @@ impl Store for Engine {
             audits.push((session, audit));
         }
 
-        // The related queries run at once, each on a reader of its own. The
+        // The related queries run at once, each on a reader of its own (the
+        // ledger sums of a long id list one chunk after another). The
         // events and payouts (most rows: about 4 and 0.65 a session) may come
         // by COPY; the requests answer few rows and stay a prepared
         // statement, planned once, not per page. (Payouts by COPY: 1M

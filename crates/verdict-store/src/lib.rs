@@ -249,7 +249,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sessions with a ledger posting whose lines do not sum to zero, over
     /// the whole ledger in one pass: how many, and the first `sample` of
-    /// them in id order.
+    /// them in id order. One read of its own, beside a scan's pages: on a
+    /// live database it may see postings newer than the scan's sessions.
     async fn ledger_imbalance(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
 
     /// The sums of the postings of `session_ids` whose lines do not sum to

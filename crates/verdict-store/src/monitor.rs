@@ -1,8 +1,10 @@
 //! Proving the data right (SPEC §6): the verification report, the health
-//! score, hourly scores and the review queue. Every check is
+//! score, hourly scores and the review queue. Every check of a session is
 //! [`SessionAudit::findings`] — the decision function re-run with each
 //! session's stored policy — over sessions streamed in pages, so memory
-//! stays flat whatever the volume.
+//! stays flat whatever the volume. The report's ledger section is the one
+//! exception: a sum of every posting's lines is not a decision, and the
+//! whole ledger is checked in one pass (`Store::ledger_imbalance`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

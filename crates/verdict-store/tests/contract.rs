@@ -528,7 +528,8 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
 }
 
 /// The whole-ledger check counts sessions, not postings or lines, samples
-/// the first in id order, and a posting balanced again is not counted.
+/// the first in id order, and counts neither a posting balanced again nor
+/// one with no lines.
 async fn ledger_imbalance_counts_sessions_and_samples_in_id_order(fixture: Fixture) {
     use verdict_store::{ImportSession, PayoutState};
     let store = fixture.store.as_ref();
@@ -576,16 +577,41 @@ async fn ledger_imbalance_counts_sessions_and_samples_in_id_order(fixture: Fixtu
     ] {
         fixture.execute(line, id).await;
     }
+    // A second unbalanced posting of led-4 (still one session), and a
+    // posting of led-2 with no lines at all (nothing to sum: not a finding,
+    // as before).
+    for (id, statement) in [
+        (
+            "led-4",
+            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) VALUES ($1, 'reversal', 'usd', 0)",
+        ),
+        (
+            "led-4",
+            "INSERT INTO ledger_lines (posting_id, account, amount_cents) SELECT id, 'platform:revenue', 9 FROM ledger_postings WHERE session_id = $1 AND kind = 'reversal'",
+        ),
+        (
+            "led-2",
+            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) VALUES ($1, 'reversal', 'usd', 0)",
+        ),
+    ] {
+        fixture.execute(statement, id).await;
+    }
     assert_eq!(
         store.ledger_imbalance(10).await.unwrap(),
         (2, vec!["led-1".to_owned(), "led-4".to_owned()])
     );
     assert_eq!(store.ledger_imbalance(1).await.unwrap(), (2, vec!["led-1".to_owned()]));
     assert_eq!(store.ledger_imbalance(0).await.unwrap(), (2, vec![]));
-    let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    // By session, in chunks: the real ids after 2,494 unknown ones.
+    let ids: Vec<String> = (0..2_494)
+        .map(|i| format!("none-{i}"))
+        .chain(sessions.iter().map(|s| s.id.clone()))
+        .collect();
+    let mut by_session = store.unbalanced_postings(&ids).await.unwrap();
+    by_session.values_mut().for_each(|sums| sums.sort());
     assert_eq!(
-        store.unbalanced_postings(&ids).await.unwrap(),
-        [("led-4".to_owned(), vec![7]), ("led-1".to_owned(), vec![-2])].into_iter().collect()
+        by_session,
+        [("led-4".to_owned(), vec![7, 9]), ("led-1".to_owned(), vec![-2])].into_iter().collect()
     );
 }
 
