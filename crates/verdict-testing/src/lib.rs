@@ -47,8 +47,16 @@ impl PgServer {
         let mut admin = sqlx::PgConnection::connect(&self.admin_url)
             .await
             .expect("connect to the test PostgreSQL server");
-        // The name is generated above from digits and letters only.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        // The name is generated above from digits and letters only. The
+        // collation is a linguistic one, as on many production servers
+        // (en_US): it orders text otherwise than bytes ('Z9' after 'z-1'),
+        // so a query whose order the service relies on is tested under it.
+        // (ICU, so that it needs no operating-system locale.)
+        let create = format!(
+            "CREATE DATABASE {name} TEMPLATE template0 \
+             LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
             .await
             .expect("create a test database");
