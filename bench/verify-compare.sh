@@ -7,7 +7,8 @@
 # and prints per run: wall seconds, the client's CPU seconds and the whole
 # machine's busy CPU seconds (the rest is the server's). Stops and cleans
 # up by itself. SHARED_BUFFERS=2GB sets the server's buffer cache (default:
-# PostgreSQL's own, 128 MB, smaller than the 1M-session database).
+# PostgreSQL's own, 128 MB, smaller than the 1M-session database). Both
+# builds must share a schema: a build refuses a database migrated past it.
 set -euo pipefail
 OLD=$(realpath "$1"); NEW=$(realpath "$2")
 N=${N:-1000000}
