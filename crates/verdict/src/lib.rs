@@ -161,8 +161,13 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
 }
 
 /// `verdict import FILE` (or `-` for stdin): streams the lines through the
-/// importer and prints the summary as JSON; a progress bar on a terminal.
-pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxError> {
+/// importer, `batch_lines` a transaction, and prints the summary as JSON; a
+/// progress bar on a terminal.
+pub async fn import(
+    config: &Config,
+    file: &std::path::Path,
+    batch_lines: usize,
+) -> Result<(), BoxError> {
     use std::io::BufRead;
     let store = verdict_store::open(&config.database_url).await?;
     let reader: Box<dyn BufRead + Send> = if file.as_os_str() == "-" {
@@ -211,7 +216,8 @@ pub async fn import(config: &Config, file: &std::path::Path) -> Result<(), BoxEr
         }
         let _ = chunks.blocking_send(Ok(chunk));
     });
-    let mut importer = verdict_http::import::Importer::new(store.as_ref(), SystemClock.now());
+    let mut importer =
+        verdict_http::import::Importer::with_batch(store.as_ref(), SystemClock.now(), batch_lines);
     while let Some(chunk) = parsed.recv().await {
         for (number, read) in chunk? {
             match read {

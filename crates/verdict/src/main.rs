@@ -94,7 +94,15 @@ enum Command {
         json: bool,
     },
     /// Import historical sessions from NDJSON (SPEC §7); `-` reads stdin.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Lines stored per transaction. Larger is faster for a bulk load
+        /// (50,000: about x1.4 on SQLite) but holds the write lock longer
+        /// and keeps more lines in memory.
+        #[arg(long, default_value_t = verdict_http::import::BATCH as u64,
+              value_parser = clap::value_parser!(u64).range(1..=verdict_http::import::BATCH_MAX as u64))]
+        batch_lines: u64,
+    },
     /// Re-derive every ended session and list (or, with --apply, make)
     /// the corrections.
     Repair {
@@ -206,7 +214,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             verdict::generate::history(&mut out, sessions, days, seed, now)?;
             Ok(())
         }
-        Command::Import { file } => verdict::import(&config, &file).await,
+        Command::Import { file, batch_lines } => {
+            verdict::import(&config, &file, batch_lines as usize).await
+        }
         Command::Repair { apply, since, until, json } => {
             verdict::repair(&config, apply, since.as_deref(), until.as_deref(), json).await
         }

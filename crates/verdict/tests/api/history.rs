@@ -11,6 +11,7 @@ on_every_backend!(
     importing_again_is_a_no_op,
     the_command_line_imports_a_file_and_stdin,
     an_id_repeated_batches_later_is_rejected_by_its_line,
+    the_command_line_batch_size_is_chosen_and_bounded,
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
 );
 
@@ -253,6 +254,83 @@ async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
     let again = run();
     assert_eq!((again["imported"].clone(), again["skipped"].clone()), (json!(0), json!(batch + 3)));
     assert_eq!(again["rejected_total"], json!(0));
+}
+
+/// `verdict import --batch-lines N`: the same outcome in batches of any
+/// size (a repeat found two batches later, a bad line in a batch that
+/// stores the rest); a size out of bounds is a usage error that stores
+/// nothing.
+async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
+    let mut lines: Vec<String> = (1..=5)
+        .map(|i| line(&format!("small-{i}"), "expired", None, json!([]), json!([])))
+        .collect();
+    lines.push(line("small-bad", "done", None, json!([]), json!([])));
+    // Line 7 repeats line 1, in the third batch of two.
+    lines.push(line("small-1", "completed", Some("completed"), met(), paid(3200)));
+    let path = app.data_dir().join("small.ndjson");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let run = |batch_lines: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(["import", "--batch-lines", batch_lines, path.to_str().unwrap()])
+            .env("VERDICT_DATABASE_URL", &app.database_url)
+            .current_dir(app.data_dir())
+            .output()
+            .unwrap()
+    };
+    for refused in ["0", "100001", "many"] {
+        let output = run(refused);
+        assert_eq!(output.status.code(), Some(2), "--batch-lines {refused}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("--batch-lines"));
+        assert_eq!(app.counts().await["sessions"], 0);
+    }
+    let output = run("2");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((summary["imported"].clone(), summary["skipped"].clone()), (json!(5), json!(0)));
+    let rejected = summary["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2, "{summary}");
+    assert_eq!(rejected[0]["line"], 6);
+    assert!(rejected[0]["error"].as_str().unwrap().starts_with("status:"), "{summary}");
+    assert_eq!(
+        rejected[1],
+        json!({"line": 7, "error": "id: small-1 appears earlier in this file"})
+    );
+    assert_eq!(app.counts().await["sessions"], 5);
+    assert_eq!(app.get("/v1/sessions/small-1", &app.admin()).await.ok()["status"], "expired");
+    assert_eq!(app.counts().await["payouts"], 0);
+
+    // A batch is committed as soon as it is full: from a stream still
+    // open, batches of 1,000 are stored while the default (5,000) would
+    // still be waiting for more lines.
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["import", "--batch-lines", "1000", "-"])
+        .env("VERDICT_DATABASE_URL", &app.database_url)
+        .current_dir(app.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let streamed = |range: std::ops::Range<i32>| {
+        range
+            .map(|i| line(&format!("stream-{i}"), "expired", None, json!([]), json!([])) + "\n")
+            .collect::<String>()
+    };
+    input.write_all(streamed(0..2_000).as_bytes()).unwrap();
+    input.flush().unwrap();
+    let stored = verdict_testing::eventually(std::time::Duration::from_secs(60), async || {
+        app.counts().await["sessions"] == 5 + 2_000
+    })
+    .await;
+    input.write_all(streamed(2_000..2_500).as_bytes()).unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    assert!(stored, "two full batches stored before the stream ended");
+    assert!(output.status.success());
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["imported"], json!(2_500));
+    assert_eq!(app.counts().await["sessions"], 5 + 2_500);
 }
 
 async fn repair(app: &TestApp, dry_run: bool) -> Value {
