@@ -188,19 +188,27 @@ async fn importing_again_is_a_no_op(app: TestApp) {
     app.send(Method::POST, "/v1/admin/import", Some(&app.service()), None).await.problem(403);
 }
 
+/// `verdict import ARGS…` on the app's database, stdin and stdout piped
+/// (`wait_with_output` closes stdin first).
+fn spawn_import(app: &TestApp, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .arg("import")
+        .args(args)
+        .env("VERDICT_DATABASE_URL", &app.database_url)
+        .current_dir(app.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
     let path = app.data_dir().join("history.ndjson");
     std::fs::write(&path, good_file().join("\n")).unwrap();
     let run = |argument: &str, stdin: Option<&str>| {
         use std::io::Write;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-            .args(["import", argument])
-            .env("VERDICT_DATABASE_URL", &app.database_url)
-            .current_dir(app.data_dir())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_import(&app, &[argument]);
         let mut input = child.stdin.take().unwrap();
         if let Some(text) = stdin {
             input.write_all(text.as_bytes()).unwrap();
@@ -231,12 +239,7 @@ async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
     let path = app.data_dir().join("bulk.ndjson");
     std::fs::write(&path, lines.join("\n")).unwrap();
     let run = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-            .args(["import", path.to_str().unwrap()])
-            .env("VERDICT_DATABASE_URL", &app.database_url)
-            .current_dir(app.data_dir())
-            .output()
-            .unwrap();
+        let output = spawn_import(&app, &[path.to_str().unwrap()]).wait_with_output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<Value>(&output.stdout).unwrap()
     };
@@ -270,11 +273,8 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     let path = app.data_dir().join("small.ndjson");
     std::fs::write(&path, lines.join("\n")).unwrap();
     let run = |batch_lines: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-            .args(["import", "--batch-lines", batch_lines, path.to_str().unwrap()])
-            .env("VERDICT_DATABASE_URL", &app.database_url)
-            .current_dir(app.data_dir())
-            .output()
+        spawn_import(&app, &["--batch-lines", batch_lines, path.to_str().unwrap()])
+            .wait_with_output()
             .unwrap()
     };
     for refused in ["0", "100001", "many"] {
@@ -303,14 +303,7 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     // open, batches of 1,000 are stored while the default (5,000) would
     // still be waiting for more lines.
     use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["import", "--batch-lines", "1000", "-"])
-        .env("VERDICT_DATABASE_URL", &app.database_url)
-        .current_dir(app.data_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_import(&app, &["--batch-lines", "1000", "-"]);
     let mut input = child.stdin.take().unwrap();
     let streamed = |range: std::ops::Range<i32>| {
         range
