@@ -4,7 +4,8 @@
     verdict generate --sessions 1000000 --seed 7 > history.ndjson
     VERDICT_DATABASE_URL=sqlite://empty.db verdict migrate
     sqlite3 empty.db 'PRAGMA wal_checkpoint(TRUNCATE)'
-    bench/sqlite-import-floor.py history.ndjson empty.db [--drop INDEX]... [--lines-per-tx N]
+    bench/sqlite-import-floor.py history.ndjson empty.db [--drop INDEX]... [--rebuild]
+        [--lines-per-tx N] [--checkpoint PAGES] [--cache-kib K]
 
 Turns the history into the rows `verdict import` writes (a session, its
 `created` and presence events, a payout, a settlement posting and three
@@ -14,7 +15,10 @@ importer's 64 MiB cache), it moves them with `INSERT ... SELECT` from the
 staging rows, 5,000 lines at a time: no JSON, no driver, no binding, only
 SQLite's own work (B-trees, indexes, WAL). Prints seconds per table and for
 the commits, and lines per second. `--drop` removes an index first, to
-price it. Uses Python's sqlite3 module (the system's SQLite).
+price it; `--rebuild` creates the dropped indexes again after the load, in
+a transaction of its own, timed. `--checkpoint 0` turns automatic
+checkpoints off (the WAL then grows to the database's size). Uses Python's
+sqlite3 module: the system's SQLite, not the one bundled into verdict.
 """
 import argparse, json, os, shutil, sqlite3, time
 from datetime import datetime
@@ -74,8 +78,13 @@ def main():
     parser.add_argument("history")
     parser.add_argument("empty_db")
     parser.add_argument("--drop", action="append", default=[])
+    parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--lines-per-tx", type=int, default=BATCH)
+    parser.add_argument("--checkpoint", type=int, default=1000)
+    parser.add_argument("--cache-kib", type=int, default=65536)
     args = parser.parse_args()
+    if args.lines_per_tx < BATCH or args.lines_per_tx % BATCH:
+        parser.error(f"--lines-per-tx must be a multiple of {BATCH}")
     staged = args.history + ".staged.db"
     stage(args.history, staged)
     target = args.empty_db + ".floor.db"
@@ -86,9 +95,12 @@ def main():
     db = sqlite3.connect(target, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA cache_size=-65536")
+    db.execute(f"PRAGMA cache_size=-{args.cache_kib}")
+    db.execute(f"PRAGMA wal_autocheckpoint={args.checkpoint}")
     db.execute("ATTACH ? AS st", (staged,))
+    dropped = {}
     for index in args.drop:
+        dropped[index] = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()[0]
         db.execute(f"DROP INDEX {index}")
     lines = db.execute("SELECT COUNT(*) FROM st.s").fetchone()[0]
     batches = (lines + BATCH - 1) // BATCH
@@ -107,8 +119,16 @@ def main():
             t = time.perf_counter()
             db.execute("COMMIT")
             spent["commit"] += time.perf_counter() - t
+    if args.rebuild and dropped:
+        t = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        for sql in dropped.values():
+            db.execute(sql)
+        db.execute("COMMIT")
+        spent["rebuild"] = time.perf_counter() - t
     wall = time.perf_counter() - start
-    print(" ".join(f"{name} {seconds:.2f}s" for name, seconds in spent.items()),
+    print(f"SQLite {sqlite3.sqlite_version}:",
+          " ".join(f"{name} {seconds:.2f}s" for name, seconds in spent.items()),
           f"| {lines} lines in {wall:.2f} s = {lines / wall:,.0f} lines/s",
           f"| dropped: {', '.join(args.drop) or 'none'}; {per_tx * BATCH} lines a transaction")
     db.close()

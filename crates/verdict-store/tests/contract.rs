@@ -93,6 +93,32 @@ contract!(
     ledger_imbalance_counts_sessions_and_samples_in_id_order,
 );
 
+/// Every PostgreSQL column holding a session or request id that is
+/// compared, ordered or joined compares bytes (`COLLATE "C"`), as SQLite
+/// and the service's own sorting do: such a column added with the
+/// database's default collation would page wrongly under a linguistic one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_id_columns_compare_bytes() {
+    let fixture = postgres().await;
+    let mut connection = sqlx::PgConnection::connect(&fixture.url).await.unwrap();
+    let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, collation_name::text \
+         FROM information_schema.columns WHERE table_schema = 'public' AND data_type = 'text' \
+         AND (column_name IN ('session_id', 'request_id') \
+              OR (column_name = 'id' AND table_name IN ('sessions', 'requests', 'payouts'))) \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    // The id columns of sessions, requests and payouts, and the nine that
+    // refer to them, at least.
+    assert!(columns.len() >= 12, "{columns:?}");
+    let other: Vec<_> =
+        columns.iter().filter(|(_, _, collation)| collation.as_deref() != Some("C")).collect();
+    assert!(other.is_empty(), "not in byte order: {other:?}");
+}
+
 fn new_session(id: &str) -> NewSession {
     NewSession {
         id: id.into(),

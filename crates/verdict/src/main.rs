@@ -96,9 +96,9 @@ enum Command {
     /// Import historical sessions from NDJSON (SPEC §7); `-` reads stdin.
     Import {
         file: PathBuf,
-        /// Lines stored per transaction. Larger is faster for a bulk load
-        /// (50,000: about x1.4 on SQLite) but holds the write lock longer
-        /// and keeps more lines in memory.
+        /// Accepted lines stored per transaction. Larger is faster for a
+        /// bulk load (50,000: about x1.4 on SQLite) but holds the write
+        /// lock longer and keeps more lines in memory.
         #[arg(long, default_value_t = verdict_http::import::BATCH as u64,
               value_parser = clap::value_parser!(u64).range(1..=verdict_http::import::BATCH_MAX as u64))]
         batch_lines: u64,

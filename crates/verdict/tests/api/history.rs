@@ -215,7 +215,7 @@ async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
         }
         drop(input);
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<Value>(&output.stdout).unwrap()
     };
     let summary = run(path.to_str().unwrap(), None);
@@ -259,10 +259,11 @@ async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
     assert_eq!(again["rejected_total"], json!(0));
 }
 
-/// `verdict import --batch-lines N`: the same outcome in batches of any
-/// size (a repeat found two batches later, a bad line in a batch that
-/// stores the rest); a size out of bounds is a usage error that stores
-/// nothing.
+/// `verdict import --batch-lines N`: in batches of two the outcome is the
+/// one a single batch gives (a repeat found two batches later, a bad line
+/// in a batch that stores the rest); from an open stream, full batches are
+/// stored before it ends (this part fails if the size is ignored); a size
+/// out of bounds is a usage error that stores nothing.
 async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     let mut lines: Vec<String> = (1..=5)
         .map(|i| line(&format!("small-{i}"), "expired", None, json!([]), json!([])))
@@ -320,7 +321,7 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     drop(input);
     let output = child.wait_with_output().unwrap();
     assert!(stored, "two full batches stored before the stream ended");
-    assert!(output.status.success());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["imported"], json!(2_500));
     assert_eq!(app.counts().await["sessions"], 5 + 2_500);
