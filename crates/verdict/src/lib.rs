@@ -138,24 +138,29 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
             .collect();
         let document =
             serde_json::json!({"ok": report.ok, "sessions": report.sessions, "sections": sections});
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        print_document(&document)?;
     } else {
-        println!("{:<26} {:<6} {:>8}  {:<9} sample", "section", "ok", "count", "severity");
+        use std::fmt::Write;
+        let mut text =
+            format!("{:<26} {:<6} {:>8}  {:<9} sample\n", "section", "ok", "count", "severity");
         for section in &report.sections {
-            println!(
+            writeln!(
+                text,
                 "{:<26} {:<6} {:>8}  {:<9} {}",
                 section.name,
                 if section.ok { "ok" } else { "FAIL" },
                 section.count,
                 section.severity,
                 section.sample.join(" ")
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            text,
             "{} sessions verified: {}",
             report.sessions,
             if report.ok { "clean" } else { "ANOMALIES FOUND" }
-        );
+        )?;
+        print_text(&text)?;
     }
     Ok(report.ok)
 }
@@ -246,14 +251,21 @@ pub async fn import(
 
 /// Prints a JSON document on stdout; a closed stdout (`| head`) is not an
 /// error worth a panic.
-fn print_document(document: &serde_json::Value) -> Result<(), BoxError> {
+/// Writes a command's output. A reader that went away (`verdict verify |
+/// head`) ends it quietly: `println!` would panic on the broken pipe.
+pub fn print_text(text: &str) -> Result<(), BoxError> {
     use std::io::Write;
-    let mut text = serde_json::to_string_pretty(document)?;
-    text.push('\n');
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// A JSON document as a command's output (see [`print_text`]).
+pub fn print_document(document: &serde_json::Value) -> Result<(), BoxError> {
+    let mut text = serde_json::to_string_pretty(document)?;
+    text.push('\n');
+    print_text(&text)
 }
 
 /// `verdict repair`: the planned (or applied) corrections, as a table or
@@ -293,22 +305,21 @@ pub async fn repair(
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"dry_run": !apply, "changes": changes})
-            )?
-        );
+        print_document(&serde_json::json!({"dry_run": !apply, "changes": changes}))?;
     } else {
+        use std::fmt::Write;
+        let mut text = String::new();
         for c in &corrections {
-            println!(
+            writeln!(
+                text,
                 "{}  {}/{} -> {}/{}  {:+} cents",
                 c.session_id, c.from.0, c.from.1, c.to.0, c.to.1, c.money_effect
-            );
+            )?;
         }
         let verb =
             if apply { "corrected" } else { "would be corrected (dry run; --apply to correct)" };
-        println!("{} sessions {verb}", corrections.len());
+        writeln!(text, "{} sessions {verb}", corrections.len())?;
+        print_text(&text)?;
     }
     Ok(())
 }

@@ -230,16 +230,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Migrate => {
             let store = verdict_store::open(&config.database_url).await?;
             store.ping().await?;
-            println!("{}: schema up to date", verdict_store::redact_url(&config.database_url));
-            Ok(())
+            verdict::print_text(&format!(
+                "{}: schema up to date\n",
+                verdict_store::redact_url(&config.database_url)
+            ))
         }
         Command::Token { role, sub, ttl_seconds } => {
             let keys = configured_keys(&config, "to mint tokens")?;
             if !verdict_core::is_valid_id(&sub) {
                 return Err("--sub must be 1 to 128 characters from [A-Za-z0-9_.:-]".into());
             }
-            println!("{}", keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1)));
-            Ok(())
+            verdict::print_text(&format!(
+                "{}\n",
+                keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1))
+            ))
         }
     }
 }
@@ -265,21 +269,25 @@ async fn simulate(options: verdict::simulate::Options, json: bool) -> Result<(),
     bar.finish_and_clear();
     let document = &report.document;
     if json {
-        println!("{}", serde_json::to_string_pretty(document)?);
-        return Ok(());
+        return verdict::print_document(document);
     }
-    println!(
+    use std::fmt::Write;
+    let mut text = String::new();
+    writeln!(
+        text,
         "{} sessions in {} s against {}, {} at once",
         document["sessions"], document["elapsed_seconds"], document["url"], document["concurrency"]
-    );
-    println!("outcomes: {}", document["outcomes"]);
-    println!(
+    )?;
+    writeln!(text, "outcomes: {}", document["outcomes"])?;
+    writeln!(
+        text,
         "{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "operation", "count", "errors", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms"
-    );
+    )?;
     if let Some(operations) = document["operations"].as_object() {
         for (name, stats) in operations {
-            println!(
+            writeln!(
+                text,
                 "{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 name,
                 stats["count"],
@@ -289,10 +297,10 @@ async fn simulate(options: verdict::simulate::Options, json: bool) -> Result<(),
                 stats["p90_ms"],
                 stats["p99_ms"],
                 stats["max_ms"]
-            );
+            )?;
         }
     }
-    Ok(())
+    verdict::print_text(&text)
 }
 
 fn role_of(role: RoleArg) -> Role {

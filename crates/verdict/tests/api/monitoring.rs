@@ -14,6 +14,7 @@ on_every_backend!(
     stuck_sessions_and_dead_deliveries_lower_the_score,
     hourly_scores_and_the_review_queue_name_the_bad_hour_and_session,
     metrics_are_prometheus_text_with_the_documented_series,
+    reports_into_a_closed_pipe_end_quietly,
 );
 
 /// A session with both parties present for `together` seconds, then ended.
@@ -360,5 +361,25 @@ async fn metrics_are_prometheus_text_with_the_documented_series(app: TestApp) {
         "verdict_health_score",
     ] {
         assert!(!series(name).is_empty(), "{name} missing from:\n{text}");
+    }
+}
+
+/// `verdict verify | head`: when the reader has gone, the report ends
+/// quietly with the command's own exit code, not a panic.
+async fn reports_into_a_closed_pipe_end_quietly(app: TestApp) {
+    session(&app, "piped", 600).await;
+    for arguments in [&["verify", "--json"][..], &["verify"], &["repair", "--json"], &["repair"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+            .args(arguments)
+            .env("VERDICT_DATABASE_URL", &app.database_url)
+            .current_dir(app.data_dir())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{arguments:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{arguments:?}: {stderr}");
     }
 }
