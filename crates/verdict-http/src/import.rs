@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Party, Reason, Status, UnixMillis, is_valid_id};
-use verdict_store::{ImportSession, Imported, PayoutState, Store, StoreError};
+use verdict_store::{BulkImport, ImportSession, Imported, PayoutState, Store, StoreError};
 
 use crate::dto::{KindDto, PriceDto};
 use crate::wire::parse_instant;
@@ -185,8 +185,10 @@ pub struct Importer<'a> {
     run: String,
     /// The batch, with each session's line number.
     batch: Vec<(u64, ImportSession)>,
-    /// Lines stored per transaction.
+    /// Lines stored per transaction (per store call, in a bulk load).
     batch_lines: usize,
+    /// A bulk load's one transaction, when this is one.
+    bulk: Option<Box<dyn BulkImport>>,
     batch_ids: HashSet<String>,
     pub summary: Summary,
 }
@@ -208,9 +210,23 @@ impl<'a> Importer<'a> {
             run: uuid::Uuid::now_v7().to_string(),
             batch: Vec::with_capacity(lines.min(BATCH)),
             batch_lines: lines,
+            bulk: None,
             batch_ids: HashSet::with_capacity(lines.min(BATCH)),
             summary: Summary::default(),
         }
+    }
+
+    /// A bulk load (see `Store::bulk_import`): every batch in one
+    /// transaction, committed by [`Importer::finish`]; the write lock is
+    /// held until then.
+    pub async fn bulk(
+        store: &'a dyn Store,
+        now: UnixMillis,
+        lines: usize,
+    ) -> Result<Importer<'a>, StoreError> {
+        let mut importer = Importer::with_batch(store, now, lines);
+        importer.bulk = Some(store.bulk_import().await?);
+        Ok(importer)
     }
 
     fn reject(&mut self, line: u64, error: String) {
@@ -262,7 +278,10 @@ impl<'a> Importer<'a> {
         }
         let (numbers, sessions): (Vec<u64>, Vec<ImportSession>) = self.batch.drain(..).unzip();
         self.batch_ids.clear();
-        let outcomes = self.store.import_sessions(&sessions, &self.run, self.now).await?;
+        let outcomes = match &mut self.bulk {
+            Some(bulk) => bulk.add(&sessions, &self.run, self.now).await?,
+            None => self.store.import_sessions(&sessions, &self.run, self.now).await?,
+        };
         for ((number, session), outcome) in numbers.into_iter().zip(&sessions).zip(outcomes) {
             match outcome {
                 Imported::New => self.summary.imported += 1,
@@ -275,6 +294,9 @@ impl<'a> Importer<'a> {
 
     pub async fn finish(mut self) -> Result<Summary, StoreError> {
         self.flush().await?;
+        if let Some(bulk) = self.bulk.take() {
+            bulk.commit().await?;
+        }
         // Repeated ids are found when their batch is stored, after later
         // lines' other rejections: listed in line order all the same.
         self.summary.rejected.sort_by_key(|(line, _)| *line);

@@ -23,14 +23,17 @@ use verdict_core::{
     charge_for, decide, intervals_of, open_since, overlap, platform_fee, presence_at, sweep_due,
 };
 
-use super::{BACKEND, BEGIN_WRITE, Db, PAGES_AS_ROWS, PAGES_BY_COPY, copy_page};
+use super::{
+    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, Db, PAGES_AS_ROWS, PAGES_BY_COPY, copy_page,
+};
 use crate::copy_binary::{CopyRow, CopyRows};
 use crate::{
-    Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
-    Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest, NewSession,
-    Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutProvider,
-    PayoutState, PlatformDisposition, PlatformPresence, PlatformRoom, Posting, PresenceChange,
-    Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport, User, accounts,
+    Actor, Assignment, AuditCursor, AuditEvent, AuditScope, BulkImport, Correction, Created,
+    EarningsTotal, Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest,
+    NewSession, Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout,
+    PayoutProvider, PayoutState, PlatformDisposition, PlatformPresence, PlatformRoom, Posting,
+    PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport,
+    User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -1214,225 +1217,18 @@ impl Store for Engine {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
-        // Derived once per line: start, billable time, reason if missing,
-        // what the old system charged.
-        struct Derived {
-            reason: Option<Reason>,
-            started_at: Option<i64>,
-            billable: Option<i64>,
-            charged: Cents,
-        }
-        let derived: Vec<Derived> = sessions
-            .iter()
-            .map(|imported| {
-                let events: Vec<PresenceEvent> = imported
-                    .events
-                    .iter()
-                    .map(|&(party, joined, at)| {
-                        let kind = if joined { PresenceKind::Joined } else { PresenceKind::Left };
-                        PresenceEvent::own(party, kind, at)
-                    })
-                    .collect();
-                let facts = verdict_core::SessionFacts {
-                    created_at: imported.created_at,
-                    scheduled_start: None,
-                    recorded: None,
-                };
-                let outcome = imported.ended_at.map(|ended_at| {
-                    decide(
-                        &facts,
-                        &events,
-                        &Policy::default(),
-                        EndRequest::new(ended_at, EndCause::Requested),
-                    )
-                });
-                let reason = imported.reason.or_else(|| match imported.status {
-                    Status::Completed => Some(Reason::Completed),
-                    status if status.is_terminal() => outcome.map(|outcome| outcome.reason),
-                    _ => None,
-                });
-                let billable = outcome.map(|outcome| outcome.billable_seconds);
-                let charged = match imported.status {
-                    Status::Completed => {
-                        charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
-                    }
-                    _ => Cents(0),
-                };
-                Derived {
-                    reason,
-                    started_at: outcome.and_then(|outcome| outcome.started_at).map(|at| at.0),
-                    billable,
-                    charged,
-                }
-            })
-            .collect();
-
-        // Multi-row statements: a batch is a handful of round trips, not
-        // one per row (the SQL is built by QueryBuilder with bound values).
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        // At most 1,000 rows per statement: SQLite binds at most 32,766
-        // values per statement.
-        let mut stored: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let rows: Vec<(&ImportSession, &Derived)> = sessions.iter().zip(&derived).collect();
-        for chunk in rows.chunks(1_000) {
-            let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
-                 provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-                 price_amount_cents, currency, charged_cents, import_run) ",
-            );
-            insert.push_values(chunk, |mut row, (imported, derived)| {
-                row.push_bind(imported.id.clone())
-                    .push_bind(imported.kind.as_str())
-                    .push_bind(imported.status.as_str())
-                    .push_bind(derived.reason.map(Reason::as_str))
-                    .push_bind(imported.customer_id.clone())
-                    .push_bind(imported.provider_id.clone())
-                    .push_bind(imported.provider_account.clone())
-                    .push_bind(imported.created_at.0)
-                    .push_bind(derived.started_at)
-                    .push_bind(imported.ended_at.map(|at| at.0))
-                    .push_bind(derived.billable)
-                    .push_bind(imported.price.mode.as_str())
-                    .push_bind(imported.price.amount.0)
-                    .push_bind(imported.price.currency.clone())
-                    .push_bind(derived.charged.0)
-                    .push_bind(run.to_owned());
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            for row in insert.build().fetch_all(&mut *tx).await? {
-                stored.insert(row.try_get::<String, _>("id")?);
-            }
-        }
-        let new: Vec<(&ImportSession, &Derived)> = sessions
-            .iter()
-            .zip(&derived)
-            .filter(|(imported, _)| stored.contains(&imported.id))
-            .collect();
-
-        // The audit trail: `created` and each join and leave, by `import`.
-        let mut events: Vec<(&str, &'static str, Option<&'static str>, i64)> = Vec::new();
-        for (imported, _) in &new {
-            events.push((&imported.id, "created", None, imported.created_at.0));
-            for &(party, joined, at) in &imported.events {
-                events.push((
-                    &imported.id,
-                    if joined { "joined" } else { "left" },
-                    Some(party.as_str()),
-                    at.0,
-                ));
-            }
-        }
-        for chunk in events.chunks(2_000) {
-            let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
-            );
-            insert.push_values(chunk, |mut row, (session_id, event_type, party, at)| {
-                row.push_bind(session_id.to_string())
-                    .push_bind(*event_type)
-                    .push_bind(*party)
-                    .push_bind("system")
-                    .push_bind("import")
-                    .push_bind(*at);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-
-        // Payouts as recorded, and what they did to the books.
-        let paid: Vec<(&ImportSession, &Derived, Cents, PayoutState)> = new
-            .iter()
-            .filter_map(|(imported, derived)| {
-                imported.payout.map(|(amount, state)| (*imported, *derived, amount, state))
-            })
-            .collect();
-        let mut postings: HashMap<String, i64> = HashMap::with_capacity(paid.len());
-        for chunk in paid.chunks(1_000) {
-            let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
-                 state, provider, created_at, updated_at, imported) ",
-            );
-            insert.push_values(chunk, |mut row, (imported, _, amount, state)| {
-                row.push_bind(format!("po_{}", imported.id))
-                    .push_bind(imported.id.clone())
-                    .push_bind(imported.provider_id.clone())
-                    .push_bind(imported.provider_account.clone())
-                    .push_bind(amount.0)
-                    .push_bind(imported.price.currency.clone())
-                    .push_bind(state.as_str())
-                    .push_bind("manual")
-                    .push_bind(now.0)
-                    .push_bind(now.0)
-                    .push_bind(1i64);
-            });
-            insert.build().execute(&mut *tx).await?;
-
-            let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO ledger_postings (session_id, kind, currency, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, (imported, ..)| {
-                row.push_bind(imported.id.clone())
-                    .push_bind("settlement")
-                    .push_bind(imported.price.currency.clone())
-                    .push_bind(now.0);
-            });
-            insert.push(" RETURNING id, session_id");
-            for row in insert.build().fetch_all(&mut *tx).await? {
-                postings
-                    .insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
-            }
-        }
-        {
-            // Charge receivable, the payout payable, the rest platform revenue.
-            let mut lines: Vec<(i64, String, i64)> = Vec::with_capacity(paid.len() * 3);
-            for (imported, derived, amount, _) in &paid {
-                let posting = postings[&imported.id];
-                let charge = derived.charged.0;
-                lines.push((posting, accounts::customer_receivable(&imported.customer_id), charge));
-                lines.push((posting, accounts::provider_payable(&imported.provider_id), -amount.0));
-                lines.push((posting, accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charge));
-            }
-            for chunk in lines.chunks(3_000) {
-                let mut insert = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
-                );
-                insert.push_values(chunk, |mut row, (posting, account, amount)| {
-                    row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
-        }
-        // Ids not stored now: stored earlier by this run, or by another.
-        let existing: Vec<String> = sessions
-            .iter()
-            .filter(|imported| !stored.contains(&imported.id))
-            .map(|imported| imported.id.clone())
-            .collect();
-        let mut earlier: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for chunk in existing.chunks(1_000) {
-            let mut query =
-                sqlx::QueryBuilder::<Db>::new("SELECT id FROM sessions WHERE import_run = ");
-            query.push_bind(run.to_owned()).push(" AND id IN (");
-            let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(id.clone());
-            }
-            list.push_unseparated(")");
-            for row in query.build().fetch_all(&mut *tx).await? {
-                earlier.insert(row.try_get("id")?);
-            }
-        }
+        let outcomes = import_batch(&mut tx, sessions, run, now).await?;
         tx.commit().await?;
-        Ok(sessions
-            .iter()
-            .map(|imported| {
-                if stored.contains(&imported.id) {
-                    Imported::New
-                } else if earlier.contains(&imported.id) {
-                    Imported::EarlierInRun
-                } else {
-                    Imported::Existing
-                }
-            })
-            .collect())
+        Ok(outcomes)
+    }
+
+    async fn bulk_import(&self) -> Result<Box<dyn BulkImport>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        for &(drop, _) in BULK_DEFERRED_INDEXES {
+            sqlx::query(drop).execute(&mut *tx).await?;
+        }
+        Ok(Box::new(Bulk { tx }))
     }
 
     async fn correct_session(
@@ -1514,6 +1310,261 @@ impl Store for Engine {
             counts.insert(table, row.try_get::<i64, _>("n")?);
         }
         Ok(counts)
+    }
+}
+
+/// One batch of an import, on a connection inside a write transaction
+/// (`Store::import_sessions` and `BulkImport::add`).
+async fn import_batch(
+    connection: &mut DbConnection,
+    sessions: &[ImportSession],
+    run: &str,
+    now: UnixMillis,
+) -> Result<Vec<Imported>, StoreError> {
+    if sessions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Derived once per line: start, billable time, reason if missing,
+    // what the old system charged.
+    struct Derived {
+        reason: Option<Reason>,
+        started_at: Option<i64>,
+        billable: Option<i64>,
+        charged: Cents,
+    }
+    let derived: Vec<Derived> = sessions
+        .iter()
+        .map(|imported| {
+            let events: Vec<PresenceEvent> = imported
+                .events
+                .iter()
+                .map(|&(party, joined, at)| {
+                    let kind = if joined { PresenceKind::Joined } else { PresenceKind::Left };
+                    PresenceEvent::own(party, kind, at)
+                })
+                .collect();
+            let facts = verdict_core::SessionFacts {
+                created_at: imported.created_at,
+                scheduled_start: None,
+                recorded: None,
+            };
+            let outcome = imported.ended_at.map(|ended_at| {
+                decide(
+                    &facts,
+                    &events,
+                    &Policy::default(),
+                    EndRequest::new(ended_at, EndCause::Requested),
+                )
+            });
+            let reason = imported.reason.or_else(|| match imported.status {
+                Status::Completed => Some(Reason::Completed),
+                status if status.is_terminal() => outcome.map(|outcome| outcome.reason),
+                _ => None,
+            });
+            let billable = outcome.map(|outcome| outcome.billable_seconds);
+            let charged = match imported.status {
+                Status::Completed => {
+                    charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
+                }
+                _ => Cents(0),
+            };
+            Derived {
+                reason,
+                started_at: outcome.and_then(|outcome| outcome.started_at).map(|at| at.0),
+                billable,
+                charged,
+            }
+        })
+        .collect();
+
+    // Multi-row statements: a batch is a handful of round trips, not
+    // one per row (the SQL is built by QueryBuilder with bound values).
+    // At most 1,000 rows per statement: SQLite binds at most 32,766
+    // values per statement.
+    let mut stored: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let rows: Vec<(&ImportSession, &Derived)> = sessions.iter().zip(&derived).collect();
+    for chunk in rows.chunks(1_000) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+             provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
+             price_amount_cents, currency, charged_cents, import_run) ",
+        );
+        insert.push_values(chunk, |mut row, (imported, derived)| {
+            row.push_bind(imported.id.clone())
+                .push_bind(imported.kind.as_str())
+                .push_bind(imported.status.as_str())
+                .push_bind(derived.reason.map(Reason::as_str))
+                .push_bind(imported.customer_id.clone())
+                .push_bind(imported.provider_id.clone())
+                .push_bind(imported.provider_account.clone())
+                .push_bind(imported.created_at.0)
+                .push_bind(derived.started_at)
+                .push_bind(imported.ended_at.map(|at| at.0))
+                .push_bind(derived.billable)
+                .push_bind(imported.price.mode.as_str())
+                .push_bind(imported.price.amount.0)
+                .push_bind(imported.price.currency.clone())
+                .push_bind(derived.charged.0)
+                .push_bind(run.to_owned());
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        for row in insert.build().fetch_all(&mut *connection).await? {
+            stored.insert(row.try_get::<String, _>("id")?);
+        }
+    }
+    let new: Vec<(&ImportSession, &Derived)> = sessions
+        .iter()
+        .zip(&derived)
+        .filter(|(imported, _)| stored.contains(&imported.id))
+        .collect();
+
+    // The audit trail: `created` and each join and leave, by `import`.
+    let mut events: Vec<(&str, &'static str, Option<&'static str>, i64)> = Vec::new();
+    for (imported, _) in &new {
+        events.push((&imported.id, "created", None, imported.created_at.0));
+        for &(party, joined, at) in &imported.events {
+            events.push((
+                &imported.id,
+                if joined { "joined" } else { "left" },
+                Some(party.as_str()),
+                at.0,
+            ));
+        }
+    }
+    for chunk in events.chunks(2_000) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
+        );
+        insert.push_values(chunk, |mut row, (session_id, event_type, party, at)| {
+            row.push_bind(session_id.to_string())
+                .push_bind(*event_type)
+                .push_bind(*party)
+                .push_bind("system")
+                .push_bind("import")
+                .push_bind(*at);
+        });
+        insert.build().execute(&mut *connection).await?;
+    }
+
+    // Payouts as recorded, and what they did to the books.
+    let paid: Vec<(&ImportSession, &Derived, Cents, PayoutState)> = new
+        .iter()
+        .filter_map(|(imported, derived)| {
+            imported.payout.map(|(amount, state)| (*imported, *derived, amount, state))
+        })
+        .collect();
+    let mut postings: HashMap<String, i64> = HashMap::with_capacity(paid.len());
+    for chunk in paid.chunks(1_000) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
+             state, provider, created_at, updated_at, imported) ",
+        );
+        insert.push_values(chunk, |mut row, (imported, _, amount, state)| {
+            row.push_bind(format!("po_{}", imported.id))
+                .push_bind(imported.id.clone())
+                .push_bind(imported.provider_id.clone())
+                .push_bind(imported.provider_account.clone())
+                .push_bind(amount.0)
+                .push_bind(imported.price.currency.clone())
+                .push_bind(state.as_str())
+                .push_bind("manual")
+                .push_bind(now.0)
+                .push_bind(now.0)
+                .push_bind(1i64);
+        });
+        insert.build().execute(&mut *connection).await?;
+
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, (imported, ..)| {
+            row.push_bind(imported.id.clone())
+                .push_bind("settlement")
+                .push_bind(imported.price.currency.clone())
+                .push_bind(now.0);
+        });
+        insert.push(" RETURNING id, session_id");
+        for row in insert.build().fetch_all(&mut *connection).await? {
+            postings.insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
+        }
+    }
+    {
+        // Charge receivable, the payout payable, the rest platform revenue.
+        let mut lines: Vec<(i64, String, i64)> = Vec::with_capacity(paid.len() * 3);
+        for (imported, derived, amount, _) in &paid {
+            let posting = postings[&imported.id];
+            let charge = derived.charged.0;
+            lines.push((posting, accounts::customer_receivable(&imported.customer_id), charge));
+            lines.push((posting, accounts::provider_payable(&imported.provider_id), -amount.0));
+            lines.push((posting, accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charge));
+        }
+        for chunk in lines.chunks(3_000) {
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
+            );
+            insert.push_values(chunk, |mut row, (posting, account, amount)| {
+                row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
+            });
+            insert.build().execute(&mut *connection).await?;
+        }
+    }
+    // Ids not stored now: stored earlier by this run, or by another.
+    let existing: Vec<String> = sessions
+        .iter()
+        .filter(|imported| !stored.contains(&imported.id))
+        .map(|imported| imported.id.clone())
+        .collect();
+    let mut earlier: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in existing.chunks(1_000) {
+        let mut query =
+            sqlx::QueryBuilder::<Db>::new("SELECT id FROM sessions WHERE import_run = ");
+        query.push_bind(run.to_owned()).push(" AND id IN (");
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(id.clone());
+        }
+        list.push_unseparated(")");
+        for row in query.build().fetch_all(&mut *connection).await? {
+            earlier.insert(row.try_get("id")?);
+        }
+    }
+    Ok(sessions
+        .iter()
+        .map(|imported| {
+            if stored.contains(&imported.id) {
+                Imported::New
+            } else if earlier.contains(&imported.id) {
+                Imported::EarlierInRun
+            } else {
+                Imported::Existing
+            }
+        })
+        .collect())
+}
+
+/// An open bulk load: one write transaction for all its batches.
+struct Bulk {
+    tx: sqlx::Transaction<'static, Db>,
+}
+
+#[async_trait]
+impl BulkImport for Bulk {
+    async fn add(
+        &mut self,
+        sessions: &[ImportSession],
+        run: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Imported>, StoreError> {
+        import_batch(&mut self.tx, sessions, run, now).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let Bulk { mut tx } = *self;
+        for &(_, create) in BULK_DEFERRED_INDEXES {
+            sqlx::query(create).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

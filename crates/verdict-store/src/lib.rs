@@ -36,6 +36,23 @@ pub use sqlite::SqliteStore;
 pub const PAGE_LIMIT_MAX: i64 = 500;
 
 /// Everything verdict keeps. Each method is one transaction.
+/// An open bulk load (see [`Store::bulk_import`]).
+#[async_trait]
+pub trait BulkImport: Send {
+    /// As [`Store::import_sessions`], inside the load's transaction: an id
+    /// added by an earlier batch of the same `run` is
+    /// [`Imported::EarlierInRun`].
+    async fn add(
+        &mut self,
+        sessions: &[ImportSession],
+        run: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Imported>, StoreError>;
+
+    /// Builds what was deferred and commits everything added.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -292,6 +309,15 @@ pub trait Store: Send + Sync + 'static {
         run: &str,
         now: UnixMillis,
     ) -> Result<Vec<Imported>, StoreError>;
+
+    /// A bulk load: every batch added goes into one transaction, which
+    /// [`BulkImport::commit`] commits (dropped uncommitted, it stores
+    /// nothing). It holds the write lock until then, so it is for a first
+    /// load, not a database serving traffic. On SQLite the indexes whose
+    /// keys an import writes in random order are dropped inside the
+    /// transaction and built once before it commits: no reader ever sees
+    /// the tables without them.
+    async fn bulk_import(&self) -> Result<Box<dyn BulkImport>, StoreError>;
 
     /// Re-derives one terminal session under its lock and, if the recorded
     /// outcome differs, corrects it with its audit event, notifications,

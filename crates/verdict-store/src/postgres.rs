@@ -46,6 +46,10 @@ macro_rules! json_rows {
 /// Verification pages are read as rows, not as one JSON value.
 const PAGES_AS_ROWS: bool = true;
 
+/// A bulk import keeps every index: dropping one takes a lock that would
+/// stop every reader until the load commits.
+const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[];
+
 /// An id-range verification page is read as binary `COPY` output (see
 /// `copy_page`), not as rows.
 const PAGES_BY_COPY: bool = true;

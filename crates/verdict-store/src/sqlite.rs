@@ -43,6 +43,21 @@ macro_rules! json_rows {
 /// pays a hop to its worker thread for every row.
 const PAGES_AS_ROWS: bool = false;
 
+/// Indexes a bulk import drops inside its transaction and builds once
+/// before committing (`DROP`, `CREATE`, as the migrations made them): their
+/// keys arrive in random order, so maintaining them row by row dirtied
+/// thousands of leaf pages a batch, two thirds of SQLite's own import work
+/// (bench/RESULTS.md, "What SQLite alone costs an import"). A test checks
+/// the schema after a bulk load equals the migrated one.
+const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
+    ("DROP INDEX sessions_by_ended", "CREATE INDEX sessions_by_ended ON sessions (ended_at, id)"),
+    (
+        "DROP INDEX ledger_lines_by_account",
+        "CREATE INDEX ledger_lines_by_account ON ledger_lines (account)",
+    ),
+    ("DROP INDEX payouts_by_provider", "CREATE INDEX payouts_by_provider ON payouts (provider_id)"),
+];
+
 /// `COPY` is PostgreSQL's: SQLite pages are never read with it.
 const PAGES_BY_COPY: bool = false;
 
@@ -95,10 +110,15 @@ impl engine::Engine {
         // index pages, so a transaction does not spill to the WAL before
         // it commits; a reader's stays small (the OS caches the file; many
         // readers' caches would add up without making scans faster).
+        // The writer's temporary data may spill to a file: a bulk import's
+        // index builds sort a whole table, which in memory would grow with
+        // it (small sorts stay in memory all the same).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
-            .connect_with(options.clone().pragma("cache_size", "-65536"))
+            .connect_with(
+                options.clone().pragma("cache_size", "-65536").pragma("temp_store", "default"),
+            )
             .await?;
         MIGRATOR
             .run(&writer)

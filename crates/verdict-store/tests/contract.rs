@@ -91,6 +91,7 @@ contract!(
     audit_pages_cover_each_scope_exactly_once,
     audit_pages_read_every_field_as_a_single_read_does,
     ledger_imbalance_counts_sessions_and_samples_in_id_order,
+    a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema,
 );
 
 /// Every PostgreSQL column holding a session or request id that is
@@ -117,6 +118,87 @@ async fn postgres_id_columns_compare_bytes() {
     let other: Vec<_> =
         columns.iter().filter(|(_, _, collation)| collation.as_deref() != Some("C")).collect();
     assert!(other.is_empty(), "not in byte order: {other:?}");
+}
+
+impl Fixture {
+    /// The database's index definitions, by name.
+    async fn index_definitions(&self) -> Vec<(String, String)> {
+        if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_as(
+                "SELECT name, COALESCE(sql, '') FROM sqlite_master WHERE type = 'index' \
+                 ORDER BY name",
+            )
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_as(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' \
+                 ORDER BY 1",
+            )
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+/// A bulk load stores its batches in one transaction: nothing is seen
+/// before the commit, a repeat in a later batch is recognised, a load
+/// dropped uncommitted leaves nothing and releases the writer, and after a
+/// commit the indexes are those the migrations made (SQLite builds some
+/// of them again at the commit).
+async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixture: Fixture) {
+    use verdict_store::{ImportSession, Imported, PayoutState};
+    let store = fixture.store.as_ref();
+    let migrated = fixture.index_definitions().await;
+    let imported = |id: &str, paid: bool| ImportSession {
+        id: id.into(),
+        kind: Kind::Video,
+        customer_id: "c1".into(),
+        provider_id: "p1".into(),
+        provider_account: None,
+        price: Price { mode: PriceMode::Flat, amount: Cents(1000), currency: "usd".into() },
+        status: if paid { Status::Completed } else { Status::Cancelled },
+        reason: None,
+        created_at: T0,
+        ended_at: Some(UnixMillis(T0.0 + 3_600_000)),
+        events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
+        payout: paid.then_some((Cents(800), PayoutState::Paid)),
+    };
+
+    // Dropped uncommitted: nothing stored, the writer free again.
+    let mut abandoned = store.bulk_import().await.unwrap();
+    let outcome = abandoned.add(&[imported("gone", true)], "run-0", T0).await.unwrap();
+    assert_eq!(outcome, vec![Imported::New]);
+    drop(abandoned);
+    assert_eq!(store.session("gone").await.unwrap(), None);
+    assert_eq!(fixture.index_definitions().await, migrated);
+
+    let mut bulk = store.bulk_import().await.unwrap();
+    let first = [imported("b-1", true), imported("b-2", false)];
+    assert_eq!(bulk.add(&first, "run-1", T0).await.unwrap(), vec![Imported::New; 2]);
+    let second = [imported("b-1", false), imported("b-3", true)];
+    assert_eq!(
+        bulk.add(&second, "run-1", T0).await.unwrap(),
+        vec![Imported::EarlierInRun, Imported::New]
+    );
+    assert_eq!(store.session("b-1").await.unwrap(), None, "seen before the commit");
+    bulk.commit().await.unwrap();
+
+    assert_eq!(fixture.index_definitions().await, migrated);
+    let b1 = store.session("b-1").await.unwrap().expect("stored");
+    assert_eq!(b1.status, Status::Completed, "the first b-1 is kept");
+    assert!(store.session("b-3").await.unwrap().is_some());
+    assert_eq!(store.session("gone").await.unwrap(), None);
+    let counts = store.table_counts().await.unwrap();
+    assert_eq!((counts["sessions"], counts["payouts"]), (3, 2));
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
+    // And a plain import still works on the same writer.
+    let again = store.import_sessions(&[imported("b-3", true)], "run-2", T0).await.unwrap();
+    assert_eq!(again, vec![Imported::Existing]);
 }
 
 fn new_session(id: &str) -> NewSession {

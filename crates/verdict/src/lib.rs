@@ -166,12 +166,13 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
 }
 
 /// `verdict import FILE` (or `-` for stdin): streams the lines through the
-/// importer, `batch_lines` a transaction, and prints the summary as JSON; a
-/// progress bar on a terminal.
+/// importer, `batch_lines` a transaction (or all in one, `bulk`), and
+/// prints the summary as JSON; a progress bar on a terminal.
 pub async fn import(
     config: &Config,
     file: &std::path::Path,
     batch_lines: usize,
+    bulk: bool,
 ) -> Result<(), BoxError> {
     use std::io::BufRead;
     let store = verdict_store::open(&config.database_url).await?;
@@ -221,8 +222,11 @@ pub async fn import(
         }
         let _ = chunks.blocking_send(Ok(chunk));
     });
-    let mut importer =
-        verdict_http::import::Importer::with_batch(store.as_ref(), SystemClock.now(), batch_lines);
+    let mut importer = if bulk {
+        verdict_http::import::Importer::bulk(store.as_ref(), SystemClock.now(), batch_lines).await?
+    } else {
+        verdict_http::import::Importer::with_batch(store.as_ref(), SystemClock.now(), batch_lines)
+    };
     while let Some(chunk) = parsed.recv().await {
         for (number, read) in chunk? {
             match read {

@@ -102,6 +102,11 @@ enum Command {
         #[arg(long, default_value_t = verdict_http::import::BATCH as u64,
               value_parser = clap::value_parser!(u64).range(1..=verdict_http::import::BATCH_MAX as u64))]
         batch_lines: u64,
+        /// One transaction for the whole file, committed at its end; on
+        /// SQLite the indexes written in random order are built once then.
+        /// For a first load: the write lock is held throughout.
+        #[arg(long)]
+        bulk: bool,
     },
     /// Re-derive every ended session and list (or, with --apply, make)
     /// the corrections.
@@ -214,8 +219,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             verdict::generate::history(&mut out, sessions, days, seed, now)?;
             Ok(())
         }
-        Command::Import { file, batch_lines } => {
-            verdict::import(&config, &file, batch_lines as usize).await
+        Command::Import { file, batch_lines, bulk } => {
+            verdict::import(&config, &file, batch_lines as usize, bulk).await
         }
         Command::Repair { apply, since, until, json } => {
             verdict::repair(&config, apply, since.as_deref(), until.as_deref(), json).await

@@ -12,6 +12,7 @@ on_every_backend!(
     the_command_line_imports_a_file_and_stdin,
     an_id_repeated_batches_later_is_rejected_by_its_line,
     the_command_line_batch_size_is_chosen_and_bounded,
+    a_bulk_load_from_the_command_line_imports_as_batches_do,
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
 );
 
@@ -325,6 +326,52 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["imported"], json!(2_500));
     assert_eq!(app.counts().await["sessions"], 5 + 2_500);
+}
+
+/// `verdict import --bulk`: one transaction for the file, the same outcome
+/// as batches give (a repeat two batches later, a bad line), and a second
+/// run skips what the first stored.
+async fn a_bulk_load_from_the_command_line_imports_as_batches_do(app: TestApp) {
+    let mut lines: Vec<String> = (1..=5)
+        .map(|i| line(&format!("bulk-{i}"), "expired", None, json!([]), json!([])))
+        .collect();
+    lines.push(line("bulk-bad", "done", None, json!([]), json!([])));
+    lines.push(line("bulk-1", "completed", Some("completed"), met(), paid(3200)));
+    lines.push(line("bulk-paid", "completed", Some("completed"), met(), paid(3200)));
+    let path = app.data_dir().join("bulk.ndjson");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let run = || {
+        let output = spawn_import(&app, &["--bulk", "--batch-lines", "2", path.to_str().unwrap()])
+            .wait_with_output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let summary = run();
+    assert_eq!((summary["imported"].clone(), summary["skipped"].clone()), (json!(6), json!(0)));
+    let rejected: Vec<i64> = summary["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rejection| rejection["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rejected, vec![6, 7], "{summary}");
+    assert_eq!(app.get("/v1/sessions/bulk-1", &app.admin()).await.ok()["status"], "expired");
+    let counts = app.counts().await;
+    assert_eq!((counts["sessions"], counts["payouts"]), (6, 1));
+    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
+    let ledger = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|section| section["name"] == "ledger_balance")
+        .unwrap()
+        .clone();
+    assert_eq!(ledger["count"], 0, "{ledger}");
+
+    let again = run();
+    assert_eq!((again["imported"].clone(), again["skipped"].clone()), (json!(0), json!(7)));
+    assert_eq!(again["rejected_total"], json!(1));
 }
 
 async fn repair(app: &TestApp, dry_run: bool) -> Value {
