@@ -24,7 +24,8 @@ use verdict_core::{
 };
 
 use super::{
-    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, Db, PAGES_AS_ROWS, PAGES_BY_COPY, copy_page,
+    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_TEMP_STORE, Db, PAGES_AS_ROWS, PAGES_BY_COPY,
+    copy_page,
 };
 use crate::copy_binary::{CopyRow, CopyRows};
 use crate::{
@@ -1224,11 +1225,7 @@ impl Store for Engine {
     }
 
     async fn bulk_import(&self) -> Result<Box<dyn BulkImport>, StoreError> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        for &(drop, _) in BULK_DEFERRED_INDEXES {
-            sqlx::query(drop).execute(&mut *tx).await?;
-        }
-        Ok(Box::new(Bulk { tx }))
+        Ok(Box::new(Bulk::open(&self.writer).await?))
     }
 
     async fn correct_session(
@@ -1542,9 +1539,39 @@ async fn import_batch(
         .collect())
 }
 
-/// An open bulk load: one write transaction for all its batches.
+/// An open bulk load: the writer connection, inside one write transaction
+/// for all its batches. Dropped before a commit (or after any failure), the
+/// connection is closed, not returned: closing rolls the transaction back
+/// and the pool opens a fresh connection with the usual settings.
 struct Bulk {
-    tx: sqlx::Transaction<'static, Db>,
+    connection: sqlx::pool::PoolConnection<Db>,
+    /// A batch failed: the transaction may hold part of it, so it can only
+    /// be abandoned.
+    failed: bool,
+    committed: bool,
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
+impl Bulk {
+    async fn open(writer: &Pool<Db>) -> Result<Bulk, StoreError> {
+        let mut bulk =
+            Bulk { connection: writer.acquire().await?, failed: false, committed: false };
+        if let Some((before, _)) = BULK_TEMP_STORE {
+            sqlx::raw_sql(before).execute(&mut *bulk.connection).await?;
+        }
+        sqlx::raw_sql(BEGIN_WRITE).execute(&mut *bulk.connection).await?;
+        for &(drop, _) in BULK_DEFERRED_INDEXES {
+            sqlx::raw_sql(drop).execute(&mut *bulk.connection).await?;
+        }
+        Ok(bulk)
+    }
 }
 
 #[async_trait]
@@ -1555,20 +1582,33 @@ impl BulkImport for Bulk {
         run: &str,
         now: UnixMillis,
     ) -> Result<Vec<Imported>, StoreError> {
-        import_batch(&mut self.tx, sessions, run, now).await
+        if self.failed {
+            return Err(StoreError::Internal("this bulk load failed earlier".to_owned()));
+        }
+        let added = import_batch(&mut self.connection, sessions, run, now).await;
+        self.failed = added.is_err();
+        added
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let Bulk { mut tx } = *self;
-        for &(_, create) in BULK_DEFERRED_INDEXES {
-            sqlx::query(create).execute(&mut *tx).await?;
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Internal("this bulk load failed earlier".to_owned()));
         }
-        tx.commit().await?;
+        for &(_, create) in BULK_DEFERRED_INDEXES {
+            sqlx::raw_sql(create).execute(&mut *self.connection).await?;
+        }
+        sqlx::raw_sql("COMMIT").execute(&mut *self.connection).await?;
+        self.committed = true;
+        if let Some((_, after)) = BULK_TEMP_STORE {
+            // Committed already: a failure here only costs this connection.
+            if sqlx::raw_sql(after).execute(&mut *self.connection).await.is_err() {
+                self.connection.close_on_drop();
+            }
+        }
         Ok(())
     }
 }
 
-/// Reads the session inside a write transaction, locking its row.
 /// Creates a session inside a grouped transaction (see `Engine::grouped`).
 async fn create_session_in(
     tx: &mut DbConnection,

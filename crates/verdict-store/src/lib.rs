@@ -35,7 +35,6 @@ pub use sqlite::SqliteStore;
 /// The page size cap of every list.
 pub const PAGE_LIMIT_MAX: i64 = 500;
 
-/// Everything verdict keeps. Each method is one transaction.
 /// An open bulk load (see [`Store::bulk_import`]).
 #[async_trait]
 pub trait BulkImport: Send {
@@ -53,6 +52,8 @@ pub trait BulkImport: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
+/// Everything verdict keeps. Each method is one transaction, but for
+/// [`Store::bulk_import`], whose load spans calls.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.

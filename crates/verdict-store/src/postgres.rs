@@ -49,6 +49,8 @@ const PAGES_AS_ROWS: bool = true;
 /// A bulk import keeps every index: dropping one takes a lock that would
 /// stop every reader until the load commits.
 const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[];
+/// PostgreSQL sorts in `work_mem` and spills by itself.
+const BULK_TEMP_STORE: Option<(&str, &str)> = None;
 
 /// An id-range verification page is read as binary `COPY` output (see
 /// `copy_page`), not as rows.

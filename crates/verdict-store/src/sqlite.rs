@@ -58,6 +58,12 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
     ("DROP INDEX payouts_by_provider", "CREATE INDEX payouts_by_provider ON payouts (provider_id)"),
 ];
 
+/// Set before a bulk load's transaction and restored after it (SQLite
+/// refuses the change inside one): the index builds sort whole tables,
+/// which must spill to a temporary file rather than grow memory with them.
+const BULK_TEMP_STORE: Option<(&str, &str)> =
+    Some(("PRAGMA temp_store = FILE", "PRAGMA temp_store = MEMORY"));
+
 /// `COPY` is PostgreSQL's: SQLite pages are never read with it.
 const PAGES_BY_COPY: bool = false;
 
@@ -110,15 +116,10 @@ impl engine::Engine {
         // index pages, so a transaction does not spill to the WAL before
         // it commits; a reader's stays small (the OS caches the file; many
         // readers' caches would add up without making scans faster).
-        // The writer's temporary data may spill to a file: a bulk import's
-        // index builds sort a whole table, which in memory would grow with
-        // it (small sorts stay in memory all the same).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
-            .connect_with(
-                options.clone().pragma("cache_size", "-65536").pragma("temp_store", "default"),
-            )
+            .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await?;
         MIGRATOR
             .run(&writer)

@@ -177,6 +177,17 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
     assert_eq!(store.session("gone").await.unwrap(), None);
     assert_eq!(fixture.index_definitions().await, migrated);
 
+    // A batch that fails (a terminal session without an end breaks a
+    // check) spoils the load: it cannot be committed, nothing is stored.
+    let mut failing = store.bulk_import().await.unwrap();
+    failing.add(&[imported("kept-out", true)], "run-f", T0).await.unwrap();
+    let mut broken = imported("broken", true);
+    broken.ended_at = None;
+    assert!(failing.add(&[broken], "run-f", T0).await.is_err());
+    assert!(failing.add(&[imported("after", true)], "run-f", T0).await.is_err());
+    assert!(failing.commit().await.is_err());
+    assert_eq!(store.session("kept-out").await.unwrap(), None);
+
     let mut bulk = store.bulk_import().await.unwrap();
     let first = [imported("b-1", true), imported("b-2", false)];
     assert_eq!(bulk.add(&first, "run-1", T0).await.unwrap(), vec![Imported::New; 2]);

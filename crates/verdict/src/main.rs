@@ -97,14 +97,15 @@ enum Command {
     Import {
         file: PathBuf,
         /// Accepted lines stored per transaction. Larger is faster for a
-        /// bulk load (50,000: about x1.4 on SQLite) but holds the write
+        /// bulk load (50,000: x1.3-1.5 on SQLite) but holds the write
         /// lock longer and keeps more lines in memory.
         #[arg(long, default_value_t = verdict_http::import::BATCH as u64,
               value_parser = clap::value_parser!(u64).range(1..=verdict_http::import::BATCH_MAX as u64))]
         batch_lines: u64,
         /// One transaction for the whole file, committed at its end; on
         /// SQLite the indexes written in random order are built once then.
-        /// For a first load: the write lock is held throughout.
+        /// For a first load: the write lock is held throughout (stop the
+        /// server first; its writes give up after 30 s).
         #[arg(long)]
         bulk: bool,
     },
