@@ -253,8 +253,6 @@ pub async fn import(
     print_document(&document)
 }
 
-/// Prints a JSON document on stdout; a closed stdout (`| head`) is not an
-/// error worth a panic.
 /// Writes a command's output. A reader that went away (`verdict verify |
 /// head`) ends it quietly: `println!` would panic on the broken pipe.
 pub fn print_text(text: &str) -> Result<(), BoxError> {

@@ -204,6 +204,12 @@ fn spawn_import(app: &TestApp, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// The summary a successful `verdict import` printed.
+fn summary_of(output: std::process::Output) -> Value {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
     let path = app.data_dir().join("history.ndjson");
     std::fs::write(&path, good_file().join("\n")).unwrap();
@@ -215,9 +221,7 @@ async fn the_command_line_imports_a_file_and_stdin(app: TestApp) {
             input.write_all(text.as_bytes()).unwrap();
         }
         drop(input);
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+        summary_of(child.wait_with_output().unwrap())
     };
     let summary = run(path.to_str().unwrap(), None);
     assert_eq!((summary["imported"].as_i64(), summary["skipped"].as_i64()), (Some(3), Some(0)));
@@ -239,11 +243,8 @@ async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
     lines.push(line("bulk-1", "completed", Some("completed"), met(), paid(3200)));
     let path = app.data_dir().join("bulk.ndjson");
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let run = || {
-        let output = spawn_import(&app, &[path.to_str().unwrap()]).wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
-    };
+    let run =
+        || summary_of(spawn_import(&app, &[path.to_str().unwrap()]).wait_with_output().unwrap());
     let summary = run();
     assert_eq!(summary["imported"], json!(batch + 2));
     assert_eq!(summary["skipped"], json!(0));
@@ -285,9 +286,7 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
         assert!(String::from_utf8_lossy(&output.stderr).contains("--batch-lines"));
         assert_eq!(app.counts().await["sessions"], 0);
     }
-    let output = run("2");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = summary_of(run("2"));
     assert_eq!((summary["imported"].clone(), summary["skipped"].clone()), (json!(5), json!(0)));
     let rejected = summary["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2, "{summary}");
@@ -322,8 +321,7 @@ async fn the_command_line_batch_size_is_chosen_and_bounded(app: TestApp) {
     drop(input);
     let output = child.wait_with_output().unwrap();
     assert!(stored, "two full batches stored before the stream ended");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = summary_of(output);
     assert_eq!(summary["imported"], json!(2_500));
     assert_eq!(app.counts().await["sessions"], 5 + 2_500);
 }
@@ -341,11 +339,8 @@ async fn a_bulk_load_from_the_command_line_imports_as_batches_do(app: TestApp) {
     let path = app.data_dir().join("bulk.ndjson");
     std::fs::write(&path, lines.join("\n")).unwrap();
     let run = || {
-        let output = spawn_import(&app, &["--bulk", "--batch-lines", "2", path.to_str().unwrap()])
-            .wait_with_output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+        let bulk = spawn_import(&app, &["--bulk", "--batch-lines", "2", path.to_str().unwrap()]);
+        summary_of(bulk.wait_with_output().unwrap())
     };
     let summary = run();
     assert_eq!((summary["imported"].clone(), summary["skipped"].clone()), (json!(6), json!(0)));
