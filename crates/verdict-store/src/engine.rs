@@ -25,7 +25,7 @@ use verdict_core::{
 
 use super::{
     BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_TEMP_STORE, Db, PAGES_AS_ROWS, PAGES_BY_COPY,
-    copy_page,
+    INSERTS_TOLD_BY_ROWID, copy_page, inserted_rowids,
 };
 use crate::copy_binary::{CopyRow, CopyRows};
 use crate::{
@@ -1404,9 +1404,29 @@ async fn import_batch(
                 .push_bind(derived.charged.0)
                 .push_bind(run.to_owned());
         });
-        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-        for row in insert.build().fetch_all(&mut *connection).await? {
-            stored.insert(row.try_get::<String, _>("id")?);
+        insert.push(" ON CONFLICT (id) DO NOTHING");
+        if INSERTS_TOLD_BY_ROWID {
+            let result = insert.build().execute(&mut *connection).await?;
+            let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
+            if rowids.clone().count() == chunk.len() {
+                stored.extend(chunk.iter().map(|(imported, _)| imported.id.clone()));
+            } else if !rowids.is_empty() {
+                // Some ids were stored already (a re-import): ask which
+                // rows this statement stored (`rowid` is SQLite's).
+                let rows = sqlx::query("SELECT id FROM sessions WHERE rowid BETWEEN $1 AND $2")
+                    .bind(rowids.start())
+                    .bind(rowids.end())
+                    .fetch_all(&mut *connection)
+                    .await?;
+                for row in rows {
+                    stored.insert(row.try_get::<String, _>("id")?);
+                }
+            }
+        } else {
+            insert.push(" RETURNING id");
+            for row in insert.build().fetch_all(&mut *connection).await? {
+                stored.insert(row.try_get::<String, _>("id")?);
+            }
         }
     }
     let new: Vec<(&ImportSession, &Derived)> = sessions
@@ -1480,9 +1500,21 @@ async fn import_batch(
                 .push_bind(imported.price.currency.clone())
                 .push_bind(now.0);
         });
-        insert.push(" RETURNING id, session_id");
-        for row in insert.build().fetch_all(&mut *connection).await? {
-            postings.insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
+        if INSERTS_TOLD_BY_ROWID {
+            let result = insert.build().execute(&mut *connection).await?;
+            let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
+            if rowids.clone().count() != chunk.len() {
+                return Err(no_rowids());
+            }
+            for ((imported, ..), id) in chunk.iter().zip(rowids) {
+                postings.insert(imported.id.clone(), id);
+            }
+        } else {
+            insert.push(" RETURNING id, session_id");
+            for row in insert.build().fetch_all(&mut *connection).await? {
+                postings
+                    .insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
+            }
         }
     }
     {
@@ -1537,6 +1569,10 @@ async fn import_batch(
             }
         })
         .collect())
+}
+
+fn no_rowids() -> StoreError {
+    StoreError::Internal("an INSERT did not tell the rowids of the rows it stored".to_owned())
 }
 
 /// An open bulk load: the writer connection, inside one write transaction

@@ -52,6 +52,14 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[];
 /// PostgreSQL sorts in `work_mem` and spills by itself.
 const BULK_TEMP_STORE: Option<(&str, &str)> = None;
 
+/// PostgreSQL tells the rows an `INSERT` stored with `RETURNING`, in the
+/// same round trip; a sequence's values need not be consecutive.
+const INSERTS_TOLD_BY_ROWID: bool = false;
+
+fn inserted_rowids(_: &sqlx::postgres::PgQueryResult) -> Option<std::ops::RangeInclusive<i64>> {
+    None
+}
+
 /// An id-range verification page is read as binary `COPY` output (see
 /// `copy_page`), not as rows.
 const PAGES_BY_COPY: bool = true;

@@ -56,6 +56,24 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
         "CREATE INDEX ledger_lines_by_account ON ledger_lines (account)",
     ),
     ("DROP INDEX payouts_by_provider", "CREATE INDEX payouts_by_provider ON payouts (provider_id)"),
+    (
+        "DROP INDEX session_events_by_session",
+        "CREATE INDEX session_events_by_session ON session_events \
+         (session_id, seq, type, party, at, connection)",
+    ),
+    ("DROP INDEX sessions_sweep", "CREATE INDEX sessions_sweep ON sessions (status, sweep_checked_at)"),
+    (
+        "DROP INDEX sessions_finalizing",
+        "CREATE INDEX sessions_finalizing ON sessions (finalizes_at) WHERE finalized_at IS NULL",
+    ),
+    (
+        "DROP INDEX ledger_postings_by_session",
+        "CREATE INDEX ledger_postings_by_session ON ledger_postings (session_id)",
+    ),
+    (
+        "DROP INDEX ledger_lines_by_posting",
+        "CREATE INDEX ledger_lines_by_posting ON ledger_lines (posting_id, amount_cents)",
+    ),
 ];
 
 /// Set before a bulk load's transaction and restored after it (SQLite
@@ -63,6 +81,21 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
 /// which must spill to a temporary file rather than grow memory with them.
 const BULK_TEMP_STORE: Option<(&str, &str)> =
     Some(("PRAGMA temp_store = FILE", "PRAGMA temp_store = MEMORY"));
+
+/// Which rows a multi-row `INSERT` stored, told by their rowids rather than
+/// read back with `RETURNING`: the driver hands each returned row from its
+/// worker thread to the caller one at a time, a wake-up per row (a million
+/// of them in an import of a million lines). SQLite numbers the rows an
+/// `INSERT` stores consecutively in `VALUES` order (a new rowid is one more
+/// than the largest, and one statement runs alone under the write lock),
+/// so they are the `rows_affected` rowids ending at `last_insert_rowid`.
+const INSERTS_TOLD_BY_ROWID: bool = true;
+
+fn inserted_rowids(result: &sqlx::sqlite::SqliteQueryResult) -> Option<std::ops::RangeInclusive<i64>> {
+    let stored = i64::try_from(result.rows_affected()).ok()?;
+    let last = result.last_insert_rowid();
+    Some(last - stored + 1..=last)
+}
 
 /// `COPY` is PostgreSQL's: SQLite pages are never read with it.
 const PAGES_BY_COPY: bool = false;
