@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Party, Reason, Status, UnixMillis, is_valid_id};
-use verdict_store::{BulkImport, ImportSession, Imported, PayoutState, Store, StoreError};
+use verdict_store::{
+    BulkImport, ImportSession, Imported, PayoutState, QueuedBatch, Store, StoreError,
+};
 
 use crate::dto::{KindDto, PriceDto};
 use crate::wire::parse_instant;
@@ -189,6 +191,9 @@ pub struct Importer<'a> {
     batch_lines: usize,
     /// A bulk load's one transaction, when this is one.
     bulk: Option<Box<dyn BulkImport>>,
+    /// A bulk load's batch being stored while the next one gathers: its
+    /// line numbers and ids.
+    queued: Option<(Vec<u64>, Vec<String>, QueuedBatch)>,
     batch_ids: HashSet<String>,
     pub summary: Summary,
 }
@@ -211,6 +216,7 @@ impl<'a> Importer<'a> {
             batch: Vec::with_capacity(lines.min(BATCH)),
             batch_lines: lines,
             bulk: None,
+            queued: None,
             batch_ids: HashSet::with_capacity(lines.min(BATCH)),
             summary: Summary::default(),
         }
@@ -278,22 +284,39 @@ impl<'a> Importer<'a> {
         }
         let (numbers, sessions): (Vec<u64>, Vec<ImportSession>) = self.batch.drain(..).unzip();
         self.batch_ids.clear();
-        let outcomes = match &mut self.bulk {
-            Some(bulk) => bulk.add(&sessions, &self.run, self.now).await?,
-            None => self.store.import_sessions(&sessions, &self.run, self.now).await?,
-        };
-        for ((number, session), outcome) in numbers.into_iter().zip(&sessions).zip(outcomes) {
-            match outcome {
-                Imported::New => self.summary.imported += 1,
-                Imported::Existing => self.summary.skipped += 1,
-                Imported::EarlierInRun => self.reject(number, duplicate(&session.id)),
+        let ids: Vec<String> = sessions.iter().map(|session| session.id.clone()).collect();
+        match &mut self.bulk {
+            Some(bulk) => {
+                // Stored while the next batch gathers; the one before is
+                // stored by now, or next.
+                let queued = bulk.add(sessions, &self.run, self.now).await?;
+                if let Some((numbers, ids, queued)) = self.queued.replace((numbers, ids, queued)) {
+                    self.count(&numbers, &ids, queued.outcomes().await?);
+                }
+            }
+            None => {
+                let outcomes = self.store.import_sessions(sessions, &self.run, self.now).await?;
+                self.count(&numbers, &ids, outcomes);
             }
         }
         Ok(())
     }
 
+    fn count(&mut self, numbers: &[u64], ids: &[String], outcomes: Vec<Imported>) {
+        for ((number, id), outcome) in numbers.iter().zip(ids).zip(outcomes) {
+            match outcome {
+                Imported::New => self.summary.imported += 1,
+                Imported::Existing => self.summary.skipped += 1,
+                Imported::EarlierInRun => self.reject(*number, duplicate(id)),
+            }
+        }
+    }
+
     pub async fn finish(mut self) -> Result<Summary, StoreError> {
         self.flush().await?;
+        if let Some((numbers, ids, queued)) = self.queued.take() {
+            self.count(&numbers, &ids, queued.outcomes().await?);
+        }
         if let Some(bulk) = self.bulk.take() {
             bulk.commit().await?;
         }

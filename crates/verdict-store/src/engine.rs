@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -24,8 +25,8 @@ use verdict_core::{
 };
 
 use super::{
-    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_TEMP_STORE, Db, PAGES_AS_ROWS, PAGES_BY_COPY,
-    INSERTS_TOLD_BY_ROWID, copy_page, inserted_rowids,
+    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_TEMP_STORE, Db, INSERTS_TOLD_BY_ROWID,
+    PAGES_AS_ROWS, PAGES_BY_COPY, copy_page, inserted_rowids,
 };
 use crate::copy_binary::{CopyRow, CopyRows};
 use crate::{
@@ -33,8 +34,8 @@ use crate::{
     EarningsTotal, Ended, EventType, Idempotency, ImportSession, Imported, LedgerLine, NewRequest,
     NewSession, Notification, OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout,
     PayoutProvider, PayoutState, PlatformDisposition, PlatformPresence, PlatformRoom, Posting,
-    PresenceChange, Request, RequestStatus, Session, Settings, Store, StoreError, SweepReport,
-    User, accounts,
+    PresenceChange, QueuedBatch, Request, RequestStatus, Session, Settings, Store, StoreError,
+    SweepReport, User, accounts,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -1211,15 +1212,16 @@ impl Store for Engine {
 
     async fn import_sessions(
         &self,
-        sessions: &[ImportSession],
+        sessions: Vec<ImportSession>,
         run: &str,
         now: UnixMillis,
     ) -> Result<Vec<Imported>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
+        let prepared = prepare_import(sessions, run, now);
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let outcomes = import_batch(&mut tx, sessions, run, now).await?;
+        let outcomes = store_import(&mut tx, prepared).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -1310,247 +1312,355 @@ impl Store for Engine {
     }
 }
 
-/// One batch of an import, on a connection inside a write transaction
-/// (`Store::import_sessions` and `BulkImport::add`).
-async fn import_batch(
-    connection: &mut DbConnection,
-    sessions: &[ImportSession],
-    run: &str,
+/// What an import derives from a line once: the start, the billable time,
+/// the reason if the line has none, what the old system charged.
+struct Derived {
+    reason: Option<Reason>,
+    started_at: Option<i64>,
+    billable: Option<i64>,
+    charged: Cents,
+}
+
+fn derive(imported: &ImportSession) -> Derived {
+    let events: Vec<PresenceEvent> = imported
+        .events
+        .iter()
+        .map(|&(party, joined, at)| {
+            let kind = if joined { PresenceKind::Joined } else { PresenceKind::Left };
+            PresenceEvent::own(party, kind, at)
+        })
+        .collect();
+    let facts = verdict_core::SessionFacts {
+        created_at: imported.created_at,
+        scheduled_start: None,
+        recorded: None,
+    };
+    let outcome = imported.ended_at.map(|ended_at| {
+        decide(&facts, &events, &Policy::default(), EndRequest::new(ended_at, EndCause::Requested))
+    });
+    let reason = imported.reason.or_else(|| match imported.status {
+        Status::Completed => Some(Reason::Completed),
+        status if status.is_terminal() => outcome.map(|outcome| outcome.reason),
+        _ => None,
+    });
+    let billable = outcome.map(|outcome| outcome.billable_seconds);
+    let charged = match imported.status {
+        Status::Completed => charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0)),
+        _ => Cents(0),
+    };
+    Derived {
+        reason,
+        started_at: outcome.and_then(|outcome| outcome.started_at).map(|at| at.0),
+        billable,
+        charged,
+    }
+}
+
+/// A multi-row statement with its values bound, owning them.
+type Statement = sqlx::QueryBuilder<Db>;
+
+/// Rows per multi-row statement: a batch is a handful of round trips, not
+/// one per row. SQLite binds at most 32,766 values per statement.
+const SESSION_ROWS: usize = 1_000;
+const EVENT_ROWS: usize = 2_000;
+const PAYOUT_ROWS: usize = 1_000;
+const LEDGER_LINE_ROWS: usize = 3_000;
+
+/// One batch of an import, decided and its statements built without a
+/// connection: a bulk load builds the next batch while its writer stores
+/// this one (`Bulk`).
+struct PreparedImport {
+    sessions: Vec<ImportSession>,
+    /// The sessions' ids, shared by the rows that name them.
+    ids: Vec<Arc<str>>,
+    derived: Vec<Derived>,
+    run: String,
     now: UnixMillis,
-) -> Result<Vec<Imported>, StoreError> {
-    if sessions.is_empty() {
-        return Ok(Vec::new());
+    /// The session rows (`ON CONFLICT (id) DO NOTHING`), a statement per
+    /// [`SESSION_ROWS`].
+    rows: Vec<Statement>,
+    /// What hangs off the sessions, built as if all are new (the usual
+    /// case); built again for those stored when some were not.
+    dependents: Dependents,
+}
+
+/// The audit trail, payouts and postings of a batch's new sessions.
+struct Dependents {
+    events: Vec<Statement>,
+    payouts: Vec<Statement>,
+    /// The new sessions with a payout (indexes into the batch), in the
+    /// order of their postings.
+    paid: Vec<usize>,
+    /// A statement per [`PAYOUT_ROWS`] of `paid`.
+    postings: Vec<Statement>,
+}
+
+/// Text bound over and over in a batch (kinds, statuses, event types,
+/// parties, currencies, the run): shared, since sqlx copies every bound
+/// `&str` into two fresh allocations, freed again on the database's side,
+/// tens of millions of them in a large import. Distinct texts are few; past
+/// [`Texts::KEPT`] a text is no longer kept (it is only copied).
+#[derive(Default)]
+struct Texts(Vec<Arc<str>>);
+
+impl Texts {
+    const KEPT: usize = 64;
+
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.iter().find(|shared| &***shared == text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        if self.0.len() < Self::KEPT {
+            self.0.push(shared.clone());
+        }
+        shared
     }
-    // Derived once per line: start, billable time, reason if missing,
-    // what the old system charged.
-    struct Derived {
-        reason: Option<Reason>,
-        started_at: Option<i64>,
-        billable: Option<i64>,
-        charged: Cents,
-    }
-    let derived: Vec<Derived> = sessions
-        .iter()
-        .map(|imported| {
-            let events: Vec<PresenceEvent> = imported
-                .events
-                .iter()
-                .map(|&(party, joined, at)| {
-                    let kind = if joined { PresenceKind::Joined } else { PresenceKind::Left };
-                    PresenceEvent::own(party, kind, at)
-                })
-                .collect();
-            let facts = verdict_core::SessionFacts {
-                created_at: imported.created_at,
-                scheduled_start: None,
-                recorded: None,
-            };
-            let outcome = imported.ended_at.map(|ended_at| {
-                decide(
-                    &facts,
-                    &events,
-                    &Policy::default(),
-                    EndRequest::new(ended_at, EndCause::Requested),
-                )
+}
+
+fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> PreparedImport {
+    let derived: Vec<Derived> = sessions.iter().map(derive).collect();
+    let ids: Vec<Arc<str>> =
+        sessions.iter().map(|imported| Arc::from(imported.id.as_str())).collect();
+    let mut texts = Texts::default();
+    let run_id = texts.get(run);
+    let rows = sessions
+        .chunks(SESSION_ROWS)
+        .zip(derived.chunks(SESSION_ROWS))
+        .zip(ids.chunks(SESSION_ROWS))
+        .map(|((sessions, derived), ids)| {
+            let mut insert = Statement::new(
+                "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+                 provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
+                 price_amount_cents, currency, charged_cents, import_run) ",
+            );
+            let rows = sessions.iter().zip(derived).zip(ids);
+            insert.push_values(rows, |mut row, ((imported, derived), id)| {
+                row.push_bind(id.clone())
+                    .push_bind(texts.get(imported.kind.as_str()))
+                    .push_bind(texts.get(imported.status.as_str()))
+                    .push_bind(derived.reason.map(|reason| texts.get(reason.as_str())))
+                    .push_bind(Arc::<str>::from(imported.customer_id.as_str()))
+                    .push_bind(Arc::<str>::from(imported.provider_id.as_str()))
+                    .push_bind(imported.provider_account.as_deref().map(Arc::<str>::from))
+                    .push_bind(imported.created_at.0)
+                    .push_bind(derived.started_at)
+                    .push_bind(imported.ended_at.map(|at| at.0))
+                    .push_bind(derived.billable)
+                    .push_bind(texts.get(imported.price.mode.as_str()))
+                    .push_bind(imported.price.amount.0)
+                    .push_bind(texts.get(&imported.price.currency))
+                    .push_bind(derived.charged.0)
+                    .push_bind(run_id.clone());
             });
-            let reason = imported.reason.or_else(|| match imported.status {
-                Status::Completed => Some(Reason::Completed),
-                status if status.is_terminal() => outcome.map(|outcome| outcome.reason),
-                _ => None,
-            });
-            let billable = outcome.map(|outcome| outcome.billable_seconds);
-            let charged = match imported.status {
-                Status::Completed => {
-                    charge_for(&imported.price, Reason::Completed, billable.unwrap_or(0))
-                }
-                _ => Cents(0),
-            };
-            Derived {
-                reason,
-                started_at: outcome.and_then(|outcome| outcome.started_at).map(|at| at.0),
-                billable,
-                charged,
+            insert.push(" ON CONFLICT (id) DO NOTHING");
+            if !INSERTS_TOLD_BY_ROWID {
+                insert.push(" RETURNING id");
             }
+            insert
         })
         .collect();
+    let all: Vec<usize> = (0..sessions.len()).collect();
+    let dependents = dependents(&sessions, &ids, &all, &mut texts, now);
+    PreparedImport { sessions, ids, derived, run: run.to_owned(), now, rows, dependents }
+}
 
-    // Multi-row statements: a batch is a handful of round trips, not
-    // one per row (the SQL is built by QueryBuilder with bound values).
-    // At most 1,000 rows per statement: SQLite binds at most 32,766
-    // values per statement.
-    let mut stored: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let rows: Vec<(&ImportSession, &Derived)> = sessions.iter().zip(&derived).collect();
-    for chunk in rows.chunks(1_000) {
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
-             provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-             price_amount_cents, currency, charged_cents, import_run) ",
-        );
-        insert.push_values(chunk, |mut row, (imported, derived)| {
-            row.push_bind(imported.id.clone())
-                .push_bind(imported.kind.as_str())
-                .push_bind(imported.status.as_str())
-                .push_bind(derived.reason.map(Reason::as_str))
-                .push_bind(imported.customer_id.clone())
-                .push_bind(imported.provider_id.clone())
-                .push_bind(imported.provider_account.clone())
-                .push_bind(imported.created_at.0)
-                .push_bind(derived.started_at)
-                .push_bind(imported.ended_at.map(|at| at.0))
-                .push_bind(derived.billable)
-                .push_bind(imported.price.mode.as_str())
-                .push_bind(imported.price.amount.0)
-                .push_bind(imported.price.currency.clone())
-                .push_bind(derived.charged.0)
-                .push_bind(run.to_owned());
-        });
-        insert.push(" ON CONFLICT (id) DO NOTHING");
-        if INSERTS_TOLD_BY_ROWID {
-            let result = insert.build().execute(&mut *connection).await?;
-            let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
-            if rowids.clone().count() == chunk.len() {
-                stored.extend(chunk.iter().map(|(imported, _)| imported.id.clone()));
-            } else if !rowids.is_empty() {
-                // Some ids were stored already (a re-import): ask which
-                // rows this statement stored (`rowid` is SQLite's).
-                let rows = sqlx::query("SELECT id FROM sessions WHERE rowid BETWEEN $1 AND $2")
-                    .bind(rowids.start())
-                    .bind(rowids.end())
-                    .fetch_all(&mut *connection)
-                    .await?;
-                for row in rows {
-                    stored.insert(row.try_get::<String, _>("id")?);
-                }
-            }
-        } else {
-            insert.push(" RETURNING id");
-            for row in insert.build().fetch_all(&mut *connection).await? {
-                stored.insert(row.try_get::<String, _>("id")?);
-            }
-        }
-    }
-    let new: Vec<(&ImportSession, &Derived)> = sessions
-        .iter()
-        .zip(&derived)
-        .filter(|(imported, _)| stored.contains(&imported.id))
-        .collect();
+/// An imported audit event: session id, type, party, instant.
+type EventRow<'a> = (&'a Arc<str>, Arc<str>, Option<Arc<str>>, i64);
 
+/// The statements for the sessions `new` (indexes into `sessions` and
+/// their `ids`). Constants the same in every row are written into the
+/// statement (`'system'`, `'import'`, `'manual'`, `'settlement'`): SQLite
+/// copies each bound text.
+fn dependents(
+    sessions: &[ImportSession],
+    ids: &[Arc<str>],
+    new: &[usize],
+    texts: &mut Texts,
+    now: UnixMillis,
+) -> Dependents {
     // The audit trail: `created` and each join and leave, by `import`.
-    let mut events: Vec<(&str, &'static str, Option<&'static str>, i64)> = Vec::new();
-    for (imported, _) in &new {
-        events.push((&imported.id, "created", None, imported.created_at.0));
-        for &(party, joined, at) in &imported.events {
-            events.push((
-                &imported.id,
-                if joined { "joined" } else { "left" },
-                Some(party.as_str()),
-                at.0,
-            ));
+    let (created, joined, left) = (texts.get("created"), texts.get("joined"), texts.get("left"));
+    let mut events: Vec<EventRow> = Vec::new();
+    for &index in new {
+        let imported = &sessions[index];
+        events.push((&ids[index], created.clone(), None, imported.created_at.0));
+        for &(party, joined_now, at) in &imported.events {
+            let event_type = if joined_now { joined.clone() } else { left.clone() };
+            events.push((&ids[index], event_type, Some(texts.get(party.as_str())), at.0));
         }
     }
-    for chunk in events.chunks(2_000) {
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
-        );
-        insert.push_values(chunk, |mut row, (session_id, event_type, party, at)| {
-            row.push_bind(session_id.to_string())
-                .push_bind(*event_type)
-                .push_bind(*party)
-                .push_bind("system")
-                .push_bind("import")
-                .push_bind(*at);
-        });
-        insert.build().execute(&mut *connection).await?;
-    }
-
-    // Payouts as recorded, and what they did to the books.
-    let paid: Vec<(&ImportSession, &Derived, Cents, PayoutState)> = new
-        .iter()
-        .filter_map(|(imported, derived)| {
-            imported.payout.map(|(amount, state)| (*imported, *derived, amount, state))
+    let events = events
+        .chunks(EVENT_ROWS)
+        .map(|chunk| {
+            let mut insert = Statement::new(
+                "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
+            );
+            insert.push_values(chunk, |mut row, (session_id, event_type, party, at)| {
+                row.push_bind(Arc::clone(session_id))
+                    .push_bind(event_type.clone())
+                    .push_bind(party.clone())
+                    .push("'system'")
+                    .push("'import'")
+                    .push_bind(*at);
+            });
+            insert
         })
         .collect();
-    let mut postings: HashMap<String, i64> = HashMap::with_capacity(paid.len());
-    for chunk in paid.chunks(1_000) {
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
+
+    // Payouts as recorded, and their settlement postings.
+    let paid: Vec<usize> =
+        new.iter().copied().filter(|&index| sessions[index].payout.is_some()).collect();
+    let mut payouts = Vec::new();
+    let mut postings = Vec::new();
+    for chunk in paid.chunks(PAYOUT_ROWS) {
+        let mut insert = Statement::new(
             "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
              state, provider, created_at, updated_at, imported) ",
         );
-        insert.push_values(chunk, |mut row, (imported, _, amount, state)| {
+        insert.push_values(chunk, |mut row, &index| {
+            let imported = &sessions[index];
+            let (amount, state) = imported.payout.unwrap_or((Cents(0), PayoutState::Pending));
             row.push_bind(format!("po_{}", imported.id))
-                .push_bind(imported.id.clone())
-                .push_bind(imported.provider_id.clone())
-                .push_bind(imported.provider_account.clone())
+                .push_bind(ids[index].clone())
+                .push_bind(Arc::<str>::from(imported.provider_id.as_str()))
+                .push_bind(imported.provider_account.as_deref().map(Arc::<str>::from))
                 .push_bind(amount.0)
-                .push_bind(imported.price.currency.clone())
-                .push_bind(state.as_str())
-                .push_bind("manual")
+                .push_bind(texts.get(&imported.price.currency))
+                .push_bind(texts.get(state.as_str()))
+                .push("'manual'")
                 .push_bind(now.0)
                 .push_bind(now.0)
-                .push_bind(1i64);
+                .push("1");
         });
-        insert.build().execute(&mut *connection).await?;
+        payouts.push(insert);
 
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) ",
-        );
-        insert.push_values(chunk, |mut row, (imported, ..)| {
-            row.push_bind(imported.id.clone())
-                .push_bind("settlement")
-                .push_bind(imported.price.currency.clone())
+        let mut insert =
+            Statement::new("INSERT INTO ledger_postings (session_id, kind, currency, created_at) ");
+        insert.push_values(chunk, |mut row, &index| {
+            row.push_bind(ids[index].clone())
+                .push("'settlement'")
+                .push_bind(texts.get(&sessions[index].price.currency))
                 .push_bind(now.0);
         });
+        if !INSERTS_TOLD_BY_ROWID {
+            insert.push(" RETURNING id, session_id");
+        }
+        postings.push(insert);
+    }
+    Dependents { events, payouts, paid, postings }
+}
+
+/// Stores a prepared batch on a connection inside a write transaction
+/// (`Store::import_sessions`, and a bulk load's writer).
+async fn store_import(
+    connection: &mut DbConnection,
+    prepared: PreparedImport,
+) -> Result<Vec<Imported>, StoreError> {
+    let PreparedImport { sessions, ids, derived, run, now, rows, dependents: assumed } = prepared;
+    let mut stored = vec![false; sessions.len()];
+    for (chunk, mut insert) in rows.into_iter().enumerate() {
+        let range = chunk * SESSION_ROWS..sessions.len().min((chunk + 1) * SESSION_ROWS);
+        let ids: Vec<String> = if INSERTS_TOLD_BY_ROWID {
+            let result = insert.build().execute(&mut *connection).await?;
+            let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
+            if rowids.clone().count() == range.len() {
+                stored[range].fill(true);
+                continue;
+            }
+            // Some ids were stored before (a re-import): which rows did
+            // this statement store? (`rowid` is SQLite's.)
+            sqlx::query("SELECT id FROM sessions WHERE rowid BETWEEN $1 AND $2")
+                .bind(rowids.start())
+                .bind(rowids.end())
+                .fetch_all(&mut *connection)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, _>>()?
+        } else {
+            insert
+                .build()
+                .fetch_all(&mut *connection)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, _>>()?
+        };
+        let index: HashMap<&str, usize> =
+            range.map(|index| (sessions[index].id.as_str(), index)).collect();
+        for id in &ids {
+            let at = index.get(id.as_str()).ok_or_else(no_rowids)?;
+            stored[*at] = true;
+        }
+    }
+    let new: Vec<usize> = (0..sessions.len()).filter(|&index| stored[index]).collect();
+    let dependents = if new.len() == sessions.len() {
+        assumed
+    } else {
+        dependents(&sessions, &ids, &new, &mut Texts::default(), now)
+    };
+
+    for mut insert in dependents.events.into_iter().chain(dependents.payouts) {
+        insert.build().execute(&mut *connection).await?;
+    }
+    let mut posting_ids: Vec<i64> = Vec::with_capacity(dependents.paid.len());
+    for (mut insert, chunk) in
+        dependents.postings.into_iter().zip(dependents.paid.chunks(PAYOUT_ROWS))
+    {
         if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
             if rowids.clone().count() != chunk.len() {
                 return Err(no_rowids());
             }
-            for ((imported, ..), id) in chunk.iter().zip(rowids) {
-                postings.insert(imported.id.clone(), id);
-            }
+            posting_ids.extend(rowids);
         } else {
-            insert.push(" RETURNING id, session_id");
+            let mut by_session: HashMap<String, i64> = HashMap::with_capacity(chunk.len());
             for row in insert.build().fetch_all(&mut *connection).await? {
-                postings
-                    .insert(row.try_get::<String, _>("session_id")?, row.try_get::<i64, _>("id")?);
+                by_session.insert(row.try_get("session_id")?, row.try_get("id")?);
+            }
+            for &index in chunk {
+                posting_ids.push(*by_session.get(&sessions[index].id).ok_or_else(no_rowids)?);
             }
         }
     }
-    {
-        // Charge receivable, the payout payable, the rest platform revenue.
-        let mut lines: Vec<(i64, String, i64)> = Vec::with_capacity(paid.len() * 3);
-        for (imported, derived, amount, _) in &paid {
-            let posting = postings[&imported.id];
-            let charge = derived.charged.0;
-            lines.push((posting, accounts::customer_receivable(&imported.customer_id), charge));
-            lines.push((posting, accounts::provider_payable(&imported.provider_id), -amount.0));
-            lines.push((posting, accounts::PLATFORM_REVENUE.to_owned(), amount.0 - charge));
-        }
-        for chunk in lines.chunks(3_000) {
-            let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
-            );
-            insert.push_values(chunk, |mut row, (posting, account, amount)| {
-                row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
-            });
-            insert.build().execute(&mut *connection).await?;
-        }
+    // What the recorded payouts did to the books: the charge receivable,
+    // the payout payable, the rest platform revenue.
+    let revenue: Arc<str> = Arc::from(accounts::PLATFORM_REVENUE);
+    let mut lines: Vec<(i64, Arc<str>, i64)> = Vec::with_capacity(dependents.paid.len() * 3);
+    for (&index, &posting) in dependents.paid.iter().zip(&posting_ids) {
+        let (imported, charge) = (&sessions[index], derived[index].charged.0);
+        let paid = imported.payout.map_or(0, |(amount, _)| amount.0);
+        let receivable = accounts::customer_receivable(&imported.customer_id);
+        lines.push((posting, Arc::from(receivable), charge));
+        let payable = accounts::provider_payable(&imported.provider_id);
+        lines.push((posting, Arc::from(payable), -paid));
+        lines.push((posting, revenue.clone(), paid - charge));
     }
+    for chunk in lines.chunks(LEDGER_LINE_ROWS) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
+        );
+        insert.push_values(chunk, |mut row, (posting, account, amount)| {
+            row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
+        });
+        insert.build().execute(&mut *connection).await?;
+    }
+
     // Ids not stored now: stored earlier by this run, or by another.
-    let existing: Vec<String> = sessions
-        .iter()
-        .filter(|imported| !stored.contains(&imported.id))
-        .map(|imported| imported.id.clone())
+    let existing: Vec<&str> = (0..sessions.len())
+        .filter(|&index| !stored[index])
+        .map(|index| sessions[index].id.as_str())
         .collect();
-    let mut earlier: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in existing.chunks(1_000) {
+    let mut earlier: HashSet<String> = HashSet::new();
+    for chunk in existing.chunks(SESSION_ROWS) {
         let mut query =
             sqlx::QueryBuilder::<Db>::new("SELECT id FROM sessions WHERE import_run = ");
-        query.push_bind(run.to_owned()).push(" AND id IN (");
+        query.push_bind(run.as_str()).push(" AND id IN (");
         let mut list = query.separated(", ");
         for id in chunk {
-            list.push_bind(id.clone());
+            list.push_bind(*id);
         }
         list.push_unseparated(")");
         for row in query.build().fetch_all(&mut *connection).await? {
@@ -1559,8 +1669,9 @@ async fn import_batch(
     }
     Ok(sessions
         .iter()
-        .map(|imported| {
-            if stored.contains(&imported.id) {
+        .zip(stored)
+        .map(|(imported, stored)| {
+            if stored {
                 Imported::New
             } else if earlier.contains(&imported.id) {
                 Imported::EarlierInRun
@@ -1572,14 +1683,30 @@ async fn import_batch(
 }
 
 fn no_rowids() -> StoreError {
-    StoreError::Internal("an INSERT did not tell the rowids of the rows it stored".to_owned())
+    StoreError::Internal("an INSERT did not tell which rows it stored".to_owned())
 }
 
-/// An open bulk load: the writer connection, inside one write transaction
-/// for all its batches. Dropped before a commit (or after any failure), the
-/// connection is closed, not returned: closing rolls the transaction back
-/// and the pool opens a fresh connection with the usual settings.
+fn spoiled() -> StoreError {
+    StoreError::Internal("this bulk load failed earlier".to_owned())
+}
+
+/// A batch queued for a bulk load's writer, and where its outcomes go.
+type Queued = (PreparedImport, tokio::sync::oneshot::Sender<Result<Vec<Imported>, StoreError>>);
+
+/// An open bulk load: a writer task that owns the connection, inside one
+/// write transaction for all the batches, and stores them in the order
+/// queued. Dropped before a commit, the writer is stopped and its
+/// connection closed (see `Loader`).
 struct Bulk {
+    queue: Option<tokio::sync::mpsc::Sender<Queued>>,
+    writer: Option<tokio::task::JoinHandle<Loader>>,
+}
+
+/// The load's connection. Dropped uncommitted (the load was abandoned, or
+/// its writer stopped) it is closed, not returned: closing rolls the
+/// transaction back and the pool opens a fresh connection with the usual
+/// settings.
+struct Loader {
     connection: sqlx::pool::PoolConnection<Db>,
     /// A batch failed: the transaction may hold part of it, so it can only
     /// be abandoned.
@@ -1587,7 +1714,7 @@ struct Bulk {
     committed: bool,
 }
 
-impl Drop for Bulk {
+impl Drop for Loader {
     fn drop(&mut self) {
         if !self.committed {
             self.connection.close_on_drop();
@@ -1595,18 +1722,41 @@ impl Drop for Bulk {
     }
 }
 
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        if let Some(writer) = &self.writer {
+            writer.abort();
+        }
+    }
+}
+
 impl Bulk {
     async fn open(writer: &Pool<Db>) -> Result<Bulk, StoreError> {
-        let mut bulk =
-            Bulk { connection: writer.acquire().await?, failed: false, committed: false };
+        let mut loader =
+            Loader { connection: writer.acquire().await?, failed: false, committed: false };
         if let Some((before, _)) = BULK_TEMP_STORE {
-            sqlx::raw_sql(before).execute(&mut *bulk.connection).await?;
+            sqlx::raw_sql(before).execute(&mut *loader.connection).await?;
         }
-        sqlx::raw_sql(BEGIN_WRITE).execute(&mut *bulk.connection).await?;
+        sqlx::raw_sql(BEGIN_WRITE).execute(&mut *loader.connection).await?;
         for &(drop, _) in BULK_DEFERRED_INDEXES {
-            sqlx::raw_sql(drop).execute(&mut *bulk.connection).await?;
+            sqlx::raw_sql(drop).execute(&mut *loader.connection).await?;
         }
-        Ok(bulk)
+        // One batch waits while one is stored: the caller prepares the
+        // next meanwhile, and memory holds three batches at most.
+        let (queue, mut batches) = tokio::sync::mpsc::channel::<Queued>(1);
+        let writer = tokio::spawn(async move {
+            while let Some((prepared, outcomes)) = batches.recv().await {
+                let stored = if loader.failed {
+                    Err(spoiled())
+                } else {
+                    store_import(&mut loader.connection, prepared).await
+                };
+                loader.failed |= stored.is_err();
+                let _ = outcomes.send(stored);
+            }
+            loader
+        });
+        Ok(Bulk { queue: Some(queue), writer: Some(writer) })
     }
 }
 
@@ -1614,31 +1764,36 @@ impl Bulk {
 impl BulkImport for Bulk {
     async fn add(
         &mut self,
-        sessions: &[ImportSession],
+        sessions: Vec<ImportSession>,
         run: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Imported>, StoreError> {
-        if self.failed {
-            return Err(StoreError::Internal("this bulk load failed earlier".to_owned()));
-        }
-        let added = import_batch(&mut self.connection, sessions, run, now).await;
-        self.failed = added.is_err();
-        added
+    ) -> Result<QueuedBatch, StoreError> {
+        let prepared = prepare_import(sessions, run, now);
+        let (outcomes, receiver) = tokio::sync::oneshot::channel();
+        let queue = self.queue.as_ref().ok_or_else(spoiled)?;
+        queue.send((prepared, outcomes)).await.map_err(|_| spoiled())?;
+        Ok(QueuedBatch::new(receiver))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        if self.failed {
-            return Err(StoreError::Internal("this bulk load failed earlier".to_owned()));
+        // Closing the queue ends the writer once it stored what is queued.
+        self.queue = None;
+        let writer = self.writer.take().ok_or_else(spoiled)?;
+        let mut loader = writer
+            .await
+            .map_err(|error| StoreError::Internal(format!("the bulk load's writer: {error}")))?;
+        if loader.failed {
+            return Err(spoiled());
         }
         for &(_, create) in BULK_DEFERRED_INDEXES {
-            sqlx::raw_sql(create).execute(&mut *self.connection).await?;
+            sqlx::raw_sql(create).execute(&mut *loader.connection).await?;
         }
-        sqlx::raw_sql("COMMIT").execute(&mut *self.connection).await?;
-        self.committed = true;
+        sqlx::raw_sql("COMMIT").execute(&mut *loader.connection).await?;
+        loader.committed = true;
         if let Some((_, after)) = BULK_TEMP_STORE {
             // Committed already: a failure here only costs this connection.
-            if sqlx::raw_sql(after).execute(&mut *self.connection).await.is_err() {
-                self.connection.close_on_drop();
+            if sqlx::raw_sql(after).execute(&mut *loader.connection).await.is_err() {
+                loader.connection.close_on_drop();
             }
         }
         Ok(())

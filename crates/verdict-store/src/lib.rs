@@ -38,18 +38,40 @@ pub const PAGE_LIMIT_MAX: i64 = 500;
 /// An open bulk load (see [`Store::bulk_import`]).
 #[async_trait]
 pub trait BulkImport: Send {
-    /// As [`Store::import_sessions`], inside the load's transaction: an id
-    /// added by an earlier batch of the same `run` is
-    /// [`Imported::EarlierInRun`].
+    /// Decides a batch and builds its statements on the caller's task, then
+    /// queues it for the load's writer and returns: the caller prepares its
+    /// next batch while this one is stored. Waits while a batch is queued
+    /// already (beside the one being stored). Batches are stored in the
+    /// order added, each as [`Store::import_sessions`] would, inside the
+    /// load's transaction: an id added by an earlier batch of the same
+    /// `run` is [`Imported::EarlierInRun`]. After a batch failed, the load
+    /// is spoiled: later batches and the commit fail.
     async fn add(
         &mut self,
-        sessions: &[ImportSession],
+        sessions: Vec<ImportSession>,
         run: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Imported>, StoreError>;
+    ) -> Result<QueuedBatch, StoreError>;
 
-    /// Builds what was deferred and commits everything added.
+    /// Stores what is queued, builds what was deferred, and commits
+    /// everything added.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A batch queued in a bulk load (see [`BulkImport::add`]).
+pub struct QueuedBatch(tokio::sync::oneshot::Receiver<Result<Vec<Imported>, StoreError>>);
+
+impl QueuedBatch {
+    fn new(receiver: tokio::sync::oneshot::Receiver<Result<Vec<Imported>, StoreError>>) -> Self {
+        QueuedBatch(receiver)
+    }
+
+    /// What became of each session of the batch, once it is stored.
+    pub async fn outcomes(self) -> Result<Vec<Imported>, StoreError> {
+        self.0.await.map_err(|_| {
+            StoreError::Internal("the bulk load stopped before storing the batch".to_owned())
+        })?
+    }
 }
 
 /// Everything verdict keeps. Each method is one transaction, but for
@@ -306,7 +328,7 @@ pub trait Store: Send + Sync + 'static {
     /// left untouched). Ids must be distinct within one call.
     async fn import_sessions(
         &self,
-        sessions: &[ImportSession],
+        sessions: Vec<ImportSession>,
         run: &str,
         now: UnixMillis,
     ) -> Result<Vec<Imported>, StoreError>;

@@ -61,7 +61,10 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
         "CREATE INDEX session_events_by_session ON session_events \
          (session_id, seq, type, party, at, connection)",
     ),
-    ("DROP INDEX sessions_sweep", "CREATE INDEX sessions_sweep ON sessions (status, sweep_checked_at)"),
+    (
+        "DROP INDEX sessions_sweep",
+        "CREATE INDEX sessions_sweep ON sessions (status, sweep_checked_at)",
+    ),
     (
         "DROP INDEX sessions_finalizing",
         "CREATE INDEX sessions_finalizing ON sessions (finalizes_at) WHERE finalized_at IS NULL",
@@ -91,7 +94,9 @@ const BULK_TEMP_STORE: Option<(&str, &str)> =
 /// so they are the `rows_affected` rowids ending at `last_insert_rowid`.
 const INSERTS_TOLD_BY_ROWID: bool = true;
 
-fn inserted_rowids(result: &sqlx::sqlite::SqliteQueryResult) -> Option<std::ops::RangeInclusive<i64>> {
+fn inserted_rowids(
+    result: &sqlx::sqlite::SqliteQueryResult,
+) -> Option<std::ops::RangeInclusive<i64>> {
     let stored = i64::try_from(result.rows_affected()).ok()?;
     let last = result.last_insert_rowid();
     Some(last - stored + 1..=last)

@@ -171,31 +171,36 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
 
     // Dropped uncommitted: nothing stored, the writer free again.
     let mut abandoned = store.bulk_import().await.unwrap();
-    let outcome = abandoned.add(&[imported("gone", true)], "run-0", T0).await.unwrap();
-    assert_eq!(outcome, vec![Imported::New]);
+    let queued = abandoned.add(vec![imported("gone", true)], "run-0", T0).await.unwrap();
+    assert_eq!(queued.outcomes().await.unwrap(), vec![Imported::New]);
     drop(abandoned);
     assert_eq!(store.session("gone").await.unwrap(), None);
     assert_eq!(fixture.index_definitions().await, migrated);
 
     // A batch that fails (a terminal session without an end breaks a
-    // check) spoils the load: it cannot be committed, nothing is stored.
+    // check) spoils the load: later batches and the commit fail, nothing
+    // is stored.
     let mut failing = store.bulk_import().await.unwrap();
-    failing.add(&[imported("kept-out", true)], "run-f", T0).await.unwrap();
+    let kept_out = failing.add(vec![imported("kept-out", true)], "run-f", T0).await.unwrap();
     let mut broken = imported("broken", true);
     broken.ended_at = None;
-    assert!(failing.add(&[broken], "run-f", T0).await.is_err());
-    assert!(failing.add(&[imported("after", true)], "run-f", T0).await.is_err());
+    let broken = failing.add(vec![broken], "run-f", T0).await.unwrap();
+    assert_eq!(kept_out.outcomes().await.unwrap(), vec![Imported::New]);
+    assert!(broken.outcomes().await.is_err());
+    let after = failing.add(vec![imported("after", true)], "run-f", T0).await.unwrap();
+    assert!(after.outcomes().await.is_err());
     assert!(failing.commit().await.is_err());
     assert_eq!(store.session("kept-out").await.unwrap(), None);
 
+    // Batches queued before either is stored are stored in order: the
+    // second batch's b-1 is the repeat.
     let mut bulk = store.bulk_import().await.unwrap();
-    let first = [imported("b-1", true), imported("b-2", false)];
-    assert_eq!(bulk.add(&first, "run-1", T0).await.unwrap(), vec![Imported::New; 2]);
-    let second = [imported("b-1", false), imported("b-3", true)];
-    assert_eq!(
-        bulk.add(&second, "run-1", T0).await.unwrap(),
-        vec![Imported::EarlierInRun, Imported::New]
-    );
+    let first =
+        bulk.add(vec![imported("b-1", true), imported("b-2", false)], "run-1", T0).await.unwrap();
+    let second =
+        bulk.add(vec![imported("b-1", false), imported("b-3", true)], "run-1", T0).await.unwrap();
+    assert_eq!(second.outcomes().await.unwrap(), vec![Imported::EarlierInRun, Imported::New]);
+    assert_eq!(first.outcomes().await.unwrap(), vec![Imported::New; 2]);
     assert_eq!(store.session("b-1").await.unwrap(), None, "seen before the commit");
     bulk.commit().await.unwrap();
 
@@ -207,9 +212,24 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
     let counts = store.table_counts().await.unwrap();
     assert_eq!((counts["sessions"], counts["payouts"]), (3, 2));
     assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
-    // And a plain import still works on the same writer.
-    let again = store.import_sessions(&[imported("b-3", true)], "run-2", T0).await.unwrap();
-    assert_eq!(again, vec![Imported::Existing]);
+
+    // A plain import on the same writer, some ids stored already: only the
+    // new ones get their trail, payout and posting.
+    let events = counts["session_events"];
+    let again = store
+        .import_sessions(
+            vec![imported("b-3", true), imported("b-4", true), imported("b-2", true)],
+            "run-2",
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Imported::Existing, Imported::New, Imported::Existing]);
+    let counts = store.table_counts().await.unwrap();
+    assert_eq!((counts["sessions"], counts["payouts"], counts["ledger_postings"]), (4, 3, 3));
+    assert_eq!(counts["session_events"], events + 2, "b-4's created and join only");
+    assert_eq!(store.payout("po_b-4").await.unwrap().map(|payout| payout.amount), Some(Cents(800)));
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
 }
 
 fn new_session(id: &str) -> NewSession {
@@ -556,7 +576,7 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
             }
         })
         .collect();
-    store.import_sessions(&sessions, "run-1", T0).await.unwrap();
+    store.import_sessions(sessions.clone(), "run-1", T0).await.unwrap();
     // One posting made unbalanced behind the store's back (lines are
     // append-only, so by a line added to it).
     let unbalanced_id = sessions[4].id.clone();
@@ -677,7 +697,7 @@ async fn ledger_imbalance_counts_sessions_and_samples_in_id_order(fixture: Fixtu
             payout: Some((Cents(800), PayoutState::Paid)),
         })
         .collect();
-    store.import_sessions(&sessions, "run-1", T0).await.unwrap();
+    store.import_sessions(sessions.clone(), "run-1", T0).await.unwrap();
     assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]), "imported books balance");
     // Two lines off on led-4's posting (one session), one on led-1 and one
     // on led-3 whose counterpart then restores the balance.
@@ -785,7 +805,7 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
         events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
         payout: None,
     };
-    store.import_sessions(&[imported], "run-1", T0).await.unwrap();
+    store.import_sessions(vec![imported], "run-1", T0).await.unwrap();
     store.create_session(new_session("d-waiting"), &service(), None, T0).await.unwrap();
 
     // The ended ones once more through a windowed page: related rows by
