@@ -120,6 +120,38 @@ async fn postgres_id_columns_compare_bytes() {
     assert!(other.is_empty(), "not in byte order: {other:?}");
 }
 
+/// A new SQLite database gets 16 KiB pages; one made with other pages
+/// keeps them, and opens and migrates all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_databases_are_made_with_16_kib_pages_and_old_ones_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |path: String| async move {
+        let mut connection = sqlx::SqliteConnection::connect(&path).await.unwrap();
+        sqlx::query_scalar::<_, i64>("PRAGMA page_size").fetch_one(&mut connection).await.unwrap()
+    };
+
+    let new = format!("sqlite://{}/new.db", dir.path().display());
+    let store = verdict_store::open(&new).await.unwrap();
+    live_session(store.as_ref(), "s-1").await;
+    drop(store);
+    assert_eq!(page_size(new).await, 16_384);
+
+    let old = format!("sqlite://{}/old.db", dir.path().display());
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&old)
+        .unwrap()
+        .create_if_missing(true)
+        .page_size(4_096)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let mut connection = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::query("CREATE TABLE made_before (id INTEGER)").execute(&mut connection).await.unwrap();
+    connection.close().await.unwrap();
+    let store = verdict_store::open(&old).await.unwrap();
+    live_session(store.as_ref(), "s-1").await;
+    assert!(store.session("s-1").await.unwrap().is_some());
+    drop(store);
+    assert_eq!(page_size(old).await, 4_096);
+}
+
 impl Fixture {
     /// The database's index definitions, by name.
     async fn index_definitions(&self) -> Vec<(String, String)> {
