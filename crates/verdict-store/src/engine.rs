@@ -1360,11 +1360,36 @@ fn derive(imported: &ImportSession) -> Derived {
 type Statement = sqlx::QueryBuilder<Db>;
 
 /// Rows per multi-row statement: a batch is a handful of round trips, not
-/// one per row. SQLite binds at most 32,766 values per statement.
+/// one per row. SQLite binds at most 32,766 values per statement (rows
+/// times the values bound per row, checked below).
 const SESSION_ROWS: usize = 1_000;
 const EVENT_ROWS: usize = 2_000;
 const PAYOUT_ROWS: usize = 1_000;
 const LEDGER_LINE_ROWS: usize = 3_000;
+const _: () = assert!(
+    SESSION_ROWS * 16 <= 32_766
+        && EVENT_ROWS * 4 <= 32_766
+        && PAYOUT_ROWS * 9 <= 32_766
+        && LEDGER_LINE_ROWS * 3 <= 32_766
+);
+
+/// The rows of each multi-row statement over `len` rows: `full` at a time,
+/// then the rest in powers of two. A batch's last statements so take one of
+/// a few sizes, each compiled once and kept prepared (sqlx keeps 100),
+/// instead of a size of their own in every batch, compiled anew each time.
+fn statement_rows(len: usize, full: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = len - start;
+        let rows = match left {
+            0 => return None,
+            left if left >= full => full,
+            left => 1 << left.ilog2(),
+        };
+        start += rows;
+        Some(start - rows..start)
+    })
+}
 
 /// One batch of an import, decided and its statements built without a
 /// connection: a bulk load builds the next batch while its writer stores
@@ -1376,9 +1401,9 @@ struct PreparedImport {
     derived: Vec<Derived>,
     run: String,
     now: UnixMillis,
-    /// The session rows (`ON CONFLICT (id) DO NOTHING`), a statement per
-    /// [`SESSION_ROWS`].
-    rows: Vec<Statement>,
+    /// The session rows (`ON CONFLICT (id) DO NOTHING`), with the indexes
+    /// of the sessions of each statement.
+    rows: Vec<(Statement, std::ops::Range<usize>)>,
     /// What hangs off the sessions, built as if all are new (the usual
     /// case); built again for those stored when some were not.
     dependents: Dependents,
@@ -1391,8 +1416,8 @@ struct Dependents {
     /// The new sessions with a payout (indexes into the batch), in the
     /// order of their postings.
     paid: Vec<usize>,
-    /// A statement per [`PAYOUT_ROWS`] of `paid`.
-    postings: Vec<Statement>,
+    /// The postings, with the indexes into `paid` of each statement.
+    postings: Vec<(Statement, std::ops::Range<usize>)>,
 }
 
 /// Text bound over and over in a batch (kinds, statuses, event types,
@@ -1424,17 +1449,17 @@ fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> P
         sessions.iter().map(|imported| Arc::from(imported.id.as_str())).collect();
     let mut texts = Texts::default();
     let run_id = texts.get(run);
-    let rows = sessions
-        .chunks(SESSION_ROWS)
-        .zip(derived.chunks(SESSION_ROWS))
-        .zip(ids.chunks(SESSION_ROWS))
-        .map(|((sessions, derived), ids)| {
+    let rows = statement_rows(sessions.len(), SESSION_ROWS)
+        .map(|range| {
             let mut insert = Statement::new(
                 "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
                  provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
                  price_amount_cents, currency, charged_cents, import_run) ",
             );
-            let rows = sessions.iter().zip(derived).zip(ids);
+            let rows = sessions[range.clone()]
+                .iter()
+                .zip(&derived[range.clone()])
+                .zip(&ids[range.clone()]);
             insert.push_values(rows, |mut row, ((imported, derived), id)| {
                 row.push_bind(id.clone())
                     .push_bind(texts.get(imported.kind.as_str()))
@@ -1457,7 +1482,7 @@ fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> P
             if !INSERTS_TOLD_BY_ROWID {
                 insert.push(" RETURNING id");
             }
-            insert
+            (insert, range)
         })
         .collect();
     let all: Vec<usize> = (0..sessions.len()).collect();
@@ -1490,9 +1515,9 @@ fn dependents(
             events.push((&ids[index], event_type, Some(texts.get(party.as_str())), at.0));
         }
     }
-    let events = events
-        .chunks(EVENT_ROWS)
-        .map(|chunk| {
+    let events = statement_rows(events.len(), EVENT_ROWS)
+        .map(|range| {
+            let chunk = &events[range];
             let mut insert = Statement::new(
                 "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at) ",
             );
@@ -1513,7 +1538,8 @@ fn dependents(
         new.iter().copied().filter(|&index| sessions[index].payout.is_some()).collect();
     let mut payouts = Vec::new();
     let mut postings = Vec::new();
-    for chunk in paid.chunks(PAYOUT_ROWS) {
+    for range in statement_rows(paid.len(), PAYOUT_ROWS) {
+        let chunk = &paid[range.clone()];
         let mut insert = Statement::new(
             "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, currency, \
              state, provider, created_at, updated_at, imported) ",
@@ -1546,7 +1572,7 @@ fn dependents(
         if !INSERTS_TOLD_BY_ROWID {
             insert.push(" RETURNING id, session_id");
         }
-        postings.push(insert);
+        postings.push((insert, range));
     }
     Dependents { events, payouts, paid, postings }
 }
@@ -1559,8 +1585,7 @@ async fn store_import(
 ) -> Result<Vec<Imported>, StoreError> {
     let PreparedImport { sessions, ids, derived, run, now, rows, dependents: assumed } = prepared;
     let mut stored = vec![false; sessions.len()];
-    for (chunk, mut insert) in rows.into_iter().enumerate() {
-        let range = chunk * SESSION_ROWS..sessions.len().min((chunk + 1) * SESSION_ROWS);
+    for (mut insert, range) in rows {
         let ids: Vec<String> = if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
@@ -1605,9 +1630,8 @@ async fn store_import(
         insert.build().execute(&mut *connection).await?;
     }
     let mut posting_ids: Vec<i64> = Vec::with_capacity(dependents.paid.len());
-    for (mut insert, chunk) in
-        dependents.postings.into_iter().zip(dependents.paid.chunks(PAYOUT_ROWS))
-    {
+    for (mut insert, range) in dependents.postings {
+        let chunk = &dependents.paid[range];
         if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
@@ -1638,7 +1662,8 @@ async fn store_import(
         lines.push((posting, Arc::from(payable), -paid));
         lines.push((posting, revenue.clone(), paid - charge));
     }
-    for chunk in lines.chunks(LEDGER_LINE_ROWS) {
+    for range in statement_rows(lines.len(), LEDGER_LINE_ROWS) {
+        let chunk = &lines[range];
         let mut insert = sqlx::QueryBuilder::<Db>::new(
             "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
         );
@@ -1654,7 +1679,8 @@ async fn store_import(
         .map(|index| sessions[index].id.as_str())
         .collect();
     let mut earlier: HashSet<String> = HashSet::new();
-    for chunk in existing.chunks(SESSION_ROWS) {
+    for range in statement_rows(existing.len(), SESSION_ROWS) {
+        let chunk = &existing[range];
         let mut query =
             sqlx::QueryBuilder::<Db>::new("SELECT id FROM sessions WHERE import_run = ");
         query.push_bind(run.as_str()).push(" AND id IN (");
@@ -3338,4 +3364,31 @@ where
     T: std::str::FromStr<Err = verdict_core::ParseError>,
 {
     text.map(parse).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_rows;
+
+    /// The statements cover the rows once, in order, and take few sizes:
+    /// the full one and powers of two below it.
+    #[test]
+    fn statement_rows_cover_the_rows_in_few_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for len in 0..5_000 {
+            let mut next = 0;
+            for range in statement_rows(len, 1_000) {
+                assert_eq!(range.start, next, "len {len}");
+                assert!(!range.is_empty() && range.len() <= 1_000, "len {len}: {range:?}");
+                next = range.end;
+                sizes.insert(range.len());
+            }
+            assert_eq!(next, len);
+        }
+        let expected: std::collections::BTreeSet<usize> =
+            (0..10).map(|bit| 1 << bit).chain([1_000]).collect();
+        assert_eq!(sizes, expected);
+        let last: Vec<usize> = statement_rows(2_300, 1_000).map(|range| range.len()).collect();
+        assert_eq!(last, [1_000, 1_000, 256, 32, 8, 4]);
+    }
 }
