@@ -61,21 +61,42 @@ struct LinePayout {
 
 /// Parses and validates one line; the error names the field.
 pub fn parse_line(text: &str) -> Result<ImportSession, String> {
+    // Most lines are good: read them without tracking the path, and read a
+    // bad one again to say where it went wrong.
+    let line: Line = match serde_json::from_str(text) {
+        Ok(line) => line,
+        Err(_) => return Err(read_error(text)),
+    };
+    validate(line)
+}
+
+/// Why `text` is not a line, naming the field. (Reading it as one failed.)
+fn read_error(text: &str) -> String {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let line: Line = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        let message = inner.to_string();
-        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-        if inner.is_syntax() || inner.is_eof() {
-            format!("malformed JSON: {message}")
-        } else if path == "." {
-            message
-        } else {
-            format!("{path}: {message}")
-        }
-    })?;
-    deserializer.end().map_err(|error| format!("malformed JSON: {error}"))?;
+    let line: Result<Line, String> =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            if inner.is_syntax() || inner.is_eof() {
+                format!("malformed JSON: {message}")
+            } else if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            }
+        });
+    match line {
+        Err(error) => error,
+        Ok(_) => match deserializer.end() {
+            Err(error) => format!("malformed JSON: {error}"),
+            Ok(()) => "malformed JSON".to_owned(),
+        },
+    }
+}
+
+fn validate(line: Line) -> Result<ImportSession, String> {
     for (field, value) in
         [("id", &line.id), ("customer_id", &line.customer_id), ("provider_id", &line.provider_id)]
     {
