@@ -1371,6 +1371,7 @@ const _: () = assert!(
         && EVENT_ROWS * 4 <= 32_766
         && PAYOUT_ROWS * 9 <= 32_766
         && LEDGER_LINE_ROWS * 3 <= 32_766
+        && PAYOUT_ROWS * 3 <= 32_766
 );
 
 /// The rows of each multi-row statement over `len` rows: `full` at a time,
@@ -1589,7 +1590,7 @@ async fn store_import(
         let ids: Vec<String> = if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
-            if rowids.clone().count() == range.len() {
+            if result.rows_affected() == range.len() as u64 {
                 stored[range].fill(true);
                 continue;
             }
@@ -1635,7 +1636,26 @@ async fn store_import(
         if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
-            if rowids.clone().count() != chunk.len() {
+            if result.rows_affected() != chunk.len() as u64 {
+                return Err(no_rowids());
+            }
+            // The ledger lines hang on these ids: check that the first and
+            // the last belong to the first and the last session, as the
+            // rowids' order says.
+            let (first, last) = (*rowids.start(), *rowids.end());
+            let ends: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT id, session_id FROM ledger_postings WHERE id IN ($1, $2) ORDER BY id",
+            )
+            .bind(first)
+            .bind(last)
+            .fetch_all(&mut *connection)
+            .await?;
+            let expected = [first, last]
+                .into_iter()
+                .zip([chunk[0], chunk[chunk.len() - 1]])
+                .map(|(id, index)| (id, sessions[index].id.clone()))
+                .collect::<Vec<_>>();
+            if ends.first() != expected.first() || ends.last() != expected.last() {
                 return Err(no_rowids());
             }
             posting_ids.extend(rowids);
@@ -1725,7 +1745,17 @@ type Queued = (PreparedImport, tokio::sync::oneshot::Sender<Result<Vec<Imported>
 /// connection closed (see `Loader`).
 struct Bulk {
     queue: Option<tokio::sync::mpsc::Sender<Queued>>,
-    writer: Option<tokio::task::JoinHandle<Loader>>,
+    writer: Option<Writer>,
+}
+
+/// The writer task, stopped when dropped (a load dropped, or a commit
+/// abandoned while it waits for the writer): its connection is then closed.
+struct Writer(tokio::task::JoinHandle<Loader>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The load's connection. Dropped uncommitted (the load was abandoned, or
@@ -1744,14 +1774,6 @@ impl Drop for Loader {
     fn drop(&mut self) {
         if !self.committed {
             self.connection.close_on_drop();
-        }
-    }
-}
-
-impl Drop for Bulk {
-    fn drop(&mut self) {
-        if let Some(writer) = &self.writer {
-            writer.abort();
         }
     }
 }
@@ -1782,7 +1804,7 @@ impl Bulk {
             }
             loader
         });
-        Ok(Bulk { queue: Some(queue), writer: Some(writer) })
+        Ok(Bulk { queue: Some(queue), writer: Some(Writer(writer)) })
     }
 }
 
@@ -1804,8 +1826,8 @@ impl BulkImport for Bulk {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         // Closing the queue ends the writer once it stored what is queued.
         self.queue = None;
-        let writer = self.writer.take().ok_or_else(spoiled)?;
-        let mut loader = writer
+        let mut writer = self.writer.take().ok_or_else(spoiled)?;
+        let mut loader = (&mut writer.0)
             .await
             .map_err(|error| StoreError::Internal(format!("the bulk load's writer: {error}")))?;
         if loader.failed {

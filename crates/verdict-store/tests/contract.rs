@@ -183,7 +183,7 @@ impl Fixture {
 /// commit the indexes are those the migrations made (SQLite builds some
 /// of them again at the commit).
 async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixture: Fixture) {
-    use verdict_store::{ImportSession, Imported, PayoutState};
+    use verdict_store::{ImportSession, Imported, PayoutState, accounts};
     let store = fixture.store.as_ref();
     let migrated = fixture.index_definitions().await;
     let imported = |id: &str, paid: bool| ImportSession {
@@ -201,12 +201,18 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
         payout: paid.then_some((Cents(800), PayoutState::Paid)),
     };
 
-    // Dropped uncommitted: nothing stored, the writer free again.
+    // Dropped uncommitted, one batch stored and one still queued: nothing
+    // stored, the writer free again.
     let mut abandoned = store.bulk_import().await.unwrap();
     let queued = abandoned.add(vec![imported("gone", true)], "run-0", T0).await.unwrap();
     assert_eq!(queued.outcomes().await.unwrap(), vec![Imported::New]);
+    let many: Vec<ImportSession> =
+        (0..3_000).map(|n| imported(&format!("gone-{n}"), n % 2 == 0)).collect();
+    let in_flight = abandoned.add(many, "run-0", T0).await.unwrap();
     drop(abandoned);
+    let _ = in_flight.outcomes().await;
     assert_eq!(store.session("gone").await.unwrap(), None);
+    assert_eq!(store.session("gone-0").await.unwrap(), None);
     assert_eq!(fixture.index_definitions().await, migrated);
 
     // A batch that fails (a terminal session without an end breaks a
@@ -245,9 +251,51 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
     assert_eq!((counts["sessions"], counts["payouts"]), (3, 2));
     assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
 
+    // Many sessions a batch, each with its own customer, provider and
+    // amounts: each posting's lines are its own session's, in every
+    // statement of the batch.
+    let varied = |id: &str, n: i64| ImportSession {
+        customer_id: format!("c{n}"),
+        provider_id: format!("p{}", n % 7),
+        price: Price { mode: PriceMode::Flat, amount: Cents(1_000 + n), currency: "usd".into() },
+        payout: (n % 3 != 0).then_some((Cents(500 + n), PayoutState::Paid)),
+        ..imported(id, true)
+    };
+    let many: Vec<ImportSession> = (0..2_300).map(|n| varied(&format!("m-{n}"), n)).collect();
+    let outcomes = store.import_sessions(many, "run-m", T0).await.unwrap();
+    assert_eq!(outcomes, vec![Imported::New; 2_300]);
+    for n in [1, 2, 998, 1_001, 1_534, 2_048, 2_299] {
+        let postings = store.postings(&format!("m-{n}")).await.unwrap();
+        let lines: Vec<(String, i64)> =
+            postings[0].lines.iter().map(|line| (line.account.clone(), line.amount.0)).collect();
+        assert_eq!(postings.len(), 1, "m-{n}");
+        assert!(
+            lines.contains(&(accounts::customer_receivable(&format!("c{n}")), 1_000 + n)),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(accounts::provider_payable(&format!("p{}", n % 7)), -(500 + n))),
+            "{lines:?}"
+        );
+    }
+    assert!(store.postings("m-3").await.unwrap().is_empty(), "m-3 had no payout");
+    // Again with stored ids in later statements and the batch's last rows.
+    let again: Vec<ImportSession> = (2_000..2_600).map(|n| varied(&format!("m-{n}"), n)).collect();
+    let outcomes = store.import_sessions(again, "run-m2", T0).await.unwrap();
+    assert_eq!(outcomes[..300], vec![Imported::Existing; 300]);
+    assert_eq!(outcomes[300..], vec![Imported::New; 300]);
+    let postings = store.postings("m-2599").await.unwrap();
+    assert!(
+        postings[0].lines.iter().any(|line| line.account == accounts::customer_receivable("c2599"))
+    );
+    assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
+    let counts = store.table_counts().await.unwrap();
+    assert_eq!(counts["sessions"], 3 + 2_600);
+
     // A plain import on the same writer, some ids stored already: only the
     // new ones get their trail, payout and posting.
-    let events = counts["session_events"];
+    let (events, payouts, postings) =
+        (counts["session_events"], counts["payouts"], counts["ledger_postings"]);
     let again = store
         .import_sessions(
             vec![imported("b-3", true), imported("b-4", true), imported("b-2", true)],
@@ -258,7 +306,8 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
         .unwrap();
     assert_eq!(again, vec![Imported::Existing, Imported::New, Imported::Existing]);
     let counts = store.table_counts().await.unwrap();
-    assert_eq!((counts["sessions"], counts["payouts"], counts["ledger_postings"]), (4, 3, 3));
+    assert_eq!(counts["sessions"], 3 + 2_600 + 1);
+    assert_eq!((counts["payouts"], counts["ledger_postings"]), (payouts + 1, postings + 1));
     assert_eq!(counts["session_events"], events + 2, "b-4's created and join only");
     assert_eq!(store.payout("po_b-4").await.unwrap().map(|payout| payout.amount), Some(Cents(800)));
     assert_eq!(store.ledger_imbalance(10).await.unwrap(), (0, vec![]));
