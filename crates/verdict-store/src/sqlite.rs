@@ -142,7 +142,8 @@ impl engine::Engine {
             // keeps them): shallower trees and fewer pages to balance, sort
             // and write. An import of 1M lines took 20 % less time than with
             // the default 4 KiB; ends and verification were no slower
-            // (bench/RESULTS.md, "Import: pages of 16 KiB").
+            // (bench/RESULTS.md, "Import: the bulk load pipelined, 16 KiB
+            // pages").
             .page_size(PAGE_BYTES)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed end survives power loss, not just a crash.
