@@ -1587,7 +1587,7 @@ async fn store_import(
     let PreparedImport { sessions, ids, derived, run, now, rows, dependents: assumed } = prepared;
     let mut stored = vec![false; sessions.len()];
     for (mut insert, range) in rows {
-        let ids: Vec<String> = if INSERTS_TOLD_BY_ROWID {
+        let stored_now: Vec<String> = if INSERTS_TOLD_BY_ROWID {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
             if result.rows_affected() == range.len() as u64 {
@@ -1615,7 +1615,7 @@ async fn store_import(
         };
         let index: HashMap<&str, usize> =
             range.map(|index| (sessions[index].id.as_str(), index)).collect();
-        for id in &ids {
+        for id in &stored_now {
             let at = index.get(id.as_str()).ok_or_else(no_rowids)?;
             stored[*at] = true;
         }
@@ -1650,11 +1650,8 @@ async fn store_import(
             .bind(last)
             .fetch_all(&mut *connection)
             .await?;
-            let expected = [first, last]
-                .into_iter()
-                .zip([chunk[0], chunk[chunk.len() - 1]])
-                .map(|(id, index)| (id, sessions[index].id.clone()))
-                .collect::<Vec<_>>();
+            let named = |id: i64, index: usize| (id, sessions[index].id.clone());
+            let expected = [named(first, chunk[0]), named(last, chunk[chunk.len() - 1])];
             if ends.first() != expected.first() || ends.last() != expected.last() {
                 return Err(no_rowids());
             }
@@ -1820,7 +1817,7 @@ impl BulkImport for Bulk {
         let (outcomes, receiver) = tokio::sync::oneshot::channel();
         let queue = self.queue.as_ref().ok_or_else(spoiled)?;
         queue.send((prepared, outcomes)).await.map_err(|_| spoiled())?;
-        Ok(QueuedBatch::new(receiver))
+        Ok(QueuedBatch(receiver))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {

@@ -62,10 +62,6 @@ pub trait BulkImport: Send {
 pub struct QueuedBatch(tokio::sync::oneshot::Receiver<Result<Vec<Imported>, StoreError>>);
 
 impl QueuedBatch {
-    fn new(receiver: tokio::sync::oneshot::Receiver<Result<Vec<Imported>, StoreError>>) -> Self {
-        QueuedBatch(receiver)
-    }
-
     /// What became of each session of the batch, once it is stored.
     pub async fn outcomes(self) -> Result<Vec<Imported>, StoreError> {
         self.0.await.map_err(|_| {
