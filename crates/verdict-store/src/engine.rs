@@ -25,7 +25,7 @@ use verdict_core::{
 };
 
 use super::{
-    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_TEMP_STORE, Db, INSERTS_TOLD_BY_ROWID,
+    BACKEND, BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_PRAGMAS, Db, INSERTS_TOLD_BY_ROWID,
     PAGES_AS_ROWS, PAGES_BY_COPY, copy_page, inserted_rowids,
 };
 use crate::copy_binary::{CopyRow, CopyRows};
@@ -832,8 +832,11 @@ impl Store for Engine {
         let before = |seconds: i64| now.0.saturating_sub(seconds.saturating_mul(1000));
         // Necessary conditions for each reason to end, with the most eager
         // policy: the exact check is `sweep_due`, per session, under its lock.
+        // The first term is the partial index's own condition, which lets
+        // both databases read `sessions_sweep`.
         let candidates = sqlx::query(
-            "SELECT id FROM sessions WHERE (sweep_checked_at IS NULL OR sweep_checked_at < $1) AND ( \
+            "SELECT id FROM sessions WHERE status IN ('waiting', 'live') \
+             AND (sweep_checked_at IS NULL OR sweep_checked_at < $1) AND ( \
              (status = 'waiting' AND COALESCE(scheduled_start, created_at) <= $2) OR \
              (status = 'live' AND (COALESCE(last_presence_at, started_at) <= $3 OR started_at <= $4))) \
              ORDER BY COALESCE(sweep_checked_at, 0), id LIMIT $5",
@@ -1779,7 +1782,7 @@ impl Bulk {
     async fn open(writer: &Pool<Db>) -> Result<Bulk, StoreError> {
         let mut loader =
             Loader { connection: writer.acquire().await?, failed: false, committed: false };
-        if let Some((before, _)) = BULK_TEMP_STORE {
+        for &(before, _) in BULK_PRAGMAS {
             sqlx::raw_sql(before).execute(&mut *loader.connection).await?;
         }
         sqlx::raw_sql(BEGIN_WRITE).execute(&mut *loader.connection).await?;
@@ -1835,10 +1838,11 @@ impl BulkImport for Bulk {
         }
         sqlx::raw_sql("COMMIT").execute(&mut *loader.connection).await?;
         loader.committed = true;
-        if let Some((_, after)) = BULK_TEMP_STORE {
+        for &(_, after) in BULK_PRAGMAS {
             // Committed already: a failure here only costs this connection.
             if sqlx::raw_sql(after).execute(&mut *loader.connection).await.is_err() {
                 loader.connection.close_on_drop();
+                break;
             }
         }
         Ok(())

@@ -49,8 +49,9 @@ const PAGES_AS_ROWS: bool = true;
 /// A bulk import keeps every index: dropping one takes a lock that would
 /// stop every reader until the load commits.
 const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[];
-/// PostgreSQL sorts in `work_mem` and spills by itself.
-const BULK_TEMP_STORE: Option<(&str, &str)> = None;
+/// PostgreSQL sorts in `work_mem` and spills by itself, and checks every
+/// foreign key (turning the checks off takes a superuser).
+const BULK_PRAGMAS: &[(&str, &str)] = &[];
 
 /// PostgreSQL tells the rows an `INSERT` stored with `RETURNING`, in the
 /// same round trip; a sequence's values need not be consecutive.

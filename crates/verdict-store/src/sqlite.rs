@@ -5,7 +5,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::StoreError;
 
@@ -62,14 +65,6 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
          (session_id, seq, type, party, at, connection)",
     ),
     (
-        "DROP INDEX sessions_sweep",
-        "CREATE INDEX sessions_sweep ON sessions (status, sweep_checked_at)",
-    ),
-    (
-        "DROP INDEX sessions_finalizing",
-        "CREATE INDEX sessions_finalizing ON sessions (finalizes_at) WHERE finalized_at IS NULL",
-    ),
-    (
         "DROP INDEX ledger_postings_by_session",
         "CREATE INDEX ledger_postings_by_session ON ledger_postings (session_id)",
     ),
@@ -80,10 +75,20 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
 ];
 
 /// Set before a bulk load's transaction and restored after it (SQLite
-/// refuses the change inside one): the index builds sort whole tables,
-/// which must spill to a temporary file rather than grow memory with them.
-const BULK_TEMP_STORE: Option<(&str, &str)> =
-    Some(("PRAGMA temp_store = FILE", "PRAGMA temp_store = MEMORY"));
+/// refuses either change inside one), as (before, after):
+/// - the index builds sort whole tables, which must spill to a temporary
+///   file rather than grow memory with them;
+/// - foreign keys are not looked up row by row: every child row a load
+///   writes (events, payouts, postings, ledger lines) is built for a
+///   session the same load stored or found stored, and a line is the
+///   posting's the same statement numbered. The lookups were a sixth of a
+///   load's time (bench/RESULTS.md, "Import: CHECK lists, foreign keys and
+///   partial indexes"). A test checks a bulk load leaves no orphan and
+///   gives the connection back with foreign keys on.
+const BULK_PRAGMAS: &[(&str, &str)] = &[
+    ("PRAGMA temp_store = FILE", "PRAGMA temp_store = MEMORY"),
+    ("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON"),
+];
 
 /// Which rows a multi-row `INSERT` stored, told by their rowids rather than
 /// read back with `RETURNING`: the driver hands each returned row from its
@@ -163,15 +168,21 @@ impl engine::Engine {
         // index pages, so a transaction does not spill to the WAL before
         // it commits; a reader's stays small (the OS caches the file; many
         // readers' caches would add up without making scans faster).
+        // Migrated on a connection of its own, closed before the store's
+        // are opened: a migration may edit a table's definition in place
+        // (0012), which a connection that has read the schema would not
+        // see.
+        let mut migrating = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR
+            .run(&mut migrating)
+            .await
+            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
+        migrating.close().await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
             .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await?;
-        MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .acquire_timeout(Duration::from_secs(5))
@@ -179,5 +190,203 @@ impl engine::Engine {
             .await?;
         let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
         Ok(engine::Engine::new(reader, writer, availability, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use verdict_core::{Cents, Kind, Party, Price, PriceMode, Status, UnixMillis};
+
+    use super::SqliteStore;
+    use crate::{ImportSession, PayoutState, Store};
+
+    const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+
+    fn paid(id: &str) -> ImportSession {
+        ImportSession {
+            id: id.into(),
+            kind: Kind::Video,
+            customer_id: "c1".into(),
+            provider_id: "p1".into(),
+            provider_account: None,
+            price: Price { mode: PriceMode::Flat, amount: Cents(1_000), currency: "usd".into() },
+            status: Status::Completed,
+            reason: None,
+            created_at: T0,
+            ended_at: Some(UnixMillis(T0.0 + 3_600_000)),
+            events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
+            payout: Some((Cents(800), PayoutState::Paid)),
+        }
+    }
+
+    /// `foreign_keys` and `temp_store` (2: memory) on the writer connection.
+    async fn writer_settings(store: &SqliteStore) -> (i64, i64) {
+        let mut writer = store.writer.acquire().await.unwrap();
+        let fk = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut *writer).await.unwrap();
+        let temp = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *writer).await.unwrap();
+        (fk, temp)
+    }
+
+    /// A bulk load turns foreign key lookups off on its connection only:
+    /// committed or abandoned, the writer checks them again afterwards, and
+    /// what the load stored has no orphan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_load_writes_no_orphan_and_gives_foreign_keys_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&format!("sqlite://{}/bulk.db", dir.path().display())).await.unwrap();
+        assert_eq!(writer_settings(&store).await, (1, 2));
+
+        let mut bulk = store.bulk_import().await.unwrap();
+        let sessions: Vec<ImportSession> = (0..1_500).map(|n| paid(&format!("s-{n}"))).collect();
+        bulk.add(sessions, "run-1", T0).await.unwrap().outcomes().await.unwrap();
+        bulk.commit().await.unwrap();
+        assert_eq!(writer_settings(&store).await, (1, 2), "after a commit");
+        let mut writer = store.writer.acquire().await.unwrap();
+        let orphans =
+            sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut *writer).await.unwrap();
+        assert!(orphans.is_empty(), "{} rows without their parent", orphans.len());
+        drop(writer);
+
+        let mut abandoned = store.bulk_import().await.unwrap();
+        abandoned.add(vec![paid("gone")], "run-2", T0).await.unwrap().outcomes().await.unwrap();
+        drop(abandoned);
+        assert_eq!(writer_settings(&store).await, (1, 2), "after an abandoned load");
+
+        // The writer refuses an orphan again.
+        let mut writer = store.writer.acquire().await.unwrap();
+        let orphan = sqlx::query(
+            "INSERT INTO session_events (session_id, type, actor_role, actor_id, at) \
+             VALUES ('nowhere', 'joined', 'system', 'test', 0)",
+        )
+        .execute(&mut *writer)
+        .await;
+        assert!(orphan.is_err(), "an event without its session was stored");
+    }
+
+    /// The SQL of every table.
+    async fn table_definitions(store: &SqliteStore) -> Vec<String> {
+        let mut writer = store.writer.acquire().await.unwrap();
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut *writer)
+            .await
+            .unwrap()
+    }
+
+    /// Whether some `IN (...)` list holds three constants or more.
+    fn has_long_in_list(sql: &str) -> bool {
+        sql.match_indices(" IN (").any(|(at, found)| {
+            let list = &sql[at + found.len()..];
+            let list = &list[..list.find(')').unwrap_or(list.len())];
+            list.split(',').filter(|item| item.trim().starts_with('\'')).count() >= 3
+        })
+    }
+
+    async fn execute(writer: &mut sqlx::SqliteConnection, statement: &str) -> Result<(), String> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(writer)
+            .await
+            .map(drop)
+            .map_err(|error| error.to_string())
+    }
+
+    fn session_row(id: &str, kind: &str, status: &str, reason: &str, ended_at: &str) -> String {
+        format!(
+            "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
+             created_at, ended_at, price_mode, price_amount_cents, currency) \
+             VALUES ('{id}', '{kind}', '{status}', {reason}, 'c', 'p', 0, {ended_at}, 'flat', 0, \
+             'usd')"
+        )
+    }
+
+    fn event_row(session_id: &str, kind: &str) -> String {
+        format!(
+            "INSERT INTO session_events (session_id, type, actor_role, actor_id, at) \
+             VALUES ('{session_id}', '{kind}', 'system', 'test', 0)"
+        )
+    }
+
+    /// An IN list of three or more constants in a CHECK is a temporary
+    /// b-tree built again for every row checked: none is left, inserting
+    /// an event builds none, and the constraints still refuse what they
+    /// refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_constraints_compare_without_building_a_table_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/checks.db", dir.path().display()))
+            .await
+            .unwrap();
+        for sql in table_definitions(&store).await {
+            assert!(!has_long_in_list(&sql), "an IN list of three or more: {sql}");
+        }
+        let mut writer = store.writer.acquire().await.unwrap();
+        let explain = format!("EXPLAIN {}", event_row("s", "joined"));
+        let opcodes: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&mut *writer)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, "opcode"))
+            .collect();
+        assert!(opcodes.iter().any(|op| op == "Insert"), "{opcodes:?}");
+        assert!(!opcodes.iter().any(|op| op == "OpenEphemeral"), "{opcodes:?}");
+
+        for refused in [
+            session_row("s-1", "bus", "waiting", "NULL", "NULL"),
+            session_row("s-2", "chat", "paused", "NULL", "NULL"),
+            session_row("s-3", "chat", "completed", "'lucky'", "1"),
+            session_row("s-4", "chat", "completed", "'completed'", "NULL"),
+            session_row("s-5", "chat", "expired", "NULL", "1"),
+            session_row("s-6", "chat", "waiting", "NULL", "1"),
+        ] {
+            let result = execute(&mut writer, &refused).await;
+            assert!(result.unwrap_err().contains("CHECK"), "stored: {refused}");
+        }
+        for stored in [
+            session_row("s-7", "chat", "waiting", "NULL", "NULL"),
+            session_row("s-8", "video", "completed", "'too_short'", "1"),
+            session_row("s-9", "diagnostic", "expired", "'no_show_both'", "1"),
+            event_row("s-7", "corrected"),
+        ] {
+            execute(&mut writer, &stored).await.unwrap();
+        }
+        assert!(execute(&mut writer, &event_row("s-7", "paused")).await.is_err());
+    }
+
+    /// A database migrated before 0012, with rows in it, migrates in place:
+    /// the rows read back, and the file is sound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_from_before_the_check_rewrite_migrates_with_its_rows() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let mut old = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        super::MIGRATOR.run_to(11, &mut old).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut old)
+                .await
+                .unwrap();
+        assert!(tables.iter().any(|sql| has_long_in_list(sql)), "0011 had long lists");
+        execute(&mut old, &session_row("before", "chat", "completed", "'completed'", "1"))
+            .await
+            .unwrap();
+        execute(&mut old, &event_row("before", "ended")).await.unwrap();
+        old.close().await.unwrap();
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let session = store.session("before").await.unwrap().expect("kept");
+        assert_eq!(session.status, Status::Completed);
+        assert_eq!(store.events("before").await.unwrap().len(), 1);
+        assert!(table_definitions(&store).await.iter().all(|sql| !has_long_in_list(sql)));
+        let mut writer = store.writer.acquire().await.unwrap();
+        let check: String =
+            sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut *writer).await.unwrap();
+        assert_eq!(check, "ok");
+        let refused = session_row("bad", "chat", "paused", "NULL", "NULL");
+        assert!(execute(&mut writer, &refused).await.is_err());
     }
 }
