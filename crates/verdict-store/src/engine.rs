@@ -1758,21 +1758,23 @@ impl Drop for Writer {
     }
 }
 
-/// The load's connection. Dropped uncommitted (the load was abandoned, or
-/// its writer stopped) it is closed, not returned: closing rolls the
-/// transaction back and the pool opens a fresh connection with the usual
-/// settings.
+/// The load's connection. Dropped before it is committed with its
+/// settings restored (the load was abandoned, its writer stopped, or the
+/// commit itself dropped) it is closed, not returned: closing rolls an
+/// open transaction back and the pool opens a fresh connection with the
+/// usual settings.
 struct Loader {
     connection: sqlx::pool::PoolConnection<Db>,
     /// A batch failed: the transaction may hold part of it, so it can only
     /// be abandoned.
     failed: bool,
-    committed: bool,
+    /// Committed, and `BULK_PRAGMAS` restored: fit to go back to the pool.
+    reusable: bool,
 }
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.reusable {
             self.connection.close_on_drop();
         }
     }
@@ -1781,7 +1783,7 @@ impl Drop for Loader {
 impl Bulk {
     async fn open(writer: &Pool<Db>) -> Result<Bulk, StoreError> {
         let mut loader =
-            Loader { connection: writer.acquire().await?, failed: false, committed: false };
+            Loader { connection: writer.acquire().await?, failed: false, reusable: false };
         for &(before, _) in BULK_PRAGMAS {
             sqlx::raw_sql(before).execute(&mut *loader.connection).await?;
         }
@@ -1837,14 +1839,14 @@ impl BulkImport for Bulk {
             sqlx::raw_sql(create).execute(&mut *loader.connection).await?;
         }
         sqlx::raw_sql("COMMIT").execute(&mut *loader.connection).await?;
-        loader.committed = true;
         for &(_, after) in BULK_PRAGMAS {
-            // Committed already: a failure here only costs this connection.
+            // Committed already: a failure here only costs this connection
+            // (closed when dropped).
             if sqlx::raw_sql(after).execute(&mut *loader.connection).await.is_err() {
-                loader.connection.close_on_drop();
-                break;
+                return Ok(());
             }
         }
+        loader.reusable = true;
         Ok(())
     }
 }

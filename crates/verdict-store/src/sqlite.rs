@@ -5,10 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::StoreError;
 
@@ -79,9 +76,9 @@ const BULK_DEFERRED_INDEXES: &[(&str, &str)] = &[
 /// - the index builds sort whole tables, which must spill to a temporary
 ///   file rather than grow memory with them;
 /// - foreign keys are not looked up row by row: every child row a load
-///   writes (events, payouts, postings, ledger lines) is built for a
-///   session the same load stored or found stored, and a line is the
-///   posting's the same statement numbered. The lookups were a sixth of a
+///   writes (events, payouts, postings) is built for a session the same
+///   load's `INSERT` stored, and a ledger line for a posting the same
+///   statement numbered (and read back). The lookups were a sixth of a
 ///   load's time (bench/RESULTS.md, "Import: CHECK lists, foreign keys and
 ///   partial indexes"). A test checks a bulk load leaves no orphan and
 ///   gives the connection back with foreign keys on.
@@ -168,21 +165,15 @@ impl engine::Engine {
         // index pages, so a transaction does not spill to the WAL before
         // it commits; a reader's stays small (the OS caches the file; many
         // readers' caches would add up without making scans faster).
-        // Migrated on a connection of its own, closed before the store's
-        // are opened: a migration may edit a table's definition in place
-        // (0012), which a connection that has read the schema would not
-        // see.
-        let mut migrating = SqliteConnection::connect_with(&options).await?;
-        MIGRATOR
-            .run(&mut migrating)
-            .await
-            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
-        migrating.close().await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
             .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .acquire_timeout(Duration::from_secs(5))
@@ -237,31 +228,33 @@ mod tests {
             SqliteStore::open(&format!("sqlite://{}/bulk.db", dir.path().display())).await.unwrap();
         assert_eq!(writer_settings(&store).await, (1, 2));
 
-        let mut bulk = store.bulk_import().await.unwrap();
-        let sessions: Vec<ImportSession> = (0..1_500).map(|n| paid(&format!("s-{n}"))).collect();
-        bulk.add(sessions, "run-1", T0).await.unwrap().outcomes().await.unwrap();
-        bulk.commit().await.unwrap();
-        assert_eq!(writer_settings(&store).await, (1, 2), "after a commit");
+        // Two loads, the second overlapping the first: its stored ids are
+        // told apart from the rowid range, and only new ones get rows.
+        for (run, ids) in [("run-1", 0..1_500), ("run-2", 1_000..2_700)] {
+            let mut bulk = store.bulk_import().await.unwrap();
+            let sessions: Vec<ImportSession> = ids.map(|n| paid(&format!("s-{n}"))).collect();
+            bulk.add(sessions, run, T0).await.unwrap().outcomes().await.unwrap();
+            bulk.commit().await.unwrap();
+            assert_eq!(writer_settings(&store).await, (1, 2), "after committing {run}");
+        }
         let mut writer = store.writer.acquire().await.unwrap();
         let orphans =
             sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut *writer).await.unwrap();
         assert!(orphans.is_empty(), "{} rows without their parent", orphans.len());
+        let payouts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payouts")
+            .fetch_one(&mut *writer)
+            .await
+            .unwrap();
+        assert_eq!(payouts, 2_700);
+        // The connection the loads used refuses an orphan again.
+        let orphan = execute(&mut writer, &event_row("nowhere", "joined")).await;
+        assert!(orphan.unwrap_err().contains("FOREIGN KEY"), "an event without its session");
         drop(writer);
 
         let mut abandoned = store.bulk_import().await.unwrap();
-        abandoned.add(vec![paid("gone")], "run-2", T0).await.unwrap().outcomes().await.unwrap();
+        abandoned.add(vec![paid("gone")], "run-3", T0).await.unwrap().outcomes().await.unwrap();
         drop(abandoned);
         assert_eq!(writer_settings(&store).await, (1, 2), "after an abandoned load");
-
-        // The writer refuses an orphan again.
-        let mut writer = store.writer.acquire().await.unwrap();
-        let orphan = sqlx::query(
-            "INSERT INTO session_events (session_id, type, actor_role, actor_id, at) \
-             VALUES ('nowhere', 'joined', 'system', 'test', 0)",
-        )
-        .execute(&mut *writer)
-        .await;
-        assert!(orphan.is_err(), "an event without its session was stored");
     }
 
     /// The SQL of every table.

@@ -7,9 +7,10 @@
 -- event paid it too. The constraints accept and refuse exactly the same
 -- values, and nothing on disk changes, so the definitions are edited in
 -- place as SQLite documents for such changes (lang_altertable.html,
--- "Making Other Kinds Of Table Schema Changes"); the index changes below
--- bump the schema version, and the store opens its connections after
--- migrating.
+-- "Making Other Kinds Of Table Schema Changes"). `writable_schema = RESET`
+-- makes this connection read the definitions again (a later migration
+-- adding a column would otherwise work from the old text), and the index
+-- changes below bump the schema version for every other connection.
 PRAGMA writable_schema = ON;
 UPDATE sqlite_master SET sql =
     replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(sql,
@@ -35,7 +36,7 @@ UPDATE sqlite_master SET sql =
     'disposition = ''recorded'' OR disposition = ''reconsidered'' OR disposition = ''late'' OR disposition = ''late_unchanged''')
 WHERE type = 'table' AND name IN
     ('sessions', 'session_events', 'payouts', 'outbox', 'requests', 'presence_deliveries');
-PRAGMA writable_schema = OFF;
+PRAGMA writable_schema = RESET;
 
 -- The sweeper and the finalizer read only open sessions and sessions whose
 -- finalization window is set and not yet closed: their indexes hold only
