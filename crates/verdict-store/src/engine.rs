@@ -1422,6 +1422,10 @@ struct Dependents {
     paid: Vec<usize>,
     /// The postings, with the indexes into `paid` of each statement.
     postings: Vec<(Statement, std::ops::Range<usize>)>,
+    /// The customer's receivable and the provider's payable account of
+    /// each of `paid`, named here rather than on the writer's task, where
+    /// only the posting ids are left to bind.
+    accounts: Vec<[Arc<str>; 2]>,
 }
 
 /// Text bound over and over in a batch (kinds, statuses, event types,
@@ -1578,7 +1582,17 @@ fn dependents(
         }
         postings.push((insert, range));
     }
-    Dependents { events, payouts, paid, postings }
+    let accounts = paid
+        .iter()
+        .map(|&index| {
+            let imported = &sessions[index];
+            [
+                Arc::from(accounts::customer_receivable(&imported.customer_id)),
+                Arc::from(accounts::provider_payable(&imported.provider_id)),
+            ]
+        })
+        .collect();
+    Dependents { events, payouts, paid, postings, accounts }
 }
 
 /// Stores a prepared batch on a connection inside a write transaction
@@ -1672,15 +1686,14 @@ async fn store_import(
     // What the recorded payouts did to the books: the charge receivable,
     // the payout payable, the rest platform revenue.
     let revenue: Arc<str> = Arc::from(accounts::PLATFORM_REVENUE);
-    let mut lines: Vec<(i64, Arc<str>, i64)> = Vec::with_capacity(dependents.paid.len() * 3);
-    for (&index, &posting) in dependents.paid.iter().zip(&posting_ids) {
-        let (imported, charge) = (&sessions[index], derived[index].charged.0);
-        let paid = imported.payout.map_or(0, |(amount, _)| amount.0);
-        let receivable = accounts::customer_receivable(&imported.customer_id);
-        lines.push((posting, Arc::from(receivable), charge));
-        let payable = accounts::provider_payable(&imported.provider_id);
-        lines.push((posting, Arc::from(payable), -paid));
-        lines.push((posting, revenue.clone(), paid - charge));
+    let mut lines: Vec<(i64, &Arc<str>, i64)> = Vec::with_capacity(dependents.paid.len() * 3);
+    let posted = dependents.paid.iter().zip(&dependents.accounts).zip(&posting_ids);
+    for ((&index, [receivable, payable]), &posting) in posted {
+        let charge = derived[index].charged.0;
+        let paid = sessions[index].payout.map_or(0, |(amount, _)| amount.0);
+        lines.push((posting, receivable, charge));
+        lines.push((posting, payable, -paid));
+        lines.push((posting, &revenue, paid - charge));
     }
     for range in statement_rows(lines.len(), LEDGER_LINE_ROWS) {
         let chunk = &lines[range];
@@ -1688,7 +1701,7 @@ async fn store_import(
             "INSERT INTO ledger_lines (posting_id, account, amount_cents) ",
         );
         insert.push_values(chunk, |mut row, (posting, account, amount)| {
-            row.push_bind(*posting).push_bind(account.clone()).push_bind(*amount);
+            row.push_bind(*posting).push_bind(Arc::clone(account)).push_bind(*amount);
         });
         insert.build().execute(&mut *connection).await?;
     }
