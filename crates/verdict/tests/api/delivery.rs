@@ -270,15 +270,22 @@ async fn a_receiver_that_never_recovers_leaves_a_dead_letter(app: TestApp) {
 /// every payout ends paid with exactly one transfer, every webhook is
 /// delivered, nothing is dead.
 async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(app: TestApp) {
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
     const SESSIONS: usize = 24;
     // A healthy answer must come well within the timeout even when the
     // test machine runs every other suite at once, and a slow one well
     // past it.
     const TIMEOUT: Duration = Duration::from_millis(1_500);
     const SLOW: Duration = Duration::from_millis(2_500);
+    // Which answers fault is drawn at random; a failing run prints its
+    // seed, and `VERDICT_TEST_SEED` plays the same draws again.
+    let seed = std::env::var("VERDICT_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("{}: seed {seed}", app.backend.name());
     let app = stripe_app(&app).await;
-    let mut rng = rand::rng();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let script: Vec<Fault> = (0..400)
         .map(|_| match rng.random_range(0..100) {
             0..10 => Fault::Status(500),
@@ -291,17 +298,24 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
         .collect();
     let faults = script.iter().filter(|fault| !matches!(fault, Fault::Succeed)).count();
     let fake = FakeStripe::start_resetting(script, 5).await;
-    let receiver = Receiver::start_flaky(30, SLOW).await;
+    let receiver = Receiver::start_flaky(30, SLOW, seed).await;
     let worker = app.worker(|config| {
         config.stripe = stripe(&fake);
         config.webhooks.urls = vec![receiver.url.clone()];
         config.outbound_timeout = TIMEOUT;
+        // A payout's attempt may need three connections (a replayed 5xx,
+        // the lookup, the new key), each of which can fault or be reset:
+        // the unluckiest of 24 payouts took 4 to 11 attempts in 20 runs,
+        // so the default 12 would dead-letter one now and then. The claim
+        // here is that every one lands exactly once, however many
+        // attempts it takes; giving up is tested on its own.
+        config.attempts_max = 40;
     });
     for n in 0..SESSIONS {
         run_session(&app, &format!("f{n}"), 120).await;
     }
     let webhooks = app.sql_count("SELECT COUNT(*) FROM outbox WHERE channel = 'webhook'").await;
-    app.deliver_until(&worker, 40, async || {
+    app.deliver_until(&worker, 80, async || {
         app.sql_count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").await == 0
     })
     .await;
@@ -329,14 +343,19 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
     assert!(webhooks_now >= webhooks);
     assert_eq!(receiver.delivered() as i64, webhooks_now, "every webhook delivered");
     assert!(receiver.resets() > 0 && fake.resets() > 0, "some connections were reset");
+    let most =
+        |channel: &str| format!("SELECT MAX(attempts) FROM outbox WHERE channel = '{channel}'");
     eprintln!(
-        "{}: {} transfer calls and {} resets for {} transfers (30 % of the script faults: {faults} of 400); \
-         {} webhook attempts and {} connection resets for {webhooks_now} webhooks",
+        "{}: {} transfer calls and {} resets for {} transfers (30 % of the script faults: {faults} of 400), \
+         at most {} attempts; {} webhook attempts and {} connection resets for {webhooks_now} webhooks, \
+         at most {} attempts",
         app.backend.name(),
         fake.calls().len(),
         fake.resets(),
         transfers.len(),
+        app.sql_count(&most("payout")).await,
         receiver.received().len(),
         receiver.resets(),
+        app.sql_count(&most("webhook")).await,
     );
 }

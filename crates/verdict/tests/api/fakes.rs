@@ -264,6 +264,9 @@ struct ReceiverState {
     failing: Option<u16>,
     /// Fail this percentage of deliveries at random (5xx, or too slow).
     flaky_percent: u32,
+    /// Draws the flaky answers (seeded, so that a failing run's seed is
+    /// worth printing).
+    rng: Option<rand::rngs::StdRng>,
     /// `webhook-id`s answered with success.
     delivered: std::collections::HashSet<String>,
     /// Connections reset before any answer.
@@ -288,13 +291,15 @@ impl Receiver {
         Receiver { url: format!("{}/hook", serve(router).await), state }
     }
 
-    /// A receiver failing `percent` % of deliveries at random: 500, 503,
-    /// or an answer slower than `slow` (past the sender's timeout).
+    /// A receiver failing `percent` % of deliveries at random, drawn from
+    /// `seed`: 500, 503, or a 503 after `slow` (past the sender's timeout).
     /// Besides, a tenth of its connections are reset when accepted, and
     /// every answer closes its connection (so each delivery connects anew).
-    pub async fn start_flaky(percent: u32, slow: Duration) -> Receiver {
+    pub async fn start_flaky(percent: u32, slow: Duration, seed: u64) -> Receiver {
+        use rand::SeedableRng;
         let state = Arc::new(Mutex::new(ReceiverState {
             flaky_percent: percent,
+            rng: Some(rand::rngs::StdRng::seed_from_u64(seed)),
             delay: Some(slow),
             ..ReceiverState::default()
         }));
@@ -336,17 +341,18 @@ fn flaky_answer(
     body: &str,
 ) -> Option<(Option<u16>, Option<Duration>)> {
     use rand::Rng;
-    let mut state = state.lock().unwrap();
-    if state.flaky_percent == 0 {
-        return None;
-    }
-    let mut rng = rand::rng();
+    let mut guard = state.lock().unwrap();
+    let state = &mut *guard;
+    let rng = state.rng.as_mut()?;
     let answer = if rng.random_range(0..100) >= state.flaky_percent {
         state.delivered.insert(id.to_owned());
         (None, None)
     } else {
+        // The slow answer is a failure too: on a loaded machine the
+        // sender may still read it (its timer and this one can fire in
+        // the same turn), and then it must not count as delivered.
         match rng.random_range(0..5) {
-            0 => (None, state.delay),
+            0 => (Some(503), state.delay),
             1 | 2 => (Some(500), None),
             _ => (Some(503), None),
         }
