@@ -2,7 +2,7 @@
 //! validated line by line, stored in batched transactions. Shared by
 //! `verdict import` and `POST /v1/admin/import`.
 
-use std::collections::HashSet;
+use std::collections::{BinaryHeap, HashSet};
 
 use serde::Deserialize;
 use verdict_core::{AMOUNT_CENTS_MAX, Cents, Party, Reason, Status, UnixMillis, is_valid_id};
@@ -193,7 +193,8 @@ pub struct Summary {
     pub imported: u64,
     /// Ids already stored: left untouched.
     pub skipped: u64,
-    /// `(line number, error)`, at most [`REJECTIONS_LISTED_MAX`].
+    /// `(line number, error)` in line order: the first
+    /// [`REJECTIONS_LISTED_MAX`] lines rejected.
     pub rejected: Vec<(u64, String)>,
     pub rejected_total: u64,
 }
@@ -216,6 +217,10 @@ pub struct Importer<'a> {
     /// line numbers and ids.
     queued: Option<(Vec<u64>, Vec<String>, QueuedBatch)>,
     batch_ids: HashSet<String>,
+    /// The rejections with the lowest line numbers so far, at most
+    /// [`REJECTIONS_LISTED_MAX`]: a repeated id is found only when its
+    /// batch is stored, after the rejections of later lines.
+    listed: BinaryHeap<(u64, String)>,
     pub summary: Summary,
 }
 
@@ -239,6 +244,7 @@ impl<'a> Importer<'a> {
             bulk: None,
             queued: None,
             batch_ids: HashSet::with_capacity(lines.min(BATCH)),
+            listed: BinaryHeap::new(),
             summary: Summary::default(),
         }
     }
@@ -258,8 +264,12 @@ impl<'a> Importer<'a> {
 
     fn reject(&mut self, line: u64, error: String) {
         self.summary.rejected_total += 1;
-        if self.summary.rejected.len() < REJECTIONS_LISTED_MAX {
-            self.summary.rejected.push((line, error));
+        if self.listed.len() < REJECTIONS_LISTED_MAX {
+            self.listed.push((line, error));
+        } else if let Some(mut last) = self.listed.peek_mut()
+            && line < last.0
+        {
+            *last = (line, error);
         }
     }
 
@@ -341,9 +351,7 @@ impl<'a> Importer<'a> {
         if let Some(bulk) = self.bulk.take() {
             bulk.commit().await?;
         }
-        // Repeated ids are found when their batch is stored, after later
-        // lines' other rejections: listed in line order all the same.
-        self.summary.rejected.sort_by_key(|(line, _)| *line);
+        self.summary.rejected = std::mem::take(&mut self.listed).into_sorted_vec();
         Ok(self.summary)
     }
 }

@@ -306,7 +306,7 @@ pub struct ImportRejectionDto {
 pub struct ImportDto {
     pub imported: u64,
     pub skipped: u64,
-    /// At most 10 000 listed; `rejected_total` counts all.
+    /// The first 10 000 rejected lines, in line order; `rejected_total` counts all.
     pub rejected: Vec<ImportRejectionDto>,
     pub rejected_total: u64,
 }

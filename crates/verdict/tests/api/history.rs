@@ -11,6 +11,7 @@ on_every_backend!(
     importing_again_is_a_no_op,
     the_command_line_imports_a_file_and_stdin,
     an_id_repeated_batches_later_is_rejected_by_its_line,
+    the_listed_rejections_are_the_first_lines_even_a_repeat_found_late,
     the_command_line_batch_size_is_chosen_and_bounded,
     a_bulk_load_from_the_command_line_imports_as_batches_do,
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
@@ -259,6 +260,35 @@ async fn an_id_repeated_batches_later_is_rejected_by_its_line(app: TestApp) {
     let again = run();
     assert_eq!((again["imported"].clone(), again["skipped"].clone()), (json!(0), json!(batch + 3)));
     assert_eq!(again["rejected_total"], json!(0));
+}
+
+/// The summary lists the first rejected lines, in line order, whenever
+/// each was found: a repeat is found only when its batch is stored, after
+/// the rejections of the lines that follow it.
+async fn the_listed_rejections_are_the_first_lines_even_a_repeat_found_late(app: TestApp) {
+    use verdict_http::import::REJECTIONS_LISTED_MAX as LISTED;
+    let mut lines: Vec<String> =
+        (0..2).map(|i| line(&format!("r-{i}"), "expired", None, json!([]), json!([]))).collect();
+    // Line 3 repeats line 1, in the second batch; stored only at the end,
+    // after as many unreadable lines as are listed.
+    lines.push(line("r-0", "expired", None, json!([]), json!([])));
+    lines.extend((0..LISTED).map(|_| "not json".to_owned()));
+    let path = app.data_dir().join("rejections.ndjson");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let summary = summary_of(
+        spawn_import(&app, &[path.to_str().unwrap(), "--batch-lines", "2"])
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(summary["imported"], json!(2));
+    assert_eq!(summary["rejected_total"], json!(LISTED + 1));
+    let listed = summary["rejected"].as_array().unwrap();
+    assert_eq!(listed.len(), LISTED);
+    assert_eq!(listed[0], json!({"line": 3, "error": "id: r-0 appears earlier in this file"}));
+    let numbers: Vec<u64> = listed.iter().map(|item| item["line"].as_u64().unwrap()).collect();
+    let first: Vec<u64> = (3..3 + LISTED as u64).collect();
+    assert_eq!(numbers, first, "the first rejected lines, in order; the last one left out");
+    assert!(listed[1]["error"].as_str().unwrap().starts_with("malformed JSON"), "{}", listed[1]);
 }
 
 /// `verdict import --batch-lines N`: in batches of two the outcome is the
