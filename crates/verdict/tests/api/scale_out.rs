@@ -169,10 +169,11 @@ async fn an_unreachable_database_answers_503_quickly_and_recovers_without_restar
     let api_wait = started.elapsed() / 2;
     eprintln!("database down: readyz answered in {readiness_wait:?}, API calls in {api_wait:?}");
     // "No hang" is the contract: the availability probe notices within
-    // about a second (250 ms period, 1 s timeout); 2.5 s leaves slack for a
-    // loaded machine.
-    assert!(readiness_wait < Duration::from_millis(2500), "readyz took {readiness_wait:?}");
-    assert!(api_wait < Duration::from_millis(2500), "API calls took {api_wait:?}");
+    // about a second (250 ms period, 1 s timeout), where without it a call
+    // would wait out the pool's 30 s acquire timeout. The bound tells the
+    // two apart with room for a loaded machine; it is not a speed goal.
+    assert!(readiness_wait < Duration::from_secs(10), "readyz took {readiness_wait:?}");
+    assert!(api_wait < Duration::from_secs(10), "API calls took {api_wait:?}");
 
     tokio::task::block_in_place(|| cluster.resume());
     let recovered = verdict_testing::eventually(Duration::from_secs(30), async || {
