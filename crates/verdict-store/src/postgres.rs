@@ -136,11 +136,30 @@ const CONNECTIONS_MAX: u32 = 32;
 const WRITE_GROUPS: usize = 4;
 /// How long a request may queue for a connection under load. An outage is
 /// not detected by this timeout but by the availability probe, which
-/// releases waiting requests within a second.
+/// releases waiting requests within about two seconds.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the probe asks the server, and how long it waits for it.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Failed probes in a row that make the database unavailable: one answer
+/// late on a loaded machine must not turn every request away (and cut those
+/// in flight), while a refused connection is still noticed within half a
+/// second and a hung server within about two.
+const PROBE_FAILURES_DOWN: u32 = 2;
+
+/// The availability the probe reports, from its attempts.
+#[derive(Debug, Default)]
+struct ProbeVerdict {
+    failures_in_a_row: u32,
+}
+
+impl ProbeVerdict {
+    /// Takes an attempt's outcome; tells whether the database is available.
+    fn observe(&mut self, answered: bool) -> bool {
+        self.failures_in_a_row = if answered { 0 } else { self.failures_in_a_row + 1 };
+        self.failures_in_a_row < PROBE_FAILURES_DOWN
+    }
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -172,6 +191,7 @@ impl engine::Engine {
 /// busy pool never looks like an outage), until the store is dropped.
 async fn probe(options: PgConnectOptions, availability: Weak<watch::Sender<bool>>) {
     let mut connection: Option<PgConnection> = None;
+    let mut verdict = ProbeVerdict::default();
     loop {
         let attempt = tokio::time::timeout(PROBE_TIMEOUT, async {
             if connection.is_none() {
@@ -183,10 +203,11 @@ async fn probe(options: PgConnectOptions, availability: Weak<watch::Sender<bool>
             }
         })
         .await;
-        let up = matches!(attempt, Ok(Ok(())));
-        if !up {
+        let answered = matches!(attempt, Ok(Ok(())));
+        if !answered {
             connection = None;
         }
+        let up = verdict.observe(answered);
         let Some(sender) = availability.upgrade() else { return };
         sender.send_if_modified(|available| {
             let changed = *available != up;
@@ -195,5 +216,22 @@ async fn probe(options: PgConnectOptions, availability: Weak<watch::Sender<bool>
         });
         drop(sender);
         tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProbeVerdict;
+
+    #[test]
+    fn one_late_probe_is_not_an_outage_and_one_answer_ends_one() {
+        let mut verdict = ProbeVerdict::default();
+        assert!(verdict.observe(true));
+        assert!(verdict.observe(false), "one failed probe: still available");
+        assert!(verdict.observe(true));
+        assert!(verdict.observe(false), "failures count in a row only");
+        assert!(!verdict.observe(false), "two in a row: unavailable");
+        assert!(!verdict.observe(false));
+        assert!(verdict.observe(true), "one answer: available again");
     }
 }
