@@ -140,6 +140,7 @@ async fn killed_at_random_moments_nothing_acknowledged_is_lost(backend: Backend)
             .collect();
         // Let the load build up, then kill without warning.
         let alive = rand::rng().random_range(300..1500);
+        eprintln!("round {round}: killed after {alive} ms");
         tokio::time::sleep(Duration::from_millis(alive)).await;
         child.start_kill().expect("SIGKILL");
         child.wait().await.expect("the killed server is reaped");
@@ -155,10 +156,12 @@ async fn killed_at_random_moments_nothing_acknowledged_is_lost(backend: Backend)
         count(&database_url, "SELECT COUNT(*) FROM sessions WHERE status = 'completed'");
     let completed = completed.await;
     // Every due outbox row (payouts, webhooks, e-mails), not just payouts.
+    // Retries wait 10, 20, 40 s in real time here: a call that timed out
+    // twice on a loaded machine is still due well within three minutes.
     let pending = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
     let mut waited = 0;
     while count(&database_url, pending).await > 0 {
-        assert!(waited < 600, "outbox rows still pending after 60 s");
+        assert!(waited < 1_800, "outbox rows still pending after 180 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += 1;
     }

@@ -184,6 +184,8 @@ impl Browser {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            // Containers often give /dev/shm 64 MiB, too little for a tab.
+            "--disable-dev-shm-usage",
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",
@@ -256,7 +258,7 @@ impl Browser {
 
     /// Waits (bounded) until a navigation lands on a URL ending so.
     async fn wait_for_url(&self, suffix: &str) {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if self.url().await.ends_with(suffix) {
                 return;
             }
@@ -309,6 +311,28 @@ impl Browser {
             }
         }
         panic!("{css} kept going stale");
+    }
+
+    /// Clicks `css` until the page is at `…suffix`. The dashboard's panel
+    /// is rebuilt every second: rebuilt between the press and the release,
+    /// a click lands on the new panel rather than the link, and goes
+    /// nowhere. Clicked again only while the link is still there and the
+    /// page has not moved.
+    async fn click_to(&self, css: &str, suffix: &str) {
+        let before = self.url().await;
+        for _ in 0..5 {
+            self.click(css).await;
+            for _ in 0..30 {
+                if self.url().await.ends_with(suffix) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if self.url().await != before || self.find_all(css).await.is_empty() {
+                break;
+            }
+        }
+        self.wait_for_url(suffix).await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -421,22 +445,24 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
     assert_eq!(same, "Sign out");
 
     // An alert leads to the review queue, a row to the session explained.
-    browser.click("[data-alert=misclassified_completed] a").await;
-    browser.wait_for_url("/admin/review?reason=misclassified_completed").await;
+    browser
+        .click_to(
+            "[data-alert=misclassified_completed] a",
+            "/admin/review?reason=misclassified_completed",
+        )
+        .await;
     let rows = browser.find_all("tr[data-session]").await;
     assert!(!rows.is_empty());
     let first = browser.attribute("tr[data-session]", "data-session").await;
     browser.screenshot("3-review").await;
-    browser.click("tr[data-session] a").await;
-    browser.wait_for_url(&format!("/admin/sessions/{first}")).await;
+    browser.click_to("tr[data-session] a", &format!("/admin/sessions/{first}")).await;
     assert_eq!(browser.attribute("#session-id", "data-value").await, first);
     assert!(browser.text("#findings").await.contains("misclassified completed"));
     assert_eq!(browser.find_all("svg[aria-label='Presence timeline']").await.len(), 1);
     browser.screenshot("4-session").await;
 
     // Signing out: back to sign-in, and the data is gone.
-    browser.click("#sign-out").await;
-    browser.wait_for_url("/admin/sign-in").await;
+    browser.click_to("#sign-out", "/admin/sign-in").await;
     browser.go(&page).await;
     assert!(browser.url().await.ends_with("/admin/sign-in"));
     let source = browser.source().await;
