@@ -239,6 +239,12 @@ pub async fn import(
         }
     }
     let _ = reading.join();
+    if bulk {
+        // The load's indexes are built and its transaction committed now:
+        // seconds for a large file, with no more lines to count.
+        bar.set_style(spinner_style("{pos} lines read; building indexes and committing {elapsed}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    }
     let summary = importer.finish().await?;
     bar.finish_and_clear();
     let rejected: Vec<serde_json::Value> = summary
@@ -346,9 +352,11 @@ pub fn spinner(what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {what}"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
+    bar.set_style(spinner_style(what));
     bar
+}
+
+fn spinner_style(what: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(&format!("{{spinner}} {what}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }
