@@ -266,10 +266,10 @@ impl<'a> Importer<'a> {
         self.summary.rejected_total += 1;
         if self.listed.len() < REJECTIONS_LISTED_MAX {
             self.listed.push((line, error));
-        } else if let Some(mut last) = self.listed.peek_mut()
-            && line < last.0
+        } else if let Some(mut highest) = self.listed.peek_mut()
+            && line < highest.0
         {
-            *last = (line, error);
+            *highest = (line, error);
         }
     }
 
@@ -351,7 +351,7 @@ impl<'a> Importer<'a> {
         if let Some(bulk) = self.bulk.take() {
             bulk.commit().await?;
         }
-        self.summary.rejected = std::mem::take(&mut self.listed).into_sorted_vec();
+        self.summary.rejected = self.listed.into_sorted_vec();
         Ok(self.summary)
     }
 }

@@ -79,8 +79,9 @@ macro_rules! payout_columns {
 pub struct Engine {
     pub(super) reader: Pool<Db>,
     pub(super) writer: Pool<Db>,
-    /// Whether the database answers, as last probed (always true for an
-    /// embedded database). Requests fail fast while it is false.
+    /// Whether the database answers, as probed (false after two failed
+    /// probes in a row; always true for an embedded database). Requests
+    /// fail fast while it is false.
     pub(super) availability: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Session writes waiting for a group transaction, one queue per group
     /// writer (see `grouped`).

@@ -227,8 +227,10 @@ pub async fn import(
     } else {
         verdict_http::import::Importer::with_batch(store.as_ref(), SystemClock.now(), batch_lines)
     };
+    let mut lines = 0;
     while let Some(chunk) = parsed.recv().await {
         for (number, read) in chunk? {
+            lines = number;
             match read {
                 Read::Parsed(result) => importer.parsed(number, result).await?,
                 Read::Unreadable(why) => importer.unreadable(number, why),
@@ -240,9 +242,13 @@ pub async fn import(
     }
     let _ = reading.join();
     if bulk {
-        // The load's indexes are built and its transaction committed now:
-        // seconds for a large file, with no more lines to count.
-        bar.set_style(spinner_style("{pos} lines read; building indexes and committing {elapsed}"));
+        // The last batches are stored, SQLite's deferred indexes built and
+        // the transaction committed now: seconds for a large file, with no
+        // more lines to count.
+        bar.set_position(lines);
+        bar.set_style(spinner_style(
+            "{pos} lines read; finishing the load (last batches, indexes, commit) {elapsed}",
+        ));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
     }
     let summary = importer.finish().await?;

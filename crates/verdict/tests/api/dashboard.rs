@@ -313,23 +313,23 @@ impl Browser {
         panic!("{css} kept going stale");
     }
 
-    /// Clicks `css` until the page is at `…suffix`. The dashboard's panel
-    /// is rebuilt every second: rebuilt between the press and the release,
-    /// a click lands on the new panel rather than the link, and goes
-    /// nowhere. Clicked again only while the link is still there and the
-    /// page has not moved.
-    async fn click_to(&self, css: &str, suffix: &str) {
+    /// Clicks a link in the dashboard's panel until the page is at
+    /// `…suffix`. The panel is rebuilt every second here: rebuilt between
+    /// the press and the release, a click lands on the new panel rather
+    /// than the link, and goes nowhere. Clicked again only while the page
+    /// has not moved and the link is still there.
+    async fn click_in_panel(&self, css: &str, suffix: &str) {
         let before = self.url().await;
         for _ in 0..5 {
-            self.click(css).await;
+            let Some(link) = self.find_all(css).await.into_iter().next() else { break };
+            let path = format!("/element/{link}/click");
+            // A stale link was rebuilt: the next turn finds the new one.
+            let _ = self.try_call(reqwest::Method::POST, &path, Some(json!({}))).await;
             for _ in 0..30 {
-                if self.url().await.ends_with(suffix) {
-                    return;
+                if self.url().await != before {
+                    return self.wait_for_url(suffix).await;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if self.url().await != before || self.find_all(css).await.is_empty() {
-                break;
             }
         }
         self.wait_for_url(suffix).await;
@@ -446,7 +446,7 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
 
     // An alert leads to the review queue, a row to the session explained.
     browser
-        .click_to(
+        .click_in_panel(
             "[data-alert=misclassified_completed] a",
             "/admin/review?reason=misclassified_completed",
         )
@@ -455,14 +455,16 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
     assert!(!rows.is_empty());
     let first = browser.attribute("tr[data-session]", "data-session").await;
     browser.screenshot("3-review").await;
-    browser.click_to("tr[data-session] a", &format!("/admin/sessions/{first}")).await;
+    browser.click("tr[data-session] a").await;
+    browser.wait_for_url(&format!("/admin/sessions/{first}")).await;
     assert_eq!(browser.attribute("#session-id", "data-value").await, first);
     assert!(browser.text("#findings").await.contains("misclassified completed"));
     assert_eq!(browser.find_all("svg[aria-label='Presence timeline']").await.len(), 1);
     browser.screenshot("4-session").await;
 
     // Signing out: back to sign-in, and the data is gone.
-    browser.click_to("#sign-out", "/admin/sign-in").await;
+    browser.click("#sign-out").await;
+    browser.wait_for_url("/admin/sign-in").await;
     browser.go(&page).await;
     assert!(browser.url().await.ends_with("/admin/sign-in"));
     let source = browser.source().await;

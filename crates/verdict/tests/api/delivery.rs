@@ -282,10 +282,10 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
     // Which answers fault is drawn at random; a failing run prints its
     // seed, and `VERDICT_TEST_SEED` deals the same faults again (to the
     // requests in the order they arrive, which scheduling may change).
-    let seed = std::env::var("VERDICT_TEST_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
+    let seed = match std::env::var("VERDICT_TEST_SEED") {
+        Ok(seed) => seed.parse().expect("VERDICT_TEST_SEED is a number"),
+        Err(_) => rand::rng().random(),
+    };
     eprintln!("{}: seed {seed}", app.backend.name());
     let app = stripe_app(&app).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -301,7 +301,7 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
         .collect();
     let faults = script.iter().filter(|fault| !matches!(fault, Fault::Succeed)).count();
     let fake = FakeStripe::start_resetting(script, 5).await;
-    let receiver = Receiver::start_flaky(30, SLOW, seed).await;
+    let receiver = Receiver::start_flaky(30, SLOW, rng.random()).await;
     let worker = app.worker(|config| {
         config.stripe = stripe(&fake);
         config.webhooks.urls = vec![receiver.url.clone()];
@@ -311,13 +311,15 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
         // the unluckiest of 24 payouts took 4 to 11 attempts in 20 runs,
         // so the default 12 would dead-letter one now and then. The claim
         // here is that every one lands exactly once, however many
-        // attempts it takes; giving up is tested on its own.
+        // attempts it takes (bounded below); giving up is tested on its own.
         config.attempts_max = 40;
     });
     for n in 0..SESSIONS {
         run_session(&app, &format!("f{n}"), 120).await;
     }
     let webhooks = app.sql_count("SELECT COUNT(*) FROM outbox WHERE channel = 'webhook'").await;
+    // From the tenth attempt on a retry waits 48 to 72 minutes, so 40
+    // attempts may take about 70 rounds of an hour.
     app.deliver_until(&worker, 80, async || {
         app.sql_count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").await == 0
     })
@@ -348,6 +350,8 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
     assert!(receiver.resets() > 0 && fake.resets() > 0, "some connections were reset");
     let most =
         |channel: &str| format!("SELECT MAX(attempts) FROM outbox WHERE channel = '{channel}'");
+    let (most_payout, most_webhook) =
+        (app.sql_count(&most("payout")).await, app.sql_count(&most("webhook")).await);
     eprintln!(
         "{}: {} transfer calls and {} resets for {} transfers (30 % of the script faults: {faults} of 400), \
          at most {} attempts; {} webhook attempts and {} connection resets for {webhooks_now} webhooks, \
@@ -356,9 +360,13 @@ async fn with_thirty_percent_faults_every_payout_and_webhook_lands_exactly_once(
         fake.calls().len(),
         fake.resets(),
         transfers.len(),
-        app.sql_count(&most("payout")).await,
+        most_payout,
         receiver.received().len(),
         receiver.resets(),
-        app.sql_count(&most("webhook")).await,
+        most_webhook,
     );
+    // The limit is lifted, not the bar: about half of the attempts fail
+    // here, and 24 (twice the worst seen) takes 23 failures in a row, about
+    // one run in 10,000 at worst.
+    assert!(most_payout <= 24 && most_webhook <= 24, "retries went on too long");
 }
