@@ -221,7 +221,7 @@ pub struct Importer<'a> {
     /// [`REJECTIONS_LISTED_MAX`]: a repeated id is found only when its
     /// batch is stored, after the rejections of later lines.
     listed: BinaryHeap<(u64, String)>,
-    pub summary: Summary,
+    summary: Summary,
 }
 
 impl<'a> Importer<'a> {

@@ -262,11 +262,10 @@ struct ReceiverState {
     received: Vec<Received>,
     /// Answer this status to everything (success when None).
     failing: Option<u16>,
-    /// Fail this percentage of deliveries at random (5xx, or too slow).
-    flaky_percent: u32,
-    /// Draws the flaky answers (seeded, so that a failing run's seed is
+    /// Fail this percentage of deliveries at random (5xx, or too slow),
+    /// drawn from a seeded generator (so that a failing run's seed is
     /// worth printing).
-    rng: Option<rand::rngs::StdRng>,
+    flaky: Option<(u32, rand::rngs::StdRng)>,
     /// `webhook-id`s answered with success.
     delivered: std::collections::HashSet<String>,
     /// Connections reset before any answer.
@@ -298,8 +297,7 @@ impl Receiver {
     pub async fn start_flaky(percent: u32, slow: Duration, seed: u64) -> Receiver {
         use rand::SeedableRng;
         let state = Arc::new(Mutex::new(ReceiverState {
-            flaky_percent: percent,
-            rng: Some(rand::rngs::StdRng::seed_from_u64(seed)),
+            flaky: Some((percent, rand::rngs::StdRng::seed_from_u64(seed))),
             delay: Some(slow),
             ..ReceiverState::default()
         }));
@@ -343,8 +341,8 @@ fn flaky_answer(
     use rand::Rng;
     let mut guard = state.lock().unwrap();
     let state = &mut *guard;
-    let rng = state.rng.as_mut()?;
-    let answer = if rng.random_range(0..100) >= state.flaky_percent {
+    let (percent, rng) = state.flaky.as_mut()?;
+    let answer = if rng.random_range(0..100) >= *percent {
         state.delivered.insert(id.to_owned());
         (None, None)
     } else {
