@@ -9,9 +9,11 @@
 mod audit;
 mod decide;
 mod id;
+mod outbox;
 mod policy;
 mod presence;
 mod pricing;
+mod settle;
 mod types;
 
 pub use audit::{
@@ -19,10 +21,16 @@ pub use audit::{
 };
 pub use decide::{EndCause, EndRequest, Outcome, SessionFacts, decide, sweep_due};
 pub use id::{ID_LENGTH_MAX, is_valid_id};
+pub use outbox::{Channel, Message, Topic};
 pub use policy::{BillingBasis, Policy, PolicySet};
 pub use presence::{
     Connection, Interval, Presence, PresenceEvent, PresenceKind, intersections, intervals_judged,
     intervals_of, open_since, overlap, presence_at,
 };
 pub use pricing::{AMOUNT_CENTS_MAX, Cents, Price, PriceMode, charge_for, platform_fee};
+pub use settle::{
+    Books, CorrectionPlan, EndPlan, FinalizePlan, MoneyPlan, Notice, NoticeKind, PayoutFacts,
+    PlannedPayout, PlannedPosting, PostingKind, ReversalPlan, SettleFacts, SettleRules, accounts,
+    payout_id, plan_correction, plan_end, plan_finalize, plan_money, plan_reversal,
+};
 pub use types::{Kind, ParseError, Party, Reason, Role, Status, UnixMillis};
