@@ -1,7 +1,7 @@
 //! Storage for verdict: one [`Store`] trait whose methods match
 //! transactions, not tables, and the backends that implement it.
 //!
-//! The backend code is written once (`engine.rs`) against a database type
+//! The backend code is written once (`engine/`) against a database type
 //! and a few dialect macros chosen by the backend module that includes it, so
 //! both databases run the same statements with the same semantics.
 

@@ -119,9 +119,9 @@ async fn copy_page(
     Ok(bytes)
 }
 
-// The engine is compiled once per backend on purpose: see engine.rs.
+// The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
-#[path = "engine.rs"]
+#[path = "engine/mod.rs"]
 mod engine;
 
 /// The PostgreSQL store.

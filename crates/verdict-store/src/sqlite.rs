@@ -116,9 +116,9 @@ async fn copy_page(
     Err(StoreError::Internal("COPY pages are PostgreSQL's".to_owned()))
 }
 
-// The engine is compiled once per backend on purpose: see engine.rs.
+// The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
-#[path = "engine.rs"]
+#[path = "engine/mod.rs"]
 mod engine;
 
 /// The SQLite store.

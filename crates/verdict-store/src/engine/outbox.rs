@@ -1,0 +1,275 @@
+//! The outbox: rows queued inside state changes, claimed, finished and
+//! released by the workers; payouts settled by their delivery.
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use verdict_core::UnixMillis;
+
+use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, StoreError};
+
+use super::Engine;
+use super::dialect::{BEGIN_WRITE, DbConnection};
+use super::rows::payout_from_row;
+
+impl Engine {
+    pub(super) async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        lease_until: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let rows = sqlx::query(concat!(
+            "SELECT o.id, o.session_id, o.topic, o.payload, o.attempts, o.created_at FROM outbox o \
+             WHERE o.state = 'pending' AND o.due_at <= $1 \
+             AND (o.leased_until IS NULL OR o.leased_until <= $1) \
+             AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.session_id = o.session_id \
+             AND e.channel = o.channel AND e.state = 'pending' AND e.id < o.id) \
+             ORDER BY o.id LIMIT $2",
+            skip_locked!()
+        ))
+        .bind(now.0)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            sqlx::query("UPDATE outbox SET lease_owner = $1, leased_until = $2 WHERE id = $3")
+                .bind(owner)
+                .bind(lease_until.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let payload: String = row.try_get("payload")?;
+            items.push(OutboxItem {
+                id,
+                session_id: row.try_get("session_id")?,
+                topic: row.try_get("topic")?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|error| StoreError::Corrupt(format!("outbox payload: {error}")))?,
+                attempts: row.try_get("attempts")?,
+                created_at: UnixMillis(row.try_get("created_at")?),
+            });
+        }
+        tx.commit().await?;
+        Ok(items)
+    }
+
+    pub(super) async fn finish_outbox(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: OutboxOutcome,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let held = sqlx::query(concat!(
+            "SELECT session_id, state FROM outbox WHERE id = $1 AND lease_owner = $2",
+            for_update!()
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(held) = held else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let session_id: Option<String> = held.try_get("session_id")?;
+        let (state, due_at, error, payload) = match &outcome {
+            OutboxOutcome::Delivered => ("delivered", None, None, None),
+            OutboxOutcome::Retry { due_at, error, payload } => (
+                "pending",
+                Some(due_at.0),
+                Some(error.clone()),
+                payload.as_ref().map(Value::to_string),
+            ),
+            OutboxOutcome::Dead { error } => ("dead", None, Some(error.clone()), None),
+            OutboxOutcome::PayoutPaid { payout_id, transfer_id } => {
+                let payout =
+                    settle_payout(&mut tx, payout_id, "paid", Some(transfer_id), None, now).await?;
+                if let (Some(payout), Some(session_id)) = (payout, &session_id) {
+                    let payload = payout_event("payout.paid", &payout);
+                    insert_outbox(&mut tx, session_id, "webhook:payout.paid", &payload, now)
+                        .await?;
+                }
+                ("delivered", None, None, None)
+            }
+            OutboxOutcome::PayoutFailed { payout_id, reason } => {
+                let payout =
+                    settle_payout(&mut tx, payout_id, "failed", None, Some(reason), now).await?;
+                if let (Some(payout), Some(session_id)) = (payout, &session_id) {
+                    let payload = payout_event("payout.failed", &payout);
+                    insert_outbox(&mut tx, session_id, "webhook:payout.failed", &payload, now)
+                        .await?;
+                }
+                ("delivered", None, Some(reason.clone()), None)
+            }
+        };
+        sqlx::query(
+            "UPDATE outbox SET state = $1, attempts = attempts + 1, \
+             due_at = COALESCE($2, due_at), last_error = $3, payload = COALESCE($4, payload), \
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END, \
+             lease_owner = NULL, leased_until = NULL WHERE id = $6",
+        )
+        .bind(state)
+        .bind(due_at)
+        .bind(error)
+        .bind(payload)
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub(super) async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let released = sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, leased_until = NULL \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(released.rows_affected())
+    }
+
+    pub(super) async fn outbox(
+        &self,
+        state: Option<&str>,
+        session_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, session_id, topic, state, attempts, due_at, created_at, delivered_at, \
+             last_error FROM outbox WHERE ($1 IS NULL OR state = $1) \
+             AND ($2 IS NULL OR session_id = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(state)
+        .bind(session_id)
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get("id")?,
+                    session_id: row.try_get("session_id")?,
+                    topic: row.try_get("topic")?,
+                    state: row.try_get("state")?,
+                    attempts: row.try_get("attempts")?,
+                    due_at: UnixMillis(row.try_get("due_at")?),
+                    created_at: UnixMillis(row.try_get("created_at")?),
+                    delivered_at: row.try_get::<Option<i64>, _>("delivered_at")?.map(UnixMillis),
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn outbox_health(
+        &self,
+        overdue_before: UnixMillis,
+    ) -> Result<OutboxHealth, StoreError> {
+        let counts = sqlx::query(
+            "SELECT COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+             COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+             COUNT(CASE WHEN state = 'pending' AND due_at < $1 THEN 1 END) AS overdue \
+             FROM outbox WHERE state IN ('dead', 'pending')",
+        )
+        .bind(overdue_before.0)
+        .fetch_one(&self.reader)
+        .await?;
+        let sample = sqlx::query(
+            "SELECT DISTINCT session_id FROM outbox WHERE session_id IS NOT NULL \
+             AND (state = 'dead' OR (state = 'pending' AND due_at < $1)) ORDER BY session_id LIMIT 10",
+        )
+        .bind(overdue_before.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(OutboxHealth {
+            pending: counts.try_get("pending")?,
+            dead: counts.try_get("dead")?,
+            overdue: counts.try_get("overdue")?,
+            sample: sample.iter().map(|row| row.try_get("session_id")).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+pub(super) async fn insert_outbox(
+    connection: &mut DbConnection,
+    session_id: &str,
+    topic: &str,
+    payload: &Value,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let channel = if topic.starts_with("email:") {
+        "email"
+    } else if topic == "payout" || topic == "payout.reversal" {
+        "payout"
+    } else {
+        "webhook"
+    };
+    sqlx::query(
+        "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(session_id)
+    .bind(topic)
+    .bind(channel)
+    .bind(format!("{topic}:{session_id}"))
+    .bind(payload.to_string())
+    .bind(now.0)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Moves a pending payout to `paid` or `failed`; `None` when it was not
+/// pending (already settled by an earlier delivery).
+async fn settle_payout(
+    connection: &mut DbConnection,
+    payout_id: &str,
+    state: &str,
+    transfer_id: Option<&String>,
+    reason: Option<&String>,
+    now: UnixMillis,
+) -> Result<Option<Payout>, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4 \
+         WHERE id = $5 AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(transfer_id)
+    .bind(reason)
+    .bind(now.0)
+    .bind(payout_id)
+    .execute(&mut *connection)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let row = sqlx::query(concat!("SELECT ", payout_columns!(), " FROM payouts WHERE id = $1"))
+        .bind(payout_id)
+        .fetch_one(&mut *connection)
+        .await?;
+    payout_from_row(&row).map(Some)
+}
+
+fn payout_event(event: &str, payout: &Payout) -> Value {
+    json!({
+        "event": event,
+        "session_id": payout.session_id,
+        "payout_id": payout.id,
+        "provider_id": payout.provider_id,
+        "amount_cents": payout.amount.0,
+        "currency": payout.currency,
+        "transfer_id": payout.transfer_id,
+        "failure_reason": payout.failure_reason,
+    })
+}
