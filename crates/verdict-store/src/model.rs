@@ -428,18 +428,8 @@ pub struct Payout {
     pub reversed_at: Option<UnixMillis>,
 }
 
-/// The ledger account names.
-pub mod accounts {
-    pub fn customer_receivable(customer_id: &str) -> String {
-        format!("customer_receivable:{customer_id}")
-    }
-
-    pub fn provider_payable(provider_id: &str) -> String {
-        format!("provider_payable:{provider_id}")
-    }
-
-    pub const PLATFORM_REVENUE: &str = "platform_revenue";
-}
+/// The ledger account names (the core's, which plans the postings).
+pub use verdict_core::accounts;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerLine {

@@ -119,6 +119,23 @@ async fn copy_page(
     Ok(bytes)
 }
 
+/// The rows of a set-wise statement (`engine/setwise.rs`): `UNNEST` of one
+/// array a column, so that the statement's text is the same for any
+/// number of rows and stays prepared on its connection.
+fn push_rows(query: &mut sqlx::QueryBuilder<Db>, columns: Vec<engine::Values>, _len: usize) {
+    query.push("SELECT * FROM UNNEST(");
+    for (n, column) in columns.into_iter().enumerate() {
+        if n > 0 {
+            query.push(", ");
+        }
+        match column {
+            engine::Values::Text(values) => query.push_bind(values).push("::text[]"),
+            engine::Values::Int(values) => query.push_bind(values).push("::int8[]"),
+        };
+    }
+    query.push(")");
+}
+
 // The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine/mod.rs"]

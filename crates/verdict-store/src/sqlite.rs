@@ -116,6 +116,26 @@ async fn copy_page(
     Err(StoreError::Internal("COPY pages are PostgreSQL's".to_owned()))
 }
 
+/// The rows of a set-wise statement (`engine/setwise.rs`): a `VALUES`
+/// list, a row each (SQLite binds up to 32,766 values a statement; a group
+/// writes at most 256 rows of a dozen columns to a table).
+fn push_rows(query: &mut sqlx::QueryBuilder<Db>, mut columns: Vec<engine::Values>, len: usize) {
+    query.push("VALUES ");
+    for row in 0..len {
+        query.push(if row == 0 { "(" } else { ", (" });
+        for (n, column) in columns.iter_mut().enumerate() {
+            if n > 0 {
+                query.push(", ");
+            }
+            match column {
+                engine::Values::Text(values) => query.push_bind(values[row].take()),
+                engine::Values::Int(values) => query.push_bind(values[row]),
+            };
+        }
+        query.push(")");
+    }
+}
+
 // The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine/mod.rs"]

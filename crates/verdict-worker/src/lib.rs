@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use rand::Rng;
 use serde_json::Value;
-use verdict_core::UnixMillis;
+use verdict_core::{Topic, UnixMillis};
 use verdict_store::clock::Clock;
 use verdict_store::{OutboxItem, OutboxOutcome, Settings, Store, StoreError, SweepReport};
 
@@ -225,12 +225,17 @@ impl Worker {
     }
 
     async fn deliver(&self, item: &OutboxItem) -> Delivery {
-        if let Some(event) = item.topic.strip_prefix("webhook:") {
-            webhook::deliver(&self.http, &self.config.webhooks, item, event).await
-        } else if item.topic.starts_with("email:receipt:") {
-            mail::deliver(&self.mailer, &self.config.mail.from, self.store.as_ref(), item).await
-        } else if item.topic == "payout" {
-            match &self.config.stripe {
+        let Some(topic) = Topic::parse(&item.topic) else {
+            return Delivery::Undeliverable(format!("unknown outbox topic {:?}", item.topic));
+        };
+        if let Some(event) = topic.webhook_event() {
+            return webhook::deliver(&self.http, &self.config.webhooks, item, event).await;
+        }
+        match topic {
+            Topic::Receipt(_) => {
+                mail::deliver(&self.mailer, &self.config.mail.from, self.store.as_ref(), item).await
+            }
+            Topic::Payout => match &self.config.stripe {
                 Some(stripe) => {
                     stripe::deliver(&self.http, stripe, self.store.as_ref(), item).await
                 }
@@ -238,11 +243,11 @@ impl Worker {
                     error: "no Stripe key configured: this payout must be paid manually".into(),
                     payload: None,
                 },
+            },
+            Topic::PayoutReversal => {
+                stripe::reverse(&self.http, self.config.stripe.as_ref(), item).await
             }
-        } else if item.topic == "payout.reversal" {
-            stripe::reverse(&self.http, self.config.stripe.as_ref(), item).await
-        } else {
-            Delivery::Undeliverable(format!("unknown outbox topic {:?}", item.topic))
+            _ => Delivery::Undeliverable(format!("no delivery for outbox topic {:?}", item.topic)),
         }
     }
 

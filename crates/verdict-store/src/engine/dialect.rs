@@ -50,6 +50,9 @@ pub(super) use super::super::copy_page;
 /// The rowids an `INSERT` stored, from its result; used only when
 /// `INSERTS_TOLD_BY_ROWID`.
 pub(super) use super::super::inserted_rowids;
+/// Binds a set-wise statement's rows (`setwise.rs`): a `VALUES` list, or
+/// `UNNEST` of one array a column.
+pub(super) use super::super::push_rows;
 
 /// A row of `Db`.
 pub(super) type DbRow = <Db as sqlx::Database>::Row;

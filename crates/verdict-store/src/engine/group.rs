@@ -3,18 +3,28 @@
 
 use sqlx::Pool;
 
-use crate::StoreError;
+use crate::{Ended, StoreError};
 
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, Db, DbConnection};
+use super::ends::{EndWrite, end_group, lock_sessions};
 
-/// A write waiting for a group transaction: it runs on the group's
-/// connection and says whether it succeeded, with what to do once the
-/// group's fate (committed or not) is known.
-pub(super) type Job = Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Done> + Send>;
+/// A write waiting for a group transaction.
+pub(super) enum Job {
+    /// An end, written set-wise with the group's other ends.
+    End(EndWrite, tokio::sync::oneshot::Sender<Result<Ended, StoreError>>),
+    /// Any other session write: it runs on the group's connection in a
+    /// savepoint of its own and says whether it succeeded, with what to do
+    /// once the group's fate (committed or not) is known.
+    Write(String, WriteJob),
+}
+
+pub(super) type WriteJob =
+    Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Done> + Send>;
 /// Whether the job's writes stand, and how to answer its caller once the
 /// group's commit is known (`Err`: the commit failed, with why).
-type Done = (bool, Box<dyn FnOnce(Result<(), String>) + Send>);
+type Done = (bool, Answer);
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(super) type BoxFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -41,7 +51,7 @@ impl Engine {
             + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |connection| {
+        let job: WriteJob = Box::new(move |connection| {
             Box::pin(async move {
                 let result = write(connection).await;
                 let stands = result.is_ok();
@@ -56,6 +66,29 @@ impl Engine {
                 (stands, answer)
             })
         });
+        self.queue(session_id, Job::Write(session_id.to_owned(), job)).await?;
+        // Dropped unanswered: the group failed before its commit (logged
+        // by the group writer), and none of its writes is stored.
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
+    }
+
+    /// Ends a session in a group transaction, set-wise with the group's
+    /// other ends (see `ends.rs`), and answers once that is durable.
+    pub(super) async fn grouped_end(&self, write: EndWrite) -> Result<Ended, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let id = write.id.clone();
+        self.queue(&id, Job::End(write, reply)).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
+    }
+
+    /// Queues `job` to the group writer of its session: writes to one
+    /// session always go to the same one, so that two groups of one
+    /// process rarely wait for each other's lock on a session.
+    async fn queue(&self, session_id: &str, job: Job) -> Result<(), StoreError> {
         let group = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::hash::DefaultHasher::new();
@@ -65,12 +98,7 @@ impl Engine {
         self.groups[group]
             .send(job)
             .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        // Dropped unanswered: the group failed before its commit (logged
-        // by the group writer), and none of its writes is stored.
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))
     }
 }
 
@@ -92,34 +120,59 @@ pub(super) async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::
     }
 }
 
-/// One group transaction; a lone write's failure rolls it all back.
+/// One group transaction. Its sessions are locked first, in id order and
+/// in one statement (so that groups of several processes never deadlock);
+/// then the other writes run, each in a savepoint of its own; then the
+/// ends, set-wise. A set-wise statement that fails unexpectedly sends the
+/// ends back one at a time, each in a savepoint, so that one bad write
+/// never fails the others. A failed commit fails every write.
 async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
-    let outcome: Result<(), StoreError> = async {
-        let mut tx = writer.begin_with(BEGIN_WRITE).await?;
-        // A lone write needs no savepoint. Between two writes, the release
-        // of one savepoint and the start of the next are one round trip.
-        let total = group.len();
-        let savepoints = total > 1;
-        if savepoints {
-            sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+    let mut ends = Vec::new();
+    let mut writes = Vec::new();
+    for job in group {
+        match job {
+            Job::End(write, reply) => ends.push((write, reply)),
+            Job::Write(session_id, job) => writes.push((session_id, job)),
         }
-        let mut answers = Vec::with_capacity(total);
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(writes.len() + ends.len());
+    let outcome: Result<bool, StoreError> = async {
+        let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+        if writes.len() + ends.len() > 1 && !writes.is_empty() {
+            let ids: Vec<String> = writes
+                .iter()
+                .map(|(id, _)| id.clone())
+                .chain(ends.iter().map(|(write, _)| write.id.clone()))
+                .collect();
+            lock_sessions(&mut tx, &ids).await?;
+        }
         let mut any_stands = false;
-        for (n, job) in group.into_iter().enumerate() {
-            let (stands, answer) = job(&mut tx).await;
-            if savepoints {
-                if !stands {
-                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
-                }
-                let close = if n + 1 < total {
-                    "RELEASE SAVEPOINT grouped_write; SAVEPOINT grouped_write"
-                } else {
-                    "RELEASE SAVEPOINT grouped_write"
-                };
-                sqlx::raw_sql(close).execute(&mut *tx).await?;
-            }
+        for (_, job) in writes {
+            let (stands, answer) = in_savepoint(&mut tx, job).await?;
             any_stands |= stands;
             answers.push(answer);
+        }
+        let (writes, replies): (Vec<EndWrite>, Vec<_>) = ends.into_iter().unzip();
+        let results = if writes.is_empty() {
+            Vec::new()
+        } else if writes.len() == 1 && answers.is_empty() {
+            // A lone write needs no savepoint: its failure is the group's.
+            vec![match end_group(&mut tx, &writes).await {
+                Ok(mut results) => results.pop().unwrap_or_else(|| Err(lost())),
+                Err(error) => Err(error),
+            }]
+        } else {
+            ends_with_fallback(&mut tx, &writes).await?
+        };
+        for (result, reply) in results.into_iter().zip(replies) {
+            any_stands |= result.as_ref().is_ok_and(|ended| !ended.already_ended);
+            answers.push(Box::new(move |committed| {
+                let result = match committed {
+                    Ok(()) => result,
+                    Err(why) => result.and(Err(StoreError::Unavailable(why))),
+                };
+                let _ = reply.send(result);
+            }));
         }
         let committed = if any_stands {
             tx.commit().await.map_err(|error| StoreError::from(error).to_string())
@@ -127,13 +180,67 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
             // Nothing to keep (all failed, or only reads and no-ops).
             tx.rollback().await.map_err(|error| StoreError::from(error).to_string())
         };
-        for answer in answers {
+        for answer in answers.drain(..) {
             answer(committed.clone());
         }
-        Ok(())
+        Ok(true)
     }
     .await;
     if let Err(error) = outcome {
         tracing::warn!(%error, "a write group failed before its commit; its writes were not stored");
     }
+}
+
+/// Runs one write in a savepoint of its own, rolled back if it fails.
+async fn in_savepoint(tx: &mut DbConnection, job: WriteJob) -> Result<Done, StoreError> {
+    sqlx::raw_sql("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+    let (stands, answer) = job(&mut *tx).await;
+    let close = if stands {
+        "RELEASE SAVEPOINT grouped_write"
+    } else {
+        "ROLLBACK TO SAVEPOINT grouped_write; RELEASE SAVEPOINT grouped_write"
+    };
+    sqlx::raw_sql(close).execute(&mut *tx).await?;
+    Ok((stands, answer))
+}
+
+/// The group's ends set-wise in a savepoint; if a statement fails, each
+/// end again alone in a savepoint of its own, so that the others stand.
+async fn ends_with_fallback(
+    tx: &mut DbConnection,
+    writes: &[EndWrite],
+) -> Result<Vec<Result<Ended, StoreError>>, StoreError> {
+    sqlx::raw_sql("SAVEPOINT grouped_ends").execute(&mut *tx).await?;
+    match end_group(&mut *tx, writes).await {
+        Ok(results) => {
+            sqlx::raw_sql("RELEASE SAVEPOINT grouped_ends").execute(&mut *tx).await?;
+            return Ok(results);
+        }
+        Err(error) => {
+            tracing::warn!(%error, ends = writes.len(), "a set-wise end failed; ending one at a time");
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT grouped_ends; RELEASE SAVEPOINT grouped_ends")
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        sqlx::raw_sql("SAVEPOINT grouped_end").execute(&mut *tx).await?;
+        let result = match end_group(&mut *tx, std::slice::from_ref(write)).await {
+            Ok(mut one) => one.pop().unwrap_or_else(|| Err(lost())),
+            Err(error) => Err(error),
+        };
+        let close = if result.is_ok() {
+            "RELEASE SAVEPOINT grouped_end"
+        } else {
+            "ROLLBACK TO SAVEPOINT grouped_end; RELEASE SAVEPOINT grouped_end"
+        };
+        sqlx::raw_sql(close).execute(&mut *tx).await?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn lost() -> StoreError {
+    StoreError::Internal("an end was planned without an answer".into())
 }

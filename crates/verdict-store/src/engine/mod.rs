@@ -32,6 +32,7 @@
 mod rows;
 
 mod dialect;
+mod ends;
 mod group;
 mod health;
 mod import;
@@ -41,7 +42,10 @@ mod pages;
 mod requests;
 mod sessions;
 mod settle;
+mod setwise;
 mod sweep;
+
+pub(crate) use setwise::Values;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -3,13 +3,14 @@
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use verdict_core::UnixMillis;
+use verdict_core::{Message, Topic, UnixMillis};
 
 use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, StoreError};
 
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection};
-use super::rows::payout_from_row;
+use super::rows::{outcome_json, payout_from_row};
+use super::setwise::{Rows, ints, texts};
 
 impl Engine {
     pub(super) async fn claim_outbox(
@@ -92,8 +93,7 @@ impl Engine {
                     settle_payout(&mut tx, payout_id, "paid", Some(transfer_id), None, now).await?;
                 if let (Some(payout), Some(session_id)) = (payout, &session_id) {
                     let payload = payout_event("payout.paid", &payout);
-                    insert_outbox(&mut tx, session_id, "webhook:payout.paid", &payload, now)
-                        .await?;
+                    insert_outbox(&mut tx, session_id, Topic::PayoutPaid, &payload, now).await?;
                 }
                 ("delivered", None, None, None)
             }
@@ -102,8 +102,7 @@ impl Engine {
                     settle_payout(&mut tx, payout_id, "failed", None, Some(reason), now).await?;
                 if let (Some(payout), Some(session_id)) = (payout, &session_id) {
                     let payload = payout_event("payout.failed", &payout);
-                    insert_outbox(&mut tx, session_id, "webhook:payout.failed", &payload, now)
-                        .await?;
+                    insert_outbox(&mut tx, session_id, Topic::PayoutFailed, &payload, now).await?;
                 }
                 ("delivered", None, Some(reason.clone()), None)
             }
@@ -201,20 +200,14 @@ impl Engine {
     }
 }
 
-pub(super) async fn insert_outbox(
+async fn insert_outbox(
     connection: &mut DbConnection,
     session_id: &str,
-    topic: &str,
+    topic: Topic,
     payload: &Value,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
-    let channel = if topic.starts_with("email:") {
-        "email"
-    } else if topic == "payout" || topic == "payout.reversal" {
-        "payout"
-    } else {
-        "webhook"
-    };
+    let (channel, topic) = (topic.channel().as_str(), topic.as_str());
     sqlx::query(
         "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -272,4 +265,83 @@ fn payout_event(event: &str, payout: &Payout) -> Value {
         "transfer_id": payout.transfer_id,
         "failure_reason": payout.failure_reason,
     })
+}
+
+/// The payload a message carries to its channel.
+pub(super) fn payload(session_id: &str, message: &Message) -> Value {
+    match message {
+        Message::SessionStarted { at } => {
+            json!({"event": "session.started", "session_id": session_id, "at": at.0})
+        }
+        Message::SessionEnded { outcome, charged } => json!({
+            "event": "session.ended",
+            "session_id": session_id,
+            "outcome": outcome_json(outcome),
+            "charged_cents": charged.0,
+        }),
+        Message::SessionFinalized { outcome, charged } => json!({
+            "event": "session.finalized",
+            "session_id": session_id,
+            "status": outcome.status.as_str(),
+            "reason": outcome.reason.as_str(),
+            "billable_seconds": outcome.billable_seconds,
+            "charged_cents": charged.0,
+        }),
+        Message::Receipt { party, to } => {
+            json!({"session_id": session_id, "party": party.as_str(), "to": to})
+        }
+        Message::Payout { payout_id } => json!({"payout_id": payout_id, "session_id": session_id}),
+        Message::PayoutReversal { payout_id, state, provider, transfer_id, amount } => json!({
+            "payout_id": payout_id,
+            "session_id": session_id,
+            "state": state,
+            "provider": provider,
+            "transfer_id": transfer_id,
+            "amount_cents": amount.0,
+        }),
+    }
+}
+
+/// Queues `messages` (each with its session and instant), in order, one
+/// statement for all of them.
+pub(super) async fn write_messages(
+    tx: &mut DbConnection,
+    messages: &[(&str, &Message, UnixMillis)],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<Topic> = messages.iter().map(|(_, message, _)| message.topic()).collect();
+    Rows::default()
+        .int("n", ints(0..messages.len() as i64))
+        .text("session_id", texts(messages.iter().map(|(session_id, ..)| *session_id)))
+        .text("topic", texts(topics.iter().map(|topic| topic.as_str())))
+        .text("channel", texts(topics.iter().map(|topic| topic.channel().as_str())))
+        .text(
+            "dedupe_key",
+            texts(
+                messages
+                    .iter()
+                    .zip(&topics)
+                    .map(|((session_id, ..), topic)| format!("{}:{session_id}", topic.as_str())),
+            ),
+        )
+        .text(
+            "payload",
+            texts(
+                messages
+                    .iter()
+                    .map(|(session_id, message, _)| payload(session_id, message).to_string()),
+            ),
+        )
+        .int("due_at", ints(messages.iter().map(|(.., at)| at.0)))
+        .statement(
+            "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, \
+             created_at) SELECT session_id, topic, channel, dedupe_key, payload, due_at, due_at \
+             FROM u ORDER BY n",
+        )
+        .build()
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use sqlx::Row;
 use verdict_core::{
-    Connection, EndCause, EndRequest, Party, PolicySet, PresenceEvent, PresenceKind, Role,
+    Connection, EndCause, EndRequest, Message, Party, PolicySet, PresenceEvent, PresenceKind, Role,
     UnixMillis, intervals_of, open_since, overlap, presence_at,
 };
 
@@ -17,10 +17,11 @@ use crate::{
 
 use super::Engine;
 use super::dialect::{Db, DbConnection};
+use super::ends::EndWrite;
 use super::group::BoxFuture;
-use super::outbox::insert_outbox;
+use super::outbox::write_messages;
 use super::rows::{event_from_row, parse, parse_optional, session_from_row};
-use super::settle::{correct_locked, rederive_locked, settle_end};
+use super::settle::{correct_locked, rederive_locked};
 
 impl Engine {
     pub(super) async fn create_session(
@@ -76,12 +77,13 @@ impl Engine {
         settings: &Settings,
         now: UnixMillis,
     ) -> Result<Ended, StoreError> {
-        let (key, actor, settings) = (id.to_owned(), actor.clone(), *settings);
-        let id = key.clone();
-        self.grouped(&key, move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                end_session_in(connection, &id, &actor, claimed, cause, &settings, now).await
-            })
+        self.grouped_end(EndWrite {
+            id: id.to_owned(),
+            actor: actor.clone(),
+            claimed,
+            end: EndRequest::new(now, cause),
+            settings: *settings,
+            now,
         })
         .await
     }
@@ -209,26 +211,6 @@ async fn create_session_in(
     Ok(Created { value: session, replayed: false })
 }
 
-/// Ends a session inside a grouped transaction (see `Engine::grouped`).
-async fn end_session_in(
-    tx: &mut DbConnection,
-    id: &str,
-    actor: &Actor,
-    claimed: Option<Value>,
-    cause: EndCause,
-    settings: &Settings,
-    now: UnixMillis,
-) -> Result<Ended, StoreError> {
-    let session = lock_session(&mut *tx, id).await?;
-    if session.status.is_terminal() {
-        return Ok(Ended { session, already_ended: true });
-    }
-    let session =
-        settle_end(&mut *tx, &session, actor, claimed, EndRequest::new(now, cause), settings, now)
-            .await?;
-    Ok(Ended { session, already_ended: false })
-}
-
 /// Records a platform's presence event inside a grouped transaction (see
 /// `Store::record_platform_presence`).
 async fn platform_presence_in(
@@ -339,9 +321,8 @@ async fn platform_presence_in(
                 .execute(&mut *tx)
                 .await?;
             if session.started_at.is_none() {
-                let payload =
-                    json!({"event": "session.started", "session_id": id, "at": started_at.0});
-                insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+                let started = Message::SessionStarted { at: started_at };
+                write_messages(&mut *tx, &[(id, &started, now)]).await?;
             }
         }
     }
@@ -451,8 +432,8 @@ async fn record_presence_in(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            let payload = json!({"event": "session.started", "session_id": id, "at": now.0});
-            insert_outbox(&mut *tx, id, "webhook:session.started", &payload, now).await?;
+            let started = Message::SessionStarted { at: now };
+            write_messages(&mut *tx, &[(id, &started, now)]).await?;
         }
     }
     touch_presence(&mut *tx, id, now).await
