@@ -9,7 +9,7 @@ use sqlx::Connection;
 use verdict_core::{
     Cents, EndCause, Kind, Party, Price, PriceMode, Reason, Role, Status, UnixMillis,
 };
-use verdict_store::{Actor, NewSession, PresenceChange, Settings, Store, StoreError};
+use verdict_store::{Actor, EventType, NewSession, PresenceChange, Settings, Store, StoreError};
 
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 
@@ -62,6 +62,17 @@ impl Fixture {
         }
     }
 
+    /// Runs statements (no parameters) behind the store's back.
+    async fn execute_raw(&self, sqlite: &'static str, postgres: &'static str) {
+        if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(sqlite).execute(&mut connection).await.unwrap();
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(postgres).execute(&mut connection).await.unwrap();
+        }
+    }
+
     /// Inserts a payout behind the store's back, as a buggy writer would.
     async fn raw_payout(&self, session_id: &str) -> Result<(), String> {
         const INSERT: &str = "INSERT INTO payouts (id, session_id, provider_id, amount_cents, \
@@ -87,6 +98,7 @@ contract!(
     presence_on_an_ended_session_is_a_conflict_and_writes_nothing,
     concurrent_ends_make_exactly_one_transition,
     a_failing_write_fails_alone_among_concurrent_writes,
+    a_set_wise_statement_failing_for_one_end_fails_that_end_alone,
     unknown_sessions_are_not_found,
     audit_pages_cover_each_scope_exactly_once,
     audit_pages_read_every_field_as_a_single_read_does,
@@ -576,6 +588,66 @@ async fn a_failing_write_fails_alone_among_concurrent_writes(fixture: Fixture) {
         let session = fixture.store.session(&format!("s{n}")).await.unwrap().unwrap();
         let expected = if n % 4 < 2 { Status::Completed } else { Status::Live };
         assert_eq!(session.status, expected, "s{n}");
+    }
+}
+
+/// Ends are written a table at a time for a whole group: when one end's
+/// rows make a set-wise statement fail (here a constraint the plan cannot
+/// foresee refuses one session's posting), the group is written again one
+/// end at a time, and every other end of it is answered and stored.
+async fn a_set_wise_statement_failing_for_one_end_fails_that_end_alone(fixture: Fixture) {
+    const N: usize = 32;
+    for n in 0..N {
+        live_session(fixture.store.as_ref(), &format!("s{n}")).await;
+    }
+    fixture
+        .execute_raw(
+            "CREATE TRIGGER refuse_s7 BEFORE INSERT ON ledger_postings \
+             WHEN NEW.session_id = 's7' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            "CREATE FUNCTION refuse_s7() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.session_id = 's7' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_s7 BEFORE INSERT ON ledger_postings \
+             FOR EACH ROW EXECUTE FUNCTION refuse_s7()",
+        )
+        .await;
+    let settings = Settings::default();
+    let end_at = UnixMillis(T0.0 + 600_000);
+    let calls = (0..N).map(|n| {
+        let store = fixture.store.clone();
+        tokio::spawn(async move {
+            store
+                .end_session(
+                    &format!("s{n}"),
+                    &service(),
+                    None,
+                    EndCause::Requested,
+                    &settings,
+                    end_at,
+                )
+                .await
+        })
+    });
+    let results: Vec<_> = join_all(calls).await.into_iter().map(|joined| joined.unwrap()).collect();
+    for (n, result) in results.iter().enumerate() {
+        if n == 7 {
+            assert!(result.is_err(), "the refused end answered {result:?}");
+        } else {
+            let ended = result.as_ref().unwrap_or_else(|error| panic!("s{n}: {error}"));
+            assert_eq!((ended.session.status, ended.already_ended), (Status::Completed, false));
+        }
+    }
+    let counts = fixture.store.table_counts().await.unwrap();
+    assert_eq!(counts["payouts"], (N - 1) as i64);
+    assert_eq!(counts["ledger_postings"], (N - 1) as i64);
+    assert_eq!(counts["notifications"], 2 * (N - 1) as i64);
+    for n in 0..N {
+        let session = fixture.store.session(&format!("s{n}")).await.unwrap().unwrap();
+        let expected = if n == 7 { Status::Live } else { Status::Completed };
+        assert_eq!(session.status, expected, "s{n}");
+        let ended = fixture.store.events(&format!("s{n}")).await.unwrap();
+        let ends = ended.iter().filter(|event| event.event_type == EventType::Ended).count();
+        assert_eq!(ends, usize::from(n != 7), "s{n}");
     }
 }
 

@@ -154,11 +154,23 @@ impl World {
             let seconds = 1 + rng.below(longest) as i64;
             self.steps.push(format!("advance {seconds}s"));
             self.now = UnixMillis(self.now.0 + seconds * 1000);
-        } else if roll < 85 {
+        } else if roll < 80 {
             let id = pick(rng, &self.ids);
             let copies = 1 + rng.below(5) as usize;
             self.steps.push(format!("end {id} x{copies}"));
-            self.ends(&id, copies).await?;
+            self.ends(&[(id, copies)]).await?;
+        } else if roll < 85 {
+            // Many sessions ended at once, some more than once: ends the
+            // store writes a group at a time.
+            let mut targets: Vec<(String, usize)> = Vec::new();
+            for _ in 0..2 + rng.below(10) {
+                let id = pick(rng, &self.ids);
+                if !targets.iter().any(|(known, _)| *known == id) {
+                    targets.push((id, 1 + rng.below(3) as usize));
+                }
+            }
+            self.steps.push(format!("end together {targets:?}"));
+            self.ends(&targets).await?;
         } else if roll < 93 {
             self.steps.push("sweep".into());
             let report = self
@@ -182,26 +194,33 @@ impl World {
         self.check().await
     }
 
-    /// `copies` ends of `id` at once: at most one transition, all answers
-    /// the same outcome.
-    async fn ends(&mut self, id: &str, copies: usize) -> Result<(), String> {
-        let ended_before = self.acknowledged.contains_key(id);
-        let calls = (0..copies).map(|_| {
-            let (store, id, settings, now) =
-                (self.store.clone(), id.to_owned(), self.settings, self.now);
-            tokio::spawn(async move {
-                store.end_session(&id, &service(), None, EndCause::Requested, &settings, now).await
+    /// `copies` ends of each `id`, all at once: at most one transition
+    /// per session, all answers for one session the same outcome.
+    async fn ends(&mut self, targets: &[(String, usize)]) -> Result<(), String> {
+        let calls = targets.iter().flat_map(|(id, copies)| {
+            (0..*copies).map(|_| {
+                let (store, id, settings, now) =
+                    (self.store.clone(), id.clone(), self.settings, self.now);
+                tokio::spawn(async move {
+                    let answer = store
+                        .end_session(&id, &service(), None, EndCause::Requested, &settings, now)
+                        .await;
+                    (id, answer)
+                })
             })
         });
         let answers: Vec<_> = join_all(calls).await.into_iter().map(Result::unwrap).collect();
-        let mut fresh = 0;
-        for answer in answers {
-            let ended = answer.map_err(|error| format!("end {id}: {error}"))?;
-            fresh += usize::from(!ended.already_ended);
-            self.acknowledge(id, ended.session.status)?;
-        }
-        if fresh != usize::from(!ended_before) {
-            return Err(format!("{fresh} transitions of {id} (ended before: {ended_before})"));
+        for (id, _) in targets {
+            let ended_before = self.acknowledged.contains_key(id);
+            let mut fresh = 0;
+            for (_, answer) in answers.iter().filter(|(answered, _)| answered == id) {
+                let ended = answer.as_ref().map_err(|error| format!("end {id}: {error}"))?;
+                fresh += usize::from(!ended.already_ended);
+                self.acknowledge(id, ended.session.status)?;
+            }
+            if fresh != usize::from(!ended_before) {
+                return Err(format!("{fresh} transitions of {id} (ended before: {ended_before})"));
+            }
         }
         Ok(())
     }
@@ -407,7 +426,7 @@ async fn the_invariant_check_catches_a_corrupted_database() {
     }
     world.ids.push(id.clone());
     world.now = UnixMillis(world.now.0 + 120_000);
-    world.ends(&id, 1).await.unwrap();
+    world.ends(&[(id.clone(), 1)]).await.unwrap();
     assert_eq!(world.acknowledged[&id], Status::Completed);
     world.check().await.unwrap();
     let mut connection = sqlx::SqliteConnection::connect(&world.url).await.unwrap();
