@@ -16,12 +16,12 @@ use crate::fakes::Receiver;
 use crate::support::{Backend, SECRET, TestApp, serve_process};
 
 /// A `verdict serve` child process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     base: String,
     _child: Child,
 }
 
-async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
+pub(crate) async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
     let (child, base) = serve_process(
         Command::new(env!("CARGO_BIN_EXE_verdict"))
             .args(["serve", "--bind", "127.0.0.1:0", "--clock", "manual"])
@@ -35,13 +35,13 @@ async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
     Server { base, _child: child }
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     keys: JwtKeys,
 }
 
 impl Client {
-    fn new() -> Client {
+    pub(crate) fn new() -> Client {
         verdict_worker::install_crypto();
         Client {
             http: reqwest::Client::new(),
@@ -49,11 +49,11 @@ impl Client {
         }
     }
 
-    fn token(&self, role: Role, sub: &str) -> String {
+    pub(crate) fn token(&self, role: Role, sub: &str) -> String {
         self.keys.mint(role, sub, i64::from(u32::MAX))
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         server: &Server,
         path: &str,
@@ -79,7 +79,7 @@ async fn ended_events(database_url: &str) -> i64 {
         .unwrap()
 }
 
-fn session_body(id: &str) -> Value {
+pub(crate) fn session_body(id: &str) -> Value {
     json!({"id": id, "kind": "video", "customer_id": "cust-1", "provider_id": "prov-1",
         "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"}})
 }
@@ -293,7 +293,7 @@ async fn four_worker_processes_deliver_two_thousand_rows_once_each_despite_a_kil
     .unwrap();
     sqlx::query(
         "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, created_at) \
-         SELECT 's' || s, 'webhook:test.event', 'webhook', 'k' || s || '.' || e, \
+         SELECT 's' || s, 'webhook:session.started', 'webhook', 'k' || s || '.' || e, \
          json_build_object('session_id', 's' || s, 'seq', e)::text, 0, 0 \
          FROM generate_series(1, $1) AS s, generate_series(1, $2) AS e ORDER BY s, e",
     )
