@@ -5,6 +5,7 @@
 //! and a few dialect macros chosen by the backend module that includes it, so
 //! both databases run the same statements with the same semantics.
 
+mod audit;
 pub mod clock;
 mod copy_binary;
 mod error;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
+pub use audit::assemble_audit;
 pub use error::StoreError;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,

@@ -449,8 +449,13 @@ pub struct Posting {
 }
 
 impl Posting {
+    /// The sum of its lines, in cents: zero when it balances.
+    pub fn total(&self) -> i64 {
+        self.lines.iter().map(|line| line.amount.0).sum()
+    }
+
     pub fn is_balanced(&self) -> bool {
-        self.lines.iter().map(|line| line.amount.0).sum::<i64>() == 0
+        self.total() == 0
     }
 }
 

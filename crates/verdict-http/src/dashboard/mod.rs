@@ -17,8 +17,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use verdict_core::{Connection, Party, PresenceEvent, PresenceKind, Role, UnixMillis};
-use verdict_store::{EventType, monitor};
+use verdict_core::{Party, Role, UnixMillis};
+use verdict_store::monitor;
 
 use crate::auth::Caller;
 use crate::wire::StrictQuery;
@@ -423,46 +423,15 @@ async fn session_page(
     )?;
     let now = state.clock.now();
     let configured = *state.settings.policies.for_kind(session.kind);
-    let ended = events.iter().find(|event| event.event_type == EventType::Ended);
-    let stored = ended
-        .and_then(|event| event.data.as_ref())
-        .and_then(|data| verdict_store::policy_from_value(&data["policy"]).ok());
-    let policy = stored.unwrap_or(configured);
-    let mut presence: Vec<PresenceEvent> = events
-        .iter()
-        .filter_map(|event| {
-            let kind = match event.event_type {
-                EventType::Joined => PresenceKind::Joined,
-                EventType::Left => PresenceKind::Left,
-                _ => return None,
-            };
-            Some(PresenceEvent {
-                party: event.party?,
-                kind,
-                at: event.at,
-                connection: Connection::named(event.connection.as_deref()),
-            })
-        })
-        .collect();
-    presence.extend(session.last_heartbeats());
+    let audit = verdict_store::assemble_audit(&session, &events, &payouts, &postings);
+    let policy = audit.policy.unwrap_or(configured);
     let until = session.ended_at.unwrap_or(now);
-    let judged_at = ended.map_or(until, |event| event.at).max(until);
+    let judged_at = audit.decided_at.unwrap_or(until).max(until);
     let intervals =
-        |party| verdict_core::intervals_judged(&presence, party, until, judged_at, &policy);
+        |party| verdict_core::intervals_judged(&audit.events, party, until, judged_at, &policy);
     let (customer, provider) = (intervals(Party::Customer), intervals(Party::Provider));
     let (overlap_millis, _) = verdict_core::overlap(&customer, &provider);
     let together: Vec<_> = verdict_core::intersections(&customer, &provider).collect();
-    let mut audit = session.audit(stored, ended.map(|event| event.at), presence);
-    audit.payouts = payouts
-        .iter()
-        .filter(|payout| payout.reversed_at.is_none())
-        .map(|payout| payout.amount)
-        .collect();
-    audit.posting_sums = postings
-        .iter()
-        .filter(|posting| !posting.is_balanced())
-        .map(|posting| posting.lines.iter().map(|line| line.amount.0).sum())
-        .collect();
     let view = SessionView {
         rederived: audit.rederive(&configured),
         findings: audit
@@ -476,7 +445,7 @@ async fn session_page(
         postings,
         deliveries,
         policy,
-        policy_stored: stored.is_some(),
+        policy_stored: audit.policy.is_some(),
         until,
         customer,
         provider,

@@ -5,12 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sqlx::{Pool, Row};
-use verdict_core::{
-    Cents, Connection, Party, Policy, PresenceEvent, PresenceKind, SessionAudit, UnixMillis,
-};
+use verdict_core::{Cents, Party, Policy, SessionAudit, UnixMillis};
 
+use crate::audit::add_event;
 use crate::copy_binary::{CopyRow, CopyRows};
-use crate::{AuditCursor, AuditScope, Session, StoreError};
+use crate::{AuditCursor, AuditScope, EventType, Session, StoreError};
 
 use super::Engine;
 use super::dialect::{Db, DbRow, PAGES_AS_ROWS, PAGES_BY_COPY, copy_page};
@@ -151,21 +150,9 @@ impl Engine {
         events.sort_by_key(|event| event.seq);
         for EventRecord { session_id, kind, party, at, connection, .. } in events {
             let Some(&slot) = index.get(session_id.as_ref()) else { continue };
-            if kind == "ended" {
-                // When the decision was taken.
-                let audit = &mut audits[slot].1;
-                audit.decided_at = audit.decided_at.max(Some(UnixMillis(at)));
-                continue;
-            }
-            let Some(party) = party.and_then(|party| party.parse::<Party>().ok()) else { continue };
-            let kind = if kind == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
-            let connection = Connection::named(connection.as_deref());
-            audits[slot].1.events.push(PresenceEvent {
-                party,
-                kind,
-                at: UnixMillis(at),
-                connection,
-            });
+            let Some(kind) = EventType::parse(&kind) else { continue };
+            let party = party.and_then(|party| party.parse::<Party>().ok());
+            add_event(&mut audits[slot].1, kind, party, UnixMillis(at), connection.as_deref());
         }
         for SessionAmount { session_id, amount } in page_records(&payouts)? {
             if let Some(&slot) = index.get(session_id.as_ref()) {
