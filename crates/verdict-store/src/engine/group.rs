@@ -12,7 +12,7 @@ use super::ends::{EndWrite, end_group, lock_sessions};
 /// A write waiting for a group transaction.
 pub(super) enum Job {
     /// An end, written set-wise with the group's other ends.
-    End(EndWrite, tokio::sync::oneshot::Sender<Result<Ended, StoreError>>),
+    End(Box<EndWrite>, tokio::sync::oneshot::Sender<Result<Ended, StoreError>>),
     /// Any other session write: it runs on the group's connection in a
     /// savepoint of its own and says whether it succeeded, with what to do
     /// once the group's fate (committed or not) is known.
@@ -79,7 +79,7 @@ impl Engine {
     pub(super) async fn grouped_end(&self, write: EndWrite) -> Result<Ended, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let id = write.id.clone();
-        self.queue(&id, Job::End(write, reply)).await?;
+        self.queue(&id, Job::End(Box::new(write), reply)).await?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
@@ -131,7 +131,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     let mut writes = Vec::new();
     for job in group {
         match job {
-            Job::End(write, reply) => ends.push((write, reply)),
+            Job::End(write, reply) => ends.push((*write, reply)),
             Job::Write(session_id, job) => writes.push((session_id, job)),
         }
     }
