@@ -5,6 +5,7 @@ mod support;
 
 mod concurrency;
 mod crash;
+mod cross_instance;
 mod dashboard;
 mod decisions;
 mod delivery;
