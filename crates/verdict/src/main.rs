@@ -81,6 +81,10 @@ enum Command {
         /// measured alone.
         #[arg(long)]
         ends_apart: bool,
+        /// Report the CPU time of these processes (and their children)
+        /// over each pass, in clock ticks: e.g. the server's pid (Linux).
+        #[arg(long, value_delimiter = ',')]
+        cpu_pids: Vec<u32>,
         /// The report as JSON.
         #[arg(long)]
         json: bool,
@@ -197,7 +201,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
         Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,
-        Command::Simulate { url, sessions, concurrency, mix, repeat_ends, ends_apart, json } => {
+        Command::Simulate {
+            url,
+            sessions,
+            concurrency,
+            mix,
+            repeat_ends,
+            ends_apart,
+            cpu_pids,
+            json,
+        } => {
             let keys = configured_keys(
                 &config,
                 "to the server's secret: simulate mints the parties' tokens",
@@ -209,6 +222,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 mix,
                 repeat_ends,
                 ends_apart,
+                cpu_pids,
                 keys: std::sync::Arc::new(keys),
             };
             simulate(options, json).await

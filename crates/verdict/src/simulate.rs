@@ -115,6 +115,9 @@ pub struct Options {
     /// Create and join every session first, then end them all: the ends'
     /// throughput is measured alone.
     pub ends_apart: bool,
+    /// Processes whose CPU time each pass is reported in (Linux): a server,
+    /// or a postmaster with its backends; never the load generator.
+    pub cpu_pids: Vec<u32>,
     pub keys: Arc<JwtKeys>,
 }
 
@@ -209,24 +212,45 @@ pub async fn run(
         options,
     });
     let progress: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(progress);
+    // CPU of `cpu_pids` at each pass's edges, outside the passes' clocks.
+    let (pids, mut cpu) = (shared.options.cpu_pids.clone(), Vec::new());
+    let mut sample = || -> Result<(), BoxError> {
+        if !pids.is_empty() {
+            cpu.push(cpu_ticks(&pids)?);
+        }
+        Ok(())
+    };
+    sample()?;
     let started = Instant::now();
     // Throughput of each operation is over the pass it ran in.
     let (setup_seconds, end_seconds, again_seconds) = if shared.options.ends_apart {
         pass(&shared, Stage::Prepare, &progress).await?;
         let setup = started.elapsed().as_secs_f64();
+        sample()?;
         let ending = Instant::now();
         pass(&shared, Stage::Finish, &progress).await?;
         let ends = ending.elapsed().as_secs_f64();
+        sample()?;
         let again = Instant::now();
         if shared.options.repeat_ends > 0 {
             pass(&shared, Stage::Again, &progress).await?;
         }
-        (setup, ends, again.elapsed().as_secs_f64())
+        let again = again.elapsed().as_secs_f64();
+        sample()?;
+        (setup, ends, again)
     } else {
         pass(&shared, Stage::Whole, &progress).await?;
         let whole = started.elapsed().as_secs_f64();
+        sample()?;
         (whole, whole, whole)
     };
+    let passes: &[&str] =
+        if shared.options.ends_apart { &["setup", "end", "end_again"] } else { &["whole"] };
+    let cpu_ticks: BTreeMap<&str, u64> = passes
+        .iter()
+        .zip(cpu.windows(2))
+        .map(|(pass, edges)| (*pass, edges[1].saturating_sub(edges[0])))
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
     let options = &shared.options;
     let tally = shared.tally.lock().await;
@@ -263,6 +287,7 @@ pub async fn run(
             "scenarios": tally.scenarios,
             "outcomes": tally.outcomes,
             "operations": operations,
+            "cpu_ticks": if cpu_ticks.is_empty() { Value::Null } else { json!(cpu_ticks) },
         }),
     })
 }
@@ -394,6 +419,37 @@ async fn end_again(shared: &Shared, n: u64) {
             shared.client.post(format!("{base}/v1/sessions/{id}/end")).bearer_auth(&service);
         let _ = call(&shared.tally, "end_again", request).await;
     }
+}
+
+/// CPU time so far of `pids`, in clock ticks (`getconf CLK_TCK`): each
+/// one's user and system time (all threads) and its children's, those
+/// reaped (cutime, cstime) and those alive (Linux `/proc`).
+fn cpu_ticks(pids: &[u32]) -> Result<u64, BoxError> {
+    let (mut ticks, mut found) = (0, 0);
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        // Gone since listed, or not ours to read: not counted.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The fields after the command (which may hold spaces): state is
+        // field 3, ppid 4, utime 14, stime 15, cutime 16, cstime 17.
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+        if pids.contains(&pid) {
+            ticks += field(14) + field(15) + field(16) + field(17);
+            found += 1;
+        } else if pids.iter().any(|parent| u64::from(*parent) == field(4)) {
+            ticks += field(14) + field(15);
+        }
+    }
+    if found < pids.len() {
+        return Err(format!("--cpu-pids: not every process of {pids:?} is running").into());
+    }
+    Ok(ticks)
 }
 
 pub(crate) fn unix_now() -> i64 {
