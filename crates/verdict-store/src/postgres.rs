@@ -201,7 +201,7 @@ impl engine::Engine {
             .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
         let availability = Arc::new(watch::Sender::new(true));
         tokio::spawn(probe(options, Arc::downgrade(&availability)));
-        Ok(engine::Engine::new(pool.clone(), pool, availability, WRITE_GROUPS))
+        Ok(engine::Engine::new(pool.clone(), pool, availability, WRITE_GROUPS, None))
     }
 }
 

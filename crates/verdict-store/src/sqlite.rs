@@ -141,6 +141,8 @@ fn push_rows(query: &mut sqlx::QueryBuilder<Db>, mut columns: Vec<engine::Values
 #[path = "engine/mod.rs"]
 mod engine;
 
+mod writer;
+
 /// The SQLite store.
 pub type SqliteStore = engine::Engine;
 
@@ -194,13 +196,22 @@ impl engine::Engine {
             .run(&writer)
             .await
             .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
+        let path = options.get_filename().to_string_lossy().into_owned();
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.pragma("cache_size", "-4096"))
             .await?;
         let availability = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
-        Ok(engine::Engine::new(reader, writer, availability, 1))
+        // Groups of ends run on a thread of their own (see `writer.rs`); an
+        // in-memory database is one connection's alone, so it has none.
+        let runner: Option<std::sync::Arc<dyn engine::EndsRunner>> =
+            if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+                None
+            } else {
+                Some(std::sync::Arc::new(writer::SqliteEnds::start(&path, WRITE_WAIT)?))
+            };
+        Ok(engine::Engine::new(reader, writer, availability, 1, runner))
     }
 }
 

@@ -16,6 +16,7 @@ use verdict_core::{
 };
 
 use super::dialect::DbConnection;
+use super::outbox::message_statement;
 use super::rows::{outcome_json, parse_optional, policy_json, session_from_row};
 use super::setwise::{Rows, ints, texts};
 use crate::{Actor, Ended, PayoutProvider, Session, Settings, StoreError};
@@ -33,9 +34,37 @@ pub(crate) struct EndWrite {
 
 /// What a group reads of its sessions' users.
 #[derive(Default)]
-pub(super) struct Users {
+pub(crate) struct Users {
     emails: HashMap<String, String>,
     stripe_accounts: HashMap<String, String>,
+}
+
+impl Users {
+    /// A user's known e-mail address and Stripe account.
+    pub(crate) fn insert(&mut self, id: String, email: Option<String>, account: Option<String>) {
+        if let Some(email) = email {
+            self.emails.insert(id.clone(), email);
+        }
+        if let Some(account) = account {
+            self.stripe_accounts.insert(id, account);
+        }
+    }
+}
+
+/// A join or leave as the decision reads it, from its stored columns.
+pub(crate) fn presence_event(
+    session_id: &str,
+    event_type: &str,
+    party: Option<&str>,
+    at: i64,
+    connection: Option<&str>,
+) -> Result<PresenceEvent, StoreError> {
+    let kind = if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
+    let party = parse_optional(party)?.ok_or_else(|| {
+        StoreError::Corrupt(format!("presence event of {session_id} without a party"))
+    })?;
+    let connection = verdict_core::Connection::named(connection);
+    Ok(PresenceEvent { party, kind, at: UnixMillis(at), connection })
 }
 
 /// The settlement rules of `settings`.
@@ -72,21 +101,44 @@ pub(super) async fn end_group(
     writes: &[EndWrite],
 ) -> Result<Vec<Result<Ended, StoreError>>, StoreError> {
     let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
-    let mut sessions = lock_sessions(&mut *tx, &ids).await?;
-    let open: Vec<&Session> =
-        sessions.values().filter(|session| !session.status.is_terminal()).collect();
-    let (mut presence, users) = if open.is_empty() {
+    let sessions = lock_sessions(&mut *tx, &ids).await?;
+    let (open, parties) = open_of(&sessions);
+    let (presence, users) = if open.is_empty() {
         (HashMap::new(), Users::default())
     } else {
-        let ids: Vec<String> = open.iter().map(|session| session.id.clone()).collect();
-        let parties: Vec<String> = open
-            .iter()
-            .flat_map(|session| [session.customer_id.clone(), session.provider_id.clone()])
-            .collect();
-        (presence_of(&mut *tx, &ids).await?, users_of(&mut *tx, &parties).await?)
+        (presence_of(&mut *tx, &open).await?, users_of(&mut *tx, &parties).await?)
     };
+    let (answers, planned) = plan_group(writes, sessions, presence, &users);
+    for statement in end_statements(&planned)? {
+        statement.execute(&mut *tx).await?;
+    }
+    Ok(answers)
+}
+
+/// The open sessions among `sessions`, and their parties: whose presence
+/// and users a group reads.
+pub(crate) fn open_of(sessions: &HashMap<String, Session>) -> (Vec<String>, Vec<String>) {
+    let open: Vec<&Session> =
+        sessions.values().filter(|session| !session.status.is_terminal()).collect();
+    let parties = open
+        .iter()
+        .flat_map(|session| [session.customer_id.clone(), session.provider_id.clone()])
+        .collect();
+    (open.iter().map(|session| session.id.clone()).collect(), parties)
+}
+
+/// A group's ends planned (pure): the answer to each write, in order, and
+/// the ends to write, each session as ended with its plan.
+pub(crate) type Planned<'w> = Vec<(Session, EndPlan, &'w EndWrite)>;
+
+pub(crate) fn plan_group<'w>(
+    writes: &'w [EndWrite],
+    mut sessions: HashMap<String, Session>,
+    mut presence: HashMap<String, Vec<PresenceEvent>>,
+    users: &Users,
+) -> (Vec<Result<Ended, StoreError>>, Planned<'w>) {
     let mut answers = Vec::with_capacity(writes.len());
-    let mut planned: Vec<(Session, EndPlan, &EndWrite)> = Vec::new();
+    let mut planned: Planned<'w> = Vec::new();
     for write in writes {
         let Some(session) = sessions.get_mut(&write.id) else {
             answers.push(Err(StoreError::not_found("session", &write.id)));
@@ -95,7 +147,7 @@ pub(super) async fn end_group(
         let policy = *write.settings.policies.for_kind(session.kind);
         let mut events = presence.remove(&session.id).unwrap_or_default();
         events.extend(session.last_heartbeats());
-        let facts = settle_facts(session, &users);
+        let facts = settle_facts(session, users);
         let rules = rules(&write.settings);
         let Some(plan) =
             plan_end(&facts, &session.facts(), &events, &policy, &rules, write.end, write.now)
@@ -118,10 +170,7 @@ pub(super) async fn end_group(
         answers.push(Ok(Ended { session: ended.clone(), already_ended: false }));
         planned.push((ended, plan, write));
     }
-    if !planned.is_empty() {
-        write_ends(&mut *tx, &planned).await?;
-    }
-    Ok(answers)
+    (answers, planned)
 }
 
 /// The sessions of `ids` that exist, locked in id order (one statement).
@@ -160,15 +209,14 @@ async fn presence_of(
     let mut presence: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
     for row in &rows {
         let session_id: String = row.try_get("session_id")?;
-        let event_type: &str = row.try_get("type")?;
-        let kind = if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
-        let party = parse_optional(row.try_get("party")?)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("presence event of {session_id} without a party"))
-        })?;
-        let connection =
-            verdict_core::Connection::named(row.try_get::<Option<&str>, _>("connection")?);
-        let at = UnixMillis(row.try_get("at")?);
-        presence.entry(session_id).or_default().push(PresenceEvent { party, kind, at, connection });
+        let event = presence_event(
+            &session_id,
+            row.try_get("type")?,
+            row.try_get("party")?,
+            row.try_get("at")?,
+            row.try_get("connection")?,
+        )?;
+        presence.entry(session_id).or_default().push(event);
     }
     Ok(presence)
 }
@@ -185,25 +233,48 @@ pub(super) async fn users_of(tx: &mut DbConnection, ids: &[String]) -> Result<Us
     );
     let mut users = Users::default();
     for row in query.build().fetch_all(&mut *tx).await? {
-        let id: String = row.try_get("id")?;
-        if let Some(email) = row.try_get::<Option<String>, _>("email")? {
-            users.emails.insert(id.clone(), email);
-        }
-        if let Some(account) = row.try_get::<Option<String>, _>("stripe_account")? {
-            users.stripe_accounts.insert(id, account);
-        }
+        users.insert(row.try_get("id")?, row.try_get("email")?, row.try_get("stripe_account")?);
     }
     Ok(users)
 }
 
-/// Writes the planned ends, a statement a table.
-async fn write_ends(
-    tx: &mut DbConnection,
-    planned: &[(Session, EndPlan, &EndWrite)],
-) -> Result<(), StoreError> {
+/// One set-wise statement of a group: its rows, its text (reading the
+/// rows as `u`), and how many rows it must change, when that is known.
+pub(crate) struct SetStatement {
+    pub(crate) rows: Rows,
+    pub(crate) body: &'static str,
+    pub(crate) changes: Option<u64>,
+}
+
+impl SetStatement {
+    fn new(rows: Rows, body: &'static str) -> SetStatement {
+        SetStatement { rows, body, changes: None }
+    }
+
+    pub(super) async fn execute(self, tx: &mut DbConnection) -> Result<(), StoreError> {
+        let changed = self.rows.statement(self.body).build().execute(&mut *tx).await?;
+        check_changes(self.changes, changed.rows_affected())
+    }
+}
+
+/// A statement that changed other than the rows it must change.
+pub(crate) fn check_changes(expected: Option<u64>, changed: u64) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != changed => Err(StoreError::Internal(format!(
+            "a set-wise statement changed {changed} rows instead of {expected}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Every statement that writes the planned ends, a statement a table.
+pub(crate) fn end_statements(planned: &Planned<'_>) -> Result<Vec<SetStatement>, StoreError> {
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
     let policies: Vec<Value> =
         planned.iter().map(|(_, plan, _)| policy_json(&plan.policy)).collect();
-    let updated = Rows::default()
+    let sessions = Rows::default()
         .text("id", texts(planned.iter().map(|(session, ..)| session.id.clone())))
         .text("status", texts(planned.iter().map(|(_, plan, _)| plan.outcome.status.as_str())))
         .text("reason", texts(planned.iter().map(|(_, plan, _)| plan.outcome.reason.as_str())))
@@ -219,24 +290,16 @@ async fn write_ends(
         .int(
             "finalizes_at",
             planned.iter().map(|(_, plan, _)| plan.finalizes_at.map(|at| at.0)).collect(),
-        )
-        .statement(
-            "UPDATE sessions SET status = u.status, reason = u.reason, \
-             started_at = u.started_at, ended_at = u.ended_at, ended_by = u.ended_by, \
-             billable_seconds = u.billable_seconds, charged_cents = u.charged_cents, \
-             policy = u.policy, finalizes_at = u.finalizes_at \
-             FROM u WHERE sessions.id = u.id AND sessions.ended_at IS NULL",
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
-    if updated.rows_affected() != planned.len() as u64 {
-        return Err(StoreError::Internal(format!(
-            "{} of {} locked, open sessions were ended",
-            updated.rows_affected(),
-            planned.len()
-        )));
-    }
+        );
+    let mut statements = vec![SetStatement {
+        rows: sessions,
+        body: "UPDATE sessions SET status = u.status, reason = u.reason, \
+               started_at = u.started_at, ended_at = u.ended_at, ended_by = u.ended_by, \
+               billable_seconds = u.billable_seconds, charged_cents = u.charged_cents, \
+               policy = u.policy, finalizes_at = u.finalizes_at \
+               FROM u WHERE sessions.id = u.id AND sessions.ended_at IS NULL",
+        changes: Some(planned.len() as u64),
+    }];
 
     let audits: Vec<String> = planned
         .iter()
@@ -250,23 +313,20 @@ async fn write_ends(
             .to_string()
         })
         .collect();
-    Rows::default()
-        .text("session_id", texts(planned.iter().map(|(session, ..)| session.id.clone())))
-        .text("actor_role", texts(planned.iter().map(|(.., write)| write.actor.role.as_str())))
-        .text("actor_id", texts(planned.iter().map(|(.., write)| write.actor.id.clone())))
-        .int("at", ints(planned.iter().map(|(.., write)| write.now.0)))
-        .text("data", texts(audits))
-        .statement(
-            "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at, \
-             data) SELECT session_id, 'ended', NULL, actor_role, actor_id, at, data FROM u",
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
+    statements.push(SetStatement::new(
+        Rows::default()
+            .text("session_id", texts(planned.iter().map(|(session, ..)| session.id.clone())))
+            .text("actor_role", texts(planned.iter().map(|(.., write)| write.actor.role.as_str())))
+            .text("actor_id", texts(planned.iter().map(|(.., write)| write.actor.id.clone())))
+            .int("at", ints(planned.iter().map(|(.., write)| write.now.0)))
+            .text("data", texts(audits)),
+        "INSERT INTO session_events (session_id, type, party, actor_role, actor_id, at, data) \
+         SELECT session_id, 'ended', NULL, actor_role, actor_id, at, data FROM u",
+    ));
 
     let notices: Vec<(&Session, Notice, UnixMillis)> =
         planned.iter().map(|(session, plan, write)| (session, plan.notice, write.now)).collect();
-    write_notices(&mut *tx, &notices).await?;
+    statements.extend(notice_statement(&notices));
 
     let requests: Vec<(&str, &str, Status, UnixMillis)> = planned
         .iter()
@@ -279,7 +339,7 @@ async fn write_ends(
             ))
         })
         .collect();
-    settle_requests(&mut *tx, &requests).await?;
+    statements.extend(request_statements(&requests));
 
     let money: Vec<(&Session, &MoneyPlan, UnixMillis, &Settings)> = planned
         .iter()
@@ -290,17 +350,15 @@ async fn write_ends(
         messages
             .extend(plan.messages.iter().map(|message| (session.id.as_str(), message, write.now)));
     }
-    write_money(&mut *tx, &money, messages).await
+    statements.extend(money_statements(&money, messages)?);
+    Ok(statements)
 }
 
 /// A notification to each party of each session, at most one per
 /// session, party and kind.
-pub(super) async fn write_notices(
-    tx: &mut DbConnection,
-    notices: &[(&Session, Notice, UnixMillis)],
-) -> Result<(), StoreError> {
+fn notice_statement(notices: &[(&Session, Notice, UnixMillis)]) -> Option<SetStatement> {
     if notices.is_empty() {
-        return Ok(());
+        return None;
     }
     let both = |f: &dyn Fn(&Session, Notice, UnixMillis, Party) -> Option<String>| {
         notices
@@ -310,7 +368,7 @@ pub(super) async fn write_notices(
             })
             .collect::<Vec<_>>()
     };
-    Rows::default()
+    let rows = Rows::default()
         .text("recipient_role", both(&|_, _, _, party| Some(party.as_str().to_owned())))
         .text(
             "recipient_id",
@@ -319,63 +377,75 @@ pub(super) async fn write_notices(
         .text("session_id", both(&|session, _, _, _| Some(session.id.clone())))
         .text("kind", both(&|_, notice, _, _| Some(notice.kind.as_str().to_owned())))
         .text("reason", both(&|_, notice, _, _| Some(notice.reason.as_str().to_owned())))
-        .int("created_at", notices.iter().flat_map(|(_, _, at)| [Some(at.0), Some(at.0)]).collect())
-        .statement(
-            "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
-             created_at) SELECT recipient_role, recipient_id, session_id, kind, reason, \
-             created_at FROM u WHERE true ON CONFLICT DO NOTHING",
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+        .int(
+            "created_at",
+            notices.iter().flat_map(|(_, _, at)| [Some(at.0), Some(at.0)]).collect(),
+        );
+    Some(SetStatement::new(
+        rows,
+        "INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, \
+         created_at) SELECT recipient_role, recipient_id, session_id, kind, reason, created_at \
+         FROM u WHERE true ON CONFLICT DO NOTHING",
+    ))
 }
 
-/// Each request follows its session to the end (once linked to it); their
-/// queue entries go.
+pub(super) async fn write_notices(
+    tx: &mut DbConnection,
+    notices: &[(&Session, Notice, UnixMillis)],
+) -> Result<(), StoreError> {
+    match notice_statement(notices) {
+        Some(statement) => statement.execute(tx).await,
+        None => Ok(()),
+    }
+}
+
+/// Each request follows its session to the end (once linked to it, or
+/// when not linked yet); the queue entries of those requests go.
+fn request_statements(requests: &[(&str, &str, Status, UnixMillis)]) -> Vec<SetStatement> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    let rows = || {
+        Rows::default()
+            .text("request_id", texts(requests.iter().map(|request| request.0)))
+            .text("session_id", texts(requests.iter().map(|request| request.1)))
+            .text("status", texts(requests.iter().map(|request| request.2.as_str())))
+            .int("updated_at", ints(requests.iter().map(|request| request.3.0)))
+    };
+    vec![
+        SetStatement::new(
+            rows(),
+            "DELETE FROM assignments WHERE request_id IN (SELECT r.id FROM requests r \
+             JOIN u ON r.id = u.request_id \
+             WHERE r.session_id IS NULL OR r.session_id = u.session_id)",
+        ),
+        SetStatement::new(
+            rows(),
+            "UPDATE requests SET status = u.status, \
+             session_id = COALESCE(requests.session_id, u.session_id), \
+             updated_at = u.updated_at FROM u WHERE requests.id = u.request_id \
+             AND (requests.session_id IS NULL OR requests.session_id = u.session_id)",
+        ),
+    ]
+}
+
 pub(super) async fn settle_requests(
     tx: &mut DbConnection,
     requests: &[(&str, &str, Status, UnixMillis)],
 ) -> Result<(), StoreError> {
-    if requests.is_empty() {
-        return Ok(());
-    }
-    let settled = Rows::default()
-        .text("request_id", texts(requests.iter().map(|request| request.0)))
-        .text("session_id", texts(requests.iter().map(|request| request.1)))
-        .text("status", texts(requests.iter().map(|request| request.2.as_str())))
-        .int("updated_at", ints(requests.iter().map(|request| request.3.0)))
-        .statement(
-            "UPDATE requests SET status = u.status, \
-             session_id = COALESCE(requests.session_id, u.session_id), \
-             updated_at = u.updated_at FROM u WHERE requests.id = u.request_id \
-             AND (requests.session_id IS NULL OR requests.session_id = u.session_id) \
-             RETURNING requests.id",
-        )
-        .build()
-        .fetch_all(&mut *tx)
-        .await?;
-    let ids =
-        settled.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<Vec<_>, _>>()?;
-    if !ids.is_empty() {
-        Rows::default()
-            .text("id", texts(ids))
-            .statement("DELETE FROM assignments WHERE request_id IN (SELECT id FROM u)")
-            .build()
-            .execute(&mut *tx)
-            .await?;
+    for statement in request_statements(requests) {
+        statement.execute(&mut *tx).await?;
     }
     Ok(())
 }
 
-/// Writes what final outcomes owe (settlement postings, their lines,
-/// payouts) and `messages` followed by the money's own, a statement a
-/// table.
-pub(super) async fn write_money(
-    tx: &mut DbConnection,
-    money: &[(&Session, &MoneyPlan, UnixMillis, &Settings)],
-    mut messages: Vec<(&str, &Message, UnixMillis)>,
-) -> Result<(), StoreError> {
+/// What final outcomes owe (settlement postings, their lines, payouts),
+/// then `messages` followed by the money's own, a statement a table.
+fn money_statements<'a>(
+    money: &[(&'a Session, &'a MoneyPlan, UnixMillis, &Settings)],
+    mut messages: Vec<(&'a str, &'a Message, UnixMillis)>,
+) -> Result<Vec<SetStatement>, StoreError> {
+    let mut statements = Vec::new();
     let postings: Vec<_> = money
         .iter()
         .filter_map(|(session, plan, at, _)| Some((*session, plan.posting.as_ref()?, *at)))
@@ -386,20 +456,17 @@ pub(super) async fn write_money(
                 return Err(StoreError::Internal(format!("an unbalanced posting: {posting:?}")));
             }
         }
-        Rows::default()
-            .text("session_id", texts(postings.iter().map(|(session, ..)| session.id.clone())))
-            .text(
-                "currency",
-                texts(postings.iter().map(|(_, posting, _)| posting.currency.clone())),
-            )
-            .int("created_at", ints(postings.iter().map(|(.., at)| at.0)))
-            .statement(
-                "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
-                 SELECT session_id, 'settlement', currency, created_at FROM u",
-            )
-            .build()
-            .execute(&mut *tx)
-            .await?;
+        statements.push(SetStatement::new(
+            Rows::default()
+                .text("session_id", texts(postings.iter().map(|(session, ..)| session.id.clone())))
+                .text(
+                    "currency",
+                    texts(postings.iter().map(|(_, posting, _)| posting.currency.clone())),
+                )
+                .int("created_at", ints(postings.iter().map(|(.., at)| at.0))),
+            "INSERT INTO ledger_postings (session_id, kind, currency, created_at) \
+             SELECT session_id, 'settlement', currency, created_at FROM u",
+        ));
         let lines: Vec<(&str, &str, i64)> = postings
             .iter()
             .flat_map(|(session, posting, _)| {
@@ -409,18 +476,16 @@ pub(super) async fn write_money(
                     .map(|(account, amount)| (session.id.as_str(), account.as_str(), *amount))
             })
             .collect();
-        Rows::default()
-            .text("session_id", texts(lines.iter().map(|line| line.0)))
-            .text("account", texts(lines.iter().map(|line| line.1)))
-            .int("amount_cents", ints(lines.iter().map(|line| line.2)))
-            .statement(
-                "INSERT INTO ledger_lines (posting_id, account, amount_cents) \
-                 SELECT p.id, u.account, u.amount_cents FROM u \
-                 JOIN ledger_postings p ON p.session_id = u.session_id AND p.kind = 'settlement'",
-            )
-            .build()
-            .execute(&mut *tx)
-            .await?;
+        statements.push(SetStatement {
+            rows: Rows::default()
+                .text("session_id", texts(lines.iter().map(|line| line.0)))
+                .text("account", texts(lines.iter().map(|line| line.1)))
+                .int("amount_cents", ints(lines.iter().map(|line| line.2))),
+            body: "INSERT INTO ledger_lines (posting_id, account, amount_cents) \
+                   SELECT p.id, u.account, u.amount_cents FROM u \
+                   JOIN ledger_postings p ON p.session_id = u.session_id AND p.kind = 'settlement'",
+            changes: Some(lines.len() as u64),
+        });
     }
     let payouts: Vec<_> = money
         .iter()
@@ -429,36 +494,49 @@ pub(super) async fn write_money(
         })
         .collect();
     if !payouts.is_empty() {
-        Rows::default()
-            .text("id", texts(payouts.iter().map(|(_, payout, ..)| payout.id.clone())))
-            .text("session_id", texts(payouts.iter().map(|(session, ..)| session.id.clone())))
-            .text(
-                "provider_id",
-                texts(payouts.iter().map(|(_, payout, ..)| payout.provider_id.clone())),
-            )
-            .text(
-                "destination",
-                payouts.iter().map(|(_, payout, ..)| payout.destination.clone()).collect(),
-            )
-            .int("amount_cents", ints(payouts.iter().map(|(_, payout, ..)| payout.amount.0)))
-            .text("currency", texts(payouts.iter().map(|(_, payout, ..)| payout.currency.clone())))
-            .text(
-                "provider",
-                texts(payouts.iter().map(|(.., settings)| settings.payout_provider.as_str())),
-            )
-            .int("created_at", ints(payouts.iter().map(|(_, _, at, _)| at.0)))
-            .statement(
-                "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
-                 currency, state, provider, created_at, updated_at) \
-                 SELECT id, session_id, provider_id, destination, amount_cents, currency, \
-                 'pending', provider, created_at, created_at FROM u",
-            )
-            .build()
-            .execute(&mut *tx)
-            .await?;
+        statements.push(SetStatement::new(
+            Rows::default()
+                .text("id", texts(payouts.iter().map(|(_, payout, ..)| payout.id.clone())))
+                .text("session_id", texts(payouts.iter().map(|(session, ..)| session.id.clone())))
+                .text(
+                    "provider_id",
+                    texts(payouts.iter().map(|(_, payout, ..)| payout.provider_id.clone())),
+                )
+                .text(
+                    "destination",
+                    payouts.iter().map(|(_, payout, ..)| payout.destination.clone()).collect(),
+                )
+                .int("amount_cents", ints(payouts.iter().map(|(_, payout, ..)| payout.amount.0)))
+                .text(
+                    "currency",
+                    texts(payouts.iter().map(|(_, payout, ..)| payout.currency.clone())),
+                )
+                .text(
+                    "provider",
+                    texts(payouts.iter().map(|(.., settings)| settings.payout_provider.as_str())),
+                )
+                .int("created_at", ints(payouts.iter().map(|(_, _, at, _)| at.0))),
+            "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
+             currency, state, provider, created_at, updated_at) \
+             SELECT id, session_id, provider_id, destination, amount_cents, currency, \
+             'pending', provider, created_at, created_at FROM u",
+        ));
     }
     for (session, plan, at, _) in money {
         messages.extend(plan.messages.iter().map(|message| (session.id.as_str(), message, *at)));
     }
-    super::outbox::write_messages(&mut *tx, &messages).await
+    statements.extend(message_statement(&messages));
+    Ok(statements)
+}
+
+/// Writes what final outcomes owe and `messages` (see `money_statements`).
+pub(super) async fn write_money<'a>(
+    tx: &mut DbConnection,
+    money: &[(&'a Session, &'a MoneyPlan, UnixMillis, &Settings)],
+    messages: Vec<(&'a str, &'a Message, UnixMillis)>,
+) -> Result<(), StoreError> {
+    for statement in money_statements(money, messages)? {
+        statement.execute(&mut *tx).await?;
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Group commit: the session writes of the hot path share one transaction
 //! and one commit (see `Engine::grouped`).
 
+use std::sync::Arc;
+
 use sqlx::Pool;
 
 use crate::{Ended, StoreError};
@@ -27,6 +29,18 @@ type Done = (bool, Answer);
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(super) type BoxFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Runs a group of ends in a transaction of its own away from the sqlx
+/// connection (SQLite: the whole group on one thread, no hop per
+/// statement), answering once it is committed: each end's answer, or why
+/// the group failed (none of it stored).
+pub(crate) trait EndsRunner: Send + Sync {
+    fn run(&self, writes: Vec<EndWrite>) -> tokio::sync::oneshot::Receiver<GroupAnswers>;
+    /// Finishes the group in hand and stops: nothing runs afterwards.
+    fn close(&self);
+}
+
+pub(crate) type GroupAnswers = Result<Vec<Result<Ended, StoreError>>, StoreError>;
 
 /// The most writes one group transaction carries.
 pub(super) const GROUP_MAX: usize = 256;
@@ -104,7 +118,11 @@ impl Engine {
 
 /// Takes whatever writes are waiting (at least one, at most `GROUP_MAX`)
 /// and commits them together, until the store is dropped.
-pub(super) async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+pub(super) async fn group_writer(
+    writer: Pool<Db>,
+    runner: Option<Arc<dyn EndsRunner>>,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < GROUP_MAX
@@ -114,6 +132,13 @@ pub(super) async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::
         }
         // In a task of its own: a panicking write fails its group (whose
         // callers see their answers dropped), not the writer.
+        let group = match &runner {
+            Some(runner) if group.iter().all(|job| matches!(job, Job::End(..))) => {
+                run_elsewhere(runner.as_ref(), group).await;
+                continue;
+            }
+            _ => group,
+        };
         if let Err(error) = tokio::spawn(commit_group(writer.clone(), group)).await {
             tracing::error!(%error, "a write group panicked; its writes were rolled back");
         }
@@ -127,6 +152,8 @@ pub(super) async fn group_writer(writer: Pool<Db>, mut jobs: tokio::sync::mpsc::
 /// ends back one at a time, each in a savepoint, so that one bad write
 /// never fails the others. A failed commit fails every write.
 async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
+    metrics::histogram!("verdict_write_group_size").record(group.len() as f64);
+    let started = std::time::Instant::now();
     let mut ends = Vec::new();
     let mut writes = Vec::new();
     for job in group {
@@ -155,12 +182,20 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
         let (writes, replies): (Vec<EndWrite>, Vec<_>) = ends.into_iter().unzip();
         let results = if writes.is_empty() {
             Vec::new()
-        } else if writes.len() == 1 && answers.is_empty() {
-            // A lone write needs no savepoint: its failure is the group's.
-            vec![match end_group(&mut tx, &writes).await {
-                Ok(mut results) => results.pop().unwrap_or_else(|| Err(lost())),
-                Err(error) => Err(error),
-            }]
+        } else if answers.is_empty() {
+            // Only ends: no savepoint (under one, SQLite copies every page
+            // the group changes to a sub-journal). Should a statement fail,
+            // the transaction is begun again and each end tried alone.
+            match end_group(&mut tx, &writes).await {
+                Ok(results) => results,
+                Err(error) if writes.len() == 1 => vec![Err(error)],
+                Err(error) => {
+                    tracing::warn!(%error, ends = writes.len(), "a set-wise end failed; ending one at a time");
+                    tx.rollback().await?;
+                    tx = writer.begin_with(BEGIN_WRITE).await?;
+                    one_at_a_time(&mut tx, &writes).await?
+                }
+            }
         } else {
             ends_with_fallback(&mut tx, &writes).await?
         };
@@ -174,12 +209,19 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
                 let _ = reply.send(result);
             }));
         }
+        let written = started.elapsed();
         let committed = if any_stands {
             tx.commit().await.map_err(|error| StoreError::from(error).to_string())
         } else {
             // Nothing to keep (all failed, or only reads and no-ops).
             tx.rollback().await.map_err(|error| StoreError::from(error).to_string())
         };
+        tracing::debug!(
+            size = answers.len(),
+            written_us = written.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "write group committed"
+        );
         for answer in answers.drain(..) {
             answer(committed.clone());
         }
@@ -188,6 +230,35 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     .await;
     if let Err(error) = outcome {
         tracing::warn!(%error, "a write group failed before its commit; its writes were not stored");
+    }
+}
+
+/// A group of ends only, through the backend's own runner.
+async fn run_elsewhere(runner: &dyn EndsRunner, group: Vec<Job>) {
+    metrics::histogram!("verdict_write_group_size").record(group.len() as f64);
+    let (writes, replies): (Vec<EndWrite>, Vec<_>) = group
+        .into_iter()
+        .filter_map(|job| match job {
+            Job::End(write, reply) => Some((*write, reply)),
+            Job::Write(..) => None,
+        })
+        .unzip();
+    let answers = runner
+        .run(writes)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())));
+    match answers {
+        Ok(answers) => {
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = reply.send(answer);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a write group failed; its writes were not stored");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+            }
+        }
     }
 }
 
@@ -223,6 +294,14 @@ async fn ends_with_fallback(
                 .await?;
         }
     }
+    one_at_a_time(tx, writes).await
+}
+
+/// Each end alone, in a savepoint of its own.
+async fn one_at_a_time(
+    tx: &mut DbConnection,
+    writes: &[EndWrite],
+) -> Result<Vec<Result<Ended, StoreError>>, StoreError> {
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
         sqlx::raw_sql("SAVEPOINT grouped_end").execute(&mut *tx).await?;

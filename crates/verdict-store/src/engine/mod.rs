@@ -55,8 +55,22 @@ use sqlx::Pool;
 use verdict_core::{EndCause, Party, PolicySet, SessionAudit, UnixMillis};
 
 use self::dialect::{BACKEND, Db, MIGRATOR};
+pub(crate) use self::group::EndsRunner;
 use self::group::{GROUP_MAX, Job, group_writer};
+// What a backend's own runner of end groups (SQLite's writer thread) needs
+// of the engine: unused by a backend without one.
+#[allow(unused_imports)]
+pub(crate) use self::ends::{
+    EndWrite, SetStatement, Users, check_changes, end_statements, open_of, plan_group,
+    presence_event,
+};
+#[allow(unused_imports)]
+pub(crate) use self::group::GroupAnswers;
 use self::import::Bulk;
+#[allow(unused_imports)]
+pub(crate) use self::rows::{SESSION_COLUMNS, SessionRecord};
+#[allow(unused_imports)]
+pub(crate) use self::setwise::Rows;
 use crate::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, BulkImport, Correction, Created,
     EarningsTotal, Ended, Idempotency, ImportSession, Imported, NewRequest, NewSession,
@@ -77,6 +91,9 @@ pub struct Engine {
     /// Session writes waiting for a group transaction, one queue per group
     /// writer (see `grouped`).
     groups: Vec<tokio::sync::mpsc::Sender<Job>>,
+    /// Where groups of ends only run, when the backend has such a runner
+    /// (SQLite: its own thread).
+    runner: Option<std::sync::Arc<dyn EndsRunner>>,
 }
 
 impl Engine {
@@ -87,15 +104,16 @@ impl Engine {
         writer: Pool<Db>,
         availability: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
         groups: usize,
+        runner: Option<std::sync::Arc<dyn EndsRunner>>,
     ) -> Engine {
         let groups = (0..groups.max(1))
             .map(|_| {
                 let (queue, jobs) = tokio::sync::mpsc::channel(GROUP_MAX);
-                tokio::spawn(group_writer(writer.clone(), jobs));
+                tokio::spawn(group_writer(writer.clone(), runner.clone(), jobs));
                 queue
             })
             .collect();
-        Engine { reader, writer, availability, groups }
+        Engine { reader, writer, availability, groups, runner }
     }
 }
 
@@ -113,6 +131,9 @@ impl Store for Engine {
     }
 
     async fn close(&self) {
+        if let Some(runner) = self.runner.clone() {
+            let _ = tokio::task::spawn_blocking(move || runner.close()).await;
+        }
         self.writer.close().await;
         self.reader.close().await;
     }

@@ -9,6 +9,7 @@ use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, StoreErr
 
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection};
+use super::ends::SetStatement;
 use super::rows::{outcome_json, payout_from_row};
 use super::setwise::{Rows, ints, texts};
 
@@ -302,17 +303,14 @@ pub(super) fn payload(session_id: &str, message: &Message) -> Value {
     }
 }
 
-/// Queues `messages` (each with its session and instant), in order, one
-/// statement for all of them.
-pub(super) async fn write_messages(
-    tx: &mut DbConnection,
-    messages: &[(&str, &Message, UnixMillis)],
-) -> Result<(), StoreError> {
+/// The statement queueing `messages` (each with its session and instant),
+/// in order, all at once.
+pub(super) fn message_statement(messages: &[(&str, &Message, UnixMillis)]) -> Option<SetStatement> {
     if messages.is_empty() {
-        return Ok(());
+        return None;
     }
     let topics: Vec<Topic> = messages.iter().map(|(_, message, _)| message.topic()).collect();
-    Rows::default()
+    let rows = Rows::default()
         .int("n", ints(0..messages.len() as i64))
         .text("session_id", texts(messages.iter().map(|(session_id, ..)| *session_id)))
         .text("topic", texts(topics.iter().map(|topic| topic.as_str())))
@@ -334,14 +332,23 @@ pub(super) async fn write_messages(
                     .map(|(session_id, message, _)| payload(session_id, message).to_string()),
             ),
         )
-        .int("due_at", ints(messages.iter().map(|(.., at)| at.0)))
-        .statement(
-            "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, \
-             created_at) SELECT session_id, topic, channel, dedupe_key, payload, due_at, due_at \
-             FROM u ORDER BY n",
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+        .int("due_at", ints(messages.iter().map(|(.., at)| at.0)));
+    Some(SetStatement {
+        rows,
+        body: "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, \
+               created_at) SELECT session_id, topic, channel, dedupe_key, payload, due_at, due_at \
+               FROM u ORDER BY n",
+        changes: Some(messages.len() as u64),
+    })
+}
+
+/// Queues `messages` (see `message_statement`).
+pub(super) async fn write_messages(
+    tx: &mut DbConnection,
+    messages: &[(&str, &Message, UnixMillis)],
+) -> Result<(), StoreError> {
+    match message_statement(messages) {
+        Some(statement) => statement.execute(tx).await,
+        None => Ok(()),
+    }
 }

@@ -25,6 +25,10 @@ macro_rules! session_columns {
     };
 }
 
+/// The session columns, in `SessionRecord` field order.
+#[allow(dead_code)]
+pub(crate) const SESSION_COLUMNS: &str = session_columns!();
+
 /// What a verification page reads of each session, in `SessionRecord`
 /// field order.
 macro_rules! audit_columns {
@@ -51,7 +55,7 @@ macro_rules! payout_columns {
 /// (in `audit_columns!()` order); [`SessionRecord::into_session`] is the
 /// one place its text becomes a [`Session`].
 #[derive(serde::Deserialize)]
-pub(super) struct SessionRecord<'a> {
+pub(crate) struct SessionRecord<'a> {
     pub(super) id: String,
     #[serde(borrow)]
     pub(super) kind: Cow<'a, str>,
@@ -127,7 +131,7 @@ impl SessionRecord<'_> {
         })
     }
 
-    pub(super) fn into_session(self) -> Result<Session, StoreError> {
+    pub(crate) fn into_session(self) -> Result<Session, StoreError> {
         Ok(Session {
             kind: parse::<Kind>(&self.kind)?,
             status: parse::<Status>(&self.status)?,

@@ -17,18 +17,18 @@ pub(crate) enum Values {
 
 /// Rows to bind, column by column.
 #[derive(Default)]
-pub(super) struct Rows {
+pub(crate) struct Rows {
     names: Vec<&'static str>,
     columns: Vec<Values>,
     len: usize,
 }
 
 impl Rows {
-    pub(super) fn text(self, name: &'static str, values: Vec<Option<String>>) -> Rows {
+    pub(crate) fn text(self, name: &'static str, values: Vec<Option<String>>) -> Rows {
         self.push(name, values.len(), Values::Text(values))
     }
 
-    pub(super) fn int(self, name: &'static str, values: Vec<Option<i64>>) -> Rows {
+    pub(crate) fn int(self, name: &'static str, values: Vec<Option<i64>>) -> Rows {
         self.push(name, values.len(), Values::Int(values))
     }
 
@@ -38,6 +38,13 @@ impl Rows {
         self.names.push(name);
         self.columns.push(values);
         self
+    }
+
+    /// The column names, their values and the number of rows (for a
+    /// backend that binds them itself: SQLite's writer thread).
+    #[allow(dead_code)]
+    pub(crate) fn into_parts(self) -> (Vec<&'static str>, Vec<Values>, usize) {
+        (self.names, self.columns, self.len)
     }
 
     /// `WITH u(<names>) AS (<rows>) ` followed by `body`, which reads `u`.
