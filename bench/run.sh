@@ -72,7 +72,7 @@ for port in "$PORT_PG" "$PORT_HTTP" "$PORT_BASE"; do
 done
 started=$(date +%s)
 cargo build --release -q -p verdict
-V=$ROOT/target/release/verdict
+V=${CARGO_TARGET_DIR:-$ROOT/target}/release/verdict
 export VERDICT_JWT_SECRET=bench-secret VERDICT_WORKER=off RUST_LOG=warn
 # Every simulated session is joined by both parties seconds before its end:
 # a 1-second minimum makes each end a completion with its payout and ledger

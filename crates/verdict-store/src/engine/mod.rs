@@ -17,6 +17,8 @@
 //! - `dialect`: the backend contract, the only way to the backend's items;
 //! - `rows`: column lists and row mapping;
 //! - `group`: group commit of the hot path's session writes;
+//! - `ends`: a group's ends, read, planned by the core and written set-wise;
+//! - `setwise`: a group's rows for one table bound as one statement;
 //! - `sessions`: a session's creation, presence, end and audit trail;
 //! - `settle`: the money of an end (settle, finalize, correct, re-derive);
 //! - `sweep`: the sweeper and the repair of one session;
