@@ -136,6 +136,10 @@ fn push_rows(query: &mut sqlx::QueryBuilder<Db>, columns: Vec<engine::Values>, _
     query.push(")");
 }
 
+/// A group's writes run as few statements of data-modifying common tables
+/// (a round trip each), not one a table.
+const COMBINES_WRITES: bool = true;
+
 // The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine/mod.rs"]

@@ -136,6 +136,10 @@ fn push_rows(query: &mut sqlx::QueryBuilder<Db>, mut columns: Vec<engine::Values
     }
 }
 
+/// SQLite has no data-modifying common tables: a group's writes run one
+/// statement a table.
+const COMBINES_WRITES: bool = false;
+
 // The engine is compiled once per backend on purpose: see engine/mod.rs.
 #[allow(clippy::duplicate_mod)]
 #[path = "engine/mod.rs"]

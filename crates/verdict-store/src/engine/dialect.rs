@@ -31,6 +31,9 @@ pub(super) use super::super::BULK_DEFERRED_INDEXES;
 /// Settings a bulk load changes around its transaction, as (before, after)
 /// statements.
 pub(super) use super::super::BULK_PRAGMAS;
+/// Several set-wise writes may run as one statement of data-modifying
+/// common tables (`ends::execute_all`).
+pub(super) use super::super::COMBINES_WRITES;
 /// The sqlx database (`sqlx::Sqlite`, `sqlx::Postgres`).
 pub(super) use super::super::Db;
 /// Whether the rows a multi-row `INSERT` stored are told by

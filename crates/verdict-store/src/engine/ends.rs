@@ -15,9 +15,9 @@ use verdict_core::{
     PresenceKind, SettleFacts, SettleRules, Status, UnixMillis, plan_end,
 };
 
-use super::dialect::DbConnection;
+use super::dialect::{COMBINES_WRITES, Db, DbConnection};
 use super::outbox::message_statement;
-use super::rows::{outcome_json, parse_optional, policy_json, session_from_row};
+use super::rows::{SessionRecord, outcome_json, parse_optional, policy_json, session_from_row};
 use super::setwise::{Rows, ints, texts};
 use crate::{Actor, Ended, PayoutProvider, Session, Settings, StoreError};
 
@@ -101,18 +101,87 @@ pub(super) async fn end_group(
     writes: &[EndWrite],
 ) -> Result<Vec<Result<Ended, StoreError>>, StoreError> {
     let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
-    let sessions = lock_sessions(&mut *tx, &ids).await?;
-    let (open, parties) = open_of(&sessions);
-    let (presence, users) = if open.is_empty() {
-        (HashMap::new(), Users::default())
+    let (sessions, presence, users) = if COMBINES_WRITES {
+        read_group_at_once(&mut *tx, ids).await?
     } else {
-        (presence_of(&mut *tx, &open).await?, users_of(&mut *tx, &parties).await?)
+        let sessions = lock_sessions(&mut *tx, &ids).await?;
+        let (open, parties) = open_of(&sessions);
+        if open.is_empty() {
+            (sessions, HashMap::new(), Users::default())
+        } else {
+            let presence = presence_of(&mut *tx, &open).await?;
+            (sessions, presence, users_of(&mut *tx, &parties).await?)
+        }
     };
     let (answers, planned) = plan_group(writes, sessions, presence, &users);
-    for statement in end_statements(&planned)? {
-        statement.execute(&mut *tx).await?;
-    }
+    execute_all(&mut *tx, end_statements(&planned)?).await?;
     Ok(answers)
+}
+
+/// What a group reads after its ids (`u`), in PostgreSQL's dialect (used
+/// where the backend combines statements): the sessions locked in id order, the joins and
+/// leaves of the open ones and their parties' users, as one JSON value
+/// each, in one round trip.
+const GROUP_READ: &str = concat!(
+    ", l AS (SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE id IN (SELECT id FROM u) ORDER BY id FOR UPDATE), \
+     o AS (SELECT id, customer_id, provider_id FROM l WHERE status IN ('waiting', 'live')) \
+     SELECT (SELECT json_agg(json_build_array(",
+    session_columns!(),
+    "))::text FROM l) AS sessions, \
+     (SELECT json_agg(json_build_array(e.session_id, e.type, e.party, e.at, e.connection) \
+       ORDER BY e.session_id, e.seq)::text FROM session_events e \
+       WHERE e.session_id IN (SELECT id FROM o) AND e.type IN ('joined', 'left')) AS presence, \
+     (SELECT json_agg(json_build_array(x.id, x.email, x.stripe_account))::text FROM users x \
+       WHERE x.id IN (SELECT customer_id FROM o UNION SELECT provider_id FROM o) \
+       AND (x.email IS NOT NULL OR x.stripe_account IS NOT NULL)) AS users",
+);
+
+type Group = (HashMap<String, Session>, HashMap<String, Vec<PresenceEvent>>, Users);
+
+async fn read_group_at_once(
+    tx: &mut DbConnection,
+    mut ids: Vec<String>,
+) -> Result<Group, StoreError> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut query = Rows::default().text("id", texts(ids)).statement(GROUP_READ);
+    let row = query.build().fetch_one(&mut *tx).await?;
+    let text = |column: &str| row.try_get::<Option<String>, _>(column);
+    let (sessions, presence, users) = (text("sessions")?, text("presence")?, text("users")?);
+    group_from_json(sessions.as_deref(), presence.as_deref(), users.as_deref())
+}
+
+/// A group's reads from their JSON arrays of arrays (see `GROUP_READ`).
+pub(crate) fn group_from_json(
+    sessions: Option<&str>,
+    presence: Option<&str>,
+    users: Option<&str>,
+) -> Result<Group, StoreError> {
+    fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
+        match text {
+            None => Ok(Vec::new()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
+        }
+    }
+    let sessions: HashMap<String, Session> = parse::<SessionRecord>(sessions)?
+        .into_iter()
+        .map(|record| record.into_session().map(|session| (session.id.clone(), session)))
+        .collect::<Result<_, _>>()?;
+    let mut events: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
+    type EventRow = (String, String, Option<String>, i64, Option<String>);
+    for (session_id, event_type, party, at, connection) in parse::<EventRow>(presence)? {
+        let event =
+            presence_event(&session_id, &event_type, party.as_deref(), at, connection.as_deref())?;
+        events.entry(session_id).or_default().push(event);
+    }
+    let mut known = Users::default();
+    for (id, email, account) in parse::<(String, Option<String>, Option<String>)>(users)? {
+        known.insert(id, email, account);
+    }
+    Ok((sessions, events, known))
 }
 
 /// The open sessions among `sessions`, and their parties: whose presence
@@ -244,17 +313,83 @@ pub(crate) struct SetStatement {
     pub(crate) rows: Rows,
     pub(crate) body: &'static str,
     pub(crate) changes: Option<u64>,
+    /// Reads what an earlier statement of the group wrote (a join, or a
+    /// trigger's query): it cannot share one statement with it.
+    pub(crate) reads_earlier: bool,
 }
 
 impl SetStatement {
     fn new(rows: Rows, body: &'static str) -> SetStatement {
-        SetStatement { rows, body, changes: None }
+        SetStatement { rows, body, changes: None, reads_earlier: false }
     }
 
     pub(super) async fn execute(self, tx: &mut DbConnection) -> Result<(), StoreError> {
         let changed = self.rows.statement(self.body).build().execute(&mut *tx).await?;
         check_changes(self.changes, changed.rows_affected())
     }
+}
+
+/// Runs `statements` in order. Where the backend allows data-modifying
+/// common tables (`dialect::COMBINES_WRITES`: PostgreSQL), statements are
+/// joined into as few as possible, one round trip each: a statement that
+/// reads an earlier one's writes starts the next.
+pub(super) async fn execute_all(
+    tx: &mut DbConnection,
+    statements: Vec<SetStatement>,
+) -> Result<(), StoreError> {
+    if !COMBINES_WRITES {
+        for statement in statements {
+            statement.execute(&mut *tx).await?;
+        }
+        return Ok(());
+    }
+    let mut batch: Vec<SetStatement> = Vec::new();
+    for statement in statements {
+        if statement.reads_earlier && !batch.is_empty() {
+            execute_combined(&mut *tx, std::mem::take(&mut batch)).await?;
+        }
+        batch.push(statement);
+    }
+    if !batch.is_empty() {
+        execute_combined(&mut *tx, batch).await?;
+    }
+    Ok(())
+}
+
+/// `WITH w0 AS (<statement 0> RETURNING 1), … SELECT (SELECT COUNT(*) FROM
+/// w0), …`: every statement at once, with the rows each changed.
+async fn execute_combined(
+    tx: &mut DbConnection,
+    batch: Vec<SetStatement>,
+) -> Result<(), StoreError> {
+    if batch.len() == 1 {
+        let mut batch = batch;
+        return batch.remove(0).execute(tx).await;
+    }
+    let mut query = sqlx::QueryBuilder::<Db>::new("WITH ");
+    let mut expected = Vec::with_capacity(batch.len());
+    for (n, statement) in batch.into_iter().enumerate() {
+        if n > 0 {
+            query.push(", ");
+        }
+        query.push(format!("w{n} AS ("));
+        statement.rows.push_statement(&mut query, statement.body);
+        query.push(" RETURNING 1)");
+        expected.push(statement.changes);
+    }
+    query.push(" SELECT ");
+    for n in 0..expected.len() {
+        if n > 0 {
+            query.push(", ");
+        }
+        query.push(format!("(SELECT COUNT(*) FROM w{n}) AS c{n}"));
+    }
+    let row = query.build().fetch_one(&mut *tx).await?;
+    for (n, expected) in expected.into_iter().enumerate() {
+        let changed: i64 = row.try_get(n)?;
+        check_changes(expected, u64::try_from(changed).unwrap_or(0))?;
+    }
+    Ok(())
 }
 
 /// A statement that changed other than the rows it must change.
@@ -299,6 +434,7 @@ pub(crate) fn end_statements(planned: &Planned<'_>) -> Result<Vec<SetStatement>,
                policy = u.policy, finalizes_at = u.finalizes_at \
                FROM u WHERE sessions.id = u.id AND sessions.ended_at IS NULL",
         changes: Some(planned.len() as u64),
+        reads_earlier: false,
     }];
 
     let audits: Vec<String> = planned
@@ -485,6 +621,7 @@ fn money_statements<'a>(
                    SELECT p.id, u.account, u.amount_cents FROM u \
                    JOIN ledger_postings p ON p.session_id = u.session_id AND p.kind = 'settlement'",
             changes: Some(lines.len() as u64),
+            reads_earlier: true,
         });
     }
     let payouts: Vec<_> = money
@@ -494,8 +631,8 @@ fn money_statements<'a>(
         })
         .collect();
     if !payouts.is_empty() {
-        statements.push(SetStatement::new(
-            Rows::default()
+        statements.push(SetStatement {
+            rows: Rows::default()
                 .text("id", texts(payouts.iter().map(|(_, payout, ..)| payout.id.clone())))
                 .text("session_id", texts(payouts.iter().map(|(session, ..)| session.id.clone())))
                 .text(
@@ -516,11 +653,14 @@ fn money_statements<'a>(
                     texts(payouts.iter().map(|(.., settings)| settings.payout_provider.as_str())),
                 )
                 .int("created_at", ints(payouts.iter().map(|(_, _, at, _)| at.0))),
-            "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
+            body: "INSERT INTO payouts (id, session_id, provider_id, destination, amount_cents, \
              currency, state, provider, created_at, updated_at) \
              SELECT id, session_id, provider_id, destination, amount_cents, currency, \
              'pending', provider, created_at, created_at FROM u",
-        ));
+            changes: None,
+            // The payouts trigger reads the session's status, just written.
+            reads_earlier: true,
+        });
     }
     for (session, plan, at, _) in money {
         messages.extend(plan.messages.iter().map(|message| (session.id.as_str(), message, *at)));
@@ -535,8 +675,6 @@ pub(super) async fn write_money<'a>(
     money: &[(&'a Session, &'a MoneyPlan, UnixMillis, &Settings)],
     messages: Vec<(&'a str, &'a Message, UnixMillis)>,
 ) -> Result<(), StoreError> {
-    for statement in money_statements(money, messages)? {
-        statement.execute(&mut *tx).await?;
-    }
+    execute_all(&mut *tx, money_statements(money, messages)?).await?;
     Ok(())
 }

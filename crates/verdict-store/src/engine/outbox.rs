@@ -339,6 +339,7 @@ pub(super) fn message_statement(messages: &[(&str, &Message, UnixMillis)]) -> Op
                created_at) SELECT session_id, topic, channel, dedupe_key, payload, due_at, due_at \
                FROM u ORDER BY n",
         changes: Some(messages.len() as u64),
+        reads_earlier: false,
     })
 }
 

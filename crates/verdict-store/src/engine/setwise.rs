@@ -49,13 +49,19 @@ impl Rows {
 
     /// `WITH u(<names>) AS (<rows>) ` followed by `body`, which reads `u`.
     pub(super) fn statement(self, body: &str) -> QueryBuilder<Db> {
-        let mut query = QueryBuilder::new("WITH u(");
+        let mut query = QueryBuilder::new("");
+        self.push_statement(&mut query, body);
+        query
+    }
+
+    /// Pushes `WITH u(<names>) AS (<rows>) <body>` onto `query`.
+    pub(super) fn push_statement(self, query: &mut QueryBuilder<Db>, body: &str) {
+        query.push("WITH u(");
         query.push(self.names.join(", "));
         query.push(") AS (");
-        push_rows(&mut query, self.columns, self.len);
+        push_rows(query, self.columns, self.len);
         query.push(") ");
         query.push(body);
-        query
     }
 }
 

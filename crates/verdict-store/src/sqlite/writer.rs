@@ -10,7 +10,6 @@
 //! `BEGIN IMMEDIATE`, like the sqlx writer, and waits for it up to the same
 //! busy timeout.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -21,10 +20,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::engine::{
-    EndWrite, EndsRunner, GroupAnswers, Rows, SESSION_COLUMNS, SessionRecord, SetStatement, Users,
-    Values, check_changes, end_statements, open_of, plan_group, presence_event,
+    EndWrite, EndsRunner, GroupAnswers, Rows, SESSION_COLUMNS, SetStatement, Values, check_changes,
+    end_statements, group_from_json, open_of, plan_group,
 };
-use crate::{Ended, Session, StoreError};
+use crate::{Ended, StoreError};
 
 type Job = (Vec<EndWrite>, oneshot::Sender<GroupAnswers>);
 
@@ -153,34 +152,16 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(from_sqlite)?;
         let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
-        let text = json_text(&tx, &queries.sessions, ids)?;
-        let sessions: HashMap<String, Session> = parse::<SessionRecord>(text.as_deref())?
-            .into_iter()
-            .map(|record| record.into_session().map(|session| (session.id.clone(), session)))
-            .collect::<Result<_, _>>()?;
-        let (open, parties) = open_of(&sessions);
-        let mut presence = HashMap::new();
-        let mut users = Users::default();
-        if !open.is_empty() {
-            type EventRow = (String, String, Option<String>, i64, Option<String>);
-            for (session_id, event_type, party, at, connection) in
-                parse::<EventRow>(json_text(&tx, queries.presence, open)?.as_deref())?
-            {
-                let event = presence_event(
-                    &session_id,
-                    &event_type,
-                    party.as_deref(),
-                    at,
-                    connection.as_deref(),
-                )?;
-                presence.entry(session_id).or_insert_with(Vec::new).push(event);
-            }
-            type UserRow = (String, Option<String>, Option<String>);
-            let text = json_text(&tx, queries.users, parties)?;
-            for (id, email, account) in parse::<UserRow>(text.as_deref())? {
-                users.insert(id, email, account);
-            }
-        }
+        let sessions = json_text(&tx, &queries.sessions, ids)?;
+        // The presence and users of the open sessions only.
+        let (open, parties) = open_of(&group_from_json(sessions.as_deref(), None, None)?.0);
+        let (presence, users) = if open.is_empty() {
+            (None, None)
+        } else {
+            (json_text(&tx, queries.presence, open)?, json_text(&tx, queries.users, parties)?)
+        };
+        let (sessions, presence, users) =
+            group_from_json(sessions.as_deref(), presence.as_deref(), users.as_deref())?;
         let (answers, planned) = plan_group(writes, sessions, presence, &users);
         if planned.is_empty() {
             tx.rollback().map_err(from_sqlite)?;
@@ -213,18 +194,9 @@ fn json_text(
     Ok(text)
 }
 
-/// The rows of a JSON array of arrays (none when there is no array).
-fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
-    match text {
-        None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text)
-            .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
-    }
-}
-
 /// Runs one set-wise statement and checks the rows it changed.
 fn execute(tx: &rusqlite::Transaction<'_>, statement: SetStatement) -> Result<(), StoreError> {
-    let SetStatement { rows, body, changes } = statement;
+    let SetStatement { rows, body, changes, .. } = statement;
     let (sql, values) = with_rows(rows, body);
     let changed = tx
         .prepare_cached(&sql)
