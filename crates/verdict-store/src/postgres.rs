@@ -17,6 +17,12 @@ pub(crate) use sqlx::Postgres as Db;
 
 pub(crate) const BACKEND: &str = "postgres";
 pub(crate) const BEGIN_WRITE: &str = "BEGIN";
+/// A group writer's transaction plans its set-wise statements once: their
+/// text is fixed and their rows come as arrays, so a plan made for one
+/// group's values fits every group, while the default custom plans were
+/// made again at each execution (a quarter of the server's CPU per end,
+/// bench/RESULTS.md).
+pub(crate) const BEGIN_GROUP: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// Waits for the session row lock (never NOWAIT): a concurrent `end`
 /// blocks here until the first commits, then reads the terminal row.

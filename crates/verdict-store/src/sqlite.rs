@@ -15,6 +15,8 @@ pub(crate) const BACKEND: &str = "sqlite";
 /// Takes the write lock up front: a deferred transaction that reads and then
 /// writes could fail to upgrade with `SQLITE_BUSY` under WAL.
 pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+/// A group writer's transaction starts as any write does.
+pub(crate) const BEGIN_GROUP: &str = BEGIN_WRITE;
 
 /// SQLite locks the whole database for writing; rows need no lock clause.
 macro_rules! for_update {

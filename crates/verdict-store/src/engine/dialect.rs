@@ -22,6 +22,9 @@
 
 /// The backend's name, as `Store::backend` answers it.
 pub(super) use super::super::BACKEND;
+/// Starts a group writer's transaction (PostgreSQL: with generic plans
+/// for its set-wise statements).
+pub(super) use super::super::BEGIN_GROUP;
 /// The statement that starts a write transaction (SQLite: `BEGIN
 /// IMMEDIATE`, the write lock up front).
 pub(super) use super::super::BEGIN_WRITE;

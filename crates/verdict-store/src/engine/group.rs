@@ -8,7 +8,7 @@ use sqlx::Pool;
 use crate::{Ended, StoreError};
 
 use super::Engine;
-use super::dialect::{BEGIN_WRITE, Db, DbConnection};
+use super::dialect::{BEGIN_GROUP, Db, DbConnection};
 use super::ends::{EndWrite, end_group, lock_sessions};
 
 /// A write waiting for a group transaction.
@@ -164,7 +164,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     }
     let mut answers: Vec<Answer> = Vec::with_capacity(writes.len() + ends.len());
     let outcome: Result<bool, StoreError> = async {
-        let mut tx = writer.begin_with(BEGIN_WRITE).await?;
+        let mut tx = writer.begin_with(BEGIN_GROUP).await?;
         if writes.len() + ends.len() > 1 && !writes.is_empty() {
             let ids: Vec<String> = writes
                 .iter()
@@ -192,7 +192,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
                 Err(error) => {
                     tracing::warn!(%error, ends = writes.len(), "a set-wise end failed; ending one at a time");
                     tx.rollback().await?;
-                    tx = writer.begin_with(BEGIN_WRITE).await?;
+                    tx = writer.begin_with(BEGIN_GROUP).await?;
                     one_at_a_time(&mut tx, &writes).await?
                 }
             }
