@@ -238,7 +238,7 @@ impl From<&Session> for SessionDto {
                 Kind::Diagnostic => KindDto::Diagnostic,
             },
             status: session.status.as_str().to_owned(),
-            reason: session.reason.map(|reason| reason.as_str().to_owned()),
+            reason: session.reason().map(|reason| reason.as_str().to_owned()),
             customer_id: session.customer_id.clone(),
             provider_id: session.provider_id.clone(),
             provider_account: session.provider_account.clone(),
@@ -246,9 +246,9 @@ impl From<&Session> for SessionDto {
             scheduled_start: session.scheduled_start.map(format_instant),
             created_at: format_instant(session.created_at),
             started_at: session.started_at.map(format_instant),
-            ended_at: session.ended_at.map(format_instant),
+            ended_at: session.ended_at().map(format_instant),
             ended_by: session.ended_by.map(|role| role.as_str().to_owned()),
-            billable_seconds: session.billable_seconds,
+            billable_seconds: session.billable_seconds(),
             price: PriceDto::from_price(&session.price),
             charged_cents: session.charged_cents.map(|cents| cents.0),
             metadata: session.metadata.clone(),
@@ -281,7 +281,7 @@ impl TryFrom<&Ended> for EndResponse {
     type Error = ApiError;
 
     fn try_from(ended: &Ended) -> Result<EndResponse, ApiError> {
-        let outcome = ended.session.outcome().ok_or_else(|| {
+        let outcome = ended.session.outcome.ok_or_else(|| {
             ApiError::Internal(format!("ended session {} has no outcome", ended.session.id))
         })?;
         Ok(EndResponse {

@@ -64,17 +64,20 @@ pub struct Session {
     pub id: String,
     pub kind: Kind,
     pub status: Status,
-    pub reason: Option<Reason>,
     pub customer_id: String,
     pub provider_id: String,
     pub provider_account: Option<String>,
     pub request_id: Option<String>,
     pub scheduled_start: Option<UnixMillis>,
     pub created_at: UnixMillis,
+    /// The first instant both parties were present: known once the
+    /// session is live (the outcome repeats it once ended).
     pub started_at: Option<UnixMillis>,
-    pub ended_at: Option<UnixMillis>,
+    /// The decision (status, reason, billable time, start and end) once
+    /// the session is terminal; `None` while it is open.
+    pub outcome: Option<Outcome>,
+    /// Who ended it (`None` for history verdict did not end).
     pub ended_by: Option<Role>,
-    pub billable_seconds: Option<i64>,
     pub price: Price,
     pub charged_cents: Option<Cents>,
     pub metadata: Option<Value>,
@@ -107,12 +110,12 @@ impl Session {
     ) -> verdict_core::SessionAudit {
         verdict_core::SessionAudit {
             status: self.status,
-            reason: self.reason,
+            reason: self.reason(),
             created_at: self.created_at,
             scheduled_start: self.scheduled_start,
             started_at: self.started_at,
-            ended_at: self.ended_at,
-            billable_seconds: self.billable_seconds,
+            ended_at: self.ended_at(),
+            billable_seconds: self.billable_seconds(),
             price: self.price.clone(),
             charged: self.charged_cents,
             policy,
@@ -151,18 +154,19 @@ impl Session {
         }
     }
 
-    /// The stored outcome, when terminal.
-    pub fn outcome(&self) -> Option<Outcome> {
-        match (self.status.is_terminal(), self.reason, self.ended_at) {
-            (true, Some(reason), Some(ended_at)) => Some(Outcome {
-                status: self.status,
-                reason,
-                billable_seconds: self.billable_seconds.unwrap_or(0),
-                started_at: self.started_at,
-                ended_at,
-            }),
-            _ => None,
-        }
+    /// Why it ended, once terminal.
+    pub fn reason(&self) -> Option<Reason> {
+        self.outcome.map(|outcome| outcome.reason)
+    }
+
+    /// When it ended, once terminal.
+    pub fn ended_at(&self) -> Option<UnixMillis> {
+        self.outcome.map(|outcome| outcome.ended_at)
+    }
+
+    /// The billable seconds decided, once terminal.
+    pub fn billable_seconds(&self) -> Option<i64> {
+        self.outcome.map(|outcome| outcome.billable_seconds)
     }
 
     /// What the decision needs of this session.
@@ -170,7 +174,7 @@ impl Session {
         SessionFacts {
             created_at: self.created_at,
             scheduled_start: self.scheduled_start,
-            recorded: self.outcome(),
+            recorded: self.outcome,
         }
     }
 }
@@ -569,7 +573,7 @@ pub struct AuditCursor {
 impl AuditCursor {
     /// The cursor just after `session`.
     pub fn after(session: &Session) -> AuditCursor {
-        AuditCursor { id: session.id.clone(), ended_at: session.ended_at }
+        AuditCursor { id: session.id.clone(), ended_at: session.ended_at() }
     }
 }
 

@@ -230,7 +230,7 @@ impl Tally {
             self.clean += 1;
         }
         *self.statuses.entry(session.status.as_str().to_owned()).or_default() += 1;
-        match session.reason {
+        match session.reason() {
             Some(Reason::Completed) => self.completed += 1,
             Some(Reason::TooShort) => self.too_short += 1,
             Some(Reason::NoShowBoth | Reason::NoShowCustomer | Reason::NoShowProvider) => {
@@ -238,7 +238,7 @@ impl Tally {
             }
             _ => {}
         }
-        self.billable.push(session.billable_seconds.unwrap_or(0));
+        self.billable.push(session.billable_seconds().unwrap_or(0));
         for finding in findings {
             let kind = match finding {
                 Finding::MisclassifiedCompleted { .. } => "misclassified_completed",
@@ -288,7 +288,7 @@ pub async fn health_with_hourly(
         store,
         AuditScope::EndedSince(since.min(hourly.since())),
         |session, audit| {
-            let Some(ended) = session.ended_at.filter(|ended| *ended <= now) else { return };
+            let Some(ended) = session.ended_at().filter(|ended| *ended <= now) else { return };
             let found = findings(settings, session, audit, now);
             if ended >= since {
                 tally.add(session, audit, &found);
@@ -394,7 +394,7 @@ pub async fn hourly(
         store,
         AuditScope::EndedSince(hourly.since()),
         |session, audit| {
-            let Some(ended) = session.ended_at.filter(|ended| *ended <= now) else { return };
+            let Some(ended) = session.ended_at().filter(|ended| *ended <= now) else { return };
             hourly.add(ended, findings(settings, session, audit, now).is_empty());
         },
         |_| {},
@@ -524,7 +524,7 @@ pub async fn repair(
         AuditScope::EndedBetween(since, until),
         |session, audit| {
             let configured = settings.policies.for_kind(session.kind);
-            let (Some(expected), Some(reason)) = (audit.rederive(configured), session.reason)
+            let (Some(expected), Some(reason)) = (audit.rederive(configured), session.reason())
             else {
                 return;
             };

@@ -410,10 +410,10 @@ async fn ending_writes_the_outcome_the_audit_event_and_the_notifications_once(fi
     assert!(!ended.already_ended);
     let session = &ended.session;
     assert_eq!(
-        (session.status, session.reason, session.billable_seconds),
+        (session.status, session.reason(), session.billable_seconds()),
         (Status::Completed, Some(Reason::Completed), Some(61))
     );
-    assert_eq!(session.ended_at, Some(end_at));
+    assert_eq!(session.ended_at(), Some(end_at));
     assert_eq!(session.started_at, Some(T0));
     assert_eq!(session.ended_by, Some(Role::Service));
     assert_eq!(session.charged_cents, Some(Cents(300)), "two started minutes at 150");
@@ -977,7 +977,7 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
         assert_eq!(audit.events.len(), events, "{}", session.id);
         if session.id == "a-ended" {
             assert!(audit.policy.is_some());
-            assert_eq!(audit.decided_at, session.ended_at);
+            assert_eq!(audit.decided_at, session.ended_at());
         }
         if let Some(other) = windowed.iter().find(|(other, _)| other.id == session.id) {
             assert_eq!(format!("{:?}", (session, audit)), format!("{other:?}"), "{}", session.id);

@@ -182,13 +182,13 @@ impl Worker {
             metrics::counter!(
                 "verdict_sessions_ended_total",
                 "status" => session.status.as_str(),
-                "reason" => session.reason.map_or("none", |reason| reason.as_str())
+                "reason" => session.reason().map_or("none", |reason| reason.as_str())
             )
             .increment(1);
             tracing::info!(
                 session = %session.id,
                 status = %session.status,
-                reason = ?session.reason,
+                reason = ?session.reason(),
                 "sweeper ended a session"
             );
         }

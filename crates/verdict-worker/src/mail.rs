@@ -113,8 +113,9 @@ pub(crate) async fn deliver(
 /// amount for a completed session, the reason for the others.
 pub fn receipt(session: &Session, party: Party) -> (String, String) {
     let status = session.status;
-    let reason = session.reason.map(|reason| reason.as_str().replace('_', " ")).unwrap_or_default();
-    let billable = session.billable_seconds.unwrap_or(0);
+    let reason =
+        session.reason().map(|reason| reason.as_str().replace('_', " ")).unwrap_or_default();
+    let billable = session.billable_seconds().unwrap_or(0);
     let duration = format!("{}:{:02}", billable / 60, billable % 60);
     let amount = session.charged_cents.map(|cents| cents.0).unwrap_or(0);
     let money =

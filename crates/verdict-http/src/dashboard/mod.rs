@@ -425,7 +425,7 @@ async fn session_page(
     let configured = *state.settings.policies.for_kind(session.kind);
     let audit = verdict_store::assemble_audit(&session, &events, &payouts, &postings);
     let policy = audit.policy.unwrap_or(configured);
-    let until = session.ended_at.unwrap_or(now);
+    let until = session.ended_at().unwrap_or(now);
     let judged_at = audit.decided_at.unwrap_or(until).max(until);
     let intervals =
         |party| verdict_core::intervals_judged(&audit.events, party, until, judged_at, &policy);

@@ -265,8 +265,8 @@ fn review_table(items: &[ReviewItem]) -> Markup {
                 tbody { @for item in items { tr data-session=(item.session.id) {
                     td { a href={"/admin/sessions/" (item.session.id)} { (item.session.id) } }
                     td { (item.session.status.as_str()) }
-                    td { (item.session.reason.map_or("", |reason| reason.as_str())) }
-                    td { (item.session.ended_at.map(instant).unwrap_or_default()) }
+                    td { (item.session.reason().map_or("", |reason| reason.as_str())) }
+                    td { (item.session.ended_at().map(instant).unwrap_or_default()) }
                     td { (item.reasons.join(", ").replace('_', " ")) }
                 } } }
             }
@@ -320,7 +320,7 @@ pub(crate) fn session(view: &SessionView) -> Markup {
                 p { a href="/admin/sessions/session-health" { "← Session health" } " · " a href="/admin/review" { "Review queue" } }
                 section.card {
                     h2 { "Presence" }
-                    (charts::timeline(start, view.until.max(start), session.ended_at, &rows))
+                    (charts::timeline(start, view.until.max(start), session.ended_at(), &rows))
                     p { "Together " strong id="overlap" { (duration(view.overlap_millis / 1000)) }
                         " of " (duration(view.until.millis_since(start) / 1000)) " since the session was created." }
                 }
@@ -328,8 +328,8 @@ pub(crate) fn session(view: &SessionView) -> Markup {
                     section.card id="outcome" {
                         h2 { "Outcome" }
                         dl.facts {
-                            dt { "Recorded" } dd id="recorded" { (session.status.as_str()) @if let Some(reason) = session.reason { " · " (reason.as_str()) } }
-                            dt { "Billable" } dd { (session.billable_seconds.map(duration).unwrap_or_else(|| "—".into())) }
+                            dt { "Recorded" } dd id="recorded" { (session.status.as_str()) @if let Some(reason) = session.reason() { " · " (reason.as_str()) } }
+                            dt { "Billable" } dd { (session.billable_seconds().map(duration).unwrap_or_else(|| "—".into())) }
                             dt { "Charged" } dd { (session.charged_cents.map(|cents| format!("{} {}", money(cents.0), session.price.currency)).unwrap_or_else(|| "—".into())) }
                             dt { "Ended by" } dd { (session.ended_by.map_or("—", |role| role.as_str())) }
                             @if let Some(outcome) = &view.rederived {

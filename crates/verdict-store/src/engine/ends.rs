@@ -226,11 +226,9 @@ pub(crate) fn plan_group<'w>(
         };
         let ended = Session {
             status: plan.outcome.status,
-            reason: Some(plan.outcome.reason),
             started_at: plan.outcome.started_at,
-            ended_at: Some(plan.outcome.ended_at),
+            outcome: Some(plan.outcome),
             ended_by: Some(write.actor.role),
-            billable_seconds: Some(plan.outcome.billable_seconds),
             charged_cents: Some(plan.charged),
             finalizes_at: plan.finalizes_at,
             ..session.clone()

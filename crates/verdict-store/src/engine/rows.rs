@@ -132,20 +132,38 @@ impl SessionRecord<'_> {
     }
 
     pub(crate) fn into_session(self) -> Result<Session, StoreError> {
+        let status = parse::<Status>(&self.status)?;
+        let reason = parse_optional::<Reason>(self.reason.as_deref())?;
+        let started_at = self.started_at.map(UnixMillis);
+        // Terminal ⇔ ended with a reason (the schema's checks say so).
+        let outcome = match (status.is_terminal(), reason, self.ended_at) {
+            (true, Some(reason), Some(ended_at)) => Some(Outcome {
+                status,
+                reason,
+                billable_seconds: self.billable_seconds.unwrap_or(0),
+                started_at,
+                ended_at: UnixMillis(ended_at),
+            }),
+            (false, _, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "session {} is {status} with reason {reason:?} and ended_at {:?}",
+                    self.id, self.ended_at
+                )));
+            }
+        };
         Ok(Session {
             kind: parse::<Kind>(&self.kind)?,
-            status: parse::<Status>(&self.status)?,
-            reason: parse_optional::<Reason>(self.reason.as_deref())?,
+            status,
             customer_id: self.customer_id,
             provider_id: self.provider_id,
             provider_account: self.provider_account,
             request_id: self.request_id,
             scheduled_start: self.scheduled_start.map(UnixMillis),
             created_at: UnixMillis(self.created_at),
-            started_at: self.started_at.map(UnixMillis),
-            ended_at: self.ended_at.map(UnixMillis),
+            started_at,
+            outcome,
             ended_by: parse_optional::<Role>(self.ended_by.as_deref())?,
-            billable_seconds: self.billable_seconds,
             price: Price {
                 mode: PriceMode::parse(&self.price_mode).ok_or_else(|| {
                     StoreError::Corrupt(format!("price_mode {:?}", self.price_mode))

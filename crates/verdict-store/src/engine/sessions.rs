@@ -234,7 +234,7 @@ async fn platform_presence_in(
     // Nobody is present in a session before it exists, whatever the
     // platform's clock says (the delivery keeps the platform's instant).
     let at = event.at.max(session.created_at);
-    let before_end = session.ended_at.is_some_and(|ended| at <= ended);
+    let before_end = session.ended_at().is_some_and(|ended| at <= ended);
     let in_window = session.is_finalizing() && session.finalizes_at.is_some_and(|at| now < at);
     let disposition = match (before_end, in_window) {
         (false, _) => "recorded",
@@ -247,7 +247,7 @@ async fn platform_presence_in(
             let (_, expected) = rederive_locked(&mut *tx, &session, settings, Some(late)).await?;
             let changes = expected.is_some_and(|expected| {
                 (Some(expected.status), Some(expected.reason), Some(expected.billable_seconds))
-                    != (Some(session.status), session.reason, session.billable_seconds)
+                    != (Some(session.status), session.reason(), session.billable_seconds())
             });
             if changes { "late" } else { "late_unchanged" }
         }

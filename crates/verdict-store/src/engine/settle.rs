@@ -56,7 +56,7 @@ pub(super) async fn finalize_locked(
     now: UnixMillis,
 ) -> Result<Session, StoreError> {
     let policy = stored_policy(&mut *tx, session, settings).await?;
-    let outcome = session.outcome().ok_or_else(|| {
+    let outcome = session.outcome.ok_or_else(|| {
         StoreError::Corrupt(format!("session {} is finalizing without an outcome", session.id))
     })?;
     let users =
@@ -88,7 +88,7 @@ pub(super) async fn correct_locked(
     now: UnixMillis,
 ) -> Result<Option<Correction>, StoreError> {
     let id = session.id.as_str();
-    let Some(recorded) = session.outcome() else { return Ok(None) };
+    let Some(recorded) = session.outcome else { return Ok(None) };
     let (policy, expected) = rederive_locked(&mut *tx, session, settings, None).await?;
     let Some(expected) = expected else { return Ok(None) };
     let books = books(&mut *tx, session).await?;
