@@ -51,16 +51,10 @@ def cluster_ticks(postmaster):
     return int(own[14]) + int(own[15]) + int(own[16]) + int(own[17]) + live
 
 
-def client_backends(postmaster):
-    """Backends serving a TCP client (pgbench's connect over 127.0.0.1)."""
-    count = 0
-    for pid, _ in children(postmaster):
-        try:
-            title = open(f"/proc/{pid}/cmdline", "rb").read()
-        except OSError:
-            continue
-        count += b"127.0.0.1(" in title
-    return count
+def new_children(postmaster, before):
+    """Children of the postmaster started since `before` (pgbench's backends,
+    over TCP or a Unix socket) that are not reaped yet."""
+    return [pid for pid, _ in children(postmaster) if pid not in before]
 
 
 def main(args):
@@ -71,12 +65,14 @@ def main(args):
     name = os.path.basename(prefix[-1])
     with open(os.path.join(os.environ["CPU_PGDATA"], "postmaster.pid")) as f:
         postmaster = int(f.readline())
+    already = {pid for pid, _ in children(postmaster)}
     before = cluster_ticks(postmaster)
     rc = subprocess.call([real] + args)
     # Its backends exit as pgbench disconnects: wait until they are reaped,
-    # so their CPU is in the postmaster's cutime/cstime.
+    # so their CPU is in the postmaster's cutime/cstime (a backend gone but
+    # not reaped yet would count nowhere).
     deadline = time.monotonic() + 5
-    while client_backends(postmaster) and time.monotonic() < deadline:
+    while new_children(postmaster, already) and time.monotonic() < deadline:
         time.sleep(0.02)
     after = cluster_ticks(postmaster)
     os.makedirs(os.environ["CPU_OUT"], exist_ok=True)

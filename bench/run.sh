@@ -104,7 +104,8 @@ POSTMASTER=$(head -1 "$WORK/pg/data/postmaster.pid")
 # around each timed run (into $CPU_OUT/<run>.json) and is pgbench otherwise.
 mkdir -p "$WORK/bin"
 ln -s "$ROOT/bench/pgbench-cpu.py" "$WORK/bin/pgbench"
-CPU_REAL_PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
+# The real binary, not Debian's pg_wrapper script in /usr/bin.
+CPU_REAL_PGBENCH=$PGBIN/pgbench
 export CPU_REAL_PGBENCH CPU_PGDATA=/tmp/verdict-bench-reference/data
 
 # One verdict round: the build $1 serves on $2 (a database URL), this tree's
