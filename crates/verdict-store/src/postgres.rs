@@ -61,15 +61,12 @@ const BULK_PRAGMAS: &[(&str, &str)] = &[];
 
 /// PostgreSQL tells the rows an `INSERT` stored with `RETURNING`, in the
 /// same round trip; a sequence's values need not be consecutive.
-const INSERTS_TOLD_BY_ROWID: bool = false;
-
-fn inserted_rowids(_: &sqlx::postgres::PgQueryResult) -> Option<std::ops::RangeInclusive<i64>> {
-    None
-}
+const INSERTED_ROWIDS: Option<engine::InsertedRowids> = None;
 
 /// An id-range verification page is read as binary `COPY` output (see
 /// `copy_page`), not as rows.
-const PAGES_BY_COPY: bool = true;
+const COPY_PAGE: Option<engine::CopyPage> =
+    Some(|pool, select, after, through| Box::pin(copy_page(pool, select, after, through)));
 
 /// Runs `COPY (select) TO STDOUT (FORMAT binary)` and returns its bytes.
 /// `select` is built from constants of the engine: its range bounds are

@@ -96,7 +96,7 @@ const BULK_PRAGMAS: &[(&str, &str)] = &[
 /// `INSERT` stores consecutively in `VALUES` order (a new rowid is one more
 /// than the largest, and one statement runs alone under the write lock),
 /// so they are the `rows_affected` rowids ending at `last_insert_rowid`.
-const INSERTS_TOLD_BY_ROWID: bool = true;
+const INSERTED_ROWIDS: Option<engine::InsertedRowids> = Some(inserted_rowids);
 
 fn inserted_rowids(
     result: &sqlx::sqlite::SqliteQueryResult,
@@ -106,17 +106,8 @@ fn inserted_rowids(
     Some(last - stored + 1..=last)
 }
 
-/// `COPY` is PostgreSQL's: SQLite pages are never read with it.
-const PAGES_BY_COPY: bool = false;
-
-async fn copy_page(
-    _pool: &sqlx::Pool<Db>,
-    _select: &str,
-    _after: &str,
-    _through: &str,
-) -> Result<Vec<u8>, StoreError> {
-    Err(StoreError::Internal("COPY pages are PostgreSQL's".to_owned()))
-}
+/// `COPY` is PostgreSQL's: SQLite pages are read by query.
+const COPY_PAGE: Option<engine::CopyPage> = None;
 
 /// The rows of a set-wise statement (`engine/setwise.rs`): a `VALUES`
 /// list, a row each (SQLite binds up to 32,766 values a statement; a group

@@ -37,28 +37,37 @@ pub(super) use super::super::BULK_PRAGMAS;
 /// Several set-wise writes may run as one statement of data-modifying
 /// common tables (`ends::execute_all`).
 pub(super) use super::super::COMBINES_WRITES;
+/// How an id range's verification page is read as binary `COPY` output,
+/// where the backend has `COPY` (`None`: pages are read by query).
+pub(super) use super::super::COPY_PAGE;
 /// The sqlx database (`sqlx::Sqlite`, `sqlx::Postgres`).
 pub(super) use super::super::Db;
-/// Whether the rows a multi-row `INSERT` stored are told by
-/// `inserted_rowids` rather than read back with `RETURNING`.
-pub(super) use super::super::INSERTS_TOLD_BY_ROWID;
+/// The rowids a multi-row `INSERT` stored, told from its result, where
+/// the backend numbers them consecutively (`None`: read back with
+/// `RETURNING`).
+pub(super) use super::super::INSERTED_ROWIDS;
 /// The backend's embedded migrations (`Store::expected_schema_version`).
 pub(super) use super::super::MIGRATOR;
 /// Whether verification pages are read as rows rather than as one JSON
 /// array a query (see `json_rows!`).
 pub(super) use super::super::PAGES_AS_ROWS;
-/// Whether an id range's verification page is read as binary `COPY`
-/// output, with `copy_page`.
-pub(super) use super::super::PAGES_BY_COPY;
-/// Reads a page as binary `COPY` output; called only when `PAGES_BY_COPY`
-/// (SQLite's answers an error).
-pub(super) use super::super::copy_page;
-/// The rowids an `INSERT` stored, from its result; used only when
-/// `INSERTS_TOLD_BY_ROWID`.
-pub(super) use super::super::inserted_rowids;
 /// Binds a set-wise statement's rows (`setwise.rs`): a `VALUES` list, or
 /// `UNNEST` of one array a column.
 pub(super) use super::super::push_rows;
+
+/// Reads a verification page as binary `COPY` output of `select`, its
+/// bounds (after, through) set from bound parameters.
+pub(crate) type CopyPage = for<'a> fn(
+    &'a sqlx::Pool<Db>,
+    &'a str,
+    &'a str,
+    &'a str,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<u8>, crate::StoreError>> + Send + 'a>,
+>;
+/// Tells the rowids a multi-row `INSERT` stored from its result.
+pub(crate) type InsertedRowids =
+    fn(&<Db as sqlx::Database>::QueryResult) -> Option<std::ops::RangeInclusive<i64>>;
 
 /// A row of `Db`.
 pub(super) type DbRow = <Db as sqlx::Database>::Row;

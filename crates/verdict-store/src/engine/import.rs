@@ -16,8 +16,7 @@ use crate::{BulkImport, ImportSession, Imported, PayoutState, QueuedBatch, Store
 
 use super::Engine;
 use super::dialect::{
-    BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_PRAGMAS, Db, DbConnection, INSERTS_TOLD_BY_ROWID,
-    inserted_rowids,
+    BEGIN_WRITE, BULK_DEFERRED_INDEXES, BULK_PRAGMAS, Db, DbConnection, INSERTED_ROWIDS,
 };
 
 impl Engine {
@@ -210,7 +209,7 @@ fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> P
                     .push_bind(run_id.clone());
             });
             insert.push(" ON CONFLICT (id) DO NOTHING");
-            if !INSERTS_TOLD_BY_ROWID {
+            if INSERTED_ROWIDS.is_none() {
                 insert.push(" RETURNING id");
             }
             (insert, range)
@@ -300,7 +299,7 @@ fn dependents(
                 .push_bind(texts.get(&sessions[index].price.currency))
                 .push_bind(now.0);
         });
-        if !INSERTS_TOLD_BY_ROWID {
+        if INSERTED_ROWIDS.is_none() {
             insert.push(" RETURNING id, session_id");
         }
         postings.push((insert, range));
@@ -327,7 +326,7 @@ async fn store_import(
     let PreparedImport { sessions, ids, derived, run, now, rows, dependents: assumed } = prepared;
     let mut stored = vec![false; sessions.len()];
     for (mut insert, range) in rows {
-        let stored_now: Vec<String> = if INSERTS_TOLD_BY_ROWID {
+        let stored_now: Vec<String> = if let Some(inserted_rowids) = INSERTED_ROWIDS {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
             if result.rows_affected() == range.len() as u64 {
@@ -373,7 +372,7 @@ async fn store_import(
     let mut posting_ids: Vec<i64> = Vec::with_capacity(dependents.paid.len());
     for (mut insert, range) in dependents.postings {
         let chunk = &dependents.paid[range];
-        if INSERTS_TOLD_BY_ROWID {
+        if let Some(inserted_rowids) = INSERTED_ROWIDS {
             let result = insert.build().execute(&mut *connection).await?;
             let rowids = inserted_rowids(&result).ok_or_else(no_rowids)?;
             if result.rows_affected() != chunk.len() as u64 {

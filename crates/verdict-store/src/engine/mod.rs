@@ -57,6 +57,7 @@ use sqlx::Pool;
 use verdict_core::{EndCause, Party, PolicySet, SessionAudit, UnixMillis};
 
 use self::dialect::{BACKEND, Db, MIGRATOR};
+pub(crate) use self::dialect::{CopyPage, InsertedRowids};
 pub(crate) use self::group::EndsRunner;
 use self::group::{GROUP_MAX, Job, group_writer};
 // What a backend's own runner of end groups (SQLite's writer thread) needs

@@ -12,7 +12,7 @@ use crate::copy_binary::{CopyRow, CopyRows};
 use crate::{AuditCursor, AuditScope, EventType, Session, StoreError};
 
 use super::Engine;
-use super::dialect::{Db, DbRow, PAGES_AS_ROWS, PAGES_BY_COPY, copy_page};
+use super::dialect::{COPY_PAGE, Db, DbRow, PAGES_AS_ROWS};
 use super::rows::{SessionRecord, policy_from_json};
 
 impl Engine {
@@ -31,7 +31,10 @@ impl Engine {
         let after_id = after.map_or("", |cursor| cursor.id.as_str());
         let raw = match through {
             // A bounded id range: the page's end was read from the index.
-            Some(through) if PAGES_BY_COPY && scope == AuditScope::All => {
+            Some(through)
+                if let Some(copy_page) = COPY_PAGE
+                    && scope == AuditScope::All =>
+            {
                 let select = concat!(
                     "SELECT ",
                     audit_columns!(),
@@ -337,7 +340,7 @@ impl Related {
         suffix: &'static str,
     ) -> Result<RawPage, StoreError> {
         match self {
-            Related::Range(after, last) if PAGES_BY_COPY => {
+            Related::Range(after, last) if let Some(copy_page) = COPY_PAGE => {
                 let select = format!(
                     "{prefix}{column} > current_setting('verdict.page_after') \
                      AND {column} <= current_setting('verdict.page_through'){suffix}"
