@@ -17,7 +17,7 @@ use verdict_core::{
 
 use super::dialect::{COMBINES_WRITES, Db, DbConnection};
 use super::outbox::message_statement;
-use super::rows::{SessionRecord, outcome_json, parse_optional, policy_json, session_from_row};
+use super::rows::{outcome_json, parse_optional, policy_json, session_from_row};
 use super::setwise::{Rows, ints, texts};
 use crate::{Actor, Ended, PayoutProvider, Session, Settings, StoreError};
 
@@ -101,87 +101,20 @@ pub(super) async fn end_group(
     writes: &[EndWrite],
 ) -> Result<Vec<Result<Ended, StoreError>>, StoreError> {
     let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
-    let (sessions, presence, users) = if COMBINES_WRITES {
-        read_group_at_once(&mut *tx, ids).await?
+    // The sessions are locked first, and their presence read by a later
+    // statement: on PostgreSQL (read committed) a statement that waited
+    // for a lock still reads other tables as they were when it began, so
+    // a join or leave committed by the lock's holder would be missed.
+    let sessions = lock_sessions(&mut *tx, &ids).await?;
+    let (open, parties) = open_of(&sessions);
+    let (presence, users) = if open.is_empty() {
+        (HashMap::new(), Users::default())
     } else {
-        let sessions = lock_sessions(&mut *tx, &ids).await?;
-        let (open, parties) = open_of(&sessions);
-        if open.is_empty() {
-            (sessions, HashMap::new(), Users::default())
-        } else {
-            let presence = presence_of(&mut *tx, &open).await?;
-            (sessions, presence, users_of(&mut *tx, &parties).await?)
-        }
+        (presence_of(&mut *tx, &open).await?, users_of(&mut *tx, &parties).await?)
     };
     let (answers, planned) = plan_group(writes, sessions, presence, &users);
     execute_all(&mut *tx, end_statements(&planned)?).await?;
     Ok(answers)
-}
-
-/// What a group reads after its ids (`u`), in PostgreSQL's dialect (used
-/// where the backend combines statements): the sessions locked in id order, the joins and
-/// leaves of the open ones and their parties' users, as one JSON value
-/// each, in one round trip.
-const GROUP_READ: &str = concat!(
-    ", l AS (SELECT ",
-    session_columns!(),
-    " FROM sessions WHERE id IN (SELECT id FROM u) ORDER BY id FOR UPDATE), \
-     o AS (SELECT id, customer_id, provider_id FROM l WHERE status IN ('waiting', 'live')) \
-     SELECT (SELECT json_agg(json_build_array(",
-    session_columns!(),
-    "))::text FROM l) AS sessions, \
-     (SELECT json_agg(json_build_array(e.session_id, e.type, e.party, e.at, e.connection) \
-       ORDER BY e.session_id, e.seq)::text FROM session_events e \
-       WHERE e.session_id IN (SELECT id FROM o) AND e.type IN ('joined', 'left')) AS presence, \
-     (SELECT json_agg(json_build_array(x.id, x.email, x.stripe_account))::text FROM users x \
-       WHERE x.id IN (SELECT customer_id FROM o UNION SELECT provider_id FROM o) \
-       AND (x.email IS NOT NULL OR x.stripe_account IS NOT NULL)) AS users",
-);
-
-type Group = (HashMap<String, Session>, HashMap<String, Vec<PresenceEvent>>, Users);
-
-async fn read_group_at_once(
-    tx: &mut DbConnection,
-    mut ids: Vec<String>,
-) -> Result<Group, StoreError> {
-    ids.sort_unstable();
-    ids.dedup();
-    let mut query = Rows::default().text("id", texts(ids)).statement(GROUP_READ);
-    let row = query.build().fetch_one(&mut *tx).await?;
-    let text = |column: &str| row.try_get::<Option<String>, _>(column);
-    let (sessions, presence, users) = (text("sessions")?, text("presence")?, text("users")?);
-    group_from_json(sessions.as_deref(), presence.as_deref(), users.as_deref())
-}
-
-/// A group's reads from their JSON arrays of arrays (see `GROUP_READ`).
-pub(crate) fn group_from_json(
-    sessions: Option<&str>,
-    presence: Option<&str>,
-    users: Option<&str>,
-) -> Result<Group, StoreError> {
-    fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
-        match text {
-            None => Ok(Vec::new()),
-            Some(text) => serde_json::from_str(text)
-                .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
-        }
-    }
-    let sessions: HashMap<String, Session> = parse::<SessionRecord>(sessions)?
-        .into_iter()
-        .map(|record| record.into_session().map(|session| (session.id.clone(), session)))
-        .collect::<Result<_, _>>()?;
-    let mut events: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
-    type EventRow = (String, String, Option<String>, i64, Option<String>);
-    for (session_id, event_type, party, at, connection) in parse::<EventRow>(presence)? {
-        let event =
-            presence_event(&session_id, &event_type, party.as_deref(), at, connection.as_deref())?;
-        events.entry(session_id).or_default().push(event);
-    }
-    let mut known = Users::default();
-    for (id, email, account) in parse::<(String, Option<String>, Option<String>)>(users)? {
-        known.insert(id, email, account);
-    }
-    Ok((sessions, events, known))
 }
 
 /// The open sessions among `sessions`, and their parties: whose presence
@@ -536,6 +469,10 @@ pub(super) async fn write_notices(
 /// Each request follows its session to the end (once linked to it, or
 /// when not linked yet); the queue entries of those requests go.
 fn request_statements(requests: &[(&str, &str, Status, UnixMillis)]) -> Vec<SetStatement> {
+    // A request follows the first of its sessions to end (as one at a time
+    // would have it: the later ones find it linked to another session).
+    let mut seen = std::collections::HashSet::new();
+    let requests: Vec<_> = requests.iter().filter(|request| seen.insert(request.0)).collect();
     if requests.is_empty() {
         return Vec::new();
     }
@@ -546,13 +483,9 @@ fn request_statements(requests: &[(&str, &str, Status, UnixMillis)]) -> Vec<SetS
             .text("status", texts(requests.iter().map(|request| request.2.as_str())))
             .int("updated_at", ints(requests.iter().map(|request| request.3.0)))
     };
+    // The request first, then its queue: the order accepting a request
+    // locks them in, so the two never wait for each other.
     vec![
-        SetStatement::new(
-            rows(),
-            "DELETE FROM assignments WHERE request_id IN (SELECT r.id FROM requests r \
-             JOIN u ON r.id = u.request_id \
-             WHERE r.session_id IS NULL OR r.session_id = u.session_id)",
-        ),
         SetStatement::new(
             rows(),
             "UPDATE requests SET status = u.status, \
@@ -560,6 +493,14 @@ fn request_statements(requests: &[(&str, &str, Status, UnixMillis)]) -> Vec<SetS
              updated_at = u.updated_at FROM u WHERE requests.id = u.request_id \
              AND (requests.session_id IS NULL OR requests.session_id = u.session_id)",
         ),
+        SetStatement {
+            rows: rows(),
+            body: "DELETE FROM assignments WHERE request_id IN (SELECT r.id FROM requests r \
+                   JOIN u ON r.id = u.request_id AND r.session_id = u.session_id)",
+            changes: None,
+            // Which requests followed their session: the update's work.
+            reads_earlier: true,
+        },
     ]
 }
 

@@ -193,6 +193,10 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
                     tracing::warn!(%error, ends = writes.len(), "a set-wise end failed; ending one at a time");
                     tx.rollback().await?;
                     tx = writer.begin_with(BEGIN_GROUP).await?;
+                    // In id order first, as the group did: one end at a
+                    // time would otherwise lock them in arrival order.
+                    let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
+                    lock_sessions(&mut tx, &ids).await?;
                     one_at_a_time(&mut tx, &writes).await?
                 }
             }

@@ -64,13 +64,14 @@ use self::group::{GROUP_MAX, Job, group_writer};
 // of the engine: unused by a backend without one.
 #[allow(unused_imports)]
 pub(crate) use self::ends::{
-    EndWrite, SetStatement, check_changes, end_statements, group_from_json, open_of, plan_group,
+    EndWrite, SetStatement, Users, check_changes, end_statements, open_of, plan_group,
+    presence_event,
 };
 #[allow(unused_imports)]
 pub(crate) use self::group::GroupAnswers;
 use self::import::Bulk;
 #[allow(unused_imports)]
-pub(crate) use self::rows::SESSION_COLUMNS;
+pub(crate) use self::rows::{SESSION_COLUMNS, SessionRecord};
 #[allow(unused_imports)]
 pub(crate) use self::setwise::Rows;
 use crate::{

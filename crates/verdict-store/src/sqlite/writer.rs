@@ -10,6 +10,7 @@
 //! `BEGIN IMMEDIATE`, like the sqlx writer, and waits for it up to the same
 //! busy timeout.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -20,10 +21,12 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::engine::{
-    EndWrite, EndsRunner, GroupAnswers, Rows, SESSION_COLUMNS, SetStatement, Values, check_changes,
-    end_statements, group_from_json, open_of, plan_group,
+    EndWrite, EndsRunner, GroupAnswers, Rows, SESSION_COLUMNS, SessionRecord, SetStatement, Users,
+    Values, check_changes, end_statements, open_of, plan_group, presence_event,
 };
-use crate::{Ended, StoreError};
+use verdict_core::PresenceEvent;
+
+use crate::{Ended, Session, StoreError};
 
 type Job = (Vec<EndWrite>, oneshot::Sender<GroupAnswers>);
 
@@ -55,7 +58,16 @@ impl SqliteEnds {
             .spawn(move || {
                 let mut writer = Writer { connection, queries: Queries::new() };
                 while let Ok((writes, reply)) = queue.recv() {
-                    let _ = reply.send(writer.run(&writes));
+                    // A panic fails its group (its transaction rolled back
+                    // as it unwinds), not the thread.
+                    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        writer.run(&writes)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a write group panicked; its writes were rolled back");
+                        Err(StoreError::Internal("a write group panicked".into()))
+                    });
+                    let _ = reply.send(answers);
                 }
             })
             .map_err(|error| StoreError::Unavailable(format!("cannot start a thread: {error}")))?;
@@ -126,6 +138,9 @@ impl Writer {
     fn run(&mut self, writes: &[EndWrite]) -> GroupAnswers {
         match self.transaction(writes) {
             Ok(answers) => Ok(answers),
+            // The database is busy or failing: trying each end again would
+            // wait as long again, each.
+            Err(error @ StoreError::Unavailable(_)) => Err(error),
             Err(error) if writes.len() == 1 => Ok(vec![Err(error)]),
             Err(error) => {
                 tracing::warn!(%error, ends = writes.len(), "a set-wise end failed; ending one at a time");
@@ -173,6 +188,41 @@ impl Writer {
         tx.commit().map_err(from_sqlite)?;
         Ok(answers)
     }
+}
+
+/// What a group reads: its sessions, their presence and users.
+type Group = (HashMap<String, Session>, HashMap<String, Vec<PresenceEvent>>, Users);
+
+/// A group's reads from their JSON arrays of arrays (as SQLite's writer
+/// thread reads them).
+fn group_from_json(
+    sessions: Option<&str>,
+    presence: Option<&str>,
+    users: Option<&str>,
+) -> Result<Group, StoreError> {
+    fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
+        match text {
+            None => Ok(Vec::new()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
+        }
+    }
+    let sessions: HashMap<String, Session> = parse::<SessionRecord>(sessions)?
+        .into_iter()
+        .map(|record| record.into_session().map(|session| (session.id.clone(), session)))
+        .collect::<Result<_, _>>()?;
+    let mut events: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
+    type EventRow = (String, String, Option<String>, i64, Option<String>);
+    for (session_id, event_type, party, at, connection) in parse::<EventRow>(presence)? {
+        let event =
+            presence_event(&session_id, &event_type, party.as_deref(), at, connection.as_deref())?;
+        events.entry(session_id).or_default().push(event);
+    }
+    let mut known = Users::default();
+    for (id, email, account) in parse::<(String, Option<String>, Option<String>)>(users)? {
+        known.insert(id, email, account);
+    }
+    Ok((sessions, events, known))
 }
 
 /// The one JSON array `select` answers for the ids bound as `u`.
