@@ -69,15 +69,7 @@ impl Engine {
             Box::pin(async move {
                 let result = write(connection).await;
                 let stands = result.is_ok();
-                let answer: Box<dyn FnOnce(Result<(), String>) + Send> =
-                    Box::new(move |committed| {
-                        let result = match committed {
-                            Ok(()) => result,
-                            Err(why) => result.and(Err(StoreError::Unavailable(why))),
-                        };
-                        let _ = reply.send(result);
-                    });
-                (stands, answer)
+                (stands, answer_after_commit(result, reply))
             })
         });
         self.queue(session_id, Job::Write(session_id.to_owned(), job)).await?;
@@ -163,7 +155,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
         }
     }
     let mut answers: Vec<Answer> = Vec::with_capacity(writes.len() + ends.len());
-    let outcome: Result<bool, StoreError> = async {
+    let outcome: Result<(), StoreError> = async {
         let mut tx = writer.begin_with(BEGIN_GROUP).await?;
         if writes.len() + ends.len() > 1 && !writes.is_empty() {
             let ids: Vec<String> = writes
@@ -205,13 +197,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
         };
         for (result, reply) in results.into_iter().zip(replies) {
             any_stands |= result.as_ref().is_ok_and(|ended| !ended.already_ended);
-            answers.push(Box::new(move |committed| {
-                let result = match committed {
-                    Ok(()) => result,
-                    Err(why) => result.and(Err(StoreError::Unavailable(why))),
-                };
-                let _ = reply.send(result);
-            }));
+            answers.push(answer_after_commit(result, reply));
         }
         let written = started.elapsed();
         let committed = if any_stands {
@@ -229,7 +215,7 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
         for answer in answers.drain(..) {
             answer(committed.clone());
         }
-        Ok(true)
+        Ok(())
     }
     .await;
     if let Err(error) = outcome {
@@ -264,6 +250,21 @@ async fn run_elsewhere(runner: &dyn EndsRunner, group: Vec<Job>) {
             }
         }
     }
+}
+
+/// How a write's caller is answered once its group's commit is known: its
+/// own result, or, when the commit failed, why (nothing of it is stored).
+fn answer_after_commit<T: Send + 'static>(
+    result: Result<T, StoreError>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+) -> Answer {
+    Box::new(move |committed| {
+        let result = match committed {
+            Ok(()) => result,
+            Err(why) => result.and(Err(StoreError::Unavailable(why))),
+        };
+        let _ = reply.send(result);
+    })
 }
 
 /// Runs one write in a savepoint of its own, rolled back if it fails.

@@ -17,7 +17,7 @@ use crate::{
 
 use super::Engine;
 use super::dialect::{Db, DbConnection};
-use super::ends::EndWrite;
+use super::ends::{EndWrite, presence_event};
 use super::group::BoxFuture;
 use super::outbox::write_messages;
 use super::rows::{event_from_row, parse, parse_optional, session_from_row};
@@ -554,13 +554,13 @@ pub(super) async fn presence_events(
     .await?;
     let mut events = Vec::with_capacity(rows.len() + 2);
     for row in &rows {
-        let event_type: String = row.try_get("type")?;
-        let kind = if event_type == "joined" { PresenceKind::Joined } else { PresenceKind::Left };
-        let party = parse_optional(row.try_get("party")?)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("presence event of {} without a party", session.id))
-        })?;
-        let connection = Connection::named(row.try_get::<Option<&str>, _>("connection")?);
-        events.push(PresenceEvent { party, kind, at: UnixMillis(row.try_get("at")?), connection });
+        events.push(presence_event(
+            &session.id,
+            row.try_get("type")?,
+            row.try_get("party")?,
+            row.try_get("at")?,
+            row.try_get("connection")?,
+        )?);
     }
     events.extend(session.last_heartbeats());
     Ok(events)

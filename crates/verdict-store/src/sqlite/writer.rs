@@ -167,16 +167,16 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(from_sqlite)?;
         let ids: Vec<String> = writes.iter().map(|write| write.id.clone()).collect();
-        let sessions = json_text(&tx, &queries.sessions, ids)?;
+        let sessions = sessions_from_json(json_text(&tx, &queries.sessions, ids)?.as_deref())?;
         // The presence and users of the open sessions only.
-        let (open, parties) = open_of(&group_from_json(sessions.as_deref(), None, None)?.0);
+        let (open, parties) = open_of(&sessions);
         let (presence, users) = if open.is_empty() {
-            (None, None)
+            (HashMap::new(), Users::default())
         } else {
-            (json_text(&tx, queries.presence, open)?, json_text(&tx, queries.users, parties)?)
+            let presence = json_text(&tx, queries.presence, open)?;
+            let users = json_text(&tx, queries.users, parties)?;
+            (presence_from_json(presence.as_deref())?, users_from_json(users.as_deref())?)
         };
-        let (sessions, presence, users) =
-            group_from_json(sessions.as_deref(), presence.as_deref(), users.as_deref())?;
         let (answers, planned) = plan_group(writes, sessions, presence, &users);
         if planned.is_empty() {
             tx.rollback().map_err(from_sqlite)?;
@@ -190,39 +190,41 @@ impl Writer {
     }
 }
 
-/// What a group reads: its sessions, their presence and users.
-type Group = (HashMap<String, Session>, HashMap<String, Vec<PresenceEvent>>, Users);
-
-/// A group's reads from their JSON arrays of arrays (as SQLite's writer
-/// thread reads them).
-fn group_from_json(
-    sessions: Option<&str>,
-    presence: Option<&str>,
-    users: Option<&str>,
-) -> Result<Group, StoreError> {
-    fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
-        match text {
-            None => Ok(Vec::new()),
-            Some(text) => serde_json::from_str(text)
-                .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
-        }
+/// The rows of a JSON array of arrays (none when there is no array).
+fn parse<'a, T: serde::Deserialize<'a>>(text: Option<&'a str>) -> Result<Vec<T>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|error| StoreError::Internal(format!("a group's rows: {error}"))),
     }
-    let sessions: HashMap<String, Session> = parse::<SessionRecord>(sessions)?
+}
+
+fn sessions_from_json(text: Option<&str>) -> Result<HashMap<String, Session>, StoreError> {
+    parse::<SessionRecord>(text)?
         .into_iter()
         .map(|record| record.into_session().map(|session| (session.id.clone(), session)))
-        .collect::<Result<_, _>>()?;
-    let mut events: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
+        .collect()
+}
+
+fn presence_from_json(
+    text: Option<&str>,
+) -> Result<HashMap<String, Vec<PresenceEvent>>, StoreError> {
     type EventRow = (String, String, Option<String>, i64, Option<String>);
-    for (session_id, event_type, party, at, connection) in parse::<EventRow>(presence)? {
+    let mut events: HashMap<String, Vec<PresenceEvent>> = HashMap::new();
+    for (session_id, event_type, party, at, connection) in parse::<EventRow>(text)? {
         let event =
             presence_event(&session_id, &event_type, party.as_deref(), at, connection.as_deref())?;
         events.entry(session_id).or_default().push(event);
     }
-    let mut known = Users::default();
-    for (id, email, account) in parse::<(String, Option<String>, Option<String>)>(users)? {
-        known.insert(id, email, account);
+    Ok(events)
+}
+
+fn users_from_json(text: Option<&str>) -> Result<Users, StoreError> {
+    let mut users = Users::default();
+    for (id, email, account) in parse::<(String, Option<String>, Option<String>)>(text)? {
+        users.insert(id, email, account);
     }
-    Ok((sessions, events, known))
+    Ok(users)
 }
 
 /// The one JSON array `select` answers for the ids bound as `u`.
