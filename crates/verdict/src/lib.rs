@@ -2,6 +2,7 @@
 //! application entry point, so black-box tests start exactly what
 //! `verdict serve` starts.
 
+pub mod abuse;
 pub mod config;
 pub mod demo;
 pub mod generate;

@@ -85,6 +85,22 @@ enum Command {
         /// over each pass, in clock ticks: e.g. the server's pid (Linux).
         #[arg(long, value_delimiter = ',')]
         cpu_pids: Vec<u32>,
+        /// Instead of sessions: for --duration-seconds, --hostile customers
+        /// flood joins, leaves, requests and made-up methods while
+        /// --concurrency honest clients run ordinary sessions; prints the
+        /// honest latencies, what the hostile callers got and stored, the
+        /// server's memory (--rss-pid) and verification (JSON).
+        #[arg(long)]
+        abuse: bool,
+        /// Hostile customers of --abuse (0: the baseline).
+        #[arg(long, default_value_t = 8)]
+        hostile: usize,
+        /// How long --abuse runs.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        duration_seconds: u64,
+        /// The server's pid, whose resident memory --abuse samples (Linux).
+        #[arg(long)]
+        rss_pid: Option<u32>,
         /// The report as JSON.
         #[arg(long)]
         json: bool,
@@ -209,12 +225,27 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             repeat_ends,
             ends_apart,
             cpu_pids,
+            abuse,
+            hostile,
+            duration_seconds,
+            rss_pid,
             json,
         } => {
             let keys = configured_keys(
                 &config,
                 "to the server's secret: simulate mints the parties' tokens",
             )?;
+            if abuse {
+                let options = verdict::abuse::AbuseOptions {
+                    url,
+                    duration: std::time::Duration::from_secs(duration_seconds),
+                    honest: concurrency,
+                    hostile,
+                    rss_pid,
+                    keys: std::sync::Arc::new(keys),
+                };
+                return verdict::print_document(&verdict::abuse::run(options).await?);
+            }
             let options = verdict::simulate::Options {
                 url,
                 sessions,
