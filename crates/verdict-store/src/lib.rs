@@ -353,6 +353,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;
+
+    /// Payouts paid after their reversal whose transfer Stripe has not
+    /// reversed: how many, and the first `sample` of their sessions.
+    async fn paid_after_reversal(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

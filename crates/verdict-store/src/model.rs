@@ -430,6 +430,13 @@ pub struct Payout {
     pub updated_at: UnixMillis,
     /// Set when a repair found the session should not have been paid.
     pub reversed_at: Option<UnixMillis>,
+    /// When the transfer was recorded (`paid`).
+    pub paid_at: Option<UnixMillis>,
+    /// When the reversal's delivery finished: the money is back, or was
+    /// never at Stripe.
+    pub reversal_settled_at: Option<UnixMillis>,
+    /// Stripe's reversal of the transfer, when money came back through it.
+    pub reversal_id: Option<String>,
 }
 
 /// The ledger account names (the core's, which plans the postings).
@@ -522,6 +529,14 @@ pub enum OutboxOutcome {
         payout_id: String,
         reason: String,
     },
+    /// A reversal's delivery finished: `transfer_id` is the transfer found
+    /// at Stripe (recorded if the payout had none), `reversal_id` Stripe's
+    /// reversal of it; both `None` when Stripe never had a transfer.
+    PayoutReversed {
+        payout_id: String,
+        transfer_id: Option<String>,
+        reversal_id: Option<String>,
+    },
 }
 
 /// An outbox row as operators see it.
@@ -548,6 +563,9 @@ pub struct SweepReport {
     /// Sessions whose finalization window the sweep closed, as stored
     /// afterwards (money settled now when completed).
     pub finalized: Vec<Session>,
+    /// Sessions the sweep could not end or finalize, with the error: each
+    /// failed alone, the others went on.
+    pub failed: Vec<(String, String)>,
 }
 
 /// Which sessions a verification page reads.

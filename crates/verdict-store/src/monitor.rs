@@ -52,6 +52,10 @@ const SESSION_SECTIONS: [(&str, &str); 8] = [
     ("stuck_sessions", "warning"),
 ];
 
+/// The section of payouts paid after their reversal and not reversed at
+/// Stripe (money out that the books say came back).
+pub const PAID_AFTER_REVERSAL: &str = "payouts_paid_after_reversal";
+
 /// Pending deliveries this long past due are overdue.
 pub const OVERDUE_AFTER_SECONDS: i64 = 900;
 
@@ -137,6 +141,7 @@ pub async fn verify(
     // beside the scan.
     let (sessions, ledger) = tokio::try_join!(sessions, store.ledger_imbalance(SAMPLE_MAX))?;
     counts.insert(Finding::LedgerUnbalanced.kind(), ledger);
+    let paid_after_reversal = store.paid_after_reversal(SAMPLE_MAX).await?;
 
     let mut sections = Vec::new();
     let expected = store.expected_schema_version();
@@ -153,6 +158,15 @@ pub async fn verify(
         let (count, sample) = counts.remove(name).unwrap_or_default();
         sections.push(Section { name, ok: count == 0, count, severity, sample, detail: None });
     }
+    let (count, sample) = paid_after_reversal;
+    sections.push(Section {
+        name: PAID_AFTER_REVERSAL,
+        ok: count == 0,
+        count,
+        severity: "critical",
+        sample,
+        detail: None,
+    });
     let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
     sections.push(Section {
         name: "outbox_health",

@@ -245,7 +245,8 @@ impl Worker {
                 },
             },
             Topic::PayoutReversal => {
-                stripe::reverse(&self.http, self.config.stripe.as_ref(), item).await
+                stripe::reverse(&self.http, self.config.stripe.as_ref(), self.store.as_ref(), item)
+                    .await
             }
             _ => Delivery::Undeliverable(format!("no delivery for outbox topic {:?}", item.topic)),
         }

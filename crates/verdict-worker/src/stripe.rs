@@ -10,7 +10,7 @@
 use std::fmt;
 
 use serde_json::{Value, json};
-use verdict_store::{OutboxItem, OutboxOutcome, PayoutState, Store};
+use verdict_store::{OutboxItem, OutboxOutcome, PayoutProvider, PayoutState, Store};
 
 use crate::Delivery;
 use crate::webhook::without_url;
@@ -46,8 +46,21 @@ pub(crate) async fn deliver(
         Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
     };
     if payout.reversed_at.is_some() {
-        // Reversed before it was paid: nothing may leave.
-        return Delivery::Done(OutboxOutcome::Delivered);
+        // Reversed before it was recorded paid: nothing may leave now. An
+        // earlier attempt may have made the transfer and lost the answer,
+        // though: Stripe is asked, and a transfer found is recorded (its
+        // reversal then undoes it at Stripe).
+        if payout.state != PayoutState::Pending || payout.transfer_id.is_some() {
+            return Delivery::Done(OutboxOutcome::Delivered);
+        }
+        return match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => Delivery::Done(OutboxOutcome::PayoutPaid {
+                payout_id: payout.id.clone(),
+                transfer_id,
+            }),
+            Ok(None) => Delivery::Done(OutboxOutcome::Delivered),
+            Err(error) => Delivery::Failed { error, payload: None },
+        };
     }
     if payout.state != PayoutState::Pending {
         // Settled by an earlier attempt whose bookkeeping was recorded.
@@ -173,23 +186,39 @@ async fn find_transfer(
 }
 
 /// Reverses a wrongly paid payout at Stripe (`POST
-/// /v1/transfers/{id}/reversals`, `Idempotency-Key: rev_<payout id>`). A
-/// payout Stripe never paid has nothing to reverse there: the reversal
-/// posting in the ledger is the whole of it.
+/// /v1/transfers/{id}/reversals`, `Idempotency-Key: rev_<payout id>`),
+/// judged on the payout as it is now, not as it was when the repair queued
+/// this row: a transfer in flight then, or made and answered too late, is
+/// reversed too. A payout with no transfer recorded is looked up at Stripe
+/// first; a payout Stripe never paid has nothing to reverse there (the
+/// reversal posting in the ledger is the whole of it).
 pub(crate) async fn reverse(
     http: &reqwest::Client,
     config: Option<&StripeConfig>,
+    store: &dyn Store,
     item: &OutboxItem,
 ) -> Delivery {
-    let paid_through_stripe =
-        item.payload["provider"] == "stripe" && item.payload["state"] == "paid";
-    let (Some(transfer_id), Some(payout_id)) =
-        (item.payload["transfer_id"].as_str(), item.payload["payout_id"].as_str())
-    else {
-        return Delivery::Done(OutboxOutcome::Delivered);
+    let Some(payout_id) = item.payload["payout_id"].as_str() else {
+        return Delivery::Undeliverable("reversal row without payout_id".into());
     };
-    if !paid_through_stripe {
+    let payout = match store.payout(payout_id).await {
+        Ok(Some(payout)) => payout,
+        Ok(None) => return Delivery::Undeliverable(format!("payout {payout_id} does not exist")),
+        Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
+    };
+    let settled = |transfer_id: Option<String>, reversal_id: Option<String>| {
+        Delivery::Done(OutboxOutcome::PayoutReversed {
+            payout_id: payout.id.clone(),
+            transfer_id,
+            reversal_id,
+        })
+    };
+    if payout.reversal_id.is_some() {
+        // Reversed at Stripe already (an earlier delivery).
         return Delivery::Done(OutboxOutcome::Delivered);
+    }
+    if payout.provider == PayoutProvider::Manual {
+        return settled(None, None);
     }
     let Some(config) = config else {
         return Delivery::Failed {
@@ -197,29 +226,48 @@ pub(crate) async fn reverse(
             payload: None,
         };
     };
-    let amount = item.payload["amount_cents"].as_i64().unwrap_or(0).to_string();
+    let (transfer_id, found) = match &payout.transfer_id {
+        Some(transfer_id) if transfer_id.starts_with("none:") => return settled(None, None),
+        Some(transfer_id) => (transfer_id.clone(), None),
+        None => match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => (transfer_id.clone(), Some(transfer_id)),
+            Ok(None) => return settled(None, None),
+            Err(error) => return Delivery::Failed { error, payload: None },
+        },
+    };
+    let amount = payout.amount.0.to_string();
     let response = http
         .post(format!(
             "{}/v1/transfers/{transfer_id}/reversals",
             config.api_base.trim_end_matches('/')
         ))
         .bearer_auth(&config.secret_key)
-        .header("Idempotency-Key", format!("rev_{payout_id}"))
-        .form(&[("amount", amount.as_str()), ("metadata[payout_id]", payout_id)])
+        .header("Idempotency-Key", format!("rev_{}", payout.id))
+        .form(&[("amount", amount.as_str()), ("metadata[payout_id]", payout.id.as_str())])
         .send()
         .await;
-    match response {
+    let response = match response {
+        Ok(response) => response,
         Err(error) => {
-            Delivery::Failed { error: format!("Stripe: {}", without_url(&error)), payload: None }
+            return Delivery::Failed {
+                error: format!("Stripe: {}", without_url(&error)),
+                payload: None,
+            };
         }
-        Ok(response) if response.status().is_success() => Delivery::Done(OutboxOutcome::Delivered),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            if matches!(status, 409 | 429) || status >= 500 {
-                Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
-            } else {
-                Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})"))
-            }
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match status {
+        200..=299 => match body["id"].as_str() {
+            Some(reversal_id) => settled(found, Some(reversal_id.to_owned())),
+            None => Delivery::Failed {
+                error: "Stripe answered 2xx without a reversal id".into(),
+                payload: None,
+            },
+        },
+        409 | 429 | 500..=599 => {
+            Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
         }
+        _ => Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})")),
     }
 }

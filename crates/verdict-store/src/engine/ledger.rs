@@ -90,6 +90,28 @@ impl Engine {
         Ok(totals.into_values().collect())
     }
 
+    /// A payout recorded `paid` after a repair reversed it, with a real
+    /// transfer and no reversal of it at Stripe: money out that the books
+    /// say came back.
+    pub(super) async fn paid_after_reversal(
+        &self,
+        sample: usize,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id FROM payouts WHERE reversed_at IS NOT NULL AND state = 'paid' \
+             AND paid_at > reversed_at AND reversal_id IS NULL \
+             AND transfer_id IS NOT NULL AND transfer_id NOT LIKE 'none:%' ORDER BY session_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let sessions = rows
+            .iter()
+            .take(sample)
+            .map(|row| row.try_get("session_id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok((rows.len() as i64, sessions))
+    }
+
     pub(super) async fn postings(&self, session_id: &str) -> Result<Vec<Posting>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.session_id, p.kind, p.currency, p.created_at, l.account, \

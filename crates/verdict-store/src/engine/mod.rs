@@ -385,4 +385,8 @@ impl Store for Engine {
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError> {
         Engine::table_counts(self).await
     }
+
+    async fn paid_after_reversal(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
+        Engine::paid_after_reversal(self, sample).await
+    }
 }

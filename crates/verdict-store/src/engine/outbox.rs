@@ -98,6 +98,17 @@ impl Engine {
                 }
                 ("delivered", None, None, None)
             }
+            OutboxOutcome::PayoutReversed { payout_id, transfer_id, reversal_id } => {
+                settle_reversal(
+                    &mut tx,
+                    payout_id,
+                    transfer_id.as_ref(),
+                    reversal_id.as_ref(),
+                    now,
+                )
+                .await?;
+                ("delivered", None, None, None)
+            }
             OutboxOutcome::PayoutFailed { payout_id, reason } => {
                 let payout =
                     settle_payout(&mut tx, payout_id, "failed", None, Some(reason), now).await?;
@@ -226,6 +237,11 @@ async fn insert_outbox(
 
 /// Moves a pending payout to `paid` or `failed`; `None` when it was not
 /// pending (already settled by an earlier delivery).
+///
+/// A transfer is recorded as it happened even when a repair reversed the
+/// payout meanwhile (the transfer was in flight, or made and answered too
+/// late): the money is at Stripe, so the payout's reversal is queued again
+/// if it already ran, and reverses the transfer at Stripe.
 async fn settle_payout(
     connection: &mut DbConnection,
     payout_id: &str,
@@ -235,7 +251,8 @@ async fn settle_payout(
     now: UnixMillis,
 ) -> Result<Option<Payout>, StoreError> {
     let updated = sqlx::query(
-        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4 \
+        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4, \
+         paid_at = CASE WHEN $1 = 'paid' THEN $4 ELSE paid_at END \
          WHERE id = $5 AND state = 'pending'",
     )
     .bind(state)
@@ -248,11 +265,89 @@ async fn settle_payout(
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
+    let payout = read_payout(&mut *connection, payout_id).await?;
+    if payout.reversed_at.is_some() && state == "paid" {
+        tracing::warn!(payout = %payout.id, "a reversed payout was paid: its reversal runs again");
+        requeue_reversal(&mut *connection, &payout, now).await?;
+    }
+    Ok(Some(payout))
+}
+
+async fn read_payout(connection: &mut DbConnection, payout_id: &str) -> Result<Payout, StoreError> {
     let row = sqlx::query(concat!("SELECT ", payout_columns!(), " FROM payouts WHERE id = $1"))
         .bind(payout_id)
         .fetch_one(&mut *connection)
         .await?;
-    payout_from_row(&row).map(Some)
+    payout_from_row(&row)
+}
+
+/// Makes sure a `payout.reversal` row is pending for a reversed payout:
+/// the one written with the reversal, due again if it already finished
+/// (its delivery reads the payout as it is then).
+async fn requeue_reversal(
+    connection: &mut DbConnection,
+    payout: &Payout,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let topic = Topic::PayoutReversal.as_str();
+    let pending: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE session_id = $1 AND topic = $2 AND state = 'pending'",
+    )
+    .bind(&payout.session_id)
+    .bind(topic)
+    .fetch_optional(&mut *connection)
+    .await?;
+    if pending.is_some() {
+        return Ok(());
+    }
+    let requeued = sqlx::query(
+        "UPDATE outbox SET state = 'pending', due_at = $1, attempts = 0, last_error = NULL, \
+         delivered_at = NULL, lease_owner = NULL, leased_until = NULL \
+         WHERE session_id = $2 AND topic = $3",
+    )
+    .bind(now.0)
+    .bind(&payout.session_id)
+    .bind(topic)
+    .execute(&mut *connection)
+    .await?;
+    if requeued.rows_affected() == 0 {
+        let payload = json!({"payout_id": payout.id, "session_id": payout.session_id});
+        insert_outbox(connection, &payout.session_id, Topic::PayoutReversal, &payload, now).await?;
+    }
+    Ok(())
+}
+
+/// Records a finished reversal: the transfer Stripe was found to hold (a
+/// payout still pending in our books becomes `paid`), and Stripe's
+/// reversal of it.
+async fn settle_reversal(
+    connection: &mut DbConnection,
+    payout_id: &str,
+    transfer_id: Option<&String>,
+    reversal_id: Option<&String>,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    if let Some(transfer_id) = transfer_id {
+        sqlx::query(
+            "UPDATE payouts SET state = 'paid', transfer_id = $1, failure_reason = NULL, \
+             paid_at = $2, updated_at = $2 WHERE id = $3 AND transfer_id IS NULL",
+        )
+        .bind(transfer_id)
+        .bind(now.0)
+        .bind(payout_id)
+        .execute(&mut *connection)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE payouts SET reversal_settled_at = $1, reversal_id = COALESCE($2, reversal_id), \
+         updated_at = $1 WHERE id = $3",
+    )
+    .bind(now.0)
+    .bind(reversal_id)
+    .bind(payout_id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 fn payout_event(event: &str, payout: &Payout) -> Value {

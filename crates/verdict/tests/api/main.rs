@@ -13,6 +13,7 @@ mod fakes;
 mod history;
 mod monitoring;
 mod presence;
+mod reversals;
 mod scale_out;
 mod security;
 mod settlement;
