@@ -357,6 +357,24 @@ pub trait Store: Send + Sync + 'static {
     /// Payouts paid after their reversal whose transfer Stripe has not
     /// reversed: how many, and the first `sample` of their sessions.
     async fn paid_after_reversal(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
+
+    /// Imported sessions still `live` or `waiting`, by id after `after`.
+    async fn open_imported(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Ends an imported session still `live` or `waiting` as its history
+    /// says, with its money and a `corrected` event, no receipts or
+    /// webhooks (`apply` false: plans only). `None` when it is not one.
+    async fn end_imported(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+        apply: bool,
+    ) -> Result<Option<Correction>, StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

@@ -678,8 +678,13 @@ pub enum PlatformDisposition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Correction {
     pub session_id: String,
-    pub from: (Status, Reason),
+    /// The recorded status and reason (`None`: an imported session still
+    /// `live` or `waiting`, which a repair ends).
+    pub from: (Status, Option<Reason>),
     pub to: (Status, Reason),
     /// The change in what the customer is charged, in cents.
     pub money_effect: i64,
+    /// Planned only: its only evidence is missing join events, so it is
+    /// applied only when asked to (`include_missing_evidence`).
+    pub needs_review: bool,
 }

@@ -550,22 +550,40 @@ pub async fn repair(
                 );
                 planned.push(crate::Correction {
                     session_id: session.id.clone(),
-                    from: (session.status, reason),
+                    from: (session.status, Some(reason)),
                     to: (expected.status, expected.reason),
                     money_effect: charge.0 - session.charged_cents.map_or(0, |cents| cents.0),
+                    needs_review: false,
                 });
             }
         },
         |_| {},
     )
     .await?;
-    if !apply {
-        return Ok(planned);
-    }
     let mut applied = Vec::with_capacity(planned.len());
-    for plan in planned {
-        if let Some(correction) = store.correct_session(&plan.session_id, settings, now).await? {
-            applied.push(correction);
+    if apply {
+        for plan in planned {
+            if let Some(correction) = store.correct_session(&plan.session_id, settings, now).await?
+            {
+                applied.push(correction);
+            }
+        }
+    } else {
+        applied = planned;
+    }
+    // Imported sessions still open are history, not traffic: the repair
+    // ends them (the sweeper never does), each with its money effect.
+    let mut after: Option<String> = None;
+    loop {
+        let ids = store.open_imported(after.as_deref(), PAGE).await?;
+        for id in &ids {
+            if let Some(correction) = store.end_imported(id, settings, now, apply).await? {
+                applied.push(correction);
+            }
+        }
+        match ids.last() {
+            Some(last) if ids.len() as i64 == PAGE => after = Some(last.clone()),
+            _ => break,
         }
     }
     Ok(applied)

@@ -177,6 +177,10 @@ impl Worker {
         let report =
             self.store.sweep(&self.settings, self.clock.now(), self.config.sweep_batch_max).await?;
         metrics::counter!("verdict_sweeper_runs_total").increment(1);
+        for (session, error) in &report.failed {
+            metrics::counter!("verdict_sweeper_failures_total").increment(1);
+            tracing::warn!(%session, %error, "the sweeper could not end or finalize a session");
+        }
         for session in &report.ended {
             metrics::counter!("verdict_sweeper_ended_total").increment(1);
             metrics::counter!(

@@ -313,7 +313,7 @@ pub async fn repair(
             .map(|c| {
                 serde_json::json!({
                     "session_id": c.session_id,
-                    "from": {"status": c.from.0.as_str(), "reason": c.from.1.as_str()},
+                    "from": {"status": c.from.0.as_str(), "reason": c.from.1.map(|r| r.as_str())},
                     "to": {"status": c.to.0.as_str(), "reason": c.to.1.as_str()},
                     "money_effect_cents": c.money_effect,
                 })
@@ -327,7 +327,12 @@ pub async fn repair(
             writeln!(
                 text,
                 "{}  {}/{} -> {}/{}  {:+} cents",
-                c.session_id, c.from.0, c.from.1, c.to.0, c.to.1, c.money_effect
+                c.session_id,
+                c.from.0,
+                c.from.1.map_or("-", |reason| reason.as_str()),
+                c.to.0,
+                c.to.1,
+                c.money_effect
             )?;
         }
         let verb =

@@ -17,7 +17,13 @@ on_every_backend!(
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
 );
 
-fn line(id: &str, status: &str, reason: Option<&str>, events: Value, payouts: Value) -> String {
+pub(crate) fn line(
+    id: &str,
+    status: &str,
+    reason: Option<&str>,
+    events: Value,
+    payouts: Value,
+) -> String {
     let ended = if ["completed", "cancelled", "expired"].contains(&status) {
         json!("2026-01-10T10:30:00Z")
     } else {
@@ -38,16 +44,16 @@ fn line(id: &str, status: &str, reason: Option<&str>, events: Value, payouts: Va
     body.to_string()
 }
 
-fn joined(party: &str, at: &str) -> Value {
+pub(crate) fn joined(party: &str, at: &str) -> Value {
     json!({"type": "joined", "party": party, "at": format!("2026-01-10T{at}Z")})
 }
 
-fn left(party: &str, at: &str) -> Value {
+pub(crate) fn left(party: &str, at: &str) -> Value {
     json!({"type": "left", "party": party, "at": format!("2026-01-10T{at}Z")})
 }
 
 /// Both present 10:05–10:25: a real session.
-fn met() -> Value {
+pub(crate) fn met() -> Value {
     json!([
         joined("customer", "10:05:00"),
         joined("provider", "10:05:00"),
@@ -56,11 +62,11 @@ fn met() -> Value {
     ])
 }
 
-fn paid(amount: i64) -> Value {
+pub(crate) fn paid(amount: i64) -> Value {
     json!([{"amount_cents": amount, "currency": "usd", "state": "paid"}])
 }
 
-async fn import(app: &TestApp, lines: &[String]) -> Reply {
+pub(crate) async fn import(app: &TestApp, lines: &[String]) -> Reply {
     let body = lines.join("\n");
     let response = app
         .client

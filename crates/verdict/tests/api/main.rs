@@ -13,6 +13,7 @@ mod fakes;
 mod history;
 mod monitoring;
 mod presence;
+mod repair;
 mod reversals;
 mod scale_out;
 mod security;
