@@ -520,10 +520,18 @@ pub async fn review(
     }
 }
 
-/// Plans (dry run) or applies corrections of every terminal session ended
-/// in `[since, until)` whose recorded outcome differs from the decision
-/// (SPEC §7). Applying re-checks each session under its lock, so running
-/// it twice changes nothing the second time.
+/// What a repair does besides re-deriving statuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairOptions {
+    /// Apply (else plan only).
+    pub apply: bool,
+    /// Also apply corrections whose only evidence is missing join events
+    /// (`needs_review`); without it they are listed, never applied.
+    pub include_missing_evidence: bool,
+}
+
+/// Plans (dry run) or applies corrections (see [`repair_with`]); sessions
+/// whose only evidence is missing join events are listed, not applied.
 pub async fn repair(
     store: &Arc<dyn Store>,
     settings: &Settings,
@@ -532,6 +540,28 @@ pub async fn repair(
     until: UnixMillis,
     apply: bool,
 ) -> Result<Vec<crate::Correction>, StoreError> {
+    let options = RepairOptions { apply, include_missing_evidence: false };
+    repair_with(store, settings, now, since, until, options).await
+}
+
+/// Plans (dry run) or applies corrections of every terminal session ended
+/// in `[since, until)` whose recorded outcome differs from the decision,
+/// or whose status is right but which the old system paid without a
+/// completed session (its payout is reversed), and ends imported sessions
+/// still open (SPEC §7). A correction resting only on missing join events
+/// (the recorded status needs joins the history lacks) is `needs_review`:
+/// applied only with `include_missing_evidence`, listed otherwise.
+/// Applying re-checks each session under its lock, so running it twice
+/// changes nothing the second time.
+pub async fn repair_with(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    now: UnixMillis,
+    since: UnixMillis,
+    until: UnixMillis,
+    options: RepairOptions,
+) -> Result<Vec<crate::Correction>, StoreError> {
+    let apply = options.apply;
     let mut planned = Vec::new();
     scan(
         store,
@@ -542,18 +572,23 @@ pub async fn repair(
             else {
                 return;
             };
-            if (expected.status, expected.reason) != (session.status, reason) {
+            let unearned = session.status != verdict_core::Status::Completed
+                && !audit.payouts.is_empty()
+                && audit.finalizing_until.is_none();
+            if (expected.status, expected.reason) != (session.status, reason) || unearned {
                 let charge = verdict_core::charge_for(
                     &session.price,
                     expected.reason,
                     expected.billable_seconds,
                 );
+                let needs_review =
+                    findings(settings, session, audit, now).contains(&Finding::MissingJoins);
                 planned.push(crate::Correction {
                     session_id: session.id.clone(),
                     from: (session.status, Some(reason)),
                     to: (expected.status, expected.reason),
                     money_effect: charge.0 - session.charged_cents.map_or(0, |cents| cents.0),
-                    needs_review: false,
+                    needs_review,
                 });
             }
         },
@@ -561,15 +596,16 @@ pub async fn repair(
     )
     .await?;
     let mut applied = Vec::with_capacity(planned.len());
-    if apply {
-        for plan in planned {
-            if let Some(correction) = store.correct_session(&plan.session_id, settings, now).await?
-            {
-                applied.push(correction);
-            }
+    for mut plan in planned {
+        // `needs_review` on what is returned: held back (listed, not applied).
+        plan.needs_review &= !options.include_missing_evidence;
+        if !apply || plan.needs_review {
+            applied.push(plan);
+        } else if let Some(correction) =
+            store.correct_session(&plan.session_id, settings, now).await?
+        {
+            applied.push(correction);
         }
-    } else {
-        applied = planned;
     }
     // Imported sessions still open are history, not traffic: the repair
     // ends them (the sweeper never does), each with its money effect.

@@ -398,6 +398,7 @@ pub struct RepairQuery {
     dry_run: Option<bool>,
     since: Option<String>,
     until: Option<String>,
+    include_missing_evidence: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -452,6 +453,8 @@ impl RepairDto {
         ("dry_run" = Option<bool>, Query, description = "Default true: plan only"),
         ("since" = Option<String>, Query, description = "RFC 3339: sessions ended at or after"),
         ("until" = Option<String>, Query, description = "RFC 3339: sessions ended before"),
+        ("include_missing_evidence" = Option<bool>, Query,
+            description = "Default false: also apply corrections whose only evidence is missing join events"),
     ),
     responses((status = 200, body = RepairDto)),
     security(("bearer" = [])))]
@@ -470,8 +473,12 @@ pub async fn repair(
     let since = bound("since", &params.since, 0)?;
     let until = bound("until", &params.until, i64::MAX)?;
     let dry_run = params.dry_run.unwrap_or(true);
+    let options = monitor::RepairOptions {
+        apply: !dry_run,
+        include_missing_evidence: params.include_missing_evidence.unwrap_or(false),
+    };
+    let now = state.clock.now();
     let corrections =
-        monitor::repair(&state.store, &state.settings, state.clock.now(), since, until, !dry_run)
-            .await?;
+        monitor::repair_with(&state.store, &state.settings, now, since, until, options).await?;
     Ok(Json(RepairDto::new(dry_run, &corrections)))
 }
