@@ -480,6 +480,9 @@ pub struct EarningsTotal {
     pub paid: Cents,
     pub pending: Cents,
     pub failed: Cents,
+    /// Payouts a repair reversed (whatever their state): in none of the
+    /// totals above.
+    pub reversed: Cents,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

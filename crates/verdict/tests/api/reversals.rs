@@ -18,6 +18,7 @@ on_every_backend!(
     a_transfer_in_flight_while_repair_reverses_is_reversed_at_stripe,
     a_transfer_answered_after_the_timeout_then_reversed_is_reversed_at_stripe,
     a_payout_reversed_before_its_transfer_is_never_paid,
+    earnings_exclude_reversed_payouts,
 );
 
 const STRIPE_KEY: &str = "sk_test_verdict";
@@ -175,4 +176,25 @@ async fn a_payout_reversed_before_its_transfer_is_never_paid(app: TestApp) {
     assert_books_net_to_zero(&app, "s1").await;
     let report = verify(&app).await;
     assert_eq!(report["ok"], true, "{report}");
+}
+
+async fn earnings_exclude_reversed_payouts(app: TestApp) {
+    let app = stripe_app(&app).await;
+    let fake = FakeStripe::start(vec![]).await;
+    let worker = app.worker(|config| config.stripe = stripe(&fake));
+    run_session(&app, "kept", 600).await; // 1500, share 1200
+    run_session(&app, "undone", 300).await; // 750, share 600
+    app.drain(&worker).await;
+    misdecide(&app, "undone").await;
+    assert_eq!(repair(&app).await.as_array().unwrap().len(), 1);
+    app.drain(&worker).await;
+    assert_eq!((fake.transfers().len(), fake.reversals().len()), (2, 1));
+
+    let earnings = app.get("/v1/providers/prov-1/earnings", &app.admin()).await;
+    let totals = earnings.ok()["totals"].clone();
+    assert_eq!(
+        totals,
+        json!([{"currency": "usd", "earned_cents": 1200, "sessions": 1, "paid_cents": 1200,
+            "pending_cents": 0, "failed_cents": 0, "reversed_cents": 600}])
+    );
 }
