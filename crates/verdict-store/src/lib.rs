@@ -23,6 +23,7 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
+pub use model::CONFIGURATION_FAULT;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -375,6 +376,16 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
         apply: bool,
     ) -> Result<Option<Correction>, StoreError>;
+
+    /// Queues again a payout that is `failed` or whose delivery is `dead`:
+    /// pending again, its delivery due now and told to look its transfer
+    /// up at Stripe before any new idempotency key. `Conflict` for a payout
+    /// paid, reversed, or still being delivered.
+    async fn retry_payout(&self, id: &str, now: UnixMillis) -> Result<Payout, StoreError>;
+
+    /// Payout deliveries waiting on a configuration fault
+    /// ([`CONFIGURATION_FAULT`]): how many, and a sample of their sessions.
+    async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

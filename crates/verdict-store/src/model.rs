@@ -542,6 +542,11 @@ pub enum OutboxOutcome {
     },
 }
 
+/// How a delivery error that is a configuration fault (Stripe answered
+/// 401/403: a rotated key, a wrong API base) starts: such rows are retried
+/// with backoff and never die, and health raises them as an alert.
+pub const CONFIGURATION_FAULT: &str = "configuration fault: ";
+
 /// An outbox row as operators see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxRow {

@@ -354,6 +354,17 @@ pub async fn health_with_hourly(
             session_ids: stuck.1,
         });
     }
+    // Stripe refusing our credentials is no payout's fault: its deliveries
+    // wait (retried with backoff) until the configuration is mended.
+    let (faults, sample) = store.configuration_faults(SAMPLE_MAX).await?;
+    if faults > 0 {
+        alerts.push(Alert {
+            kind: "stripe_configuration",
+            severity: "critical",
+            count: faults,
+            session_ids: sample,
+        });
+    }
     if outbox.dead > 0 {
         alerts.push(Alert {
             kind: "dead_deliveries",

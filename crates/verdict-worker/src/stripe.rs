@@ -10,7 +10,9 @@
 use std::fmt;
 
 use serde_json::{Value, json};
-use verdict_store::{OutboxItem, OutboxOutcome, PayoutProvider, PayoutState, Store};
+use verdict_store::{
+    CONFIGURATION_FAULT, OutboxItem, OutboxOutcome, PayoutProvider, PayoutState, Store,
+};
 
 use crate::Delivery;
 use crate::webhook::without_url;
@@ -59,7 +61,7 @@ pub(crate) async fn deliver(
                 transfer_id,
             }),
             Ok(None) => Delivery::Done(OutboxOutcome::Delivered),
-            Err(error) => Delivery::Failed { error, payload: None },
+            Err(error) => Delivery::failed(error, None),
         };
     }
     if payout.state != PayoutState::Pending {
@@ -87,6 +89,29 @@ pub(crate) async fn deliver(
     // later attempt replays that key rather than risk a second transfer.
     let mut generation = item.payload["key_generation"].as_u64().unwrap_or(0);
     let mut renewed: Option<Value> = None;
+    if item.payload["look_up_first"] == true {
+        // Queued again by an operator after a refusal or a dead delivery:
+        // a transfer Stripe already has is recorded; only when it provably
+        // has none does this attempt take a new idempotency key.
+        match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => {
+                return Delivery::Done(OutboxOutcome::PayoutPaid {
+                    payout_id: payout.id.clone(),
+                    transfer_id,
+                });
+            }
+            Ok(None) => {
+                generation += 1;
+                let mut payload = item.payload.clone();
+                payload["key_generation"] = json!(generation);
+                if let Some(fields) = payload.as_object_mut() {
+                    fields.remove("look_up_first");
+                }
+                renewed = Some(payload);
+            }
+            Err(error) => return Delivery::failed(error, None),
+        }
+    }
     let form = [
         ("amount", payout.amount.0.to_string()),
         ("currency", payout.currency.clone()),
@@ -98,7 +123,7 @@ pub(crate) async fn deliver(
     loop {
         let key =
             if generation == 0 { payout.id.clone() } else { format!("{}:{generation}", payout.id) };
-        let retry = |error: String| Delivery::Failed { error, payload: renewed.clone() };
+        let retry = |error: String| Delivery::failed(error, renewed.clone());
         let response = http
             .post(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
             .bearer_auth(&config.secret_key)
@@ -150,6 +175,11 @@ pub(crate) async fn deliver(
         }
         return match status.as_u16() {
             409 | 429 => retry(format!("Stripe HTTP {status}: {message}")),
+            // Our key or our base URL, not this payout: never `failed`.
+            401 | 403 => retry(format!(
+                "{CONFIGURATION_FAULT}Stripe refused our credentials (HTTP {}): {message}",
+                status.as_u16()
+            )),
             400..=499 => {
                 failed(format!("Stripe refused the transfer (HTTP {}): {message}", status.as_u16()))
             }
@@ -172,8 +202,14 @@ async fn find_transfer(
         .send()
         .await
         .map_err(|error| format!("Stripe lookup: {}", without_url(&error)))?;
+    let status = response.status().as_u16();
+    if matches!(status, 401 | 403) {
+        return Err(format!(
+            "{CONFIGURATION_FAULT}Stripe lookup refused our credentials (HTTP {status})"
+        ));
+    }
     if !response.status().is_success() {
-        return Err(format!("Stripe lookup: HTTP {}", response.status().as_u16()));
+        return Err(format!("Stripe lookup: HTTP {status}"));
     }
     let body: Value =
         response.json().await.map_err(|_| "Stripe lookup: unreadable body".to_owned())?;
@@ -232,7 +268,7 @@ pub(crate) async fn reverse(
         None => match find_transfer(http, config, &payout.session_id, &payout.id).await {
             Ok(Some(transfer_id)) => (transfer_id.clone(), Some(transfer_id)),
             Ok(None) => return settled(None, None),
-            Err(error) => return Delivery::Failed { error, payload: None },
+            Err(error) => return Delivery::failed(error, None),
         },
     };
     let amount = payout.amount.0.to_string();
@@ -268,6 +304,10 @@ pub(crate) async fn reverse(
         409 | 429 | 500..=599 => {
             Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
         }
+        401 | 403 => Delivery::ConfigFault {
+            error: format!("Stripe refused our credentials for a reversal (HTTP {status})"),
+            payload: None,
+        },
         _ => Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})")),
     }
 }

@@ -409,4 +409,12 @@ impl Store for Engine {
     ) -> Result<Option<Correction>, StoreError> {
         Engine::end_imported(self, id, settings, now, apply).await
     }
+
+    async fn retry_payout(&self, id: &str, now: UnixMillis) -> Result<Payout, StoreError> {
+        Engine::retry_payout(self, id, now).await
+    }
+
+    async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
+        Engine::configuration_faults(self, sample).await
+    }
 }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use verdict_core::{Message, Topic, UnixMillis};
 
-use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, StoreError};
+use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutState, StoreError};
 
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection};
@@ -135,6 +135,113 @@ impl Engine {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    pub(super) async fn retry_payout(
+        &self,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<Payout, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let payout = sqlx::query(concat!(
+            "SELECT ",
+            payout_columns!(),
+            " FROM payouts WHERE id = $1",
+            for_update!()
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(payout_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::not_found("payout", id))?;
+        if payout.reversed_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "payout {id} was reversed by a repair: it is never paid"
+            )));
+        }
+        let delivery = sqlx::query(concat!(
+            "SELECT id, state, payload FROM outbox WHERE session_id = $1 AND topic = $2",
+            for_update!()
+        ))
+        .bind(&payout.session_id)
+        .bind(Topic::Payout.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let delivery_state: Option<String> =
+            delivery.as_ref().map(|row| row.try_get("state")).transpose()?;
+        let retryable = payout.state == PayoutState::Failed
+            || (payout.state == PayoutState::Pending && delivery_state.as_deref() == Some("dead"));
+        if !retryable {
+            return Err(StoreError::Conflict(format!(
+                "payout {id} is {} and its delivery {}: only a failed payout or a dead \
+                 delivery is retried",
+                payout.state.as_str(),
+                delivery_state.as_deref().unwrap_or("absent"),
+            )));
+        }
+        sqlx::query(
+            "UPDATE payouts SET state = 'pending', failure_reason = NULL, updated_at = $1 \
+             WHERE id = $2",
+        )
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // The next attempt asks Stripe first: a transfer found is recorded,
+        // and only when there is none does it take a new idempotency key.
+        let mut payload = match &delivery {
+            Some(row) => {
+                let text: String = row.try_get("payload")?;
+                serde_json::from_str(&text)
+                    .map_err(|error| StoreError::Corrupt(format!("outbox payload: {error}")))?
+            }
+            None => json!({"payout_id": payout.id, "session_id": payout.session_id}),
+        };
+        payload["look_up_first"] = json!(true);
+        match delivery {
+            Some(row) => {
+                let outbox_id: i64 = row.try_get("id")?;
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, due_at = $1, \
+                     last_error = NULL, delivered_at = NULL, lease_owner = NULL, \
+                     leased_until = NULL, payload = $2 WHERE id = $3",
+                )
+                .bind(now.0)
+                .bind(payload.to_string())
+                .bind(outbox_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                insert_outbox(&mut tx, &payout.session_id, Topic::Payout, &payload, now).await?;
+            }
+        }
+        let payout = read_payout(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(payout)
+    }
+
+    pub(super) async fn configuration_faults(
+        &self,
+        sample: usize,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id FROM outbox WHERE state = 'pending' AND (topic = $1 OR topic = $2) \
+             AND last_error LIKE $3 ORDER BY session_id",
+        )
+        .bind(Topic::Payout.as_str())
+        .bind(Topic::PayoutReversal.as_str())
+        .bind(format!("{}%", crate::CONFIGURATION_FAULT))
+        .fetch_all(&self.reader)
+        .await?;
+        let sessions = rows
+            .iter()
+            .take(sample)
+            .map(|row| row.try_get("session_id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok((rows.len() as i64, sessions))
     }
 
     pub(super) async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError> {

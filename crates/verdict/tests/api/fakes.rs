@@ -259,8 +259,9 @@ async fn create_transfer(
             };
             // Stripe saves a result only once the endpoint ran: a request
             // refused as rate-limited (429) or concurrent (409) is not saved.
+            // Nor is one refused before it ran: bad credentials (401/403).
             if let Some(key) = &key
-                && !matches!(status, 409 | 429)
+                && !matches!(status, 401 | 403 | 409 | 429)
             {
                 state.saved.insert(key.clone(), (status, body.clone()));
             }

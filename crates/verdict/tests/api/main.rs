@@ -12,6 +12,7 @@ mod delivery;
 mod fakes;
 mod history;
 mod monitoring;
+mod payout_faults;
 mod presence;
 mod repair;
 mod reversals;
