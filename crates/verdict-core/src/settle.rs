@@ -369,7 +369,9 @@ pub struct CorrectionPlan {
 }
 
 /// Plans the correction of `recorded` (with its charge `old_charge`) to
-/// `expected`, or `None` when the recorded outcome stands. Repair judges
+/// `expected`, or `None` when the recorded outcome stands and its money
+/// is right (a session not completed with a payout not reversed is
+/// corrected even when its status stands: the payout is reversed). Repair judges
 /// the status and reason; inside a finalization window (`finalizing`),
 /// where presence is still arriving, every part of the outcome, and no
 /// money moves (finalization settles what stands then).
@@ -390,7 +392,13 @@ pub fn plan_correction(
     } else {
         (expected.status, expected.reason) == (recorded.status, recorded.reason)
     };
-    if stands {
+    // A session not completed that was paid anyway (history the old system
+    // paid): its money is corrected even when its status is right.
+    let unearned = !finalizing
+        && expected.status != Status::Completed
+        && recorded.status != Status::Completed
+        && !books.payouts.is_empty();
+    if stands && !unearned {
         return None;
     }
     let charged = charge_for(&facts.price, expected.reason, expected.billable_seconds);
@@ -424,7 +432,7 @@ pub fn plan_correction(
                 .collect(),
             ..money
         };
-    } else if was_completed && !is_completed {
+    } else if (was_completed || unearned) && !is_completed {
         plan.reversal = Some(plan_reversal(facts, &books.net, &books.payouts));
     }
     Some(plan)

@@ -203,3 +203,46 @@ proptest! {
         prop_assert!(again.money.payout.is_none());
     }
 }
+
+proptest! {
+    /// A session not completed that was paid anyway (the old system paid a
+    /// cancelled or expired session) has its payout reversed even though
+    /// its status stands; one never paid stands untouched.
+    #[test]
+    fn an_unearned_payout_is_reversed_even_when_the_status_stands(
+        facts in facts(),
+        events in events(),
+        policy in policy(),
+        amount in 1i64..100_000,
+    ) {
+        let facts = SettleFacts { has_room: false, ..facts };
+        let end = EndRequest::new(at(4_500), EndCause::Requested);
+        let outcome = plan_end(&facts, &session(), &events, &policy, &rules(true), end, end.at)
+            .expect("open").outcome;
+        prop_assume!(outcome.status != Status::Completed);
+        let empty = Books { net: Vec::new(), payouts: Vec::new(), any_payout: false };
+        prop_assert!(plan_correction(&facts, &outcome, Cents(0), &outcome, &policy, &rules(true), false, &empty).is_none());
+        let payout = PayoutFacts {
+            id: "po_s1".into(),
+            amount: Cents(amount),
+            state: "paid".into(),
+            provider: "manual".into(),
+            transfer_id: None,
+        };
+        let paid = Books {
+            net: vec![("p:p1".into(), -amount), ("platform".into(), amount)],
+            payouts: vec![payout],
+            any_payout: true,
+        };
+        let plan = plan_correction(&facts, &outcome, Cents(0), &outcome, &policy, &rules(true), false, &paid)
+            .expect("the payout is corrected");
+        let reversal = plan.reversal.expect("a reversal");
+        prop_assert_eq!(reversal.payouts, vec!["po_s1".to_owned()]);
+        let posting = reversal.posting.expect("a reversal posting");
+        prop_assert!(posting.is_balanced());
+        prop_assert_eq!(plan.money_effect, 0);
+        prop_assert!(plan.money.payout.is_none());
+        // Inside a finalization window no money moves.
+        prop_assert!(plan_correction(&facts, &outcome, Cents(0), &outcome, &policy, &rules(true), true, &paid).is_none());
+    }
+}

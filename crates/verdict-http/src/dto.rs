@@ -616,6 +616,8 @@ pub struct EarningsTotalDto {
     pub paid_cents: i64,
     pub pending_cents: i64,
     pub failed_cents: i64,
+    /// Payouts a repair reversed: in none of the totals above.
+    pub reversed_cents: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -637,6 +639,7 @@ impl EarningsDto {
                     paid_cents: total.paid.0,
                     pending_cents: total.pending.0,
                     failed_cents: total.failed.0,
+                    reversed_cents: total.reversed.0,
                 })
                 .collect(),
         }

@@ -216,6 +216,7 @@ impl Modify for BearerScheme {
         routes::settlement::assignments,
         routes::settlement::payouts,
         routes::settlement::earnings,
+        routes::settlement::retry_payout,
         routes::admin::verify,
         routes::admin::health,
         routes::admin::hourly,

@@ -6,6 +6,7 @@
 //! `verdict_sessions_ended_total{status,reason}`, `verdict_outbox_pending`,
 //! `verdict_outbox_dead`, `verdict_outbox_attempts_total{outcome}`,
 //! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
+//! `verdict_sweeper_failures_total`,
 //! `verdict_health_score`.
 
 use std::sync::OnceLock;

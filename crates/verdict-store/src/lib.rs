@@ -23,6 +23,7 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
+pub use model::CONFIGURATION_FAULT;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -353,6 +354,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;
+
+    /// Payouts paid after their reversal whose transfer Stripe has not
+    /// reversed: how many, and the first `sample` of their sessions.
+    async fn paid_after_reversal(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
+
+    /// Imported sessions still `live` or `waiting`, by id after `after`.
+    async fn open_imported(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Ends an imported session still `live` or `waiting` as its history
+    /// says, with its money and a `corrected` event, no receipts or
+    /// webhooks (`apply` false: plans only). `None` when it is not one.
+    async fn end_imported(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+        apply: bool,
+    ) -> Result<Option<Correction>, StoreError>;
+
+    /// Queues again a payout that is `failed` or whose delivery is `dead`:
+    /// pending again, its delivery due now and told to look its transfer
+    /// up at Stripe before any new idempotency key. `Conflict` for a payout
+    /// paid, reversed, or still being delivered.
+    async fn retry_payout(&self, id: &str, now: UnixMillis) -> Result<Payout, StoreError>;
+
+    /// Payout deliveries waiting on a configuration fault
+    /// ([`CONFIGURATION_FAULT`]): how many, and a sample of their sessions.
+    async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

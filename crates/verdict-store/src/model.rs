@@ -430,6 +430,13 @@ pub struct Payout {
     pub updated_at: UnixMillis,
     /// Set when a repair found the session should not have been paid.
     pub reversed_at: Option<UnixMillis>,
+    /// When the transfer was recorded (`paid`).
+    pub paid_at: Option<UnixMillis>,
+    /// When the reversal's delivery finished: the money is back, or was
+    /// never at Stripe.
+    pub reversal_settled_at: Option<UnixMillis>,
+    /// Stripe's reversal of the transfer, when money came back through it.
+    pub reversal_id: Option<String>,
 }
 
 /// The ledger account names (the core's, which plans the postings).
@@ -473,6 +480,9 @@ pub struct EarningsTotal {
     pub paid: Cents,
     pub pending: Cents,
     pub failed: Cents,
+    /// Payouts a repair reversed (whatever their state): in none of the
+    /// totals above.
+    pub reversed: Cents,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -522,7 +532,20 @@ pub enum OutboxOutcome {
         payout_id: String,
         reason: String,
     },
+    /// A reversal's delivery finished: `transfer_id` is the transfer found
+    /// at Stripe (recorded if the payout had none), `reversal_id` Stripe's
+    /// reversal of it; both `None` when Stripe never had a transfer.
+    PayoutReversed {
+        payout_id: String,
+        transfer_id: Option<String>,
+        reversal_id: Option<String>,
+    },
 }
+
+/// How a delivery error that is a configuration fault (Stripe answered
+/// 401/403: a rotated key, a wrong API base) starts: such rows are retried
+/// with backoff and never die, and health raises them as an alert.
+pub const CONFIGURATION_FAULT: &str = "configuration fault: ";
 
 /// An outbox row as operators see it.
 #[derive(Clone, Debug, PartialEq)]
@@ -548,6 +571,9 @@ pub struct SweepReport {
     /// Sessions whose finalization window the sweep closed, as stored
     /// afterwards (money settled now when completed).
     pub finalized: Vec<Session>,
+    /// Sessions the sweep could not end or finalize, with the error: each
+    /// failed alone, the others went on.
+    pub failed: Vec<(String, String)>,
 }
 
 /// Which sessions a verification page reads.
@@ -660,8 +686,13 @@ pub enum PlatformDisposition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Correction {
     pub session_id: String,
-    pub from: (Status, Reason),
+    /// The recorded status and reason (`None`: an imported session still
+    /// `live` or `waiting`, which a repair ends).
+    pub from: (Status, Option<Reason>),
     pub to: (Status, Reason),
     /// The change in what the customer is charged, in cents.
     pub money_effect: i64,
+    /// Planned only: its only evidence is missing join events, so it is
+    /// applied only when asked to (`include_missing_evidence`).
+    pub needs_review: bool,
 }

@@ -52,6 +52,10 @@ const SESSION_SECTIONS: [(&str, &str); 8] = [
     ("stuck_sessions", "warning"),
 ];
 
+/// The section of payouts paid after their reversal and not reversed at
+/// Stripe (money out that the books say came back).
+pub const PAID_AFTER_REVERSAL: &str = "payouts_paid_after_reversal";
+
 /// Pending deliveries this long past due are overdue.
 pub const OVERDUE_AFTER_SECONDS: i64 = 900;
 
@@ -137,6 +141,7 @@ pub async fn verify(
     // beside the scan.
     let (sessions, ledger) = tokio::try_join!(sessions, store.ledger_imbalance(SAMPLE_MAX))?;
     counts.insert(Finding::LedgerUnbalanced.kind(), ledger);
+    let paid_after_reversal = store.paid_after_reversal(SAMPLE_MAX).await?;
 
     let mut sections = Vec::new();
     let expected = store.expected_schema_version();
@@ -153,6 +158,15 @@ pub async fn verify(
         let (count, sample) = counts.remove(name).unwrap_or_default();
         sections.push(Section { name, ok: count == 0, count, severity, sample, detail: None });
     }
+    let (count, sample) = paid_after_reversal;
+    sections.push(Section {
+        name: PAID_AFTER_REVERSAL,
+        ok: count == 0,
+        count,
+        severity: "critical",
+        sample,
+        detail: None,
+    });
     let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
     sections.push(Section {
         name: "outbox_health",
@@ -340,6 +354,17 @@ pub async fn health_with_hourly(
             session_ids: stuck.1,
         });
     }
+    // Stripe refusing our credentials is no payout's fault: its deliveries
+    // wait (retried with backoff) until the configuration is mended.
+    let (faults, sample) = store.configuration_faults(SAMPLE_MAX).await?;
+    if faults > 0 {
+        alerts.push(Alert {
+            kind: "stripe_configuration",
+            severity: "critical",
+            count: faults,
+            session_ids: sample,
+        });
+    }
     if outbox.dead > 0 {
         alerts.push(Alert {
             kind: "dead_deliveries",
@@ -506,10 +531,18 @@ pub async fn review(
     }
 }
 
-/// Plans (dry run) or applies corrections of every terminal session ended
-/// in `[since, until)` whose recorded outcome differs from the decision
-/// (SPEC §7). Applying re-checks each session under its lock, so running
-/// it twice changes nothing the second time.
+/// What a repair does besides re-deriving statuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairOptions {
+    /// Apply (else plan only).
+    pub apply: bool,
+    /// Also apply corrections whose only evidence is missing join events
+    /// (`needs_review`); without it they are listed, never applied.
+    pub include_missing_evidence: bool,
+}
+
+/// Plans (dry run) or applies corrections (see [`repair_with`]); sessions
+/// whose only evidence is missing join events are listed, not applied.
 pub async fn repair(
     store: &Arc<dyn Store>,
     settings: &Settings,
@@ -518,6 +551,28 @@ pub async fn repair(
     until: UnixMillis,
     apply: bool,
 ) -> Result<Vec<crate::Correction>, StoreError> {
+    let options = RepairOptions { apply, include_missing_evidence: false };
+    repair_with(store, settings, now, since, until, options).await
+}
+
+/// Plans (dry run) or applies corrections of every terminal session ended
+/// in `[since, until)` whose recorded outcome differs from the decision,
+/// or whose status is right but which the old system paid without a
+/// completed session (its payout is reversed), and ends imported sessions
+/// still open (SPEC §7). A correction resting only on missing join events
+/// (the recorded status needs joins the history lacks) is `needs_review`:
+/// applied only with `include_missing_evidence`, listed otherwise.
+/// Applying re-checks each session under its lock, so running it twice
+/// changes nothing the second time.
+pub async fn repair_with(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    now: UnixMillis,
+    since: UnixMillis,
+    until: UnixMillis,
+    options: RepairOptions,
+) -> Result<Vec<crate::Correction>, StoreError> {
+    let apply = options.apply;
     let mut planned = Vec::new();
     scan(
         store,
@@ -528,30 +583,54 @@ pub async fn repair(
             else {
                 return;
             };
-            if (expected.status, expected.reason) != (session.status, reason) {
+            let unearned = session.status != verdict_core::Status::Completed
+                && !audit.payouts.is_empty()
+                && audit.finalizing_until.is_none();
+            if (expected.status, expected.reason) != (session.status, reason) || unearned {
                 let charge = verdict_core::charge_for(
                     &session.price,
                     expected.reason,
                     expected.billable_seconds,
                 );
+                let needs_review =
+                    findings(settings, session, audit, now).contains(&Finding::MissingJoins);
                 planned.push(crate::Correction {
                     session_id: session.id.clone(),
-                    from: (session.status, reason),
+                    from: (session.status, Some(reason)),
                     to: (expected.status, expected.reason),
                     money_effect: charge.0 - session.charged_cents.map_or(0, |cents| cents.0),
+                    needs_review,
                 });
             }
         },
         |_| {},
     )
     .await?;
-    if !apply {
-        return Ok(planned);
-    }
     let mut applied = Vec::with_capacity(planned.len());
-    for plan in planned {
-        if let Some(correction) = store.correct_session(&plan.session_id, settings, now).await? {
+    for mut plan in planned {
+        // `needs_review` on what is returned: held back (listed, not applied).
+        plan.needs_review &= !options.include_missing_evidence;
+        if !apply || plan.needs_review {
+            applied.push(plan);
+        } else if let Some(correction) =
+            store.correct_session(&plan.session_id, settings, now).await?
+        {
             applied.push(correction);
+        }
+    }
+    // Imported sessions still open are history, not traffic: the repair
+    // ends them (the sweeper never does), each with its money effect.
+    let mut after: Option<String> = None;
+    loop {
+        let ids = store.open_imported(after.as_deref(), PAGE).await?;
+        for id in &ids {
+            if let Some(correction) = store.end_imported(id, settings, now, apply).await? {
+                applied.push(correction);
+            }
+        }
+        match ids.last() {
+            Some(last) if ids.len() as i64 == PAGE => after = Some(last.clone()),
+            _ => break,
         }
     }
     Ok(applied)

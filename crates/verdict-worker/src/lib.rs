@@ -118,6 +118,23 @@ pub(crate) enum Delivery {
     },
     /// Never deliverable.
     Undeliverable(String),
+    /// Not this row's fault but the configuration's (Stripe answered
+    /// 401/403): retried with backoff however many attempts it took, and
+    /// raised as an alert; optionally with a replacement payload.
+    ConfigFault {
+        error: String,
+        payload: Option<Value>,
+    },
+}
+
+impl Delivery {
+    /// A retryable failure, or a configuration fault when `error` says so.
+    pub(crate) fn failed(error: String, payload: Option<Value>) -> Delivery {
+        match error.strip_prefix(verdict_store::CONFIGURATION_FAULT) {
+            Some(error) => Delivery::ConfigFault { error: error.to_owned(), payload },
+            None => Delivery::Failed { error, payload },
+        }
+    }
 }
 
 impl Worker {
@@ -177,6 +194,10 @@ impl Worker {
         let report =
             self.store.sweep(&self.settings, self.clock.now(), self.config.sweep_batch_max).await?;
         metrics::counter!("verdict_sweeper_runs_total").increment(1);
+        for (session, error) in &report.failed {
+            metrics::counter!("verdict_sweeper_failures_total").increment(1);
+            tracing::warn!(%session, %error, "the sweeper could not end or finalize a session");
+        }
         for session in &report.ended {
             metrics::counter!("verdict_sweeper_ended_total").increment(1);
             metrics::counter!(
@@ -202,6 +223,14 @@ impl Worker {
         let outcome = match delivery {
             Delivery::Done(outcome) => outcome,
             Delivery::Undeliverable(error) => OutboxOutcome::Dead { error },
+            Delivery::ConfigFault { error, payload } => {
+                metrics::counter!("verdict_stripe_configuration_faults_total").increment(1);
+                tracing::error!(id = item.id, topic = %item.topic, attempts, %error,
+                    "Stripe refused our credentials: a configuration fault, retried with backoff");
+                let due_at = UnixMillis(now.0 + self.backoff(attempts).as_millis() as i64);
+                let error = format!("{}{error}", verdict_store::CONFIGURATION_FAULT);
+                OutboxOutcome::Retry { due_at, error, payload }
+            }
             Delivery::Failed { error, .. } if attempts >= self.config.attempts_max => {
                 tracing::warn!(id = item.id, topic = %item.topic, %error, "outbox row is dead");
                 OutboxOutcome::Dead { error }
@@ -245,7 +274,8 @@ impl Worker {
                 },
             },
             Topic::PayoutReversal => {
-                stripe::reverse(&self.http, self.config.stripe.as_ref(), item).await
+                stripe::reverse(&self.http, self.config.stripe.as_ref(), self.store.as_ref(), item)
+                    .await
             }
             _ => Delivery::Undeliverable(format!("no delivery for outbox topic {:?}", item.topic)),
         }

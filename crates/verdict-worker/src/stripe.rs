@@ -10,7 +10,9 @@
 use std::fmt;
 
 use serde_json::{Value, json};
-use verdict_store::{OutboxItem, OutboxOutcome, PayoutState, Store};
+use verdict_store::{
+    CONFIGURATION_FAULT, OutboxItem, OutboxOutcome, PayoutProvider, PayoutState, Store,
+};
 
 use crate::Delivery;
 use crate::webhook::without_url;
@@ -46,8 +48,21 @@ pub(crate) async fn deliver(
         Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
     };
     if payout.reversed_at.is_some() {
-        // Reversed before it was paid: nothing may leave.
-        return Delivery::Done(OutboxOutcome::Delivered);
+        // Reversed before it was recorded paid: nothing may leave now. An
+        // earlier attempt may have made the transfer and lost the answer,
+        // though: Stripe is asked, and a transfer found is recorded (its
+        // reversal then undoes it at Stripe).
+        if payout.state != PayoutState::Pending || payout.transfer_id.is_some() {
+            return Delivery::Done(OutboxOutcome::Delivered);
+        }
+        return match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => Delivery::Done(OutboxOutcome::PayoutPaid {
+                payout_id: payout.id.clone(),
+                transfer_id,
+            }),
+            Ok(None) => Delivery::Done(OutboxOutcome::Delivered),
+            Err(error) => Delivery::failed(error, None),
+        };
     }
     if payout.state != PayoutState::Pending {
         // Settled by an earlier attempt whose bookkeeping was recorded.
@@ -74,6 +89,29 @@ pub(crate) async fn deliver(
     // later attempt replays that key rather than risk a second transfer.
     let mut generation = item.payload["key_generation"].as_u64().unwrap_or(0);
     let mut renewed: Option<Value> = None;
+    if item.payload["look_up_first"] == true {
+        // Queued again by an operator after a refusal or a dead delivery:
+        // a transfer Stripe already has is recorded; only when it provably
+        // has none does this attempt take a new idempotency key.
+        match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => {
+                return Delivery::Done(OutboxOutcome::PayoutPaid {
+                    payout_id: payout.id.clone(),
+                    transfer_id,
+                });
+            }
+            Ok(None) => {
+                generation += 1;
+                let mut payload = item.payload.clone();
+                payload["key_generation"] = json!(generation);
+                if let Some(fields) = payload.as_object_mut() {
+                    fields.remove("look_up_first");
+                }
+                renewed = Some(payload);
+            }
+            Err(error) => return Delivery::failed(error, None),
+        }
+    }
     let form = [
         ("amount", payout.amount.0.to_string()),
         ("currency", payout.currency.clone()),
@@ -85,7 +123,7 @@ pub(crate) async fn deliver(
     loop {
         let key =
             if generation == 0 { payout.id.clone() } else { format!("{}:{generation}", payout.id) };
-        let retry = |error: String| Delivery::Failed { error, payload: renewed.clone() };
+        let retry = |error: String| Delivery::failed(error, renewed.clone());
         let response = http
             .post(format!("{}/v1/transfers", config.api_base.trim_end_matches('/')))
             .bearer_auth(&config.secret_key)
@@ -137,6 +175,11 @@ pub(crate) async fn deliver(
         }
         return match status.as_u16() {
             409 | 429 => retry(format!("Stripe HTTP {status}: {message}")),
+            // Our key or our base URL, not this payout: never `failed`.
+            401 | 403 => retry(format!(
+                "{CONFIGURATION_FAULT}Stripe refused our credentials (HTTP {}): {message}",
+                status.as_u16()
+            )),
             400..=499 => {
                 failed(format!("Stripe refused the transfer (HTTP {}): {message}", status.as_u16()))
             }
@@ -159,8 +202,14 @@ async fn find_transfer(
         .send()
         .await
         .map_err(|error| format!("Stripe lookup: {}", without_url(&error)))?;
+    let status = response.status().as_u16();
+    if matches!(status, 401 | 403) {
+        return Err(format!(
+            "{CONFIGURATION_FAULT}Stripe lookup refused our credentials (HTTP {status})"
+        ));
+    }
     if !response.status().is_success() {
-        return Err(format!("Stripe lookup: HTTP {}", response.status().as_u16()));
+        return Err(format!("Stripe lookup: HTTP {status}"));
     }
     let body: Value =
         response.json().await.map_err(|_| "Stripe lookup: unreadable body".to_owned())?;
@@ -173,23 +222,39 @@ async fn find_transfer(
 }
 
 /// Reverses a wrongly paid payout at Stripe (`POST
-/// /v1/transfers/{id}/reversals`, `Idempotency-Key: rev_<payout id>`). A
-/// payout Stripe never paid has nothing to reverse there: the reversal
-/// posting in the ledger is the whole of it.
+/// /v1/transfers/{id}/reversals`, `Idempotency-Key: rev_<payout id>`),
+/// judged on the payout as it is now, not as it was when the repair queued
+/// this row: a transfer in flight then, or made and answered too late, is
+/// reversed too. A payout with no transfer recorded is looked up at Stripe
+/// first; a payout Stripe never paid has nothing to reverse there (the
+/// reversal posting in the ledger is the whole of it).
 pub(crate) async fn reverse(
     http: &reqwest::Client,
     config: Option<&StripeConfig>,
+    store: &dyn Store,
     item: &OutboxItem,
 ) -> Delivery {
-    let paid_through_stripe =
-        item.payload["provider"] == "stripe" && item.payload["state"] == "paid";
-    let (Some(transfer_id), Some(payout_id)) =
-        (item.payload["transfer_id"].as_str(), item.payload["payout_id"].as_str())
-    else {
-        return Delivery::Done(OutboxOutcome::Delivered);
+    let Some(payout_id) = item.payload["payout_id"].as_str() else {
+        return Delivery::Undeliverable("reversal row without payout_id".into());
     };
-    if !paid_through_stripe {
+    let payout = match store.payout(payout_id).await {
+        Ok(Some(payout)) => payout,
+        Ok(None) => return Delivery::Undeliverable(format!("payout {payout_id} does not exist")),
+        Err(error) => return Delivery::Failed { error: error.to_string(), payload: None },
+    };
+    let settled = |transfer_id: Option<String>, reversal_id: Option<String>| {
+        Delivery::Done(OutboxOutcome::PayoutReversed {
+            payout_id: payout.id.clone(),
+            transfer_id,
+            reversal_id,
+        })
+    };
+    if payout.reversal_id.is_some() {
+        // Reversed at Stripe already (an earlier delivery).
         return Delivery::Done(OutboxOutcome::Delivered);
+    }
+    if payout.provider == PayoutProvider::Manual {
+        return settled(None, None);
     }
     let Some(config) = config else {
         return Delivery::Failed {
@@ -197,29 +262,52 @@ pub(crate) async fn reverse(
             payload: None,
         };
     };
-    let amount = item.payload["amount_cents"].as_i64().unwrap_or(0).to_string();
+    let (transfer_id, found) = match &payout.transfer_id {
+        Some(transfer_id) if transfer_id.starts_with("none:") => return settled(None, None),
+        Some(transfer_id) => (transfer_id.clone(), None),
+        None => match find_transfer(http, config, &payout.session_id, &payout.id).await {
+            Ok(Some(transfer_id)) => (transfer_id.clone(), Some(transfer_id)),
+            Ok(None) => return settled(None, None),
+            Err(error) => return Delivery::failed(error, None),
+        },
+    };
+    let amount = payout.amount.0.to_string();
     let response = http
         .post(format!(
             "{}/v1/transfers/{transfer_id}/reversals",
             config.api_base.trim_end_matches('/')
         ))
         .bearer_auth(&config.secret_key)
-        .header("Idempotency-Key", format!("rev_{payout_id}"))
-        .form(&[("amount", amount.as_str()), ("metadata[payout_id]", payout_id)])
+        .header("Idempotency-Key", format!("rev_{}", payout.id))
+        .form(&[("amount", amount.as_str()), ("metadata[payout_id]", payout.id.as_str())])
         .send()
         .await;
-    match response {
+    let response = match response {
+        Ok(response) => response,
         Err(error) => {
-            Delivery::Failed { error: format!("Stripe: {}", without_url(&error)), payload: None }
+            return Delivery::Failed {
+                error: format!("Stripe: {}", without_url(&error)),
+                payload: None,
+            };
         }
-        Ok(response) if response.status().is_success() => Delivery::Done(OutboxOutcome::Delivered),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            if matches!(status, 409 | 429) || status >= 500 {
-                Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
-            } else {
-                Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})"))
-            }
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match status {
+        200..=299 => match body["id"].as_str() {
+            Some(reversal_id) => settled(found, Some(reversal_id.to_owned())),
+            None => Delivery::Failed {
+                error: "Stripe answered 2xx without a reversal id".into(),
+                payload: None,
+            },
+        },
+        409 | 429 | 500..=599 => {
+            Delivery::Failed { error: format!("Stripe reversal HTTP {status}"), payload: None }
         }
+        401 | 403 => Delivery::ConfigFault {
+            error: format!("Stripe refused our credentials for a reversal (HTTP {status})"),
+            payload: None,
+        },
+        _ => Delivery::Undeliverable(format!("Stripe refused the reversal (HTTP {status})")),
     }
 }

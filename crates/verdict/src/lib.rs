@@ -287,7 +287,7 @@ pub fn print_document(document: &serde_json::Value) -> Result<(), BoxError> {
 /// JSON.
 pub async fn repair(
     config: &Config,
-    apply: bool,
+    options: verdict_store::monitor::RepairOptions,
     since: Option<&str>,
     until: Option<&str>,
     json: bool,
@@ -306,29 +306,44 @@ pub async fn repair(
     };
     let (since, until) = (bound("since", since, 0)?, bound("until", until, i64::MAX)?);
     let now = SystemClock.now();
+    let apply = options.apply;
     let corrections =
-        verdict_store::monitor::repair(&store, &settings, now, since, until, apply).await?;
+        verdict_store::monitor::repair_with(&store, &settings, now, since, until, options).await?;
+    let change = |c: &verdict_store::Correction| {
+        serde_json::json!({
+            "session_id": c.session_id,
+            "from": {"status": c.from.0.as_str(), "reason": c.from.1.map(|r| r.as_str())},
+            "to": {"status": c.to.0.as_str(), "reason": c.to.1.as_str()},
+            "money_effect_cents": c.money_effect,
+        })
+    };
+    let (held, corrections): (Vec<_>, Vec<_>) =
+        corrections.into_iter().partition(|c| c.needs_review);
     if json {
-        let changes: Vec<serde_json::Value> = corrections
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "session_id": c.session_id,
-                    "from": {"status": c.from.0.as_str(), "reason": c.from.1.as_str()},
-                    "to": {"status": c.to.0.as_str(), "reason": c.to.1.as_str()},
-                    "money_effect_cents": c.money_effect,
-                })
-            })
-            .collect();
-        print_document(&serde_json::json!({"dry_run": !apply, "changes": changes}))?;
+        let changes: Vec<serde_json::Value> = corrections.iter().map(change).collect();
+        let needs_review: Vec<serde_json::Value> = held.iter().map(change).collect();
+        print_document(&serde_json::json!({
+            "dry_run": !apply,
+            "changes": changes,
+            "needs_review": needs_review,
+        }))?;
     } else {
         use std::fmt::Write;
         let mut text = String::new();
-        for c in &corrections {
+        for (c, note) in
+            corrections.iter().map(|c| (c, "")).chain(held.iter().map(|c| {
+                (c, "  needs review (only missing join events; --include-missing-evidence)")
+            }))
+        {
             writeln!(
                 text,
-                "{}  {}/{} -> {}/{}  {:+} cents",
-                c.session_id, c.from.0, c.from.1, c.to.0, c.to.1, c.money_effect
+                "{}  {}/{} -> {}/{}  {:+} cents{note}",
+                c.session_id,
+                c.from.0,
+                c.from.1.map_or("-", |reason| reason.as_str()),
+                c.to.0,
+                c.to.1,
+                c.money_effect
             )?;
         }
         let verb =

@@ -143,6 +143,10 @@ enum Command {
         until: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Also apply corrections whose only evidence is missing join
+        /// events (listed as needing review otherwise).
+        #[arg(long)]
+        include_missing_evidence: bool,
     },
     /// Write a seeded, realistic history as NDJSON to stdout (for
     /// benchmarks and demos): mostly right, ~10 % recorded wrong.
@@ -268,8 +272,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Import { file, batch_lines, bulk } => {
             verdict::import(&config, &file, batch_lines as usize, bulk).await
         }
-        Command::Repair { apply, since, until, json } => {
-            verdict::repair(&config, apply, since.as_deref(), until.as_deref(), json).await
+        Command::Repair { apply, since, until, json, include_missing_evidence } => {
+            let options = verdict_store::monitor::RepairOptions { apply, include_missing_evidence };
+            verdict::repair(&config, options, since.as_deref(), until.as_deref(), json).await
         }
         Command::Verify { json } => {
             if verdict::verify(&config, json).await? {

@@ -398,12 +398,14 @@ pub struct RepairQuery {
     dry_run: Option<bool>,
     since: Option<String>,
     until: Option<String>,
+    include_missing_evidence: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OutcomeRefDto {
     pub status: String,
-    pub reason: String,
+    /// `null` for an imported session still `live` or `waiting`.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -419,24 +421,29 @@ pub struct ChangeDto {
 pub struct RepairDto {
     pub dry_run: bool,
     pub changes: Vec<ChangeDto>,
+    /// Corrections whose only evidence is missing join events: listed, and
+    /// applied only with `include_missing_evidence=true` (then they are in
+    /// `changes`).
+    pub needs_review: Vec<ChangeDto>,
 }
 
 impl RepairDto {
     pub fn new(dry_run: bool, corrections: &[verdict_store::Correction]) -> RepairDto {
-        let outcome = |(status, reason): (verdict_core::Status, verdict_core::Reason)| {
-            OutcomeRefDto { status: status.as_str().to_owned(), reason: reason.as_str().to_owned() }
+        let outcome =
+            |status: verdict_core::Status, reason: Option<verdict_core::Reason>| OutcomeRefDto {
+                status: status.as_str().to_owned(),
+                reason: reason.map(|reason| reason.as_str().to_owned()),
+            };
+        let change = |c: &verdict_store::Correction| ChangeDto {
+            session_id: c.session_id.clone(),
+            from: outcome(c.from.0, c.from.1),
+            to: outcome(c.to.0, Some(c.to.1)),
+            money_effect_cents: c.money_effect,
         };
         RepairDto {
             dry_run,
-            changes: corrections
-                .iter()
-                .map(|c| ChangeDto {
-                    session_id: c.session_id.clone(),
-                    from: outcome(c.from),
-                    to: outcome(c.to),
-                    money_effect_cents: c.money_effect,
-                })
-                .collect(),
+            changes: corrections.iter().filter(|c| !c.needs_review).map(change).collect(),
+            needs_review: corrections.iter().filter(|c| c.needs_review).map(change).collect(),
         }
     }
 }
@@ -446,6 +453,8 @@ impl RepairDto {
         ("dry_run" = Option<bool>, Query, description = "Default true: plan only"),
         ("since" = Option<String>, Query, description = "RFC 3339: sessions ended at or after"),
         ("until" = Option<String>, Query, description = "RFC 3339: sessions ended before"),
+        ("include_missing_evidence" = Option<bool>, Query,
+            description = "Default false: also apply corrections whose only evidence is missing join events"),
     ),
     responses((status = 200, body = RepairDto)),
     security(("bearer" = [])))]
@@ -464,8 +473,12 @@ pub async fn repair(
     let since = bound("since", &params.since, 0)?;
     let until = bound("until", &params.until, i64::MAX)?;
     let dry_run = params.dry_run.unwrap_or(true);
+    let options = monitor::RepairOptions {
+        apply: !dry_run,
+        include_missing_evidence: params.include_missing_evidence.unwrap_or(false),
+    };
+    let now = state.clock.now();
     let corrections =
-        monitor::repair(&state.store, &state.settings, state.clock.now(), since, until, !dry_run)
-            .await?;
+        monitor::repair_with(&state.store, &state.settings, now, since, until, options).await?;
     Ok(Json(RepairDto::new(dry_run, &corrections)))
 }

@@ -31,6 +31,7 @@ pub fn router() -> Router {
         .route("/v1/assignments", get(assignments))
         .route("/v1/payouts", get(payouts))
         .route("/v1/providers/{id}/earnings", get(earnings))
+        .route("/v1/admin/payouts/{id}/retry", post(retry_payout))
 }
 
 fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
@@ -234,4 +235,26 @@ pub async fn earnings(
     }
     let totals = state.store.earnings(id).await?;
     Ok(Json(EarningsDto::new(id, &totals)))
+}
+
+#[utoipa::path(post, path = "/v1/admin/payouts/{id}/retry", tag = "settlement",
+    params(("id" = String, Path, description = "The payout (`po_<session id>`)")),
+    responses(
+        (status = 200, body = PayoutDto, description = "Queued again: pending, due now"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Paid, reversed, or still being delivered"),
+    ),
+    security(("bearer" = [])))]
+/// Queues again a payout that is `failed` or whose delivery is `dead`. Its
+/// next attempt asks Stripe for a transfer first and takes a new
+/// idempotency key only when there is none.
+pub async fn retry_payout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<PayoutDto>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = checked_id("payout", &id)?;
+    let payout = state.store.retry_payout(id, state.clock.now()).await?;
+    Ok(Json(PayoutDto::from(&payout)))
 }

@@ -44,9 +44,13 @@ impl Engine {
         &self,
         provider_id: &str,
     ) -> Result<Vec<EarningsTotal>, StoreError> {
+        // A reversal posting nets its session's earning to zero: such a
+        // session is not counted as one that earned.
         let ledger = sqlx::query(
             "SELECT p.currency, CAST(-SUM(l.amount_cents) AS BIGINT) AS earned, \
-             COUNT(DISTINCT p.session_id) AS sessions \
+             COUNT(DISTINCT CASE WHEN p.kind = 'settlement' AND NOT EXISTS ( \
+             SELECT 1 FROM ledger_postings r WHERE r.session_id = p.session_id \
+             AND r.kind = 'reversal') THEN p.session_id END) AS sessions \
              FROM ledger_lines l JOIN ledger_postings p ON p.id = l.posting_id \
              WHERE l.account = $1 GROUP BY p.currency ORDER BY p.currency",
         )
@@ -54,8 +58,10 @@ impl Engine {
         .fetch_all(&self.reader)
         .await?;
         let payouts = sqlx::query(
-            "SELECT currency, state, CAST(SUM(amount_cents) AS BIGINT) AS total FROM payouts \
-             WHERE provider_id = $1 GROUP BY currency, state",
+            "SELECT currency, CASE WHEN reversed_at IS NULL THEN state ELSE 'reversed' END \
+             AS state, CAST(SUM(amount_cents) AS BIGINT) AS total FROM payouts \
+             WHERE provider_id = $1 \
+             GROUP BY currency, CASE WHEN reversed_at IS NULL THEN state ELSE 'reversed' END",
         )
         .bind(provider_id)
         .fetch_all(&self.reader)
@@ -68,6 +74,7 @@ impl Engine {
             paid: Cents(0),
             pending: Cents(0),
             failed: Cents(0),
+            reversed: Cents(0),
         };
         for row in &ledger {
             let currency: String = row.try_get("currency")?;
@@ -80,6 +87,10 @@ impl Engine {
             let state: String = row.try_get("state")?;
             let amount = Cents(row.try_get("total")?);
             let total = totals.entry(currency.clone()).or_insert_with(|| empty(&currency));
+            if state == "reversed" {
+                total.reversed = amount;
+                continue;
+            }
             match PayoutState::parse(&state) {
                 Some(PayoutState::Paid) => total.paid = amount,
                 Some(PayoutState::Pending) => total.pending = amount,
@@ -88,6 +99,28 @@ impl Engine {
             }
         }
         Ok(totals.into_values().collect())
+    }
+
+    /// A payout recorded `paid` after a repair reversed it, with a real
+    /// transfer and no reversal of it at Stripe: money out that the books
+    /// say came back.
+    pub(super) async fn paid_after_reversal(
+        &self,
+        sample: usize,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id FROM payouts WHERE reversed_at IS NOT NULL AND state = 'paid' \
+             AND paid_at > reversed_at AND reversal_id IS NULL \
+             AND transfer_id IS NOT NULL AND transfer_id NOT LIKE 'none:%' ORDER BY session_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let sessions = rows
+            .iter()
+            .take(sample)
+            .map(|row| row.try_get("session_id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok((rows.len() as i64, sessions))
     }
 
     pub(super) async fn postings(&self, session_id: &str) -> Result<Vec<Posting>, StoreError> {

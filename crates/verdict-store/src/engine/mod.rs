@@ -27,6 +27,7 @@
 //! - `ledger`: postings, earnings, payouts and users read back;
 //! - `pages`: verification pages and the ledger checks;
 //! - `import`: import from the old system, batched or bulk;
+//! - `history`: repair of imported history (open sessions, unearned money);
 //! - `health`: schema version and counts.
 
 // First: the column macros it defines are in scope in the modules below.
@@ -37,6 +38,7 @@ mod dialect;
 mod ends;
 mod group;
 mod health;
+mod history;
 mod import;
 mod ledger;
 mod outbox;
@@ -384,5 +386,35 @@ impl Store for Engine {
 
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError> {
         Engine::table_counts(self).await
+    }
+
+    async fn paid_after_reversal(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
+        Engine::paid_after_reversal(self, sample).await
+    }
+
+    async fn open_imported(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Engine::open_imported(self, after, limit).await
+    }
+
+    async fn end_imported(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+        apply: bool,
+    ) -> Result<Option<Correction>, StoreError> {
+        Engine::end_imported(self, id, settings, now, apply).await
+    }
+
+    async fn retry_payout(&self, id: &str, now: UnixMillis) -> Result<Payout, StoreError> {
+        Engine::retry_payout(self, id, now).await
+    }
+
+    async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
+        Engine::configuration_faults(self, sample).await
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use verdict_core::{Message, Topic, UnixMillis};
 
-use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, StoreError};
+use crate::{OutboxHealth, OutboxItem, OutboxOutcome, OutboxRow, Payout, PayoutState, StoreError};
 
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection};
@@ -98,6 +98,17 @@ impl Engine {
                 }
                 ("delivered", None, None, None)
             }
+            OutboxOutcome::PayoutReversed { payout_id, transfer_id, reversal_id } => {
+                settle_reversal(
+                    &mut tx,
+                    payout_id,
+                    transfer_id.as_ref(),
+                    reversal_id.as_ref(),
+                    now,
+                )
+                .await?;
+                ("delivered", None, None, None)
+            }
             OutboxOutcome::PayoutFailed { payout_id, reason } => {
                 let payout =
                     settle_payout(&mut tx, payout_id, "failed", None, Some(reason), now).await?;
@@ -124,6 +135,113 @@ impl Engine {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    pub(super) async fn retry_payout(
+        &self,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<Payout, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let payout = sqlx::query(concat!(
+            "SELECT ",
+            payout_columns!(),
+            " FROM payouts WHERE id = $1",
+            for_update!()
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(payout_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::not_found("payout", id))?;
+        if payout.reversed_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "payout {id} was reversed by a repair: it is never paid"
+            )));
+        }
+        let delivery = sqlx::query(concat!(
+            "SELECT id, state, payload FROM outbox WHERE session_id = $1 AND topic = $2",
+            for_update!()
+        ))
+        .bind(&payout.session_id)
+        .bind(Topic::Payout.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let delivery_state: Option<String> =
+            delivery.as_ref().map(|row| row.try_get("state")).transpose()?;
+        let retryable = payout.state == PayoutState::Failed
+            || (payout.state == PayoutState::Pending && delivery_state.as_deref() == Some("dead"));
+        if !retryable {
+            return Err(StoreError::Conflict(format!(
+                "payout {id} is {} and its delivery {}: only a failed payout or a dead \
+                 delivery is retried",
+                payout.state.as_str(),
+                delivery_state.as_deref().unwrap_or("absent"),
+            )));
+        }
+        sqlx::query(
+            "UPDATE payouts SET state = 'pending', failure_reason = NULL, updated_at = $1 \
+             WHERE id = $2",
+        )
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // The next attempt asks Stripe first: a transfer found is recorded,
+        // and only when there is none does it take a new idempotency key.
+        let mut payload = match &delivery {
+            Some(row) => {
+                let text: String = row.try_get("payload")?;
+                serde_json::from_str(&text)
+                    .map_err(|error| StoreError::Corrupt(format!("outbox payload: {error}")))?
+            }
+            None => json!({"payout_id": payout.id, "session_id": payout.session_id}),
+        };
+        payload["look_up_first"] = json!(true);
+        match delivery {
+            Some(row) => {
+                let outbox_id: i64 = row.try_get("id")?;
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, due_at = $1, \
+                     last_error = NULL, delivered_at = NULL, lease_owner = NULL, \
+                     leased_until = NULL, payload = $2 WHERE id = $3",
+                )
+                .bind(now.0)
+                .bind(payload.to_string())
+                .bind(outbox_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                insert_outbox(&mut tx, &payout.session_id, Topic::Payout, &payload, now).await?;
+            }
+        }
+        let payout = read_payout(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(payout)
+    }
+
+    pub(super) async fn configuration_faults(
+        &self,
+        sample: usize,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id FROM outbox WHERE state = 'pending' AND (topic = $1 OR topic = $2) \
+             AND last_error LIKE $3 ORDER BY session_id",
+        )
+        .bind(Topic::Payout.as_str())
+        .bind(Topic::PayoutReversal.as_str())
+        .bind(format!("{}%", crate::CONFIGURATION_FAULT))
+        .fetch_all(&self.reader)
+        .await?;
+        let sessions = rows
+            .iter()
+            .take(sample)
+            .map(|row| row.try_get("session_id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok((rows.len() as i64, sessions))
     }
 
     pub(super) async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError> {
@@ -226,6 +344,11 @@ async fn insert_outbox(
 
 /// Moves a pending payout to `paid` or `failed`; `None` when it was not
 /// pending (already settled by an earlier delivery).
+///
+/// A transfer is recorded as it happened even when a repair reversed the
+/// payout meanwhile (the transfer was in flight, or made and answered too
+/// late): the money is at Stripe, so the payout's reversal is queued again
+/// if it already ran, and reverses the transfer at Stripe.
 async fn settle_payout(
     connection: &mut DbConnection,
     payout_id: &str,
@@ -235,7 +358,8 @@ async fn settle_payout(
     now: UnixMillis,
 ) -> Result<Option<Payout>, StoreError> {
     let updated = sqlx::query(
-        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4 \
+        "UPDATE payouts SET state = $1, transfer_id = $2, failure_reason = $3, updated_at = $4, \
+         paid_at = CASE WHEN $1 = 'paid' THEN $4 ELSE paid_at END \
          WHERE id = $5 AND state = 'pending'",
     )
     .bind(state)
@@ -248,11 +372,89 @@ async fn settle_payout(
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
+    let payout = read_payout(&mut *connection, payout_id).await?;
+    if payout.reversed_at.is_some() && state == "paid" {
+        tracing::warn!(payout = %payout.id, "a reversed payout was paid: its reversal runs again");
+        requeue_reversal(&mut *connection, &payout, now).await?;
+    }
+    Ok(Some(payout))
+}
+
+async fn read_payout(connection: &mut DbConnection, payout_id: &str) -> Result<Payout, StoreError> {
     let row = sqlx::query(concat!("SELECT ", payout_columns!(), " FROM payouts WHERE id = $1"))
         .bind(payout_id)
         .fetch_one(&mut *connection)
         .await?;
-    payout_from_row(&row).map(Some)
+    payout_from_row(&row)
+}
+
+/// Makes sure a `payout.reversal` row is pending for a reversed payout:
+/// the one written with the reversal, due again if it already finished
+/// (its delivery reads the payout as it is then).
+async fn requeue_reversal(
+    connection: &mut DbConnection,
+    payout: &Payout,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let topic = Topic::PayoutReversal.as_str();
+    let pending: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE session_id = $1 AND topic = $2 AND state = 'pending'",
+    )
+    .bind(&payout.session_id)
+    .bind(topic)
+    .fetch_optional(&mut *connection)
+    .await?;
+    if pending.is_some() {
+        return Ok(());
+    }
+    let requeued = sqlx::query(
+        "UPDATE outbox SET state = 'pending', due_at = $1, attempts = 0, last_error = NULL, \
+         delivered_at = NULL, lease_owner = NULL, leased_until = NULL \
+         WHERE session_id = $2 AND topic = $3",
+    )
+    .bind(now.0)
+    .bind(&payout.session_id)
+    .bind(topic)
+    .execute(&mut *connection)
+    .await?;
+    if requeued.rows_affected() == 0 {
+        let payload = json!({"payout_id": payout.id, "session_id": payout.session_id});
+        insert_outbox(connection, &payout.session_id, Topic::PayoutReversal, &payload, now).await?;
+    }
+    Ok(())
+}
+
+/// Records a finished reversal: the transfer Stripe was found to hold (a
+/// payout still pending in our books becomes `paid`), and Stripe's
+/// reversal of it.
+async fn settle_reversal(
+    connection: &mut DbConnection,
+    payout_id: &str,
+    transfer_id: Option<&String>,
+    reversal_id: Option<&String>,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    if let Some(transfer_id) = transfer_id {
+        sqlx::query(
+            "UPDATE payouts SET state = 'paid', transfer_id = $1, failure_reason = NULL, \
+             paid_at = $2, updated_at = $2 WHERE id = $3 AND transfer_id IS NULL",
+        )
+        .bind(transfer_id)
+        .bind(now.0)
+        .bind(payout_id)
+        .execute(&mut *connection)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE payouts SET reversal_settled_at = $1, reversal_id = COALESCE($2, reversal_id), \
+         updated_at = $1 WHERE id = $3",
+    )
+    .bind(now.0)
+    .bind(reversal_id)
+    .bind(payout_id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 fn payout_event(event: &str, payout: &Payout) -> Value {

@@ -47,7 +47,8 @@ macro_rules! request_columns {
 macro_rules! payout_columns {
     () => {
         "id, session_id, provider_id, destination, amount_cents, currency, state, provider, \
-         transfer_id, failure_reason, created_at, updated_at, reversed_at"
+         transfer_id, failure_reason, created_at, updated_at, reversed_at, paid_at, \
+         reversal_settled_at, reversal_id"
     };
 }
 
@@ -272,6 +273,9 @@ pub(super) fn payout_from_row(row: &DbRow) -> Result<Payout, StoreError> {
         created_at: UnixMillis(row.try_get("created_at")?),
         updated_at: UnixMillis(row.try_get("updated_at")?),
         reversed_at: row.try_get::<Option<i64>, _>("reversed_at")?.map(UnixMillis),
+        paid_at: row.try_get::<Option<i64>, _>("paid_at")?.map(UnixMillis),
+        reversal_settled_at: row.try_get::<Option<i64>, _>("reversal_settled_at")?.map(UnixMillis),
+        reversal_id: row.try_get("reversal_id")?,
     })
 }
 

@@ -110,9 +110,10 @@ pub(super) async fn correct_locked(
     };
     let correction = Correction {
         session_id: id.to_owned(),
-        from: plan.from,
+        from: (plan.from.0, Some(plan.from.1)),
         to: (plan.to.status, plan.to.reason),
         money_effect: plan.money_effect,
+        needs_review: false,
     };
     sqlx::query(
         "UPDATE sessions SET status = $1, reason = $2, billable_seconds = $3, started_at = $4, \
@@ -147,7 +148,7 @@ pub(super) async fn correct_locked(
 }
 
 /// What the ledger and payouts hold for a session.
-async fn books(tx: &mut DbConnection, session: &Session) -> Result<Books, StoreError> {
+pub(super) async fn books(tx: &mut DbConnection, session: &Session) -> Result<Books, StoreError> {
     let net = sqlx::query(
         "SELECT l.account, CAST(SUM(l.amount_cents) AS BIGINT) AS total \
          FROM ledger_lines l JOIN ledger_postings p ON p.id = l.posting_id \
@@ -183,7 +184,7 @@ async fn books(tx: &mut DbConnection, session: &Session) -> Result<Books, StoreE
 
 /// Writes a reversal: its posting, each payout marked reversed and a
 /// `payout.reversal` message per payout.
-async fn write_reversal(
+pub(super) async fn write_reversal(
     tx: &mut DbConnection,
     session: &Session,
     reversal: &ReversalPlan,

@@ -55,7 +55,10 @@ impl Engine {
             match self.finalize(&id, settings, now).await {
                 Ok(Some(session)) => report.finalized.push(session),
                 Ok(None) => {}
-                Err(error) => tracing::warn!(session = %id, %error, "finalization failed"),
+                Err(error) => {
+                    tracing::warn!(session = %id, %error, "finalization failed");
+                    report.failed.push((id, error.to_string()));
+                }
             }
         }
         let policies =
@@ -65,10 +68,12 @@ impl Engine {
         // Necessary conditions for each reason to end, with the most eager
         // policy: the exact check is `sweep_due`, per session, under its lock.
         // The first term is the partial index's own condition, which lets
-        // both databases read `sessions_sweep`.
+        // both databases read `sessions_sweep`. Imported sessions are
+        // history, not traffic: a repair ends them, never the sweeper.
         let candidates = sqlx::query(
             "SELECT id FROM sessions WHERE status IN ('waiting', 'live') \
-             AND (sweep_checked_at IS NULL OR sweep_checked_at < $1) AND ( \
+             AND (sweep_checked_at IS NULL OR sweep_checked_at < $1) \
+             AND import_run IS NULL AND ( \
              (status = 'waiting' AND COALESCE(scheduled_start, created_at) <= $2) OR \
              (status = 'live' AND (COALESCE(last_presence_at, started_at) <= $3 OR started_at <= $4))) \
              ORDER BY COALESCE(sweep_checked_at, 0), id LIMIT $5",
@@ -82,33 +87,70 @@ impl Engine {
         .await?;
         for row in &candidates {
             let id: String = row.try_get("id")?;
-            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-            let session = lock_session(&mut tx, &id).await?;
             report.checked += 1;
-            if session.status.is_terminal() {
-                tx.rollback().await?;
-                continue;
-            }
-            let policy = settings.policies.for_kind(session.kind);
-            let events = presence_events(&mut tx, &session).await?;
-            match sweep_due(&session.facts(), &events, policy, now) {
-                Some(end) => {
-                    let ended =
-                        settle_end(&mut tx, &session, &Actor::system(), None, end, settings, now)
-                            .await?;
-                    report.ended.push(ended);
-                }
-                None => {
-                    sqlx::query("UPDATE sessions SET sweep_checked_at = $1 WHERE id = $2")
-                        .bind(now.0)
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
+            match self.sweep_one(&id, settings, now).await {
+                Ok(Some(ended)) => report.ended.push(ended),
+                Ok(None) => {}
+                Err(error) => {
+                    // One session that cannot be ended must not hold back
+                    // the others: logged, counted, left open (verification
+                    // reports it as stuck), and looked at again after the
+                    // others next time.
+                    tracing::warn!(session = %id, %error, "the sweeper could not end a session");
+                    if let Err(error) = self.mark_sweep_checked(&id, now).await {
+                        tracing::warn!(session = %id, %error, "could not mark a failed sweep");
+                    }
+                    report.failed.push((id, error.to_string()));
                 }
             }
-            tx.commit().await?;
         }
         Ok(report)
+    }
+
+    /// Ends one candidate if it is due, under its lock, in a transaction
+    /// of its own; `None` when it is not due (or no longer open).
+    async fn sweep_one(
+        &self,
+        id: &str,
+        settings: &Settings,
+        now: UnixMillis,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let session = lock_session(&mut tx, id).await?;
+        if session.status.is_terminal() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let policy = settings.policies.for_kind(session.kind);
+        let events = presence_events(&mut tx, &session).await?;
+        let ended = match sweep_due(&session.facts(), &events, policy, now) {
+            Some(end) => {
+                let actor = Actor::system();
+                Some(settle_end(&mut tx, &session, &actor, None, end, settings, now).await?)
+            }
+            None => {
+                sqlx::query("UPDATE sessions SET sweep_checked_at = $1 WHERE id = $2")
+                    .bind(now.0)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                None
+            }
+        };
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Sends a session the sweeper failed to end to the back of its queue.
+    async fn mark_sweep_checked(&self, id: &str, now: UnixMillis) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        sqlx::query("UPDATE sessions SET sweep_checked_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(super) async fn correct_session(

@@ -80,6 +80,9 @@ pub enum Fault {
     /// Make the transfer, send the status and headers at once, and the
     /// body only after this long (the client gives up while reading it).
     SlowBody(Duration),
+    /// Make the transfer, tell `arrived`, and answer only once `release`
+    /// is notified: a transfer held in flight while the test acts.
+    Hold { arrived: Arc<tokio::sync::Notify>, release: Arc<tokio::sync::Notify> },
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,9 @@ struct StripeState {
     /// Saved responses per idempotency key.
     saved: HashMap<String, (u16, Value)>,
     lookups: usize,
+    /// Reversals made (the effects), and their saved answers per key.
+    reversals: Vec<Value>,
+    saved_reversals: HashMap<String, Value>,
 }
 
 #[derive(Clone)]
@@ -120,6 +126,7 @@ impl FakeStripe {
             Arc::new(Mutex::new(StripeState { script: script.into(), ..StripeState::default() }));
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
+            .route("/v1/transfers/{id}/reversals", post(create_reversal))
             .with_state(state.clone());
         FakeStripe { base: serve(router).await, state, resets: Arc::default() }
     }
@@ -132,6 +139,7 @@ impl FakeStripe {
             Arc::new(Mutex::new(StripeState { script: script.into(), ..StripeState::default() }));
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
+            .route("/v1/transfers/{id}/reversals", post(create_reversal))
             .with_state(state.clone());
         let resets = Arc::default();
         let base = serve_resetting(router, every, Arc::clone(&resets)).await;
@@ -154,6 +162,51 @@ impl FakeStripe {
     pub fn lookups(&self) -> usize {
         self.state.lock().unwrap().lookups
     }
+
+    /// Reversals made: `{id, transfer, amount}`.
+    pub fn reversals(&self) -> Vec<Value> {
+        self.state.lock().unwrap().reversals.clone()
+    }
+}
+
+async fn create_reversal(
+    State(state): State<Arc<Mutex<StripeState>>>,
+    axum::extract::Path(transfer): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(saved) = key.as_ref().and_then(|key| state.saved_reversals.get(key)) {
+        return Json(saved.clone()).into_response();
+    }
+    let Some(made) = state.transfers.iter().find(|t| t["id"] == transfer.as_str()).cloned() else {
+        let body = json!({"error": {"message": format!("No such transfer: {transfer}")}});
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    let amount = form
+        .iter()
+        .find(|(name, _)| name == "amount")
+        .and_then(|(_, value)| value.parse::<i64>().ok())
+        .or_else(|| made["amount"].as_i64());
+    let reversal = json!({
+        "id": format!("trr_{}", state.reversals.len() + 1),
+        "object": "transfer_reversal",
+        "transfer": transfer,
+        "amount": amount,
+    });
+    state.reversals.push(reversal.clone());
+    if let Some(key) = key {
+        state.saved_reversals.insert(key, reversal.clone());
+    }
+    Json(reversal).into_response()
+}
+
+/// How the fake holds back a transfer's answer.
+enum Delay {
+    Answer(Duration),
+    Body(Duration),
+    Hold(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
 }
 
 async fn create_transfer(
@@ -194,8 +247,11 @@ async fn create_transfer(
                     });
                     state.transfers.push(transfer.clone());
                     let delay = match other {
-                        Some(Fault::SlowSuccess(delay)) => Some((delay, false)),
-                        Some(Fault::SlowBody(delay)) => Some((delay, true)),
+                        Some(Fault::SlowSuccess(delay)) => Some(Delay::Answer(delay)),
+                        Some(Fault::SlowBody(delay)) => Some(Delay::Body(delay)),
+                        Some(Fault::Hold { arrived, release }) => {
+                            Some(Delay::Hold(arrived, release))
+                        }
                         _ => None,
                     };
                     (200, transfer, delay)
@@ -203,8 +259,9 @@ async fn create_transfer(
             };
             // Stripe saves a result only once the endpoint ran: a request
             // refused as rate-limited (429) or concurrent (409) is not saved.
+            // Nor is one refused before it ran: bad credentials (401/403).
             if let Some(key) = &key
-                && !matches!(status, 409 | 429)
+                && !matches!(status, 401 | 403 | 409 | 429)
             {
                 state.saved.insert(key.clone(), (status, body.clone()));
             }
@@ -212,7 +269,12 @@ async fn create_transfer(
         }
     };
     let mut response = match delay {
-        Some((delay, true)) => {
+        Some(Delay::Hold(arrived, release)) => {
+            arrived.notify_one();
+            release.notified().await;
+            (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+        }
+        Some(Delay::Body(delay)) => {
             let bytes = body.to_string();
             let slow = futures::stream::once(async move {
                 tokio::time::sleep(delay).await;
@@ -223,7 +285,7 @@ async fn create_transfer(
             response.headers_mut().insert("content-type", "application/json".parse().unwrap());
             response
         }
-        Some((delay, false)) => {
+        Some(Delay::Answer(delay)) => {
             tokio::time::sleep(delay).await;
             (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
         }

@@ -17,7 +17,13 @@ on_every_backend!(
     repair_plans_exactly_the_wrong_statuses_then_fixes_them_once,
 );
 
-fn line(id: &str, status: &str, reason: Option<&str>, events: Value, payouts: Value) -> String {
+pub(crate) fn line(
+    id: &str,
+    status: &str,
+    reason: Option<&str>,
+    events: Value,
+    payouts: Value,
+) -> String {
     let ended = if ["completed", "cancelled", "expired"].contains(&status) {
         json!("2026-01-10T10:30:00Z")
     } else {
@@ -38,16 +44,16 @@ fn line(id: &str, status: &str, reason: Option<&str>, events: Value, payouts: Va
     body.to_string()
 }
 
-fn joined(party: &str, at: &str) -> Value {
+pub(crate) fn joined(party: &str, at: &str) -> Value {
     json!({"type": "joined", "party": party, "at": format!("2026-01-10T{at}Z")})
 }
 
-fn left(party: &str, at: &str) -> Value {
+pub(crate) fn left(party: &str, at: &str) -> Value {
     json!({"type": "left", "party": party, "at": format!("2026-01-10T{at}Z")})
 }
 
 /// Both present 10:05–10:25: a real session.
-fn met() -> Value {
+pub(crate) fn met() -> Value {
     json!([
         joined("customer", "10:05:00"),
         joined("provider", "10:05:00"),
@@ -56,11 +62,11 @@ fn met() -> Value {
     ])
 }
 
-fn paid(amount: i64) -> Value {
+pub(crate) fn paid(amount: i64) -> Value {
     json!([{"amount_cents": amount, "currency": "usd", "state": "paid"}])
 }
 
-async fn import(app: &TestApp, lines: &[String]) -> Reply {
+pub(crate) async fn import(app: &TestApp, lines: &[String]) -> Reply {
     let body = lines.join("\n");
     let response = app
         .client
@@ -444,10 +450,15 @@ async fn repair_plans_exactly_the_wrong_statuses_then_fixes_them_once(app: TestA
     let expected = json!([
         {"session_id": "lost", "from": {"status": "cancelled", "reason": "too_short"}, "to": {"status": "completed", "reason": "completed"}, "money_effect_cents": 4000},
         {"session_id": "met-expired", "from": {"status": "expired", "reason": "no_show_both"}, "to": {"status": "completed", "reason": "completed"}, "money_effect_cents": 4000},
-        {"session_id": "paid-noshow", "from": {"status": "completed", "reason": "completed"}, "to": {"status": "cancelled", "reason": "no_show_provider"}, "money_effect_cents": -4000},
         {"session_id": "wrong-reason", "from": {"status": "cancelled", "reason": "no_show_both"}, "to": {"status": "cancelled", "reason": "never_overlapped"}, "money_effect_cents": 0},
     ]);
+    // The provider's join is missing: the only evidence against the
+    // recorded completion is an absence, so it waits for review.
+    let review = json!([
+        {"session_id": "paid-noshow", "from": {"status": "completed", "reason": "completed"}, "to": {"status": "cancelled", "reason": "no_show_provider"}, "money_effect_cents": -4000},
+    ]);
     assert_eq!(plan["changes"], expected);
+    assert_eq!(plan["needs_review"], review);
     assert_eq!(app.counts().await, before, "a dry run changes nothing");
     assert_eq!(app.get("/v1/sessions/lost", &app.admin()).await.body, snapshot);
     let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
@@ -456,6 +467,21 @@ async fn repair_plans_exactly_the_wrong_statuses_then_fixes_them_once(app: TestA
     let applied = repair(&app, false).await;
     assert_eq!(applied["dry_run"], false);
     assert_eq!(applied["changes"], expected);
+    assert_eq!(applied["needs_review"], review, "listed, not applied");
+    let payout =
+        app.get("/v1/payouts?session_id=paid-noshow", &app.admin()).await.ok()["items"][0].clone();
+    assert!(payout["reversed_at"].is_null(), "{payout}");
+    let included = app
+        .post(
+            "/v1/admin/repair?dry_run=false&include_missing_evidence=true",
+            &app.admin(),
+            json!({}),
+        )
+        .await
+        .ok()
+        .clone();
+    assert_eq!(included["changes"], review);
+    assert_eq!(included["needs_review"], json!([]));
 
     // Newly completed: a balanced posting and a payout of the share.
     for id in ["lost", "met-expired"] {

@@ -464,6 +464,7 @@ async fn every_route_admits_exactly_the_callers_it_should(app: TestApp) {
         (Method::GET, "/v1/assignments?provider_id=prov-1", None, &["provider", "admin"]),
         (Method::GET, "/v1/payouts", None, PLATFORM),
         (Method::GET, "/v1/providers/prov-1/earnings", None, &["provider", "admin"]),
+        (Method::POST, "/v1/admin/payouts/po_none/retry", None, ADMIN),
         (Method::GET, "/v1/notifications", None, SIGNED_IN),
         (Method::GET, "/v1/admin/outbox", None, ADMIN),
         (Method::GET, "/v1/admin/verify", None, ADMIN),

@@ -12,6 +12,7 @@ on_every_backend!(
     a_session_past_its_maximum_duration_ends_with_billing_capped,
     parties_whose_heartbeats_lapsed_count_as_gone,
     nothing_is_swept_before_it_is_due,
+    a_session_that_cannot_be_ended_is_counted_and_blocks_no_other,
 );
 
 fn time_of(value: &serde_json::Value) -> i64 {
@@ -186,4 +187,62 @@ async fn nothing_is_swept_before_it_is_due(app: TestApp) {
     assert_eq!(swept(&app).await, 1);
     assert_eq!(session(&app, "live").await["status"], "live");
     assert_eq!(session(&app, "waiting").await["status"], "expired");
+}
+
+/// Refuses, in the database, to end session `bad` (as a corrupt row or a
+/// bug would): the sweeper's end of it fails every time.
+async fn refuse_to_end_bad(app: &TestApp) {
+    if app.database_url.starts_with("sqlite:") {
+        app.sql(
+            "CREATE TRIGGER refuse_bad BEFORE UPDATE OF status ON sessions \
+             WHEN NEW.id = 'bad' AND NEW.status <> OLD.status \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .await;
+    } else {
+        app.sql(
+            "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.id = 'bad' AND NEW.status <> OLD.status THEN \
+             RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_bad BEFORE UPDATE ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_bad()",
+        )
+        .await;
+    }
+}
+
+async fn a_session_that_cannot_be_ended_is_counted_and_blocks_no_other(app: TestApp) {
+    for id in ["bad", "ok1", "ok2"] {
+        app.create_session(id).await;
+    }
+    app.advance(2_000).await;
+    refuse_to_end_bad(&app).await;
+    // One session a sweep: the failing one must not come first every time.
+    let worker = app.worker(|config| config.sweep_batch_max = 1);
+    let mut ended = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..4 {
+        let report = worker.try_sweep().await.expect("a sweep fails per session, not whole");
+        ended.extend(report.ended.iter().map(|session| session.id.clone()));
+        failed.extend(report.failed.iter().map(|(id, _)| id.clone()));
+    }
+    assert_eq!(ended, ["ok1", "ok2"]);
+    assert_eq!(failed, ["bad"], "tried once an instant, after the others");
+    app.advance(1).await;
+    let report = worker.try_sweep().await.unwrap();
+    assert_eq!(report.failed.len(), 1, "and again later");
+    assert_eq!(session(&app, "bad").await["status"], "waiting");
+
+    let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    assert!(text.lines().any(|line| line.starts_with("verdict_sweeper_failures_total ")), "{text}");
+    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
+    let stuck = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|section| section["name"] == "stuck_sessions")
+        .unwrap()
+        .clone();
+    assert_eq!((stuck["count"].clone(), stuck["sample"].clone()), (json!(1), json!(["bad"])));
 }
