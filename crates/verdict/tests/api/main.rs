@@ -14,6 +14,7 @@ mod history;
 mod monitoring;
 mod presence;
 mod scale_out;
+mod secrets;
 mod security;
 mod settlement;
 mod simulate;
