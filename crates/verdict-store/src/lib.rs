@@ -371,18 +371,41 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// A database URL fit for logs: the password replaced.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = match (address.find("://"), address.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
+            let credentials = &address[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => {
-                    format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..])
-                }
-                None => url.to_owned(),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &address[..scheme_end + 3],
+                    &credentials[..colon],
+                    &address[at..]
+                ),
+                None => address.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => address.to_owned(),
+    };
+    if let Some(query) = query {
+        // `?password=` (and `sslpassword=`) carry the secret as well as
+        // the user-info does.
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// A policy as stored with a decision (the `policy` of an `ended` event and
@@ -416,6 +439,14 @@ mod tests {
     #[test]
     fn passwords_never_reach_logs() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a@h/db?sslpassword=key-secret&Password=x"),
+            "postgres://u:***@h/db?sslpassword=***&Password=***"
+        );
         assert_eq!(
             redact_url("sqlite://verdict-data/verdict.db"),
             "sqlite://verdict-data/verdict.db"

@@ -81,8 +81,14 @@ pub(crate) async fn deliver(
         }
         match request.send().await {
             Ok(response) if response.status().is_success() => {}
-            Ok(response) => failures.push(format!("{url}: HTTP {}", response.status().as_u16())),
-            Err(error) => failures.push(format!("{url}: {}", without_url(&error))),
+            Ok(response) => failures.push(format!(
+                "{}: HTTP {}",
+                endpoint_label(url),
+                response.status().as_u16()
+            )),
+            Err(error) => {
+                failures.push(format!("{}: {}", endpoint_label(url), without_url(&error)))
+            }
         }
     }
     if failures.is_empty() {
@@ -104,4 +110,33 @@ pub(crate) fn without_url(error: &reqwest::Error) -> String {
         "request failed"
     };
     kind.to_owned()
+}
+
+/// An endpoint as logs and `last_error` show it: scheme, host, port and
+/// path, never the user-info or the query (either may carry a secret).
+pub fn endpoint_label(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("?");
+            match parsed.port() {
+                Some(port) => format!("{}://{host}:{port}{}", parsed.scheme(), parsed.path()),
+                None => format!("{}://{host}{}", parsed.scheme(), parsed.path()),
+            }
+        }
+        Err(_) => "an unparsable URL".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn an_endpoint_label_keeps_no_credentials() {
+        assert_eq!(
+            endpoint_label("https://user:pa55@hooks.example.com:8443/in?token=s3cret#x"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(endpoint_label("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+    }
 }

@@ -308,10 +308,12 @@ impl Config {
             .map(|url| url.trim().to_owned())
             .filter(|url| !url.is_empty())
             .collect();
-        for url in &urls {
+        for (index, url) in urls.iter().enumerate() {
+            // Not echoed: a URL may carry credentials.
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
-                    "webhook_urls: {url:?} is not an http(s) URL"
+                    "webhook_urls: entry {} is not an http(s) URL",
+                    index + 1
                 )));
             }
         }

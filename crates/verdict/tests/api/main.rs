@@ -13,6 +13,7 @@ mod fakes;
 mod history;
 mod monitoring;
 mod presence;
+mod redaction;
 mod scale_out;
 mod secrets;
 mod security;
