@@ -522,6 +522,13 @@ pub enum OutboxOutcome {
         payout_id: String,
         reason: String,
     },
+    /// The row is done, and one copy per destination is queued in its
+    /// place: `(key, payload)`, on channel `<channel>:<key>`, so that each
+    /// copy is delivered, retried and dead-lettered on its own, in order
+    /// with the destination's other copies (a webhook per endpoint).
+    FanOut {
+        copies: Vec<(String, Value)>,
+    },
 }
 
 /// An outbox row as operators see it.

@@ -319,7 +319,9 @@ impl Config {
         }
         let secret = match &self.webhook_secret {
             Some(secret) => Some(WebhookSecret::parse(secret.expose()).ok_or_else(|| {
-                ConfigError::Invalid("webhook_secret must be whsec_<base64>".into())
+                ConfigError::Invalid(
+                    "webhook_secret must be whsec_<base64>, or several separated by spaces".into(),
+                )
             })?),
             None => None,
         };

@@ -20,3 +20,4 @@ mod security;
 mod settlement;
 mod simulate;
 mod sweeper;
+mod webhooks;
