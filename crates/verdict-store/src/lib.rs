@@ -23,6 +23,7 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
+pub use model::AdminRun;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -353,6 +354,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Row counts per table: a cheap fingerprint for checks and tests.
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError>;
+
+    /// Keeps a long admin run: stored as it starts, replaced as it ends.
+    async fn save_admin_run(&self, run: &AdminRun) -> Result<(), StoreError>;
+
+    /// One run of `kind` (`import` or `repair`).
+    async fn admin_run(&self, kind: &str, id: &str) -> Result<Option<AdminRun>, StoreError>;
+
+    /// The latest runs of `kind`, newest first.
+    async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<AdminRun>, StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

@@ -672,3 +672,22 @@ pub struct Correction {
     /// The change in what the customer is charged, in cents.
     pub money_effect: i64,
 }
+
+/// A long admin run (an import or a repair through the API), kept with the
+/// answer its caller got: readable after the caller went away.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminRun {
+    pub id: String,
+    /// `import` or `repair`.
+    pub kind: String,
+    /// `running`, `finished` or `failed`.
+    pub state: String,
+    /// The admin who started it (the token's `sub`).
+    pub actor: String,
+    pub started_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    /// The answer (JSON), once finished.
+    pub summary: Option<Value>,
+    /// Why it failed, in words fit for a caller.
+    pub error: Option<String>,
+}

@@ -27,7 +27,8 @@
 //! - `ledger`: postings, earnings, payouts and users read back;
 //! - `pages`: verification pages and the ledger checks;
 //! - `import`: import from the old system, batched or bulk;
-//! - `health`: schema version and counts.
+//! - `health`: schema version and counts;
+//! - `runs`: long admin runs (imports, repairs) kept with their answers.
 
 // First: the column macros it defines are in scope in the modules below.
 #[macro_use]
@@ -42,6 +43,7 @@ mod ledger;
 mod outbox;
 mod pages;
 mod requests;
+mod runs;
 mod sessions;
 mod settle;
 mod setwise;
@@ -384,5 +386,17 @@ impl Store for Engine {
 
     async fn table_counts(&self) -> Result<BTreeMap<&'static str, i64>, StoreError> {
         Engine::table_counts(self).await
+    }
+
+    async fn save_admin_run(&self, run: &crate::AdminRun) -> Result<(), StoreError> {
+        Engine::save_admin_run(self, run).await
+    }
+
+    async fn admin_run(&self, kind: &str, id: &str) -> Result<Option<crate::AdminRun>, StoreError> {
+        Engine::admin_run(self, kind, id).await
+    }
+
+    async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<crate::AdminRun>, StoreError> {
+        Engine::admin_runs(self, kind, limit).await
     }
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin_runs;
 mod concurrency;
 mod crash;
 mod cross_instance;
