@@ -36,7 +36,7 @@ cargo build --release -q -p verdict
 V=$PWD/target/release/verdict
 BUILDS="new:$V"
 [ -n "${BASE:-}" ] && BUILDS="$BUILDS base:$BASE"
-export VERDICT_JWT_SECRET=bench-secret VERDICT_WORKER=off RUST_LOG=warn
+export VERDICT_JWT_SECRET=bench-secret-of-32-bytes-or-more-0123 VERDICT_WORKER=off RUST_LOG=warn
 
 log "generating $N lines"
 "$V" generate --sessions "$N" --seed 7 > "$WORK/history.ndjson"

@@ -73,7 +73,7 @@ done
 started=$(date +%s)
 cargo build --release -q -p verdict
 V=${CARGO_TARGET_DIR:-$ROOT/target}/release/verdict
-export VERDICT_JWT_SECRET=bench-secret VERDICT_WORKER=off RUST_LOG=warn
+export VERDICT_JWT_SECRET=bench-secret-of-32-bytes-or-more-0123 VERDICT_WORKER=off RUST_LOG=warn
 # Every simulated session is joined by both parties seconds before its end:
 # a 1-second minimum makes each end a completion with its payout and ledger
 # posting (the heaviest path, as the reference's live → completed ends are).

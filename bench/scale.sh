@@ -25,7 +25,7 @@ trap cleanup EXIT
 
 cargo build --release -q -p verdict
 V=$PWD/target/release/verdict
-export VERDICT_JWT_SECRET=bench-secret VERDICT_WORKER=off RUST_LOG=warn
+export VERDICT_JWT_SECRET=bench-secret-of-32-bytes-or-more-0123 VERDICT_WORKER=off RUST_LOG=warn
 
 echo "generating $N sessions…" >&2
 "$V" generate --sessions "$N" --seed 7 > "$WORK/history.ndjson"

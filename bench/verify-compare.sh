@@ -29,7 +29,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" \
   -o "-p 18432 -k $WORK/pg -c listen_addresses=127.0.0.1 ${SHARED_BUFFERS:+-c shared_buffers=$SHARED_BUFFERS}" \
   -w start > /dev/null
 runuser -u postgres -- "$PGBIN/createdb" -h 127.0.0.1 -p 18432 -U postgres verdict
-export VERDICT_JWT_SECRET=bench-secret VERDICT_WORKER=off RUST_LOG=warn
+export VERDICT_JWT_SECRET=bench-secret-of-32-bytes-or-more-0123 VERDICT_WORKER=off RUST_LOG=warn
 export VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict
 "$OLD" generate --sessions "$N" --seed 7 > "$WORK/history.ndjson"
 "$OLD" migrate > /dev/null

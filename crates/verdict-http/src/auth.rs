@@ -40,6 +40,10 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// `iss` minted into tokens and required of them, when configured.
+    issuer: Option<String>,
+    /// `aud` minted into tokens and required of them, when configured.
+    audience: Option<String>,
 }
 
 impl fmt::Debug for JwtKeys {
@@ -48,11 +52,24 @@ impl fmt::Debug for JwtKeys {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What a token says; `iss` and `aud` are checked by the validation.
+#[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
     role: String,
     exp: i64,
+}
+
+/// What a minted token says.
+#[derive(Debug, Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    role: &'a str,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 impl JwtKeys {
@@ -65,14 +82,41 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),
             validation,
+            issuer: None,
+            audience: None,
         }
+    }
+
+    /// Requires `iss` and `aud` of every token, when given (`jwt_issuer`,
+    /// `jwt_audience`), and mints them into tokens.
+    pub fn with_claims(mut self, issuer: Option<&str>, audience: Option<&str>) -> JwtKeys {
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        // Without an audience, a token naming one is refused, as before
+        // (RFC 7519 §4.1.3): it was meant for another service.
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self.issuer = issuer.map(str::to_owned);
+        self.audience = audience.map(str::to_owned);
+        self
     }
 
     /// Mints a token (for `verdict token`, `demo` and tests). `expires_at` is
     /// Unix seconds by real time.
     pub fn mint(&self, role: Role, sub: &str, expires_at: i64) -> String {
-        let claims =
-            Claims { sub: sub.to_owned(), role: role.as_str().to_owned(), exp: expires_at };
+        let claims = MintedClaims {
+            sub,
+            role: role.as_str(),
+            exp: expires_at,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a small claim set cannot fail")
     }
@@ -91,6 +135,8 @@ impl JwtKeys {
                     ErrorKind::ExpiredSignature => "the token has expired",
                     ErrorKind::InvalidSignature => "the token signature is invalid",
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    ErrorKind::InvalidIssuer => "the token issuer (iss) is not this service's",
+                    ErrorKind::InvalidAudience => "the token audience (aud) is not this service",
                     _ => "the token is malformed or not HS256",
                 };
                 ApiError::Unauthorized(why.to_owned())

@@ -229,6 +229,13 @@ impl<'a> Importer<'a> {
         Importer::with_batch(store, now, BATCH)
     }
 
+    /// Names this run `run` (stored with each session it imports) instead
+    /// of a fresh id: the API keeps its imports under that id.
+    pub fn for_run(mut self, run: String) -> Importer<'a> {
+        self.run = run;
+        self
+    }
+
     /// Stores `lines` lines per transaction (1 to [`BATCH_MAX`]). Larger
     /// batches import faster, on SQLite most of all (fewer writes of the
     /// same index pages), but hold the write lock longer and keep more

@@ -16,15 +16,13 @@ mod routes;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -64,9 +62,6 @@ pub struct PresenceHooks {
 
 pub(crate) type Router = axum::Router<AppState>;
 
-/// How long one request may take before it is answered 503.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
     metrics::install();
@@ -75,6 +70,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(routes::settlement::router())
         .merge(routes::presence::router())
         .merge(routes::admin::router())
+        .merge(routes::runs::router())
         .merge(dashboard::router())
         .route("/metrics", axum::routing::get(metrics::render))
         .merge(routes::ops::router())
@@ -85,7 +81,7 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn(reject_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), fail_fast_without_database))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn(routes::runs::timeout_but_long_admin_work))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
@@ -223,6 +219,10 @@ impl Modify for BearerScheme {
         routes::admin::review,
         routes::admin::import,
         routes::admin::repair,
+        routes::runs::imports,
+        routes::runs::one_import,
+        routes::runs::repairs,
+        routes::runs::one_repair,
         routes::presence::livekit,
         routes::presence::daily,
         routes::presence::twilio,

@@ -42,7 +42,14 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(database) => {
                 let code = database.code().unwrap_or_default();
                 if database.is_unique_violation() {
-                    StoreError::Conflict(database.message().to_owned())
+                    // The database's words (table, constraint, values) are
+                    // for the log; a caller learns only what it can act on.
+                    tracing::info!(
+                        constraint = database.constraint().unwrap_or_default(),
+                        message = database.message(),
+                        "a write met a unique constraint"
+                    );
+                    StoreError::Conflict(CONFLICT_DETAIL.to_owned())
                 } else if is_transient(&code) {
                     StoreError::Unavailable(database.message().to_owned())
                 } else {
@@ -56,6 +63,10 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+/// What a caller is told of a unique violation: never the database's text.
+pub const CONFLICT_DETAIL: &str = "the change conflicts with a record already stored (perhaps written at the same time); \
+     nothing was changed";
 
 /// Database error codes that mean "not now" rather than "never".
 fn is_transient(code: &str) -> bool {

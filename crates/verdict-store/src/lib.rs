@@ -24,6 +24,7 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 pub use audit::assemble_audit;
 pub use error::StoreError;
 pub use model::CONFIGURATION_FAULT;
+pub use model::AdminRun;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -386,6 +387,15 @@ pub trait Store: Send + Sync + 'static {
     /// Payout deliveries waiting on a configuration fault
     /// ([`CONFIGURATION_FAULT`]): how many, and a sample of their sessions.
     async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError>;
+
+    /// Keeps a long admin run: stored as it starts, replaced as it ends.
+    async fn save_admin_run(&self, run: &AdminRun) -> Result<(), StoreError>;
+
+    /// One run of `kind` (`import` or `repair`).
+    async fn admin_run(&self, kind: &str, id: &str) -> Result<Option<AdminRun>, StoreError>;
+
+    /// The latest runs of `kind`, newest first.
+    async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<AdminRun>, StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.
@@ -404,18 +414,41 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// A database URL fit for logs: the password replaced.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = match (address.find("://"), address.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
+            let credentials = &address[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => {
-                    format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..])
-                }
-                None => url.to_owned(),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &address[..scheme_end + 3],
+                    &credentials[..colon],
+                    &address[at..]
+                ),
+                None => address.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => address.to_owned(),
+    };
+    if let Some(query) = query {
+        // `?password=` (and `sslpassword=`) carry the secret as well as
+        // the user-info does.
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// A policy as stored with a decision (the `policy` of an `ended` event and
@@ -449,6 +482,14 @@ mod tests {
     #[test]
     fn passwords_never_reach_logs() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a@h/db?sslpassword=key-secret&Password=x"),
+            "postgres://u:***@h/db?sslpassword=***&Password=***"
+        );
         assert_eq!(
             redact_url("sqlite://verdict-data/verdict.db"),
             "sqlite://verdict-data/verdict.db"

@@ -540,6 +540,13 @@ pub enum OutboxOutcome {
         transfer_id: Option<String>,
         reversal_id: Option<String>,
     },
+    /// The row is done, and one copy per destination is queued in its
+    /// place: `(key, payload)`, on channel `<channel>:<key>`, so that each
+    /// copy is delivered, retried and dead-lettered on its own, in order
+    /// with the destination's other copies (a webhook per endpoint).
+    FanOut {
+        copies: Vec<(String, Value)>,
+    },
 }
 
 /// How a delivery error that is a configuration fault (Stripe answered
@@ -695,4 +702,23 @@ pub struct Correction {
     /// Planned only: its only evidence is missing join events, so it is
     /// applied only when asked to (`include_missing_evidence`).
     pub needs_review: bool,
+}
+
+/// A long admin run (an import or a repair through the API), kept with the
+/// answer its caller got: readable after the caller went away.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminRun {
+    pub id: String,
+    /// `import` or `repair`.
+    pub kind: String,
+    /// `running`, `finished` or `failed`.
+    pub state: String,
+    /// The admin who started it (the token's `sub`).
+    pub actor: String,
+    pub started_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    /// The answer (JSON), once finished.
+    pub summary: Option<Value>,
+    /// Why it failed, in words fit for a caller.
+    pub error: Option<String>,
 }

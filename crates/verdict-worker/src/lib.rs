@@ -244,6 +244,7 @@ impl Worker {
         let label = match &outcome {
             OutboxOutcome::Retry { .. } => "retry",
             OutboxOutcome::Dead { .. } => "dead",
+            OutboxOutcome::FanOut { .. } => "fanned_out",
             _ => "delivered",
         };
         metrics::counter!("verdict_outbox_attempts_total", "outcome" => label).increment(1);

@@ -12,15 +12,23 @@ use verdict_store::{OutboxItem, OutboxOutcome};
 
 use crate::Delivery;
 
-/// The signing key from `whsec_<base64>`; never printed.
+/// The signing keys from `whsec_<base64>`, several separated by spaces
+/// while one replaces another: each signs every message. Never printed.
 #[derive(Clone)]
-pub struct WebhookSecret(Vec<u8>);
+pub struct WebhookSecret(Vec<Vec<u8>>);
 
 impl WebhookSecret {
-    /// Parses `whsec_<base64>` (the prefix is optional, as in the spec).
+    /// Parses `whsec_<base64>` (the prefix is optional, as in the spec), or
+    /// several of them separated by spaces (rotation).
     pub fn parse(text: &str) -> Option<WebhookSecret> {
-        let encoded = text.strip_prefix("whsec_").unwrap_or(text);
-        STANDARD.decode(encoded).ok().filter(|key| !key.is_empty()).map(WebhookSecret)
+        let keys = text
+            .split_ascii_whitespace()
+            .map(|one| {
+                let encoded = one.strip_prefix("whsec_").unwrap_or(one);
+                STANDARD.decode(encoded).ok().filter(|key| !key.is_empty())
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (!keys.is_empty()).then_some(WebhookSecret(keys))
     }
 }
 
@@ -32,31 +40,66 @@ impl fmt::Debug for WebhookSecret {
 
 #[derive(Clone, Debug, Default)]
 pub struct WebhookConfig {
-    /// Every endpoint gets every event; none configured: nothing to send.
+    /// Every endpoint gets every event, each its own delivery; none
+    /// configured: nothing to send.
     pub urls: Vec<String>,
     pub secret: Option<WebhookSecret>,
 }
 
-/// The `webhook-signature` value for one message.
+/// The `webhook-signature` value for one message: `v1,<base64>` per key,
+/// separated by spaces (Standard Webhooks: a receiver accepts a message if
+/// any signature checks with the key it knows).
 pub fn sign(secret: &WebhookSecret, id: &str, timestamp: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    let signed = format!("{id}.{timestamp}.{body}");
+    let signatures: Vec<String> = secret
+        .0
+        .iter()
+        .map(|key| {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+            mac.update(signed.as_bytes());
+            format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        })
+        .collect();
+    signatures.join(" ")
 }
 
+/// The payload field naming a copy's endpoint ([`endpoint_key`]).
+const ENDPOINT: &str = "webhook_endpoint";
+
+/// Delivers a webhook row. A message as queued is fanned out: one copy per
+/// configured endpoint, each delivered, retried and dead-lettered on its
+/// own, so a failing receiver never holds up, nor duplicates to, the
+/// others. A copy is posted to its one endpoint.
 pub(crate) async fn deliver(
     http: &reqwest::Client,
     config: &WebhookConfig,
     item: &OutboxItem,
     event: &str,
 ) -> Delivery {
-    if config.urls.is_empty() {
-        return Delivery::Done(OutboxOutcome::Delivered);
-    }
-    // The id is the row's: retries carry the same id, so receivers dedupe.
-    let id = format!("msg_{}", item.id);
+    let Some(key) = item.payload.get(ENDPOINT).and_then(|key| key.as_str()) else {
+        // The id is the message row's: every endpoint and every retry get
+        // the same `webhook-id`, so receivers dedupe.
+        let id = format!("msg_{}", item.id);
+        let copies = config
+            .urls
+            .iter()
+            .map(|url| {
+                let key = endpoint_key(url);
+                let payload = json!({ENDPOINT: key, "webhook_id": id, "message": item.payload});
+                (key, payload)
+            })
+            .collect();
+        return Delivery::Done(OutboxOutcome::FanOut { copies });
+    };
+    let Some(url) = config.urls.iter().find(|url| endpoint_key(url) == key) else {
+        return Delivery::Undeliverable(
+            "this webhook endpoint is no longer configured (webhook_urls)".into(),
+        );
+    };
+    let id = item.payload["webhook_id"].as_str().unwrap_or_default().to_owned();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut data = item.payload.clone();
+    let mut data = item.payload["message"].clone();
     if let Some(object) = data.as_object_mut() {
         object.remove("event");
     }
@@ -68,28 +111,35 @@ pub(crate) async fn deliver(
         "data": data,
     })
     .to_string();
-    let mut failures = Vec::new();
-    for url in &config.urls {
-        let mut request = http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .body(body.clone());
-        if let Some(secret) = &config.secret {
-            request = request.header("webhook-signature", sign(secret, &id, timestamp, &body));
-        }
-        match request.send().await {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => failures.push(format!("{url}: HTTP {}", response.status().as_u16())),
-            Err(error) => failures.push(format!("{url}: {}", without_url(&error))),
-        }
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .body(body.clone());
+    if let Some(secret) = &config.secret {
+        request = request.header("webhook-signature", sign(secret, &id, timestamp, &body));
     }
-    if failures.is_empty() {
-        Delivery::Done(OutboxOutcome::Delivered)
-    } else {
-        Delivery::Failed { error: failures.join("; "), payload: None }
+    match request.send().await {
+        Ok(response) if response.status().is_success() => Delivery::Done(OutboxOutcome::Delivered),
+        Ok(response) => Delivery::Failed {
+            error: format!("{}: HTTP {}", endpoint_label(url), response.status().as_u16()),
+            payload: None,
+        },
+        Err(error) => Delivery::Failed {
+            error: format!("{}: {}", endpoint_label(url), without_url(&error)),
+            payload: None,
+        },
     }
+}
+
+/// An endpoint's stable name in the outbox (its channel and copies): the
+/// first 16 hex digits of the URL's SHA-256, so that no part of the URL is
+/// stored, and a restart with the same URLs finds its copies again.
+pub fn endpoint_key(url: &str) -> String {
+    use sha2::Digest;
+    let digest = Sha256::digest(url.as_bytes());
+    digest[..8].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// A transport error's kind, without the URL (which may carry secrets).
@@ -104,4 +154,33 @@ pub(crate) fn without_url(error: &reqwest::Error) -> String {
         "request failed"
     };
     kind.to_owned()
+}
+
+/// An endpoint as logs and `last_error` show it: scheme, host, port and
+/// path, never the user-info or the query (either may carry a secret).
+pub fn endpoint_label(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("?");
+            match parsed.port() {
+                Some(port) => format!("{}://{host}:{port}{}", parsed.scheme(), parsed.path()),
+                None => format!("{}://{host}{}", parsed.scheme(), parsed.path()),
+            }
+        }
+        Err(_) => "an unparsable URL".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn an_endpoint_label_keeps_no_credentials() {
+        assert_eq!(
+            endpoint_label("https://user:pa55@hooks.example.com:8443/in?token=s3cret#x"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(endpoint_label("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+    }
 }

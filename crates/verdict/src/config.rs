@@ -38,6 +38,10 @@ pub enum ClockKind {
     Manual,
 }
 
+/// The shortest JWT secret `serve` and `worker` accept: 256 bits, HS256's
+/// own key size (RFC 7518 §3.2).
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
+
 /// Policy values that a `[policy.<kind>]` table may override.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +103,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `[policy.video]`, `[policy.chat]`, `[policy.diagnostic]`.
     pub policy: BTreeMap<String, PolicyOverride>,
+    /// When set, every token must carry this `iss` (and minted ones do).
+    pub jwt_issuer: Option<String>,
+    /// When set, every token must carry this `aud` (and minted ones do).
+    pub jwt_audience: Option<String>,
 }
 
 impl Default for Config {
@@ -136,6 +144,8 @@ impl Default for Config {
             twilio_auth_token: None,
             public_url: None,
             policy: BTreeMap::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
         }
     }
 }
@@ -186,6 +196,46 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract::<Config>()
             .map_err(|error| ConfigError::Load(Box::new(error)))
+    }
+
+    /// The secrets `serve` and `worker` refuse to start with: a JWT secret
+    /// under [`JWT_SECRET_BYTES_MIN`] bytes, a video platform's secret
+    /// set but empty, an empty `jwt_issuer` or `jwt_audience`. (An empty
+    /// Stripe key still means manual payouts.)
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < JWT_SECRET_BYTES_MIN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_secret (VERDICT_JWT_SECRET) is {} bytes; it must be at least \
+                 {JWT_SECRET_BYTES_MIN} (e.g. `openssl rand -base64 32`)",
+                secret.expose().len()
+            )));
+        }
+        let platform = [
+            ("livekit_api_secret", "VERDICT_LIVEKIT_API_SECRET", &self.livekit_api_secret),
+            ("daily_webhook_secret", "VERDICT_DAILY_WEBHOOK_SECRET", &self.daily_webhook_secret),
+            ("twilio_auth_token", "VERDICT_TWILIO_AUTH_TOKEN", &self.twilio_auth_token),
+        ];
+        for (key, variable, secret) in platform {
+            if secret.as_ref().is_some_and(|secret| secret.expose().trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} ({variable}) is set but empty: give the platform's secret or unset it"
+                )));
+            }
+        }
+        let claims = [
+            ("jwt_issuer", "VERDICT_JWT_ISSUER", &self.jwt_issuer),
+            ("jwt_audience", "VERDICT_JWT_AUDIENCE", &self.jwt_audience),
+        ];
+        for (key, variable, value) in claims {
+            if value.as_ref().is_some_and(|value| value.trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} ({variable}) is set but empty: give a value or unset it"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stripe pays providers when a secret key is configured; otherwise
@@ -258,16 +308,20 @@ impl Config {
             .map(|url| url.trim().to_owned())
             .filter(|url| !url.is_empty())
             .collect();
-        for url in &urls {
+        for (index, url) in urls.iter().enumerate() {
+            // Not echoed: a URL may carry credentials.
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
-                    "webhook_urls: {url:?} is not an http(s) URL"
+                    "webhook_urls: entry {} is not an http(s) URL",
+                    index + 1
                 )));
             }
         }
         let secret = match &self.webhook_secret {
             Some(secret) => Some(WebhookSecret::parse(secret.expose()).ok_or_else(|| {
-                ConfigError::Invalid("webhook_secret must be whsec_<base64>".into())
+                ConfigError::Invalid(
+                    "webhook_secret must be whsec_<base64>, or several separated by spaces".into(),
+                )
             })?),
             None => None,
         };

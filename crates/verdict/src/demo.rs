@@ -38,7 +38,7 @@ pub async fn run(
     }
     let summary = importer.finish().await?;
 
-    let keys = Arc::new(JwtKeys::new(&secret));
+    let keys = Arc::new(crate::jwt_keys(config, &secret));
     let token = keys.mint(Role::Admin, "demo", crate::simulate::unix_now() + 24 * 3600);
     println!("verdict demo on {}", verdict_store::redact_url(&config.database_url));
     println!(

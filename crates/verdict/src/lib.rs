@@ -48,7 +48,7 @@ impl Application {
             store,
             clock,
             settings,
-            jwt: Arc::new(JwtKeys::new(secret)),
+            jwt: Arc::new(jwt_keys(config, secret)),
             presence,
             dashboard_refresh_seconds: config.dashboard_refresh_seconds,
         };
@@ -103,6 +103,7 @@ pub async fn run_worker(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
+    config.check_secrets()?;
     let store = verdict_store::open(&config.database_url).await?;
     let clock: Arc<dyn Clock> = match config.clock {
         ClockKind::System => Arc::new(SystemClock),
@@ -364,6 +365,12 @@ pub fn secret_or_random(config: &Config) -> (JwtSecret, bool) {
             (JwtSecret::new(bytes.to_vec()), true)
         }
     }
+}
+
+/// The keys signing and checking tokens with `secret`, and the configured
+/// `jwt_issuer` and `jwt_audience`.
+pub fn jwt_keys(config: &Config, secret: &JwtSecret) -> JwtKeys {
+    JwtKeys::new(secret).with_claims(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
 }
 
 /// A spinner with a count on a terminal (`what` follows the spinner in an

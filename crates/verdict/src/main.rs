@@ -310,7 +310,7 @@ fn configured_keys(config: &Config, purpose: &str) -> Result<JwtKeys, BoxError> 
     let secret = config.jwt_secret.as_ref().ok_or_else(|| {
         format!("set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) {purpose}")
     })?;
-    Ok(JwtKeys::new(&JwtSecret::new(secret.expose().as_bytes().to_vec())))
+    Ok(verdict::jwt_keys(config, &JwtSecret::new(secret.expose().as_bytes().to_vec())))
 }
 
 async fn simulate(options: verdict::simulate::Options, json: bool) -> Result<(), BoxError> {
@@ -373,6 +373,20 @@ fn unix_now() -> i64 {
 }
 
 async fn serve(config: Config) -> Result<(), BoxError> {
+    use std::io::IsTerminal;
+    config.check_secrets()?;
+    // A random secret (and a printed admin token) is for a person trying
+    // verdict at a terminal; a service started by a supervisor would
+    // invalidate every token at each restart.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if config.jwt_secret.is_none() && !interactive {
+        return Err(format!(
+            "configuration: no JWT secret: set VERDICT_JWT_SECRET (or jwt_secret in verdict.toml) \
+             to {} bytes or more, e.g. `openssl rand -base64 32`",
+            verdict::config::JWT_SECRET_BYTES_MIN
+        )
+        .into());
+    }
     let (secret, random) = secret_or_random(&config);
     let app = Application::build(&config, &secret).await?;
     tracing::info!(
@@ -383,7 +397,8 @@ async fn serve(config: Config) -> Result<(), BoxError> {
     );
     if random {
         // Printed, not logged: a token is for the person at the terminal.
-        let token = JwtKeys::new(&secret).mint(Role::Admin, "admin", unix_now() + 24 * 3600);
+        let token =
+            verdict::jwt_keys(&config, &secret).mint(Role::Admin, "admin", unix_now() + 24 * 3600);
         println!("No VERDICT_JWT_SECRET set: this run signs tokens with a random secret.");
         println!("Admin token (24 h): {token}");
     }

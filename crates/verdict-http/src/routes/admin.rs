@@ -1,4 +1,5 @@
-//! Admin monitoring: verification, health, hourly scores, review queue.
+//! Admin monitoring: verification, health, hourly scores, review queue;
+//! import and repair (run to their end and kept: `routes::runs`).
 
 use std::collections::BTreeMap;
 
@@ -329,24 +330,51 @@ impl From<&crate::import::Summary> for ImportDto {
 #[utoipa::path(post, path = "/v1/admin/import", tag = "admin",
     request_body(content = String, content_type = "application/x-ndjson",
         description = "One historical session per line (SPEC §7), streamed"),
-    responses((status = 200, body = ImportDto)),
+    responses((status = 200, body = ImportDto,
+        description = "The summary; Content-Location names where the run is kept")),
     security(("bearer" = [])))]
 pub async fn import(
     State(state): State<AppState>,
     caller: Caller,
     body: axum::body::Body,
-) -> Result<Json<ImportDto>, ApiError> {
-    use futures_util::StreamExt;
+) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Admin])?;
-    let mut importer = crate::import::Importer::new(state.store.as_ref(), state.clock.now());
+    // Runs to its end, kept as this run, even if the caller goes away while
+    // the body streams in (what came is stored) or after it is whole.
+    let id = uuid::Uuid::now_v7().to_string();
+    let (store, now, run) = (state.store.clone(), state.clock.now(), id.clone());
+    let work = async move {
+        let importer = crate::import::Importer::new(store.as_ref(), now).for_run(run);
+        import_body(importer, body).await
+    };
+    let summary = super::runs::run_to_the_end(&state, "import", &id, &caller, work).await?;
+    Ok(super::runs::answer("imports", &id, summary))
+}
+
+async fn import_body(
+    mut importer: crate::import::Importer<'_>,
+    body: axum::body::Body,
+) -> Result<ImportDto, super::runs::Failed<ImportDto>> {
+    use futures_util::StreamExt;
     let mut stream = body.into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut number = 0u64;
     let mut overlong = false;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| {
-            ApiError::BadRequest(format!("the body could not be read: {error}"))
-        })?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                // The lines read so far are stored; the cut one is not.
+                let summary = importer.finish().await?;
+                return Err(super::runs::Failed {
+                    error: ApiError::BadRequest(format!(
+                        "the body could not be read to its end ({error}); the {number} whole \
+                         lines before were imported"
+                    )),
+                    partial: Some(ImportDto::from(&summary)),
+                });
+            }
+        };
         let mut rest = &chunk[..];
         while let Some(newline) = rest.iter().position(|byte| *byte == b'\n') {
             number += 1;
@@ -377,7 +405,7 @@ pub async fn import(
         }
     }
     let summary = importer.finish().await?;
-    Ok(Json(ImportDto::from(&summary)))
+    Ok(ImportDto::from(&summary))
 }
 
 async fn feed(
@@ -456,13 +484,14 @@ impl RepairDto {
         ("include_missing_evidence" = Option<bool>, Query,
             description = "Default false: also apply corrections whose only evidence is missing join events"),
     ),
-    responses((status = 200, body = RepairDto)),
+    responses((status = 200, body = RepairDto,
+        description = "The changes; Content-Location names where the run is kept")),
     security(("bearer" = [])))]
 pub async fn repair(
     State(state): State<AppState>,
     caller: Caller,
     StrictQuery(params): StrictQuery<RepairQuery>,
-) -> Result<Json<RepairDto>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let bound = |field: &str, text: &Option<String>, default: i64| match text {
         None => Ok(verdict_core::UnixMillis(default)),
@@ -477,8 +506,17 @@ pub async fn repair(
         apply: !dry_run,
         include_missing_evidence: params.include_missing_evidence.unwrap_or(false),
     };
-    let now = state.clock.now();
-    let corrections =
-        monitor::repair_with(&state.store, &state.settings, now, since, until, options).await?;
-    Ok(Json(RepairDto::new(dry_run, &corrections)))
+    // Runs to its end, kept as this run, even if the caller goes away.
+    let id = uuid::Uuid::now_v7().to_string();
+    let work_state = state.clone();
+    let work = async move {
+        let state = work_state;
+        let now = state.clock.now();
+        let corrections =
+            monitor::repair_with(&state.store, &state.settings, now, since, until, options)
+                .await?;
+        Ok(RepairDto::new(dry_run, &corrections))
+    };
+    let answer = super::runs::run_to_the_end(&state, "repair", &id, &caller, work).await?;
+    Ok(super::runs::answer("repairs", &id, answer))
 }

@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod ops;
 pub mod presence;
+pub mod runs;
 pub mod sessions;
 pub mod settlement;

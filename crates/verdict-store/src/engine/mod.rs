@@ -28,7 +28,8 @@
 //! - `pages`: verification pages and the ledger checks;
 //! - `import`: import from the old system, batched or bulk;
 //! - `history`: repair of imported history (open sessions, unearned money);
-//! - `health`: schema version and counts.
+//! - `health`: schema version and counts;
+//! - `runs`: long admin runs (imports, repairs) kept with their answers.
 
 // First: the column macros it defines are in scope in the modules below.
 #[macro_use]
@@ -44,6 +45,7 @@ mod ledger;
 mod outbox;
 mod pages;
 mod requests;
+mod runs;
 mod sessions;
 mod settle;
 mod setwise;
@@ -416,5 +418,17 @@ impl Store for Engine {
 
     async fn configuration_faults(&self, sample: usize) -> Result<(i64, Vec<String>), StoreError> {
         Engine::configuration_faults(self, sample).await
+    }
+
+    async fn save_admin_run(&self, run: &crate::AdminRun) -> Result<(), StoreError> {
+        Engine::save_admin_run(self, run).await
+    }
+
+    async fn admin_run(&self, kind: &str, id: &str) -> Result<Option<crate::AdminRun>, StoreError> {
+        Engine::admin_run(self, kind, id).await
+    }
+
+    async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<crate::AdminRun>, StoreError> {
+        Engine::admin_runs(self, kind, limit).await
     }
 }

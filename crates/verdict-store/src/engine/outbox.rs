@@ -118,6 +118,12 @@ impl Engine {
                 }
                 ("delivered", None, Some(reason.clone()), None)
             }
+            OutboxOutcome::FanOut { copies } => {
+                for (key, payload) in copies {
+                    fan_out(&mut tx, id, key, payload, now).await?;
+                }
+                ("delivered", None, None, None)
+            }
         };
         sqlx::query(
             "UPDATE outbox SET state = $1, attempts = attempts + 1, \
@@ -337,6 +343,29 @@ async fn insert_outbox(
     .bind(format!("{topic}:{session_id}"))
     .bind(payload.to_string())
     .bind(now.0)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Queues a copy of row `id` for the destination `key`: its own channel
+/// (`<channel>:<key>`) and dedupe key, the message's `created_at`, due now.
+async fn fan_out(
+    connection: &mut DbConnection,
+    id: i64,
+    key: &str,
+    payload: &Value,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, due_at, created_at) \
+         SELECT session_id, topic, channel || ':' || $1, dedupe_key || '@' || $1, $2, $3, \
+         created_at FROM outbox WHERE id = $4 ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(payload.to_string())
+    .bind(now.0)
+    .bind(id)
     .execute(&mut *connection)
     .await?;
     Ok(())

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin_runs;
 mod concurrency;
 mod crash;
 mod cross_instance;
@@ -16,8 +17,11 @@ mod payout_faults;
 mod presence;
 mod repair;
 mod reversals;
+mod redaction;
 mod scale_out;
+mod secrets;
 mod security;
 mod settlement;
 mod simulate;
 mod sweeper;
+mod webhooks;
