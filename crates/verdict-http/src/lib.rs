@@ -10,6 +10,7 @@ mod dashboard;
 pub mod dto;
 pub mod import;
 pub mod metrics;
+pub mod paging;
 pub mod problem;
 pub mod providers;
 mod routes;

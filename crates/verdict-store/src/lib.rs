@@ -23,6 +23,7 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
+pub use model::Limits;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -106,9 +107,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
 
-    /// Records a join, leave or heartbeat of `party`. Conflict when the
-    /// session is terminal (nothing is written then). A join that makes both
-    /// parties present for the first time starts the session.
+    /// Records a join, leave or heartbeat of `party` under the default
+    /// [`Limits`]: [`Store::record_own_presence`] with `policies`.
     async fn record_presence(
         &self,
         id: &str,
@@ -116,6 +116,25 @@ pub trait Store: Send + Sync + 'static {
         change: PresenceChange,
         actor: &Actor,
         policies: &PolicySet,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError> {
+        let settings = Settings { policies: *policies, ..Settings::default() };
+        self.record_own_presence(id, party, change, actor, &settings, now).await
+    }
+
+    /// Records a join, leave or heartbeat of `party`. Conflict when the
+    /// session is terminal (nothing is written then). A join that makes both
+    /// parties present for the first time starts the session. A join (a
+    /// heartbeat reconnecting after a lapse is one) when the party already
+    /// has `limits.max_presence_events_per_session` joins and leaves of its
+    /// own is `LimitReached` and writes nothing; a leave is never refused.
+    async fn record_own_presence(
+        &self,
+        id: &str,
+        party: Party,
+        change: PresenceChange,
+        actor: &Actor,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
 
@@ -170,6 +189,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The session's audit trail, oldest first.
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// A page of the session's audit trail, oldest first: at most `limit`
+    /// events whose `seq` is after `after`.
+    async fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// A recipient's notifications, oldest first, after the cursor `after`.
     async fn notifications(

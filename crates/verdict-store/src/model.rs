@@ -288,6 +288,32 @@ pub struct Settings {
     /// How long after its end a session with a platform room may still be
     /// re-decided by late platform presence.
     pub finalize_after_seconds: i64,
+    /// Bounds on what one caller may make the store keep.
+    pub limits: Limits,
+}
+
+/// Bounds on what one session or customer may make the store keep (the
+/// abuse limits of `docs/limits.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A party's own joins and leaves kept per session: beyond it a join
+    /// is refused (a leave that closes an interval never is). Platform
+    /// events do not count.
+    pub max_presence_events_per_session: i64,
+    /// After this long a `pending` request is `expired` by the sweeper.
+    pub request_ttl_seconds: i64,
+    /// `pending` requests one customer may have open at once.
+    pub max_open_requests_per_customer: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_presence_events_per_session: 500,
+            request_ttl_seconds: 900,
+            max_open_requests_per_customer: 5,
+        }
+    }
 }
 
 /// The default finalization window: platforms deliver up to a minute or two
@@ -300,6 +326,7 @@ impl Default for Settings {
             policies: PolicySet::default(),
             payout_provider: PayoutProvider::Manual,
             finalize_after_seconds: FINALIZE_AFTER_SECONDS,
+            limits: Limits::default(),
         }
     }
 }

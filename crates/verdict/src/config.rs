@@ -99,11 +99,14 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `[policy.video]`, `[policy.chat]`, `[policy.diagnostic]`.
     pub policy: BTreeMap<String, PolicyOverride>,
+    /// A party's own joins and leaves kept per session (docs/limits.md).
+    pub max_presence_events_per_session: i64,
 }
 
 impl Default for Config {
     fn default() -> Config {
         let policy = Policy::default();
+        let limits = verdict_store::Limits::default();
         Config {
             bind: "127.0.0.1:8080".into(),
             database_url: "sqlite://verdict-data/verdict.db".into(),
@@ -136,6 +139,7 @@ impl Default for Config {
             twilio_auth_token: None,
             public_url: None,
             policy: BTreeMap::new(),
+            max_presence_events_per_session: limits.max_presence_events_per_session,
         }
     }
 }
@@ -199,6 +203,20 @@ impl Config {
             policies: self.policies()?,
             payout_provider: self.payout_provider(),
             finalize_after_seconds: self.finalize_after_seconds,
+            limits: self.limits()?,
+        })
+    }
+
+    /// The abuse limits (docs/limits.md).
+    pub fn limits(&self) -> Result<verdict_store::Limits, ConfigError> {
+        if self.max_presence_events_per_session < 1 {
+            return Err(ConfigError::Invalid(
+                "max_presence_events_per_session must be 1 or more".into(),
+            ));
+        }
+        Ok(verdict_store::Limits {
+            max_presence_events_per_session: self.max_presence_events_per_session,
+            ..verdict_store::Limits::default()
         })
     }
 

@@ -10,8 +10,9 @@ use verdict_store::{Ended, Idempotency, PresenceChange, Session};
 
 use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
+use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
-use crate::wire::{JsonBody, OptionalJsonObject, from_value, idempotency_key};
+use crate::wire::{JsonBody, OptionalJsonObject, StrictQuery, from_value, idempotency_key};
 use crate::{AppState, Router};
 
 pub fn router() -> Router {
@@ -136,20 +137,17 @@ async fn presence(
     })?;
     Ok(state
         .store
-        .record_presence(
-            id,
-            party,
-            change,
-            &caller.actor(),
-            &state.settings.policies,
-            state.clock.now(),
-        )
+        .record_own_presence(id, party, change, &caller.actor(), &state.settings, state.clock.now())
         .await?)
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/join", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    responses(
+        (status = 200, body = SessionDto),
+        (status = 409, body = Problem, description = "Terminal"),
+        (status = 429, body = Problem, description = "The party's joins and leaves reached `max_presence_events_per_session`"),
+    ),
     security(("bearer" = [])))]
 pub async fn join(
     State(state): State<AppState>,
@@ -224,15 +222,22 @@ pub async fn end(
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions",
-    params(("id" = String, Path)),
-    responses((status = 200, body = Page<EventDto>)),
+    params(
+        ("id" = String, Path),
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 100"),
+    ),
+    responses((status = 200, body = Page<EventDto>), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    StrictQuery(page): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<EventDto>>, ApiError> {
+    let (after, limit) = (page.after_sequence()?, page.limit()?);
     visible_session(&state, &caller, &id).await?;
-    let events = state.store.events(&id).await?;
-    Ok(Json(Page { items: events.iter().map(EventDto::from).collect(), next_cursor: None }))
+    let events = state.store.events_page(&id, after, limit).await?;
+    let next_cursor = next_cursor(&events, limit, |event| event.seq.to_string());
+    Ok(Json(Page { items: events.iter().map(EventDto::from).collect(), next_cursor }))
 }

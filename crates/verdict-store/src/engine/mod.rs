@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Pool;
-use verdict_core::{EndCause, Party, PolicySet, SessionAudit, UnixMillis};
+use verdict_core::{EndCause, Party, SessionAudit, UnixMillis};
 
 use self::dialect::{BACKEND, Db, MIGRATOR};
 pub(crate) use self::dialect::{CopyPage, InsertedRowids};
@@ -160,16 +160,16 @@ impl Store for Engine {
         Engine::session(self, id).await
     }
 
-    async fn record_presence(
+    async fn record_own_presence(
         &self,
         id: &str,
         party: Party,
         change: PresenceChange,
         actor: &Actor,
-        policies: &PolicySet,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Session, StoreError> {
-        Engine::record_presence(self, id, party, change, actor, policies, now).await
+        Engine::record_presence(self, id, party, change, actor, settings, now).await
     }
 
     async fn end_session(
@@ -370,6 +370,15 @@ impl Store for Engine {
 
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         Engine::events(self, id).await
+    }
+
+    async fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        Engine::events_page(self, id, after, limit).await
     }
 
     async fn notifications(

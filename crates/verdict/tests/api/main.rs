@@ -11,6 +11,7 @@ mod decisions;
 mod delivery;
 mod fakes;
 mod history;
+mod limits;
 mod monitoring;
 mod presence;
 mod scale_out;
