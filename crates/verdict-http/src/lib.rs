@@ -214,6 +214,7 @@ impl Modify for BearerScheme {
         routes::settlement::create_request,
         routes::settlement::get_request,
         routes::settlement::accept_request,
+        routes::settlement::cancel_request,
         routes::settlement::assignments,
         routes::settlement::payouts,
         routes::settlement::earnings,

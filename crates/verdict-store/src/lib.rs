@@ -23,7 +23,6 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
-pub use model::Limits;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,
@@ -32,6 +31,7 @@ pub use model::{
     Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
     accounts,
 };
+pub use model::{AssignmentCursor, Limits};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -209,13 +209,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Notification>, StoreError>;
 
     /// Creates a `pending` request and one assignment per candidate.
+    /// `LimitReached` (nothing written) when its customer already has
+    /// `limits.max_open_requests_per_customer` pending requests; concurrent
+    /// creations for one customer count each other.
     async fn create_request(
         &self,
         new: NewRequest,
         actor: &Actor,
         idempotency: Option<&Idempotency>,
+        limits: &Limits,
         now: UnixMillis,
     ) -> Result<Created<Request>, StoreError>;
+
+    /// Cancels a `pending` request and removes its assignments; a request
+    /// already cancelled is returned as it is. Conflict in any other status.
+    async fn cancel_request(
+        &self,
+        id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Request, StoreError>;
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError>;
 
@@ -233,10 +246,12 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
 
-    /// Open assignments, oldest first: one provider's, or everyone's.
+    /// Open assignments, oldest first: one provider's, or everyone's;
+    /// at most `limit` of them after `after`.
     async fn assignments(
         &self,
         provider_id: Option<&str>,
+        after: Option<&AssignmentCursor>,
         limit: i64,
     ) -> Result<Vec<Assignment>, StoreError>;
 

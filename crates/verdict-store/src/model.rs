@@ -400,6 +400,15 @@ pub struct Request {
     pub updated_at: UnixMillis,
 }
 
+/// Where a page of assignments ends: they are listed by `created_at`, then
+/// request id, then provider id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignmentCursor {
+    pub created_at: UnixMillis,
+    pub request_id: String,
+    pub provider_id: String,
+}
+
 /// An open offer in a provider's queue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment {
@@ -575,6 +584,9 @@ pub struct SweepReport {
     /// Sessions whose finalization window the sweep closed, as stored
     /// afterwards (money settled now when completed).
     pub finalized: Vec<Session>,
+    /// Pending requests older than `request_ttl_seconds` the sweep marked
+    /// `expired` (their assignments removed), by id.
+    pub expired_requests: Vec<String>,
 }
 
 /// Which sessions a verification page reads.

@@ -101,6 +101,10 @@ pub struct Config {
     pub policy: BTreeMap<String, PolicyOverride>,
     /// A party's own joins and leaves kept per session (docs/limits.md).
     pub max_presence_events_per_session: i64,
+    /// After this long a pending request is `expired` by the sweeper.
+    pub request_ttl_seconds: i64,
+    /// Pending requests one customer may have at once.
+    pub max_open_requests_per_customer: i64,
 }
 
 impl Default for Config {
@@ -140,6 +144,8 @@ impl Default for Config {
             public_url: None,
             policy: BTreeMap::new(),
             max_presence_events_per_session: limits.max_presence_events_per_session,
+            request_ttl_seconds: limits.request_ttl_seconds,
+            max_open_requests_per_customer: limits.max_open_requests_per_customer,
         }
     }
 }
@@ -209,14 +215,18 @@ impl Config {
 
     /// The abuse limits (docs/limits.md).
     pub fn limits(&self) -> Result<verdict_store::Limits, ConfigError> {
-        if self.max_presence_events_per_session < 1 {
-            return Err(ConfigError::Invalid(
-                "max_presence_events_per_session must be 1 or more".into(),
-            ));
+        let checks = [
+            ("max_presence_events_per_session", self.max_presence_events_per_session),
+            ("request_ttl_seconds", self.request_ttl_seconds),
+            ("max_open_requests_per_customer", self.max_open_requests_per_customer),
+        ];
+        if let Some((name, _)) = checks.iter().find(|(_, value)| *value < 1) {
+            return Err(ConfigError::Invalid(format!("{name} must be 1 or more")));
         }
         Ok(verdict_store::Limits {
             max_presence_events_per_session: self.max_presence_events_per_session,
-            ..verdict_store::Limits::default()
+            request_ttl_seconds: self.request_ttl_seconds,
+            max_open_requests_per_customer: self.max_open_requests_per_customer,
         })
     }
 

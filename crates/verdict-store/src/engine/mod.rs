@@ -81,6 +81,7 @@ use crate::{
     PlatformPresence, Posting, PresenceChange, Request, Session, Settings, Store, StoreError,
     SweepReport, User,
 };
+use crate::{AssignmentCursor, Limits};
 /// The store over one database. Reads go to `reader`, transactions to
 /// `writer` (on SQLite a single connection: SQLite has one writer anyway,
 /// and queueing in the pool is cheaper than retrying on `SQLITE_BUSY`).
@@ -189,9 +190,19 @@ impl Store for Engine {
         new: NewRequest,
         actor: &Actor,
         idempotency: Option<&Idempotency>,
+        limits: &Limits,
         now: UnixMillis,
     ) -> Result<Created<Request>, StoreError> {
-        Engine::create_request(self, new, actor, idempotency, now).await
+        Engine::create_request(self, new, actor, idempotency, limits, now).await
+    }
+
+    async fn cancel_request(
+        &self,
+        id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Request, StoreError> {
+        Engine::cancel_request(self, id, actor, now).await
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
@@ -212,9 +223,10 @@ impl Store for Engine {
     async fn assignments(
         &self,
         provider_id: Option<&str>,
+        after: Option<&AssignmentCursor>,
         limit: i64,
     ) -> Result<Vec<Assignment>, StoreError> {
-        Engine::assignments(self, provider_id, limit).await
+        Engine::assignments(self, provider_id, after, limit).await
     }
 
     async fn payouts(

@@ -108,6 +108,11 @@ impl Engine {
             }
             tx.commit().await?;
         }
+        // Requests are apart from sessions: a failure here holds none back.
+        match self.expire_requests(settings, now, limit).await {
+            Ok(expired) => report.expired_requests = expired,
+            Err(error) => tracing::warn!(%error, "expiring requests failed"),
+        }
         Ok(report)
     }
 

@@ -1,7 +1,8 @@
 //! Abuse limits (docs/limits.md): bounded presence per party and session,
 //! paged audit trails.
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use verdict_core::Role;
 
 use crate::presence::{Platform, PlatformEvent, create_in_room, deliver, with_platform_keys};
 use crate::support::{Backend, TestApp, expect, outcome};
@@ -33,6 +34,10 @@ limits_on_every_backend!(
     a_leave_closing_an_interval_is_accepted_past_the_bound,
     platform_events_never_count_against_the_bound,
     the_audit_trail_is_paged_with_next_cursor,
+    a_pending_request_expires_after_its_ttl_and_leaves_every_queue,
+    its_customer_or_the_service_cancels_a_pending_request,
+    a_customer_at_its_open_request_bound_is_refused_even_concurrently,
+    assignments_are_paged_with_next_cursor,
 );
 
 async fn with_presence_bound(backend: Backend, bound: i64) -> TestApp {
@@ -124,5 +129,124 @@ async fn the_audit_trail_is_paged_with_next_cursor(backend: Backend) {
     assert_eq!(paged, whole);
     for bad in ["limit=0", "limit=501", "after=x", "after=-1", "page=2"] {
         app.get(&format!("/v1/sessions/s1/events?{bad}"), &app.admin()).await.problem(422);
+    }
+}
+
+/// Creates a request of `customer` offered to `providers`; the reply.
+async fn open_request(app: &TestApp, customer: &str, providers: &[&str]) -> crate::support::Reply {
+    let body = json!({"customer_id": customer, "kind": "chat",
+        "price": {"mode": "flat", "amount_cents": 1_000, "currency": "usd"},
+        "candidate_provider_ids": providers});
+    app.post("/v1/requests", &app.token(Role::Customer, customer), body).await
+}
+
+async fn accept(app: &TestApp, id: &str, provider: &str) -> crate::support::Reply {
+    let token = app.token(Role::Provider, provider);
+    app.post(&format!("/v1/requests/{id}/accept"), &token, json!({})).await
+}
+
+async fn queue(app: &TestApp, provider: &str) -> Vec<Value> {
+    let reply = app.get("/v1/assignments", &app.token(Role::Provider, provider)).await;
+    reply.ok()["items"].as_array().unwrap().clone()
+}
+
+async fn sweep(app: &TestApp) -> verdict_store::SweepReport {
+    app.worker(|_| {}).try_sweep().await.expect("a sweep")
+}
+
+async fn a_pending_request_expires_after_its_ttl_and_leaves_every_queue(backend: Backend) {
+    let app = TestApp::spawn(backend, |_| {}).await;
+    let id = open_request(&app, "c1", &["p1", "p2"]).await.ok()["id"].as_str().unwrap().to_owned();
+    assert_eq!(queue(&app, "p1").await.len(), 1);
+    app.advance(899).await;
+    assert!(sweep(&app).await.expired_requests.is_empty());
+    app.advance(1).await;
+    assert_eq!(sweep(&app).await.expired_requests, vec![id.clone()]);
+    let request = app.get(&format!("/v1/requests/{id}"), &app.service()).await;
+    assert_eq!(request.ok()["status"], "expired");
+    assert!(queue(&app, "p1").await.is_empty() && queue(&app, "p2").await.is_empty());
+    accept(&app, &id, "p1").await.problem(409);
+    assert!(sweep(&app).await.expired_requests.is_empty(), "expired once");
+}
+
+async fn its_customer_or_the_service_cancels_a_pending_request(backend: Backend) {
+    let app = TestApp::spawn(backend, |_| {}).await;
+    let id = open_request(&app, "c1", &["p1"]).await.ok()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/requests/{id}/cancel");
+    app.post(&path, &app.token(Role::Customer, "c2"), json!({})).await.problem(403);
+    app.post(&path, &app.token(Role::Provider, "p1"), json!({})).await.problem(403);
+    app.post("/v1/requests/nope/cancel", &app.service(), json!({})).await.problem(404);
+    assert_eq!(queue(&app, "p1").await.len(), 1, "refusals change nothing");
+    let cancelled = app.post(&path, &app.token(Role::Customer, "c1"), json!({})).await;
+    assert_eq!(cancelled.ok()["status"], "cancelled");
+    assert!(queue(&app, "p1").await.is_empty());
+    // A retry answers the same; an accept comes too late.
+    let again = app.post(&path, &app.service(), json!({})).await;
+    assert_eq!(again.ok()["status"], "cancelled");
+    accept(&app, &id, "p1").await.problem(409);
+    // A matched request is no longer the customer's to cancel.
+    let id = open_request(&app, "c1", &["p1"]).await.ok()["id"].as_str().unwrap().to_owned();
+    assert_eq!(accept(&app, &id, "p1").await.status, 201);
+    let detail = app
+        .post(&format!("/v1/requests/{id}/cancel"), &app.service(), json!({}))
+        .await
+        .problem(409);
+    assert!(detail.contains("matched"), "{detail}");
+}
+
+async fn a_customer_at_its_open_request_bound_is_refused_even_concurrently(backend: Backend) {
+    let app = TestApp::spawn(backend, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(open_request(&app, "c1", &["p1"]).await.ok()["id"].as_str().unwrap().to_owned());
+    }
+    let refused = open_request(&app, "c1", &["p1"]).await;
+    let detail = refused.problem(429);
+    assert_eq!(refused.body["type"], "urn:verdict:problem:limit-reached");
+    assert!(detail.contains("max_open_requests_per_customer"), "{detail}");
+    assert_eq!(app.counts().await["requests"], 5, "a refusal stores nothing");
+    // Another customer has its own bound; a cancel frees a place.
+    open_request(&app, "c2", &["p1"]).await.ok();
+    app.post(&format!("/v1/requests/{}/cancel", ids[0]), &app.service(), json!({})).await.ok();
+    open_request(&app, "c1", &["p1"]).await.ok();
+    // Ten at once for a new customer: five win, whatever the interleaving.
+    let attempts = (0..10).map(|_| open_request(&app, "c3", &["p1"]));
+    let replies = futures::future::join_all(attempts).await;
+    let created = replies.iter().filter(|reply| reply.status == 201).count();
+    let refused = replies.iter().filter(|reply| reply.status == 429).count();
+    assert_eq!((created, refused), (5, 5));
+}
+
+async fn assignments_are_paged_with_next_cursor(backend: Backend) {
+    let app = TestApp::spawn(backend, |_| {}).await;
+    for customer in ["c1", "c2", "c3"] {
+        open_request(&app, customer, &["p1", "p2"]).await.ok();
+        app.advance(1).await;
+    }
+    let all = app.get("/v1/assignments?limit=500", &app.admin()).await;
+    let all = all.ok()["items"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 6);
+    let mut paged = Vec::new();
+    let mut path = "/v1/assignments?limit=4".to_owned();
+    for _ in 0..5 {
+        let page = app.get(&path, &app.admin()).await.ok().clone();
+        paged.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/assignments?limit=4&after={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    // A provider pages its own queue.
+    let p1 = app.token(Role::Provider, "p1");
+    let first = app.get("/v1/assignments?limit=2", &p1).await.ok().clone();
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = app.get(&format!("/v1/assignments?limit=2&after={cursor}"), &p1).await;
+    let second = second.ok().clone();
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second["items"].as_array().unwrap().iter().all(|item| item["provider_id"] == "p1"));
+    for bad in ["limit=0", "after=x", "after=1~a", "after=1~a~b~c"] {
+        app.get(&format!("/v1/assignments?{bad}"), &p1).await.problem(422);
     }
 }
