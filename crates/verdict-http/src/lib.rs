@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod paging;
 pub mod problem;
 pub mod providers;
+pub mod rate_limit;
 mod routes;
 pub mod wire;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub dashboard_refresh_seconds: u64,
     /// The video platforms' webhook credentials.
     pub presence: Arc<PresenceHooks>,
+    /// Writes allowed per caller (docs/limits.md).
+    pub rate_limit: rate_limit::RateLimit,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict
@@ -71,6 +74,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
     metrics::install();
+    let limiting =
+        rate_limit::Limiting::new(state.rate_limit, state.clock.clone(), state.jwt.clone());
     axum::Router::new()
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
@@ -85,6 +90,7 @@ pub fn router(state: AppState) -> axum::Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn(reject_large_bodies))
+        .layer(middleware::from_fn_with_state(limiting, rate_limit::limit_writes))
         .layer(middleware::from_fn_with_state(state.clone(), fail_fast_without_database))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(CatchPanicLayer::custom(|_| {

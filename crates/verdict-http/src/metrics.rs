@@ -6,7 +6,7 @@
 //! `verdict_sessions_ended_total{status,reason}`, `verdict_outbox_pending`,
 //! `verdict_outbox_dead`, `verdict_outbox_attempts_total{outcome}`,
 //! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
-//! `verdict_health_score`.
+//! `verdict_health_score`, `verdict_http_rate_limited_total`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,6 +42,11 @@ pub fn install() -> &'static PrometheusHandle {
 pub fn record_health(score: f64) {
     metrics::gauge!("verdict_health_score").set(score);
     LAST_HEALTH_MILLIS.store(verdict_store::clock::system_now_millis(), Ordering::Relaxed);
+}
+
+/// A write refused by the per-caller rate limit.
+pub fn record_rate_limited() {
+    metrics::counter!("verdict_http_rate_limited_total").increment(1);
 }
 
 pub fn record_ended(status: &str, reason: &str) {

@@ -105,12 +105,17 @@ pub struct Config {
     pub request_ttl_seconds: i64,
     /// Pending requests one customer may have at once.
     pub max_open_requests_per_customer: i64,
+    /// Writes a second allowed per customer or provider, in this process.
+    pub rate_limit_per_second: u32,
+    /// Writes at once allowed per customer or provider after a quiet spell.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for Config {
     fn default() -> Config {
         let policy = Policy::default();
         let limits = verdict_store::Limits::default();
+        let rate_limit = verdict_http::rate_limit::RateLimit::default();
         Config {
             bind: "127.0.0.1:8080".into(),
             database_url: "sqlite://verdict-data/verdict.db".into(),
@@ -146,6 +151,8 @@ impl Default for Config {
             max_presence_events_per_session: limits.max_presence_events_per_session,
             request_ttl_seconds: limits.request_ttl_seconds,
             max_open_requests_per_customer: limits.max_open_requests_per_customer,
+            rate_limit_per_second: rate_limit.per_second.get(),
+            rate_limit_burst: rate_limit.burst.get(),
         }
     }
 }
@@ -210,6 +217,19 @@ impl Config {
             payout_provider: self.payout_provider(),
             finalize_after_seconds: self.finalize_after_seconds,
             limits: self.limits()?,
+        })
+    }
+
+    /// Writes allowed per caller (docs/limits.md).
+    pub fn rate_limit(&self) -> Result<verdict_http::rate_limit::RateLimit, ConfigError> {
+        use std::num::NonZeroU32;
+        let positive = |name: &str, value: u32| {
+            NonZeroU32::new(value)
+                .ok_or_else(|| ConfigError::Invalid(format!("{name} must be 1 or more")))
+        };
+        Ok(verdict_http::rate_limit::RateLimit {
+            per_second: positive("rate_limit_per_second", self.rate_limit_per_second)?,
+            burst: positive("rate_limit_burst", self.rate_limit_burst)?,
         })
     }
 

@@ -50,6 +50,7 @@ impl Application {
             jwt: Arc::new(JwtKeys::new(secret)),
             presence,
             dashboard_refresh_seconds: config.dashboard_refresh_seconds,
+            rate_limit: config.rate_limit()?,
         };
         let worker = if config.worker {
             let worker = Worker::new(

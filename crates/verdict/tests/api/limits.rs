@@ -38,6 +38,7 @@ limits_on_every_backend!(
     its_customer_or_the_service_cancels_a_pending_request,
     a_customer_at_its_open_request_bound_is_refused_even_concurrently,
     assignments_are_paged_with_next_cursor,
+    writes_over_a_callers_rate_are_429_with_retry_after,
 );
 
 async fn with_presence_bound(backend: Backend, bound: i64) -> TestApp {
@@ -249,4 +250,35 @@ async fn assignments_are_paged_with_next_cursor(backend: Backend) {
     for bad in ["limit=0", "after=x", "after=1~a", "after=1~a~b~c"] {
         app.get(&format!("/v1/assignments?{bad}"), &p1).await.problem(422);
     }
+}
+
+async fn writes_over_a_callers_rate_are_429_with_retry_after(backend: Backend) {
+    let app = TestApp::spawn(backend, |config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 3;
+    })
+    .await;
+    // The platform is exempt: more creations than any burst.
+    for n in 0..5 {
+        app.create_session(&format!("s{n}")).await;
+    }
+    let (customer, provider) = (app.customer(), app.provider());
+    app.join("s0", &customer).await.ok();
+    app.leave("s0", &customer).await.ok();
+    app.join("s0", &customer).await.ok();
+    let stored = event_count(&app, "s0").await;
+    let refused = app.leave("s0", &customer).await;
+    refused.problem(429);
+    assert_eq!(refused.body["type"], "urn:verdict:problem:rate-limited");
+    assert_eq!(refused.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(event_count(&app, "s0").await, stored, "a refused write changes nothing");
+    // Reads are not limited, and the provider has a rate of its own.
+    for _ in 0..5 {
+        app.get("/v1/sessions/s0", &customer).await.ok();
+    }
+    app.join("s0", &provider).await.ok();
+    // A second later the customer writes again.
+    app.advance(1).await;
+    app.leave("s0", &customer).await.ok();
+    app.leave("s0", &customer).await.problem(429);
 }
