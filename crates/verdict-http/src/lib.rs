@@ -51,6 +51,8 @@ pub struct AppState {
     pub presence: Arc<PresenceHooks>,
     /// Writes allowed per caller (docs/limits.md).
     pub rate_limit: rate_limit::RateLimit,
+    /// Whose presence counts for a session created with a room, per kind.
+    pub presence_sources: verdict_store::PresenceSources,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict

@@ -50,6 +50,10 @@ pub enum ApiError {
     /// retrying does not help until the caller's state changes.
     #[error("{0}")]
     LimitReached(String),
+    /// A party's own presence call on a session whose presence comes from
+    /// its video platform only (`presence_source` `platform`).
+    #[error("{0}")]
+    PresenceFromPlatform(String),
     /// A bug or an unexpected failure: logged with its cause, answered 500.
     #[error("{0}")]
     Internal(String),
@@ -87,6 +91,9 @@ impl ApiError {
             }
             ApiError::LimitReached(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, "limit-reached", "Limit Reached")
+            }
+            ApiError::PresenceFromPlatform(_) => {
+                (StatusCode::CONFLICT, "presence-from-platform", "Presence From Platform")
             }
         }
     }

@@ -31,7 +31,7 @@ pub use model::{
     Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
     accounts,
 };
-pub use model::{AssignmentCursor, Limits};
+pub use model::{AssignmentCursor, Limits, PresenceSource, PresenceSources};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -44,6 +44,56 @@ pub struct PlatformRoom {
     pub room: String,
     pub customer_identity: String,
     pub provider_identity: String,
+    /// Whose word on presence counts, fixed at creation.
+    pub presence_source: PresenceSource,
+}
+
+/// Whose presence counts for a session with a room (policy
+/// `presence_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PresenceSource {
+    /// Only the platform's webhooks: the parties' own join, leave and
+    /// heartbeat calls are refused (the platform is the authority).
+    #[default]
+    Platform,
+    /// The union of the platform's events and the parties' own calls (a
+    /// session without a room, or with a room created before this policy).
+    Any,
+}
+
+impl PresenceSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceSource::Platform => "platform",
+            PresenceSource::Any => "any",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PresenceSource> {
+        match text {
+            "platform" => Some(PresenceSource::Platform),
+            "any" => Some(PresenceSource::Any),
+            _ => None,
+        }
+    }
+}
+
+/// The `presence_source` policy per kind, for sessions created with a room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresenceSources {
+    pub video: PresenceSource,
+    pub chat: PresenceSource,
+    pub diagnostic: PresenceSource,
+}
+
+impl PresenceSources {
+    pub fn for_kind(&self, kind: verdict_core::Kind) -> PresenceSource {
+        match kind {
+            verdict_core::Kind::Video => self.video,
+            verdict_core::Kind::Chat => self.chat,
+            verdict_core::Kind::Diagnostic => self.diagnostic,
+        }
+    }
 }
 
 impl PlatformRoom {

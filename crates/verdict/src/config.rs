@@ -50,6 +50,8 @@ pub struct PolicyOverride {
     pub presence_timeout_seconds: Option<i64>,
     pub reconnect_grace_seconds: Option<i64>,
     pub platform_fee_bps: Option<i64>,
+    /// `platform` or `any`, for sessions of this kind created with a room.
+    pub presence_source: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -109,6 +111,9 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// Writes at once allowed per customer or provider after a quiet spell.
     pub rate_limit_burst: u32,
+    /// Whose presence counts for a session created with a room: `platform`
+    /// (its webhooks only) or `any` (the union with the parties' own calls).
+    pub presence_source: String,
 }
 
 impl Default for Config {
@@ -153,6 +158,7 @@ impl Default for Config {
             max_open_requests_per_customer: limits.max_open_requests_per_customer,
             rate_limit_per_second: rate_limit.per_second.get(),
             rate_limit_burst: rate_limit.burst.get(),
+            presence_source: "platform".into(),
         }
     }
 }
@@ -217,6 +223,32 @@ impl Config {
             payout_provider: self.payout_provider(),
             finalize_after_seconds: self.finalize_after_seconds,
             limits: self.limits()?,
+        })
+    }
+
+    /// The `presence_source` policy per kind: the top-level value,
+    /// overridden per kind.
+    pub fn presence_sources(&self) -> Result<verdict_store::PresenceSources, ConfigError> {
+        let parse = |text: &str| {
+            verdict_store::PresenceSource::parse(text).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "presence_source must be platform or any, got {text:?}"
+                ))
+            })
+        };
+        let base = parse(&self.presence_source)?;
+        let for_kind = |kind: Kind| match self
+            .policy
+            .get(kind.as_str())
+            .and_then(|o| o.presence_source.as_deref())
+        {
+            Some(text) => parse(text),
+            None => Ok(base),
+        };
+        Ok(verdict_store::PresenceSources {
+            video: for_kind(Kind::Video)?,
+            chat: for_kind(Kind::Chat)?,
+            diagnostic: for_kind(Kind::Diagnostic)?,
         })
     }
 

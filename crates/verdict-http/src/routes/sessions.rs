@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use verdict_core::{EndCause, Party, Role, is_valid_id};
-use verdict_store::{Ended, Idempotency, PresenceChange, Session};
+use verdict_store::{Ended, Idempotency, PresenceChange, PresenceSource, Session};
 
 use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
@@ -69,7 +69,7 @@ pub async fn create_session(
     caller.require(&[Role::Service, Role::Admin])?;
     let idempotency = idempotency_for(&caller, "POST /v1/sessions", &headers, &body)?;
     let request: CreateSessionRequest = from_value(body)?;
-    let new = request.validate(uuid::Uuid::now_v7().to_string())?;
+    let new = request.validate(uuid::Uuid::now_v7().to_string(), &state.presence_sources)?;
     let created = state
         .store
         .create_session(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
@@ -135,6 +135,17 @@ async fn presence(
             "only the session's customer or provider reports its own presence".into(),
         )
     })?;
+    // Fixed at creation, so this read decides for good: nothing is counted.
+    if let Some(room) = &session.room
+        && room.presence_source == PresenceSource::Platform
+    {
+        return Err(ApiError::PresenceFromPlatform(format!(
+            "session {id} takes presence from its video platform room {} only \
+             (presence_source platform): the {party}'s own join, leave and heartbeat \
+             are not counted",
+            room.room
+        )));
+    }
     Ok(state
         .store
         .record_own_presence(id, party, change, &caller.actor(), &state.settings, state.clock.now())
@@ -145,7 +156,7 @@ async fn presence(
     params(("id" = String, Path)),
     responses(
         (status = 200, body = SessionDto),
-        (status = 409, body = Problem, description = "Terminal"),
+        (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)"),
         (status = 429, body = Problem, description = "The party's joins and leaves reached `max_presence_events_per_session`"),
     ),
     security(("bearer" = [])))]
@@ -160,7 +171,7 @@ pub async fn join(
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/leave", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)")),
     security(("bearer" = [])))]
 pub async fn leave(
     State(state): State<AppState>,
@@ -173,7 +184,7 @@ pub async fn leave(
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 204, description = "Presence refreshed"), (status = 409, body = Problem)),
+    responses((status = 204, description = "Presence refreshed"), (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)")),
     security(("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,

@@ -13,5 +13,11 @@ CREATE TABLE request_customers (
     customer_id TEXT NOT NULL PRIMARY KEY
 ) STRICT;
 
+-- Whose presence counts for a session with a room (policy presence_source):
+-- 'platform' or 'any'; NULL (rooms from before it, sessions without one)
+-- reads as 'any', the union they had.
+ALTER TABLE sessions ADD COLUMN presence_source TEXT
+    CHECK (presence_source = 'platform' OR presence_source = 'any');
+
 -- The providers' queue in page order, for GET /v1/assignments of everyone.
 CREATE INDEX assignments_in_order ON assignments (created_at, request_id, provider_id);

@@ -511,8 +511,9 @@ pub(super) async fn insert_session(
     let inserted = sqlx::query(
         "INSERT INTO sessions (id, kind, status, customer_id, provider_id, provider_account, \
          request_id, scheduled_start, created_at, price_mode, price_amount_cents, currency, \
-         metadata, room, customer_identity, provider_identity) \
-         VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         metadata, room, customer_identity, provider_identity, presence_source) \
+         VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&new.id)
@@ -530,6 +531,7 @@ pub(super) async fn insert_session(
     .bind(new.room.as_ref().map(|room| &room.room))
     .bind(new.room.as_ref().map(|room| &room.customer_identity))
     .bind(new.room.as_ref().map(|room| &room.provider_identity))
+    .bind(new.room.as_ref().map(|room| room.presence_source.as_str()))
     .execute(&mut *connection)
     .await?;
     if inserted.rows_affected() == 0 {

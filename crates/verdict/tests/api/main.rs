@@ -14,6 +14,7 @@ mod history;
 mod limits;
 mod monitoring;
 mod presence;
+mod presence_source;
 mod scale_out;
 mod security;
 mod settlement;
