@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> axum::Router {
     metrics::install();
     let limiting =
         rate_limit::Limiting::new(state.rate_limit, state.clock.clone(), state.jwt.clone());
+    let health_refresh = metrics::refresh_health(&state);
     axum::Router::new()
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> axum::Router {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .layer(middleware::from_fn(metrics::track))
+        .layer(axum::Extension(health_refresh))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

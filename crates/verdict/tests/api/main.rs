@@ -12,6 +12,7 @@ mod delivery;
 mod fakes;
 mod history;
 mod limits;
+mod metrics;
 mod monitoring;
 mod presence;
 mod presence_source;

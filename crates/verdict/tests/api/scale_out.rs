@@ -17,7 +17,7 @@ use crate::support::{Backend, SECRET, TestApp, serve_process};
 
 /// A `verdict serve` child process, killed when dropped.
 pub(crate) struct Server {
-    base: String,
+    pub(crate) base: String,
     _child: Child,
 }
 
