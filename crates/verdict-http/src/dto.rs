@@ -8,9 +8,20 @@ use verdict_store::{
     Assignment, AuditEvent, EarningsTotal, Ended, NewRequest, NewSession, Notification, Payout,
     PlatformRoom, Request, Session, User,
 };
+use verdict_store::{PresenceSource, PresenceSources};
 
 use crate::problem::ApiError;
 use crate::wire::{format_instant, parse_instant};
+
+/// Whose presence counts for a session with a room.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceSourceDto {
+    /// The platform's webhooks only: the parties' own calls are 409.
+    Platform,
+    /// The platform's events and the parties' own calls.
+    Any,
+}
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +119,9 @@ pub struct CreateSessionRequest {
     pub customer_identity: Option<String>,
     /// The provider's participant identity in the room.
     pub provider_identity: Option<String>,
+    /// With a room: whose presence counts; the kind's policy
+    /// (`presence_source`, `platform` unless configured) when absent.
+    pub presence_source: Option<PresenceSourceDto>,
 }
 
 /// A platform name (room or participant identity): 1 to 256 bytes of
@@ -134,8 +148,14 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
 
 impl CreateSessionRequest {
     /// Validates every field; `generated_id` is used when the client sent none.
-    pub fn validate(self, generated_id: String) -> Result<NewSession, ApiError> {
+    /// `sources` is the `presence_source` policy for a room.
+    pub fn validate(
+        self,
+        generated_id: String,
+        sources: &PresenceSources,
+    ) -> Result<NewSession, ApiError> {
         let id = self.id.unwrap_or(generated_id);
+        let kind: Kind = self.kind.into();
         check_id("id", &id)?;
         check_id("customer_id", &self.customer_id)?;
         check_id("provider_id", &self.provider_id)?;
@@ -161,6 +181,11 @@ impl CreateSessionRequest {
                 return Err(ApiError::Unprocessable("metadata must be a JSON object".into()));
             }
         };
+        if self.room.is_none() && self.presence_source.is_some() {
+            return Err(ApiError::Unprocessable(
+                "presence_source needs a room: without one, presence is the parties' own".into(),
+            ));
+        }
         let room = match (self.room, self.customer_identity, self.provider_identity) {
             (None, None, None) => None,
             (Some(room), Some(customer_identity), Some(provider_identity)) => {
@@ -172,7 +197,12 @@ impl CreateSessionRequest {
                         "customer_identity and provider_identity must differ".into(),
                     ));
                 }
-                Some(PlatformRoom { room, customer_identity, provider_identity })
+                let presence_source = match self.presence_source {
+                    None => sources.for_kind(kind),
+                    Some(PresenceSourceDto::Platform) => PresenceSource::Platform,
+                    Some(PresenceSourceDto::Any) => PresenceSource::Any,
+                };
+                Some(PlatformRoom { room, customer_identity, provider_identity, presence_source })
             }
             _ => {
                 return Err(ApiError::Unprocessable(
@@ -183,7 +213,7 @@ impl CreateSessionRequest {
         Ok(NewSession {
             room,
             id,
-            kind: self.kind.into(),
+            kind,
             customer_id: self.customer_id,
             provider_id: self.provider_id,
             provider_account: self.provider_account,
@@ -226,6 +256,10 @@ pub struct SessionDto {
     pub finalizes_at: Option<String>,
     /// When the outcome became final and its money was settled.
     pub finalized_at: Option<String>,
+    /// Whose presence counts: `platform` (the room's webhooks only; the
+    /// parties' own calls are refused) or `any` (both; always so without a
+    /// room).
+    pub presence_source: PresenceSourceDto,
 }
 
 impl From<&Session> for SessionDto {
@@ -257,6 +291,10 @@ impl From<&Session> for SessionDto {
             provider_identity: session.room.as_ref().map(|room| room.provider_identity.clone()),
             finalizes_at: session.finalizes_at.map(format_instant),
             finalized_at: session.finalized_at.map(format_instant),
+            presence_source: match session.room.as_ref().map(|room| room.presence_source) {
+                Some(PresenceSource::Platform) => PresenceSourceDto::Platform,
+                Some(PresenceSource::Any) | None => PresenceSourceDto::Any,
+            },
         }
     }
 }

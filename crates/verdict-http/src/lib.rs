@@ -10,8 +10,10 @@ mod dashboard;
 pub mod dto;
 pub mod import;
 pub mod metrics;
+pub mod paging;
 pub mod problem;
 pub mod providers;
+pub mod rate_limit;
 mod routes;
 pub mod wire;
 
@@ -45,6 +47,10 @@ pub struct AppState {
     pub dashboard_refresh_seconds: u64,
     /// The video platforms' webhook credentials.
     pub presence: Arc<PresenceHooks>,
+    /// Writes allowed per caller (docs/limits.md).
+    pub rate_limit: rate_limit::RateLimit,
+    /// Whose presence counts for a session created with a room, per kind.
+    pub presence_sources: verdict_store::PresenceSources,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict
@@ -65,6 +71,9 @@ pub(crate) type Router = axum::Router<AppState>;
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
     metrics::install();
+    let limiting =
+        rate_limit::Limiting::new(state.rate_limit, state.clock.clone(), state.jwt.clone());
+    let health_refresh = metrics::refresh_health(&state);
     axum::Router::new()
         .merge(routes::sessions::router())
         .merge(routes::settlement::router())
@@ -80,12 +89,14 @@ pub fn router(state: AppState) -> axum::Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn(reject_large_bodies))
+        .layer(middleware::from_fn_with_state(limiting, rate_limit::limit_writes))
         .layer(middleware::from_fn_with_state(state.clone(), fail_fast_without_database))
         .layer(middleware::from_fn(routes::runs::timeout_but_long_admin_work))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .layer(middleware::from_fn(metrics::track))
+        .layer(axum::Extension(health_refresh))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -209,6 +220,7 @@ impl Modify for BearerScheme {
         routes::settlement::create_request,
         routes::settlement::get_request,
         routes::settlement::accept_request,
+        routes::settlement::cancel_request,
         routes::settlement::assignments,
         routes::settlement::payouts,
         routes::settlement::earnings,

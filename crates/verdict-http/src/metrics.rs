@@ -7,14 +7,18 @@
 //! `verdict_outbox_dead`, `verdict_outbox_attempts_total{outcome}`,
 //! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
 //! `verdict_sweeper_failures_total`,
-//! `verdict_health_score`.
+//! `verdict_health_score`, `verdict_http_rate_limited_total`.
+//!
+//! Label values are bounded: `method` is one of the standard methods or
+//! `other`, `route` a route template or `unmatched`. The health score is
+//! recomputed in the background once a minute, never by a scrape (a scrape
+//! must stay cheap whatever the database holds).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -42,7 +46,11 @@ pub fn install() -> &'static PrometheusHandle {
 
 pub fn record_health(score: f64) {
     metrics::gauge!("verdict_health_score").set(score);
-    LAST_HEALTH_MILLIS.store(verdict_store::clock::system_now_millis(), Ordering::Relaxed);
+}
+
+/// A write refused by the per-caller rate limit.
+pub fn record_rate_limited() {
+    metrics::counter!("verdict_http_rate_limited_total").increment(1);
 }
 
 pub fn record_ended(status: &str, reason: &str) {
@@ -53,7 +61,7 @@ pub fn record_ended(status: &str, reason: &str) {
 /// Counts and times every request by its route template.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -64,20 +72,66 @@ pub async fn track(request: Request, next: Next) -> Response {
         );
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("verdict_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("verdict_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("verdict_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }
 
-/// When the health gauge was last computed (real time, ms).
-static LAST_HEALTH_MILLIS: AtomicI64 = AtomicI64::new(0);
-/// How stale the health gauge may get before a scrape recomputes it.
-const HEALTH_REFRESH_MILLIS: i64 = 60_000;
+/// The `method` label: a standard method's name, else `other`, so that a
+/// client inventing methods cannot grow the series without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    STANDARD.iter().find(|standard| *standard == method).map_or("other", Method::as_str)
+}
+
+/// How often the health gauge is recomputed in the background.
+const HEALTH_REFRESH: Duration = Duration::from_secs(60);
+
+/// Keeps the background health refresh going: it stops at its next tick
+/// once every clone of this (held by the router) is dropped.
+#[derive(Clone)]
+pub(crate) struct HealthRefresh(#[allow(dead_code)] Arc<()>);
+
+/// Starts recomputing the health gauge now and then every minute, in the
+/// background, for as long as the returned guard lives.
+pub(crate) fn refresh_health(state: &AppState) -> HealthRefresh {
+    let alive = Arc::new(());
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(refresh_health_while(Arc::downgrade(&alive), state.clone()));
+    }
+    HealthRefresh(alive)
+}
+
+async fn refresh_health_while(alive: Weak<()>, state: AppState) {
+    let mut every = tokio::time::interval(HEALTH_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let now = state.clock.now();
+        match verdict_store::monitor::health(&state.store, &state.settings, now, 24).await {
+            Ok(health) => record_health(health.score),
+            Err(error) => tracing::warn!(%error, "the health gauge could not be recomputed"),
+        }
+    }
+}
 
 /// `GET /metrics`: Prometheus text. Outbox gauges are read at scrape time;
-/// the health score at most once a minute.
+/// the health score is the background refresh's (see [`refresh_health`]).
 pub async fn render(State(state): State<AppState>) -> Response {
     let now = state.clock.now();
     if let Ok(outbox) = state
@@ -87,13 +141,6 @@ pub async fn render(State(state): State<AppState>) -> Response {
     {
         metrics::gauge!("verdict_outbox_pending").set(outbox.pending as f64);
         metrics::gauge!("verdict_outbox_dead").set(outbox.dead as f64);
-    }
-    let last = LAST_HEALTH_MILLIS.load(Ordering::Relaxed);
-    if verdict_store::clock::system_now_millis() - last > HEALTH_REFRESH_MILLIS
-        && let Ok(health) =
-            verdict_store::monitor::health(&state.store, &state.settings, now, 24).await
-    {
-        record_health(health.score);
     }
     let mut response = install().render().into_response();
     response.headers_mut().insert(

@@ -46,6 +46,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A bound on what one caller may make the service keep is reached;
+    /// retrying does not help until the caller's state changes.
+    #[error("{0}")]
+    LimitReached(String),
+    /// A party's own presence call on a session whose presence comes from
+    /// its video platform only (`presence_source` `platform`).
+    #[error("{0}")]
+    PresenceFromPlatform(String),
     /// A bug or an unexpected failure: logged with its cause, answered 500.
     #[error("{0}")]
     Internal(String),
@@ -80,6 +88,12 @@ impl ApiError {
             }
             ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Server Error")
+            }
+            ApiError::LimitReached(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "limit-reached", "Limit Reached")
+            }
+            ApiError::PresenceFromPlatform(_) => {
+                (StatusCode::CONFLICT, "presence-from-platform", "Presence From Platform")
             }
         }
     }
@@ -135,6 +149,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
             StoreError::Unprocessable(detail) => ApiError::Unprocessable(detail),
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            StoreError::LimitReached(detail) => ApiError::LimitReached(detail),
             error @ (StoreError::Corrupt(_) | StoreError::Internal(_)) => {
                 ApiError::Internal(error.to_string())
             }

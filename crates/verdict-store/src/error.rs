@@ -13,6 +13,10 @@ pub enum StoreError {
     /// with another body).
     #[error("{0}")]
     Unprocessable(String),
+    /// A bound on what one caller may make the store keep is reached
+    /// (`Limits`): nothing was written.
+    #[error("{0}")]
+    LimitReached(String),
     /// The database cannot be reached or is too busy right now: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),

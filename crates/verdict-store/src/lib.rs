@@ -33,6 +33,7 @@ pub use model::{
     Posting, PresenceChange, Request, RequestStatus, Session, Settings, SweepReport, User,
     accounts,
 };
+pub use model::{AssignmentCursor, Limits, PresenceSource, PresenceSources};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -108,9 +109,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
 
-    /// Records a join, leave or heartbeat of `party`. Conflict when the
-    /// session is terminal (nothing is written then). A join that makes both
-    /// parties present for the first time starts the session.
+    /// Records a join, leave or heartbeat of `party` under the default
+    /// [`Limits`]: [`Store::record_own_presence`] with `policies`.
     async fn record_presence(
         &self,
         id: &str,
@@ -118,6 +118,25 @@ pub trait Store: Send + Sync + 'static {
         change: PresenceChange,
         actor: &Actor,
         policies: &PolicySet,
+        now: UnixMillis,
+    ) -> Result<Session, StoreError> {
+        let settings = Settings { policies: *policies, ..Settings::default() };
+        self.record_own_presence(id, party, change, actor, &settings, now).await
+    }
+
+    /// Records a join, leave or heartbeat of `party`. Conflict when the
+    /// session is terminal (nothing is written then). A join that makes both
+    /// parties present for the first time starts the session. A join (a
+    /// heartbeat reconnecting after a lapse is one) when the party already
+    /// has `limits.max_presence_events_per_session` joins and leaves of its
+    /// own is `LimitReached` and writes nothing; a leave is never refused.
+    async fn record_own_presence(
+        &self,
+        id: &str,
+        party: Party,
+        change: PresenceChange,
+        actor: &Actor,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
 
@@ -173,6 +192,15 @@ pub trait Store: Send + Sync + 'static {
     /// The session's audit trail, oldest first.
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError>;
 
+    /// A page of the session's audit trail, oldest first: at most `limit`
+    /// events whose `seq` is after `after`.
+    async fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+
     /// A recipient's notifications, oldest first, after the cursor `after`.
     async fn notifications(
         &self,
@@ -183,13 +211,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Notification>, StoreError>;
 
     /// Creates a `pending` request and one assignment per candidate.
+    /// `LimitReached` (nothing written) when its customer already has
+    /// `limits.max_open_requests_per_customer` pending requests; concurrent
+    /// creations for one customer count each other.
     async fn create_request(
         &self,
         new: NewRequest,
         actor: &Actor,
         idempotency: Option<&Idempotency>,
+        limits: &Limits,
         now: UnixMillis,
     ) -> Result<Created<Request>, StoreError>;
+
+    /// Cancels a `pending` request and removes its assignments; a request
+    /// already cancelled is returned as it is. Conflict in any other status.
+    async fn cancel_request(
+        &self,
+        id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Request, StoreError>;
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError>;
 
@@ -207,10 +248,12 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Session, StoreError>;
 
-    /// Open assignments, oldest first: one provider's, or everyone's.
+    /// Open assignments, oldest first: one provider's, or everyone's;
+    /// at most `limit` of them after `after`.
     async fn assignments(
         &self,
         provider_id: Option<&str>,
+        after: Option<&AssignmentCursor>,
         limit: i64,
     ) -> Result<Vec<Assignment>, StoreError>;
 

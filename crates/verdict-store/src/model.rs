@@ -44,6 +44,56 @@ pub struct PlatformRoom {
     pub room: String,
     pub customer_identity: String,
     pub provider_identity: String,
+    /// Whose word on presence counts, fixed at creation.
+    pub presence_source: PresenceSource,
+}
+
+/// Whose presence counts for a session with a room (policy
+/// `presence_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PresenceSource {
+    /// Only the platform's webhooks: the parties' own join, leave and
+    /// heartbeat calls are refused (the platform is the authority).
+    #[default]
+    Platform,
+    /// The union of the platform's events and the parties' own calls (a
+    /// session without a room, or with a room created before this policy).
+    Any,
+}
+
+impl PresenceSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceSource::Platform => "platform",
+            PresenceSource::Any => "any",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PresenceSource> {
+        match text {
+            "platform" => Some(PresenceSource::Platform),
+            "any" => Some(PresenceSource::Any),
+            _ => None,
+        }
+    }
+}
+
+/// The `presence_source` policy per kind, for sessions created with a room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresenceSources {
+    pub video: PresenceSource,
+    pub chat: PresenceSource,
+    pub diagnostic: PresenceSource,
+}
+
+impl PresenceSources {
+    pub fn for_kind(&self, kind: verdict_core::Kind) -> PresenceSource {
+        match kind {
+            verdict_core::Kind::Video => self.video,
+            verdict_core::Kind::Chat => self.chat,
+            verdict_core::Kind::Diagnostic => self.diagnostic,
+        }
+    }
 }
 
 impl PlatformRoom {
@@ -288,6 +338,32 @@ pub struct Settings {
     /// How long after its end a session with a platform room may still be
     /// re-decided by late platform presence.
     pub finalize_after_seconds: i64,
+    /// Bounds on what one caller may make the store keep.
+    pub limits: Limits,
+}
+
+/// Bounds on what one session or customer may make the store keep (the
+/// abuse limits of `docs/limits.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A party's own joins and leaves kept per session: beyond it a join
+    /// is refused (a leave that closes an interval never is). Platform
+    /// events do not count.
+    pub max_presence_events_per_session: i64,
+    /// After this long a `pending` request is `expired` by the sweeper.
+    pub request_ttl_seconds: i64,
+    /// `pending` requests one customer may have open at once.
+    pub max_open_requests_per_customer: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_presence_events_per_session: 500,
+            request_ttl_seconds: 900,
+            max_open_requests_per_customer: 5,
+        }
+    }
 }
 
 /// The default finalization window: platforms deliver up to a minute or two
@@ -300,6 +376,7 @@ impl Default for Settings {
             policies: PolicySet::default(),
             payout_provider: PayoutProvider::Manual,
             finalize_after_seconds: FINALIZE_AFTER_SECONDS,
+            limits: Limits::default(),
         }
     }
 }
@@ -371,6 +448,15 @@ pub struct Request {
     pub session_id: Option<String>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+}
+
+/// Where a page of assignments ends: they are listed by `created_at`, then
+/// request id, then provider id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignmentCursor {
+    pub created_at: UnixMillis,
+    pub request_id: String,
+    pub provider_id: String,
 }
 
 /// An open offer in a provider's queue.
@@ -581,6 +667,9 @@ pub struct SweepReport {
     /// Sessions the sweep could not end or finalize, with the error: each
     /// failed alone, the others went on.
     pub failed: Vec<(String, String)>,
+    /// Pending requests older than `request_ttl_seconds` the sweep marked
+    /// `expired` (their assignments removed), by id.
+    pub expired_requests: Vec<String>,
 }
 
 /// Which sessions a verification page reads.

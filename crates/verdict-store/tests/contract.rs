@@ -936,6 +936,7 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
         room: "room-1".into(),
         customer_identity: "alice".into(),
         provider_identity: "bob".into(),
+        presence_source: verdict_store::PresenceSource::Any,
     });
     store.create_session(in_room, &service(), None, T0).await.unwrap();
     let end_at = UnixMillis(T0.0 + 120_000);

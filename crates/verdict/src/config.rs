@@ -54,6 +54,8 @@ pub struct PolicyOverride {
     pub presence_timeout_seconds: Option<i64>,
     pub reconnect_grace_seconds: Option<i64>,
     pub platform_fee_bps: Option<i64>,
+    /// `platform` or `any`, for sessions of this kind created with a room.
+    pub presence_source: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -107,11 +109,26 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// When set, every token must carry this `aud` (and minted ones do).
     pub jwt_audience: Option<String>,
+    /// A party's own joins and leaves kept per session (docs/limits.md).
+    pub max_presence_events_per_session: i64,
+    /// After this long a pending request is `expired` by the sweeper.
+    pub request_ttl_seconds: i64,
+    /// Pending requests one customer may have at once.
+    pub max_open_requests_per_customer: i64,
+    /// Writes a second allowed per customer or provider, in this process.
+    pub rate_limit_per_second: u32,
+    /// Writes at once allowed per customer or provider after a quiet spell.
+    pub rate_limit_burst: u32,
+    /// Whose presence counts for a session created with a room: `platform`
+    /// (its webhooks only) or `any` (the union with the parties' own calls).
+    pub presence_source: String,
 }
 
 impl Default for Config {
     fn default() -> Config {
         let policy = Policy::default();
+        let limits = verdict_store::Limits::default();
+        let rate_limit = verdict_http::rate_limit::RateLimit::default();
         Config {
             bind: "127.0.0.1:8080".into(),
             database_url: "sqlite://verdict-data/verdict.db".into(),
@@ -146,6 +163,12 @@ impl Default for Config {
             policy: BTreeMap::new(),
             jwt_issuer: None,
             jwt_audience: None,
+            max_presence_events_per_session: limits.max_presence_events_per_session,
+            request_ttl_seconds: limits.request_ttl_seconds,
+            max_open_requests_per_customer: limits.max_open_requests_per_customer,
+            rate_limit_per_second: rate_limit.per_second.get(),
+            rate_limit_burst: rate_limit.burst.get(),
+            presence_source: "platform".into(),
         }
     }
 }
@@ -249,6 +272,63 @@ impl Config {
             policies: self.policies()?,
             payout_provider: self.payout_provider(),
             finalize_after_seconds: self.finalize_after_seconds,
+            limits: self.limits()?,
+        })
+    }
+
+    /// The `presence_source` policy per kind: the top-level value,
+    /// overridden per kind.
+    pub fn presence_sources(&self) -> Result<verdict_store::PresenceSources, ConfigError> {
+        let parse = |text: &str| {
+            verdict_store::PresenceSource::parse(text).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "presence_source must be platform or any, got {text:?}"
+                ))
+            })
+        };
+        let base = parse(&self.presence_source)?;
+        let for_kind = |kind: Kind| match self
+            .policy
+            .get(kind.as_str())
+            .and_then(|o| o.presence_source.as_deref())
+        {
+            Some(text) => parse(text),
+            None => Ok(base),
+        };
+        Ok(verdict_store::PresenceSources {
+            video: for_kind(Kind::Video)?,
+            chat: for_kind(Kind::Chat)?,
+            diagnostic: for_kind(Kind::Diagnostic)?,
+        })
+    }
+
+    /// Writes allowed per caller (docs/limits.md).
+    pub fn rate_limit(&self) -> Result<verdict_http::rate_limit::RateLimit, ConfigError> {
+        use std::num::NonZeroU32;
+        let positive = |name: &str, value: u32| {
+            NonZeroU32::new(value)
+                .ok_or_else(|| ConfigError::Invalid(format!("{name} must be 1 or more")))
+        };
+        Ok(verdict_http::rate_limit::RateLimit {
+            per_second: positive("rate_limit_per_second", self.rate_limit_per_second)?,
+            burst: positive("rate_limit_burst", self.rate_limit_burst)?,
+        })
+    }
+
+    /// The abuse limits (docs/limits.md).
+    pub fn limits(&self) -> Result<verdict_store::Limits, ConfigError> {
+        let checks = [
+            ("max_presence_events_per_session", self.max_presence_events_per_session),
+            ("request_ttl_seconds", self.request_ttl_seconds),
+            ("max_open_requests_per_customer", self.max_open_requests_per_customer),
+        ];
+        if let Some((name, _)) = checks.iter().find(|(_, value)| *value < 1) {
+            return Err(ConfigError::Invalid(format!("{name} must be 1 or more")));
+        }
+        Ok(verdict_store::Limits {
+            max_presence_events_per_session: self.max_presence_events_per_session,
+            request_ttl_seconds: self.request_ttl_seconds,
+            max_open_requests_per_customer: self.max_open_requests_per_customer,
         })
     }
 

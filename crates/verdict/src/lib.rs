@@ -51,6 +51,8 @@ impl Application {
             jwt: Arc::new(jwt_keys(config, secret)),
             presence,
             dashboard_refresh_seconds: config.dashboard_refresh_seconds,
+            rate_limit: config.rate_limit()?,
+            presence_sources: config.presence_sources()?,
         };
         let worker = if config.worker {
             let worker = Worker::new(

@@ -6,12 +6,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use verdict_core::{EndCause, Party, Role, is_valid_id};
-use verdict_store::{Ended, Idempotency, PresenceChange, Session};
+use verdict_store::{Ended, Idempotency, PresenceChange, PresenceSource, Session};
 
 use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
+use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
-use crate::wire::{JsonBody, OptionalJsonObject, from_value, idempotency_key};
+use crate::wire::{JsonBody, OptionalJsonObject, StrictQuery, from_value, idempotency_key};
 use crate::{AppState, Router};
 
 pub fn router() -> Router {
@@ -68,7 +69,7 @@ pub async fn create_session(
     caller.require(&[Role::Service, Role::Admin])?;
     let idempotency = idempotency_for(&caller, "POST /v1/sessions", &headers, &body)?;
     let request: CreateSessionRequest = from_value(body)?;
-    let new = request.validate(uuid::Uuid::now_v7().to_string())?;
+    let new = request.validate(uuid::Uuid::now_v7().to_string(), &state.presence_sources)?;
     let created = state
         .store
         .create_session(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
@@ -134,22 +135,30 @@ async fn presence(
             "only the session's customer or provider reports its own presence".into(),
         )
     })?;
+    // Fixed at creation, so this read decides for good: nothing is counted.
+    if let Some(room) = &session.room
+        && room.presence_source == PresenceSource::Platform
+    {
+        return Err(ApiError::PresenceFromPlatform(format!(
+            "session {id} takes presence from its video platform room {} only \
+             (presence_source platform): the {party}'s own join, leave and heartbeat \
+             are not counted",
+            room.room
+        )));
+    }
     Ok(state
         .store
-        .record_presence(
-            id,
-            party,
-            change,
-            &caller.actor(),
-            &state.settings.policies,
-            state.clock.now(),
-        )
+        .record_own_presence(id, party, change, &caller.actor(), &state.settings, state.clock.now())
         .await?)
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/join", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    responses(
+        (status = 200, body = SessionDto),
+        (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)"),
+        (status = 429, body = Problem, description = "The party's joins and leaves reached `max_presence_events_per_session`"),
+    ),
     security(("bearer" = [])))]
 pub async fn join(
     State(state): State<AppState>,
@@ -162,7 +171,7 @@ pub async fn join(
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/leave", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal")),
+    responses((status = 200, body = SessionDto), (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)")),
     security(("bearer" = [])))]
 pub async fn leave(
     State(state): State<AppState>,
@@ -175,7 +184,7 @@ pub async fn leave(
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions",
     params(("id" = String, Path)),
-    responses((status = 204, description = "Presence refreshed"), (status = 409, body = Problem)),
+    responses((status = 204, description = "Presence refreshed"), (status = 409, body = Problem, description = "Terminal, or presence from the platform only (`presence-from-platform`)")),
     security(("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -224,15 +233,22 @@ pub async fn end(
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions",
-    params(("id" = String, Path)),
-    responses((status = 200, body = Page<EventDto>)),
+    params(
+        ("id" = String, Path),
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 100"),
+    ),
+    responses((status = 200, body = Page<EventDto>), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    StrictQuery(page): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<EventDto>>, ApiError> {
+    let (after, limit) = (page.after_sequence()?, page.limit()?);
     visible_session(&state, &caller, &id).await?;
-    let events = state.store.events(&id).await?;
-    Ok(Json(Page { items: events.iter().map(EventDto::from).collect(), next_cursor: None }))
+    let events = state.store.events_page(&id, after, limit).await?;
+    let next_cursor = next_cursor(&events, limit, |event| event.seq.to_string());
+    Ok(Json(Page { items: events.iter().map(EventDto::from).collect(), next_cursor }))
 }

@@ -8,12 +8,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use verdict_core::{Role, is_valid_id};
+use verdict_store::AssignmentCursor;
 
 use crate::auth::Caller;
 use crate::dto::{
     AssignmentDto, CreateRequestBody, EarningsDto, Page, PayoutDto, RequestDto, SessionDto,
     UpsertUserRequest, UserDto,
 };
+use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
 use crate::routes::sessions::{created_response, idempotency_for};
 use crate::wire::StrictQuery;
@@ -28,6 +30,7 @@ pub fn router() -> Router {
         .route("/v1/requests", post(create_request))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/accept", post(accept_request))
+        .route("/v1/requests/{id}/cancel", post(cancel_request))
         .route("/v1/assignments", get(assignments))
         .route("/v1/payouts", get(payouts))
         .route("/v1/providers/{id}/earnings", get(earnings))
@@ -68,7 +71,11 @@ pub async fn upsert_user(
 #[utoipa::path(post, path = "/v1/requests", tag = "settlement",
     request_body = CreateRequestBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first answer again")),
-    responses((status = 201, body = RequestDto), (status = 422, body = Problem)),
+    responses(
+        (status = 201, body = RequestDto),
+        (status = 422, body = Problem),
+        (status = 429, body = Problem, description = "The customer has `max_open_requests_per_customer` pending requests"),
+    ),
     security(("bearer" = [])))]
 pub async fn create_request(
     State(state): State<AppState>,
@@ -85,7 +92,13 @@ pub async fn create_request(
     }
     let created = state
         .store
-        .create_request(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
+        .create_request(
+            new,
+            &caller.actor(),
+            idempotency.as_ref(),
+            &state.settings.limits,
+            state.clock.now(),
+        )
         .await?;
     let location = format!("/v1/requests/{}", created.value.id);
     Ok(created_response(&location, created.replayed, RequestDto::from(&created.value)))
@@ -154,15 +167,52 @@ pub async fn accept_request(
     Ok(created_response(&format!("/v1/sessions/{}", session.id), false, SessionDto::from(&session)))
 }
 
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "settlement",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = RequestDto, description = "`cancelled`, its assignments removed"),
+        (status = 403, body = Problem, description = "Neither its customer nor the service"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "No longer pending"),
+    ),
+    security(("bearer" = [])))]
+pub async fn cancel_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestDto>, ApiError> {
+    caller.require(&[Role::Customer, Role::Service])?;
+    let id = checked_id("request", &id)?;
+    let request = state
+        .store
+        .request(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("request {id} not found")))?;
+    if caller.role == Role::Customer && request.customer_id != caller.id {
+        return Err(ApiError::Forbidden(format!(
+            "customer {} may cancel its own requests only",
+            caller.id
+        )));
+    }
+    let request = state.store.cancel_request(id, &caller.actor(), state.clock.now()).await?;
+    Ok(Json(RequestDto::from(&request)))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignmentsQuery {
     provider_id: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/v1/assignments", tag = "settlement",
-    params(("provider_id" = Option<String>, Query, description = "Admins only: one provider's queue")),
-    responses((status = 200, body = Page<AssignmentDto>)),
+    params(
+        ("provider_id" = Option<String>, Query, description = "Admins only: one provider's queue"),
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 100"),
+    ),
+    responses((status = 200, body = Page<AssignmentDto>), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn assignments(
     State(state): State<AppState>,
@@ -179,8 +229,36 @@ pub async fn assignments(
         },
         _ => filter.provider_id,
     };
-    let items = state.store.assignments(provider_id.as_deref(), PAGE).await?;
-    Ok(Json(Page { items: items.iter().map(AssignmentDto::from).collect(), next_cursor: None }))
+    let page = PageQuery { after: filter.after, limit: filter.limit };
+    let limit = page.limit()?;
+    let after = page.after.as_deref().map(parse_assignment_cursor).transpose()?;
+    let items = state.store.assignments(provider_id.as_deref(), after.as_ref(), limit).await?;
+    let next_cursor = next_cursor(&items, limit, |last| {
+        format!("{}~{}~{}", last.created_at.0, last.request_id, last.provider_id)
+    });
+    Ok(Json(Page { items: items.iter().map(AssignmentDto::from).collect(), next_cursor }))
+}
+
+/// An assignments cursor: `<created_at ms>~<request id>~<provider id>`
+/// (`~` is not an id character).
+fn parse_assignment_cursor(text: &str) -> Result<AssignmentCursor, ApiError> {
+    let invalid =
+        || ApiError::Unprocessable("after must be a cursor returned as next_cursor".into());
+    let mut parts = text.split('~');
+    let (Some(created_at), Some(request_id), Some(provider_id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let created_at = created_at.parse::<i64>().map_err(|_| invalid())?;
+    if !is_valid_id(request_id) || !is_valid_id(provider_id) {
+        return Err(invalid());
+    }
+    Ok(AssignmentCursor {
+        created_at: verdict_core::UnixMillis(created_at),
+        request_id: request_id.to_owned(),
+        provider_id: provider_id.to_owned(),
+    })
 }
 
 #[derive(Debug, Deserialize)]

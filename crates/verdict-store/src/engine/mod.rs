@@ -58,7 +58,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Pool;
-use verdict_core::{EndCause, Party, PolicySet, SessionAudit, UnixMillis};
+use verdict_core::{EndCause, Party, SessionAudit, UnixMillis};
 
 use self::dialect::{BACKEND, Db, MIGRATOR};
 pub(crate) use self::dialect::{CopyPage, InsertedRowids};
@@ -85,6 +85,7 @@ use crate::{
     PlatformPresence, Posting, PresenceChange, Request, Session, Settings, Store, StoreError,
     SweepReport, User,
 };
+use crate::{AssignmentCursor, Limits};
 /// The store over one database. Reads go to `reader`, transactions to
 /// `writer` (on SQLite a single connection: SQLite has one writer anyway,
 /// and queueing in the pool is cheaper than retrying on `SQLITE_BUSY`).
@@ -164,16 +165,16 @@ impl Store for Engine {
         Engine::session(self, id).await
     }
 
-    async fn record_presence(
+    async fn record_own_presence(
         &self,
         id: &str,
         party: Party,
         change: PresenceChange,
         actor: &Actor,
-        policies: &PolicySet,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Session, StoreError> {
-        Engine::record_presence(self, id, party, change, actor, policies, now).await
+        Engine::record_presence(self, id, party, change, actor, settings, now).await
     }
 
     async fn end_session(
@@ -193,9 +194,19 @@ impl Store for Engine {
         new: NewRequest,
         actor: &Actor,
         idempotency: Option<&Idempotency>,
+        limits: &Limits,
         now: UnixMillis,
     ) -> Result<Created<Request>, StoreError> {
-        Engine::create_request(self, new, actor, idempotency, now).await
+        Engine::create_request(self, new, actor, idempotency, limits, now).await
+    }
+
+    async fn cancel_request(
+        &self,
+        id: &str,
+        actor: &Actor,
+        now: UnixMillis,
+    ) -> Result<Request, StoreError> {
+        Engine::cancel_request(self, id, actor, now).await
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
@@ -216,9 +227,10 @@ impl Store for Engine {
     async fn assignments(
         &self,
         provider_id: Option<&str>,
+        after: Option<&AssignmentCursor>,
         limit: i64,
     ) -> Result<Vec<Assignment>, StoreError> {
-        Engine::assignments(self, provider_id, limit).await
+        Engine::assignments(self, provider_id, after, limit).await
     }
 
     async fn payouts(
@@ -374,6 +386,15 @@ impl Store for Engine {
 
     async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         Engine::events(self, id).await
+    }
+
+    async fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        Engine::events_page(self, id, after, limit).await
     }
 
     async fn notifications(

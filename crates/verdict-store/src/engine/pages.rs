@@ -521,6 +521,7 @@ impl<'a> PageRecord<'a> for SessionRecord<'a> {
             provider_identity: owned(row.opt_text()?),
             finalizes_at: row.opt_int()?,
             finalized_at: row.opt_int()?,
+            presence_source: row.opt_text()?.map(Cow::Borrowed),
             policy: row.opt_text()?.map(Cow::Borrowed),
         })
     }

@@ -9,8 +9,8 @@ use verdict_core::{
 };
 
 use crate::{
-    Actor, AuditEvent, EventType, Payout, PayoutProvider, PayoutState, PlatformRoom, Request,
-    RequestStatus, Session, StoreError,
+    Actor, AuditEvent, EventType, Payout, PayoutProvider, PayoutState, PlatformRoom,
+    PresenceSource, Request, RequestStatus, Session, StoreError,
 };
 
 use super::dialect::DbRow;
@@ -21,7 +21,7 @@ macro_rules! session_columns {
          scheduled_start, created_at, started_at, ended_at, ended_by, billable_seconds, \
          price_mode, price_amount_cents, currency, charged_cents, metadata, \
          customer_last_seen_at, provider_last_seen_at, room, customer_identity, \
-         provider_identity, finalizes_at, finalized_at"
+         provider_identity, finalizes_at, finalized_at, presence_source"
     };
 }
 
@@ -89,6 +89,8 @@ pub(crate) struct SessionRecord<'a> {
     pub(super) provider_identity: Option<String>,
     pub(super) finalizes_at: Option<i64>,
     pub(super) finalized_at: Option<i64>,
+    #[serde(borrow)]
+    pub(super) presence_source: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) policy: Option<Cow<'a, str>>,
 }
@@ -128,6 +130,7 @@ impl SessionRecord<'_> {
             provider_identity: row.try_get("provider_identity")?,
             finalizes_at: row.try_get("finalizes_at")?,
             finalized_at: row.try_get("finalized_at")?,
+            presence_source: optional("presence_source")?,
             policy: None,
         })
     }
@@ -182,7 +185,19 @@ impl SessionRecord<'_> {
             provider_last_seen_at: self.provider_last_seen_at.map(UnixMillis),
             room: match (self.room, self.customer_identity, self.provider_identity) {
                 (Some(room), Some(customer_identity), Some(provider_identity)) => {
-                    Some(PlatformRoom { room, customer_identity, provider_identity })
+                    // Rooms from before the policy keep the union they had.
+                    let presence_source = match self.presence_source.as_deref() {
+                        None => PresenceSource::Any,
+                        Some(text) => PresenceSource::parse(text).ok_or_else(|| {
+                            StoreError::Corrupt(format!("presence_source {text:?}"))
+                        })?,
+                    };
+                    Some(PlatformRoom {
+                        room,
+                        customer_identity,
+                        provider_identity,
+                        presence_source,
+                    })
                 }
                 _ => None,
             },

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use sqlx::Row;
 use verdict_core::{
-    Connection, EndCause, EndRequest, Message, Party, PolicySet, PresenceEvent, PresenceKind, Role,
+    Connection, EndCause, EndRequest, Message, Party, PresenceEvent, PresenceKind, Role,
     UnixMillis, intervals_of, open_since, overlap, presence_at,
 };
 
@@ -55,14 +55,14 @@ impl Engine {
         party: Party,
         change: PresenceChange,
         actor: &Actor,
-        policies: &PolicySet,
+        settings: &Settings,
         now: UnixMillis,
     ) -> Result<Session, StoreError> {
-        let (key, actor, policies) = (id.to_owned(), actor.clone(), *policies);
+        let (key, actor, settings) = (id.to_owned(), actor.clone(), *settings);
         let id = key.clone();
         self.grouped(&key, move |connection: &mut DbConnection| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                record_presence_in(connection, &id, party, change, &actor, &policies, now).await
+                record_presence_in(connection, &id, party, change, &actor, &settings, now).await
             })
         })
         .await
@@ -137,6 +137,24 @@ impl Engine {
              FROM session_events WHERE session_id = $1 ORDER BY seq",
         )
         .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(super) async fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, session_id, type, party, actor_role, actor_id, at, data, connection \
+             FROM session_events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after.unwrap_or(0))
+        .bind(limit.clamp(1, crate::PAGE_LIMIT_MAX))
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(event_from_row).collect()
@@ -352,9 +370,10 @@ async fn record_presence_in(
     party: Party,
     change: PresenceChange,
     actor: &Actor,
-    policies: &PolicySet,
+    settings: &Settings,
     now: UnixMillis,
 ) -> Result<Session, StoreError> {
+    let policies = &settings.policies;
     let session = lock_session(&mut *tx, id).await?;
     if session.status.is_terminal() {
         return Err(StoreError::Conflict(format!(
@@ -422,6 +441,16 @@ async fn record_presence_in(
         }
     };
     if joins {
+        // Only joins are bounded: a leave closing an interval is always
+        // kept, so a party's flood can never keep the other one billed.
+        let kept = own_presence_events(&events, party);
+        let bound = settings.limits.max_presence_events_per_session;
+        if kept >= bound {
+            return Err(StoreError::LimitReached(format!(
+                "the {party} already has {kept} joins and leaves of its own in session {id} \
+                 (max_presence_events_per_session is {bound}): a join is refused, a leave is not"
+            )));
+        }
         insert_event(&mut *tx, id, EventType::Joined, Some(party), actor, now, None).await?;
         if other_present && session.started_at.is_none() {
             sqlx::query(
@@ -437,6 +466,18 @@ async fn record_presence_in(
         }
     }
     touch_presence(&mut *tx, id, now).await
+}
+
+/// How many joins and leaves of `party` on its own connection (its own
+/// calls, and the leaves written for its lapsed heartbeats) `events` holds:
+/// a platform's events are not the party's doing and never count.
+fn own_presence_events(events: &[PresenceEvent], party: Party) -> i64 {
+    let own = events.iter().filter(|event| {
+        event.party == party
+            && event.connection == Connection::OWN
+            && matches!(event.kind, PresenceKind::Joined | PresenceKind::Left)
+    });
+    own.count() as i64
 }
 
 pub(super) async fn lock_session(
@@ -470,8 +511,9 @@ pub(super) async fn insert_session(
     let inserted = sqlx::query(
         "INSERT INTO sessions (id, kind, status, customer_id, provider_id, provider_account, \
          request_id, scheduled_start, created_at, price_mode, price_amount_cents, currency, \
-         metadata, room, customer_identity, provider_identity) \
-         VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         metadata, room, customer_identity, provider_identity, presence_source) \
+         VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&new.id)
@@ -489,6 +531,7 @@ pub(super) async fn insert_session(
     .bind(new.room.as_ref().map(|room| &room.room))
     .bind(new.room.as_ref().map(|room| &room.customer_identity))
     .bind(new.room.as_ref().map(|room| &room.provider_identity))
+    .bind(new.room.as_ref().map(|room| room.presence_source.as_str()))
     .execute(&mut *connection)
     .await?;
     if inserted.rows_affected() == 0 {

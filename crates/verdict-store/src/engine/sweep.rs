@@ -104,6 +104,11 @@ impl Engine {
                 }
             }
         }
+        // Requests are apart from sessions: a failure here holds none back.
+        match self.expire_requests(settings, now, limit).await {
+            Ok(expired) => report.expired_requests = expired,
+            Err(error) => tracing::warn!(%error, "expiring requests failed"),
+        }
         Ok(report)
     }
 

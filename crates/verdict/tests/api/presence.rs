@@ -53,17 +53,19 @@ with_platforms!(
 );
 
 async fn spawn(backend: Backend) -> TestApp {
-    TestApp::spawn(backend, |config| {
-        config.livekit_api_key = Some(LIVEKIT_KEY.into());
-        config.livekit_api_secret = Some(verdict::config::Secret::new(LIVEKIT_SECRET));
-        config.daily_webhook_secret = Some(verdict::config::Secret::new(DAILY_SECRET));
-        config.twilio_auth_token = Some(verdict::config::Secret::new(TWILIO_TOKEN));
-    })
-    .await
+    TestApp::spawn(backend, with_platform_keys).await
+}
+
+/// Configures the three platforms' credentials.
+pub(crate) fn with_platform_keys(config: &mut verdict::config::Config) {
+    config.livekit_api_key = Some(LIVEKIT_KEY.into());
+    config.livekit_api_secret = Some(verdict::config::Secret::new(LIVEKIT_SECRET));
+    config.daily_webhook_secret = Some(verdict::config::Secret::new(DAILY_SECRET));
+    config.twilio_auth_token = Some(verdict::config::Secret::new(TWILIO_TOKEN));
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Platform {
+pub(crate) enum Platform {
     LiveKit,
     Daily,
     Twilio,
@@ -71,7 +73,7 @@ enum Platform {
 
 /// One participant event as a platform would send it.
 #[derive(Clone, Debug)]
-struct PlatformEvent {
+pub(crate) struct PlatformEvent {
     platform: Platform,
     room: String,
     identity: String,
@@ -82,7 +84,7 @@ struct PlatformEvent {
 }
 
 impl PlatformEvent {
-    fn new(
+    pub(crate) fn new(
         platform: Platform,
         room: &str,
         identity: &str,
@@ -227,13 +229,13 @@ async fn raw(app: &TestApp, path: &str, headers: &[(&str, String)], body: &str) 
 }
 
 /// Delivers one event; returns the receipt.
-async fn deliver(app: &TestApp, event: &PlatformEvent) -> Value {
+pub(crate) async fn deliver(app: &TestApp, event: &PlatformEvent) -> Value {
     let (path, headers, body) = event.request(&app.base);
     raw(app, path, &headers, &body).await.ok().clone()
 }
 
 /// Creates session `id` in room `room` (customer `alice`, provider `bob`).
-async fn create_in_room(app: &TestApp, id: &str, room: &str) {
+pub(crate) async fn create_in_room(app: &TestApp, id: &str, room: &str) {
     let reply = app
         .post(
             "/v1/sessions",

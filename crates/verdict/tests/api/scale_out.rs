@@ -17,7 +17,7 @@ use crate::support::{Backend, SECRET, TestApp, serve_process};
 
 /// A `verdict serve` child process, killed when dropped.
 pub(crate) struct Server {
-    base: String,
+    pub(crate) base: String,
     _child: Child,
 }
 
@@ -29,6 +29,10 @@ pub(crate) async fn serve(database_url: &str, dir: &std::path::Path) -> Server {
             .env("VERDICT_DATABASE_URL", database_url)
             .env("VERDICT_JWT_SECRET", SECRET)
             .env("VERDICT_WORKER", "off")
+            // Load from one customer and one provider, far over the
+            // per-caller rate limit, which is not what these tests test.
+            .env("VERDICT_RATE_LIMIT_PER_SECOND", "1000000")
+            .env("VERDICT_RATE_LIMIT_BURST", "1000000")
             .env("RUST_LOG", "warn"),
     )
     .await;
@@ -197,8 +201,15 @@ async fn the_database_stopped_under_load_gives_503s_and_loses_nothing() {
     use std::sync::{Arc, Mutex};
     let cluster = verdict_testing::Cluster::start();
     let url = cluster.url("postgres");
-    let app =
-        Arc::new(TestApp::spawn(Backend::Sqlite, |config| config.database_url = url.clone()).await);
+    // Load from one customer and one provider: no per-caller rate limit.
+    let app = Arc::new(
+        TestApp::spawn(Backend::Sqlite, |config| {
+            config.database_url = url.clone();
+            config.rate_limit_per_second = 1_000_000;
+            config.rate_limit_burst = 1_000_000;
+        })
+        .await,
+    );
     let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let statuses: Arc<Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

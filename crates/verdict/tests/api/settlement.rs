@@ -273,6 +273,8 @@ async fn two_providers_accepting_at_once_make_exactly_one_session(app: TestApp) 
     let (first, second) = (app.token(Role::Provider, "p1"), app.token(Role::Provider, "p2"));
     let customer = app.token(Role::Customer, "c1");
     for round in 0..50 {
+        // A second a round keeps c1, p1 and p2 within their rate limits.
+        app.advance(1).await;
         let body = json!({"customer_id": "c1", "kind": "diagnostic",
             "price": {"mode": "flat", "amount_cents": 9_000, "currency": "usd"},
             "candidate_provider_ids": ["p1", "p2"]});

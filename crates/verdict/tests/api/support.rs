@@ -235,7 +235,7 @@ impl TestApp {
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {
-        let reply = self.get(&format!("/v1/sessions/{id}/events"), &self.admin()).await;
+        let reply = self.get(&format!("/v1/sessions/{id}/events?limit=500"), &self.admin()).await;
         reply.ok()["items"].as_array().expect("items").clone()
     }
 
