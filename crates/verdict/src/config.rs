@@ -540,6 +540,66 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
+    fn the_abuse_limits_load_from_the_environment_and_refuse_zero() {
+        figment::Jail::expect_with(|jail| {
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            let limits = config.limits().expect("the defaults are valid");
+            assert_eq!(limits, verdict_store::Limits::default());
+            assert_eq!(
+                (limits.max_presence_events_per_session, limits.request_ttl_seconds),
+                (500, 900)
+            );
+            assert_eq!(limits.max_open_requests_per_customer, 5);
+            let rate = config.rate_limit().expect("valid");
+            assert_eq!((rate.per_second.get(), rate.burst.get()), (20, 40));
+            assert_eq!(
+                config.presence_sources().expect("valid"),
+                verdict_store::PresenceSources::default()
+            );
+            jail.set_env("VERDICT_MAX_PRESENCE_EVENTS_PER_SESSION", "7");
+            jail.set_env("VERDICT_REQUEST_TTL_SECONDS", "60");
+            jail.set_env("VERDICT_MAX_OPEN_REQUESTS_PER_CUSTOMER", "2");
+            jail.set_env("VERDICT_RATE_LIMIT_PER_SECOND", "3");
+            jail.set_env("VERDICT_RATE_LIMIT_BURST", "4");
+            jail.set_env("VERDICT_PRESENCE_SOURCE", "any");
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            let limits = config.limits().expect("valid");
+            assert_eq!(
+                (
+                    limits.max_presence_events_per_session,
+                    limits.request_ttl_seconds,
+                    limits.max_open_requests_per_customer
+                ),
+                (7, 60, 2)
+            );
+            let rate = config.rate_limit().expect("valid");
+            assert_eq!((rate.per_second.get(), rate.burst.get()), (3, 4));
+            let sources = config.presence_sources().expect("valid");
+            assert_eq!(sources.video, verdict_store::PresenceSource::Any);
+            for (name, bad, good) in [
+                ("VERDICT_MAX_OPEN_REQUESTS_PER_CUSTOMER", "0", "2"),
+                ("VERDICT_RATE_LIMIT_BURST", "0", "4"),
+                ("VERDICT_PRESENCE_SOURCE", "client", "any"),
+            ] {
+                jail.set_env(name, bad);
+                let config =
+                    Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+                let refused = config
+                    .settings()
+                    .err()
+                    .or(config.rate_limit().err())
+                    .or(config.presence_sources().err());
+                assert!(refused.is_some(), "{name}={bad} accepted");
+                jail.set_env(name, good);
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_never_printed() {
         let config = Config { jwt_secret: Some(Secret::new("hunter2")), ..Config::default() };
         assert!(!format!("{config:?}").contains("hunter2"));

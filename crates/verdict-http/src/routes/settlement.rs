@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use verdict_core::{Role, is_valid_id};
-use verdict_store::AssignmentCursor;
+use verdict_store::{AssignmentCursor, RequestStatus};
 
 use crate::auth::Caller;
 use crate::dto::{
@@ -157,6 +157,15 @@ pub async fn accept_request(
         return Err(ApiError::Forbidden(format!(
             "provider {} is not a candidate for request {id}",
             caller.id
+        )));
+    }
+    // Past its time to live a request is over, whether or not the sweeper
+    // has marked it `expired` yet.
+    let now = state.clock.now();
+    let ttl = state.settings.limits.request_ttl_seconds;
+    if request.status == RequestStatus::Pending && now >= request.created_at.plus_seconds(ttl) {
+        return Err(ApiError::Conflict(format!(
+            "request {id} expired: it was pending for request_ttl_seconds ({ttl} s)"
         )));
     }
     let session_id = uuid::Uuid::now_v7().to_string();

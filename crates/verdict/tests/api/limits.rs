@@ -162,6 +162,8 @@ async fn a_pending_request_expires_after_its_ttl_and_leaves_every_queue(backend:
     app.advance(899).await;
     assert!(sweep(&app).await.expired_requests.is_empty());
     app.advance(1).await;
+    // Over, even before the sweeper has run.
+    accept(&app, &id, "p2").await.problem(409);
     assert_eq!(sweep(&app).await.expired_requests, vec![id.clone()]);
     let request = app.get(&format!("/v1/requests/{id}"), &app.service()).await;
     assert_eq!(request.ok()["status"], "expired");
