@@ -38,12 +38,23 @@ impl fmt::Debug for WebhookSecret {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct WebhookConfig {
     /// Every endpoint gets every event, each its own delivery; none
     /// configured: nothing to send.
     pub urls: Vec<String>,
     pub secret: Option<WebhookSecret>,
+}
+
+/// Shows each endpoint by its label: a URL may carry credentials.
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let labels: Vec<String> = self.urls.iter().map(|url| endpoint_label(url)).collect();
+        f.debug_struct("WebhookConfig")
+            .field("urls", &labels)
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 /// The `webhook-signature` value for one message: `v1,<base64>` per key,
@@ -173,7 +184,7 @@ pub fn endpoint_label(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::endpoint_label;
+    use super::{WebhookConfig, endpoint_label};
 
     #[test]
     fn an_endpoint_label_keeps_no_credentials() {
@@ -182,5 +193,11 @@ mod tests {
             "https://hooks.example.com:8443/in"
         );
         assert_eq!(endpoint_label("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+        let config = WebhookConfig {
+            urls: vec!["https://u:pa55@h.example/in?token=s3cret".into()],
+            secret: None,
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("pa55") && !printed.contains("s3cret"), "{printed}");
     }
 }

@@ -42,17 +42,21 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Answers 503 to a request still running after 30 s, but for the long
 /// admin routes, which run to their end.
 pub(crate) async fn timeout_but_long_admin_work(request: Request, next: Next) -> Response {
+    time_limit(request, next, REQUEST_TIMEOUT).await
+}
+
+async fn time_limit(request: Request, next: Next, limit: std::time::Duration) -> Response {
     if LONG_ROUTES.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             let mut response = crate::problem::problem_response(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service Unavailable",
-                "the request did not finish within 30 s; retry later".to_owned(),
+                format!("the request did not finish within {} s; retry later", limit.as_secs()),
             );
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
@@ -268,4 +272,43 @@ pub async fn one_repair(
     Path(id): Path<String>,
 ) -> Result<Json<RunDto>, ApiError> {
     one(&state, &caller, "repair", &id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    const LIMIT: Duration = Duration::from_millis(50);
+
+    /// Answers after four time limits; any other route never answers.
+    fn app() -> axum::Router {
+        let slow = || async {
+            tokio::time::sleep(LIMIT * 4).await;
+            "done"
+        };
+        axum::Router::new()
+            .route("/v1/admin/import", post(slow))
+            .route("/v1/admin/repair", post(slow))
+            .route("/v1/sessions", post(std::future::pending::<&'static str>))
+            .layer(axum::middleware::from_fn(|request, next| {
+                super::time_limit(request, next, LIMIT)
+            }))
+    }
+
+    async fn status(path: &str) -> StatusCode {
+        let request = Request::post(path).body(Body::empty()).unwrap();
+        app().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn imports_and_repairs_outlast_the_request_timeout_and_nothing_else_does() {
+        assert_eq!(status("/v1/sessions").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status("/v1/admin/import").await, StatusCode::OK);
+        assert_eq!(status("/v1/admin/repair").await, StatusCode::OK);
+    }
 }
