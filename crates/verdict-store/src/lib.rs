@@ -23,8 +23,8 @@ use verdict_core::{EndCause, Party, PolicySet, UnixMillis};
 
 pub use audit::assemble_audit;
 pub use error::StoreError;
-pub use model::CONFIGURATION_FAULT;
 pub use model::AdminRun;
+pub use model::CONFIGURATION_FAULT;
 pub use model::{
     Actor, Assignment, AuditCursor, AuditEvent, AuditScope, Correction, Created, EarningsTotal,
     Ended, EventType, FINALIZE_AFTER_SECONDS, Idempotency, ImportSession, Imported, LedgerLine,

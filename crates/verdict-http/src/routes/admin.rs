@@ -513,8 +513,7 @@ pub async fn repair(
         let state = work_state;
         let now = state.clock.now();
         let corrections =
-            monitor::repair_with(&state.store, &state.settings, now, since, until, options)
-                .await?;
+            monitor::repair_with(&state.store, &state.settings, now, since, until, options).await?;
         Ok(RepairDto::new(dry_run, &corrections))
     };
     let answer = super::runs::run_to_the_end(&state, "repair", &id, &caller, work).await?;
