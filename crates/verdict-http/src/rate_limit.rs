@@ -149,6 +149,9 @@ pub(crate) async fn limit_writes(
         _ => None,
     };
     let Some(caller) = caller else { return next.run(request).await };
+    // The handler's `Caller` is this one: the token is verified once.
+    let mut request = request;
+    request.extensions_mut().insert(caller.clone());
     if matches!(caller.role, Role::Service | Role::Admin) {
         return next.run(request).await;
     }
