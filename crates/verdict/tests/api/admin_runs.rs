@@ -13,7 +13,8 @@ on_every_backend!(
     an_applied_repair_whose_caller_goes_away_runs_to_the_end,
 );
 
-/// A historical session recorded `status` with no presence at all.
+/// A historical session recorded `status` with no presence at all (its
+/// correction rests on missing join events: applied when asked to).
 fn line(id: &str, status: &str) -> String {
     json!({
         "id": id, "kind": "diagnostic", "customer_id": "cust-1", "provider_id": "prov-1",
@@ -80,7 +81,7 @@ async fn an_import_and_a_repair_are_kept_with_their_answers(app: TestApp) {
 
     let response = app
         .client
-        .post(format!("{}/v1/admin/repair?dry_run=false", app.base))
+        .post(format!("{}/v1/admin/repair?dry_run=false&include_missing_evidence=true", app.base))
         .bearer_auth(app.admin())
         .send()
         .await
@@ -145,7 +146,7 @@ async fn an_applied_repair_whose_caller_goes_away_runs_to_the_end(app: TestApp) 
     assert_eq!(response.json::<Value>().await.unwrap()["imported"], json!(WRONG));
     let request = app
         .client
-        .post(format!("{}/v1/admin/repair?dry_run=false", app.base))
+        .post(format!("{}/v1/admin/repair?dry_run=false&include_missing_evidence=true", app.base))
         .bearer_auth(app.admin())
         .send();
     let caller = tokio::spawn(request);
