@@ -1,8 +1,6 @@
 //! The store contract: the same assertions against every backend, on a real
 //! database each (a temporary SQLite file; a PostgreSQL database of its own).
 
-use std::sync::Arc;
-
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::Connection;
@@ -13,55 +11,12 @@ use verdict_store::{Actor, EventType, NewSession, PresenceChange, Settings, Stor
 
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 
-struct Fixture {
-    store: Arc<dyn Store>,
-    url: String,
-    _sqlite: Option<tempfile::TempDir>,
-    _postgres: Option<verdict_testing::TestDatabase>,
-}
+#[macro_use]
+mod common;
 
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/contract.db", dir.path().display());
-    Fixture {
-        store: verdict_store::open(&url).await.unwrap(),
-        url,
-        _sqlite: Some(dir),
-        _postgres: None,
-    }
-}
-
-async fn postgres() -> Fixture {
-    let database = verdict_testing::shared_server().create_database().await;
-    let store = verdict_store::open(&database.url).await.unwrap();
-    Fixture { store, url: database.url.clone(), _sqlite: None, _postgres: Some(database) }
-}
-
-macro_rules! contract {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::sqlite().await).await })+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::postgres().await).await })+
-        }
-    };
-}
+use common::Fixture;
 
 impl Fixture {
-    /// Runs a statement with one text parameter behind the store's back.
-    async fn execute(&self, statement: &'static str, parameter: &str) {
-        if self.url.starts_with("sqlite:") {
-            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
-        } else {
-            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
-        }
-    }
-
     /// Runs statements (no parameters) behind the store's back.
     async fn execute_raw(&self, sqlite: &'static str, postgres: &'static str) {
         if self.url.starts_with("sqlite:") {
@@ -90,7 +45,7 @@ impl Fixture {
     }
 }
 
-contract!(
+on_both!(
     the_database_refuses_a_payout_for_a_session_not_completed_or_paid_twice,
     a_created_session_reads_back_as_written,
     a_duplicate_id_is_a_conflict_and_changes_nothing,
@@ -112,7 +67,7 @@ contract!(
 /// database's default collation would page wrongly under a linguistic one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_id_columns_compare_bytes() {
-    let fixture = postgres().await;
+    let fixture = common::postgres().await;
     let mut connection = sqlx::PgConnection::connect(&fixture.url).await.unwrap();
     let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text, collation_name::text \

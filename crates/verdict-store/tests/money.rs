@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use sqlx::Connection;
 use verdict_core::{Cents, EndCause, Kind, Party, Price, PriceMode, Role, Status, UnixMillis};
 use verdict_store::{
     Actor, NewSession, OutboxItem, OutboxOutcome, PayoutProvider, PayoutState, PresenceChange,
@@ -13,60 +12,15 @@ use verdict_store::{
 
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 
-struct Fixture {
-    store: Arc<dyn Store>,
-    url: String,
-    _sqlite: Option<tempfile::TempDir>,
-    _postgres: Option<verdict_testing::TestDatabase>,
-}
+#[macro_use]
+mod common;
 
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/money.db", dir.path().display());
-    Fixture {
-        store: verdict_store::open(&url).await.unwrap(),
-        url,
-        _sqlite: Some(dir),
-        _postgres: None,
-    }
-}
-
-async fn postgres() -> Fixture {
-    let database = verdict_testing::shared_server().create_database().await;
-    let store = verdict_store::open(&database.url).await.unwrap();
-    Fixture { store, url: database.url.clone(), _sqlite: None, _postgres: Some(database) }
-}
-
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::sqlite().await).await })+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::postgres().await).await })+
-        }
-    };
-}
+use common::Fixture;
 
 on_both!(
     verify_flags_a_payout_paid_after_its_reversal_until_stripe_reverses_it,
     a_reversal_settled_before_a_late_transfer_runs_again,
 );
-
-impl Fixture {
-    /// Runs a statement with one text parameter behind the store's back.
-    async fn execute(&self, statement: &'static str, parameter: &str) {
-        if self.url.starts_with("sqlite:") {
-            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
-        } else {
-            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query(statement).bind(parameter).execute(&mut connection).await.unwrap();
-        }
-    }
-}
 
 pub fn stripe_settings() -> Settings {
     Settings { payout_provider: PayoutProvider::Stripe, ..Settings::default() }
