@@ -27,6 +27,9 @@ use crate::AppState;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often buffered histogram samples are drained when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the recorder once per process and returns its handle.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
@@ -40,6 +43,17 @@ pub fn install() -> &'static PrometheusHandle {
         // Another recorder may already be installed (an embedding
         // application's); then ours only renders what it sees.
         let _ = metrics::set_global_recorder(recorder);
+        // Histogram samples wait in a buffer until drained: by a scrape, or
+        // by this upkeep. Without it a server nobody scrapes grows by every
+        // request it answers (what `PrometheusBuilder::install` would run;
+        // a thread, as the recorder, for the life of the process).
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        });
         handle
     })
 }

@@ -180,7 +180,11 @@ fn rss_summary(samples: &[u64]) -> Value {
     let warm = samples.get(5..).filter(|rest| !rest.is_empty()).unwrap_or(samples);
     match (warm.first(), warm.iter().max(), warm.last()) {
         (Some(first), Some(max), Some(last)) => {
-            json!({"samples": samples.len(), "after_warmup": first, "max": max, "last": last})
+            let every_5s: Vec<u64> = samples.iter().step_by(5).copied().collect();
+            json!({
+                "samples": samples.len(), "after_warmup": first, "max": max, "last": last,
+                "every_5s": every_5s,
+            })
         }
         _ => Value::Null,
     }
