@@ -17,7 +17,7 @@ if ! "$VENV/bin/st" --version >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "$SCHEMATHESIS"
 fi
 cargo build -q --locked -p verdict
-V=$PWD/target/debug/verdict
+V=${CARGO_TARGET_DIR:-$PWD/target}/debug/verdict
 WORK=$(mktemp -d /tmp/verdict-fuzz.XXXXXX)
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
