@@ -121,8 +121,10 @@ async fn an_import_cut_while_its_body_streams_in_stores_what_came_and_is_kept(ap
         app.sql_count("SELECT COUNT(*) FROM sessions").await >= batch as i64
     })
     .await;
-    // The caller goes away mid-body.
+    // The caller goes away mid-body: its request (and connection) gone
+    // before the body could end cleanly by the sender's drop.
     caller.abort();
+    let _ = caller.await;
     drop(sender);
     let run = ended_run(&app, "imports").await;
     assert_eq!(run["state"], "failed", "{run}");
