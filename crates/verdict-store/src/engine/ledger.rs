@@ -109,18 +109,16 @@ impl Engine {
         sample: usize,
     ) -> Result<(i64, Vec<String>), StoreError> {
         let rows = sqlx::query(
-            "SELECT session_id FROM payouts WHERE reversed_at IS NOT NULL AND state = 'paid' \
+            "SELECT session_id, COUNT(*) OVER () AS total FROM payouts \
+             WHERE reversed_at IS NOT NULL AND state = 'paid' \
              AND paid_at > reversed_at AND reversal_id IS NULL \
-             AND transfer_id IS NOT NULL AND transfer_id NOT LIKE 'none:%' ORDER BY session_id",
+             AND transfer_id IS NOT NULL AND transfer_id NOT LIKE 'none:%' \
+             ORDER BY session_id LIMIT $1",
         )
+        .bind(sample.max(1) as i64)
         .fetch_all(&self.reader)
         .await?;
-        let sessions = rows
-            .iter()
-            .take(sample)
-            .map(|row| row.try_get("session_id"))
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok((rows.len() as i64, sessions))
+        super::rows::counted_sample(&rows, sample)
     }
 
     pub(super) async fn postings(&self, session_id: &str) -> Result<Vec<Posting>, StoreError> {

@@ -234,20 +234,17 @@ impl Engine {
         sample: usize,
     ) -> Result<(i64, Vec<String>), StoreError> {
         let rows = sqlx::query(
-            "SELECT session_id FROM outbox WHERE state = 'pending' AND (topic = $1 OR topic = $2) \
-             AND last_error LIKE $3 ORDER BY session_id",
+            "SELECT session_id, COUNT(*) OVER () AS total FROM outbox \
+             WHERE state = 'pending' AND (topic = $1 OR topic = $2) \
+             AND last_error LIKE $3 ORDER BY session_id LIMIT $4",
         )
         .bind(Topic::Payout.as_str())
         .bind(Topic::PayoutReversal.as_str())
         .bind(format!("{}%", crate::CONFIGURATION_FAULT))
+        .bind(sample.max(1) as i64)
         .fetch_all(&self.reader)
         .await?;
-        let sessions = rows
-            .iter()
-            .take(sample)
-            .map(|row| row.try_get("session_id"))
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok((rows.len() as i64, sessions))
+        super::rows::counted_sample(&rows, sample)
     }
 
     pub(super) async fn release_outbox(&self, owner: &str) -> Result<u64, StoreError> {

@@ -111,17 +111,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<Session, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            request_columns!(),
-            " FROM requests WHERE id = $1",
-            for_update!()
-        ))
-        .bind(request_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::not_found("request", request_id))?;
-        let request = request_from_row(&row)?;
+        let request = lock_request(&mut tx, request_id).await?;
         if request.status != RequestStatus::Pending {
             return Err(StoreError::Conflict(format!(
                 "request {request_id} is {}: it can no longer be accepted",
@@ -180,17 +170,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<Request, StoreError> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            request_columns!(),
-            " FROM requests WHERE id = $1",
-            for_update!()
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::not_found("request", id))?;
-        let request = request_from_row(&row)?;
+        let mut request = lock_request(&mut tx, id).await?;
         match request.status {
             RequestStatus::Pending => {}
             // A retried cancel answers as the first one did.
@@ -214,8 +194,9 @@ impl Engine {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let request = read_request(&mut tx, id).await?;
         tx.commit().await?;
+        request.status = RequestStatus::Ended(Status::Cancelled);
+        request.updated_at = now;
         Ok(request)
     }
 
@@ -293,6 +274,21 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// The request `id`, locked until the transaction ends.
+async fn lock_request(connection: &mut DbConnection, id: &str) -> Result<Request, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        request_columns!(),
+        " FROM requests WHERE id = $1",
+        for_update!()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?
+    .ok_or_else(|| StoreError::not_found("request", id))?;
+    request_from_row(&row)
 }
 
 async fn read_request(connection: &mut DbConnection, id: &str) -> Result<Request, StoreError> {

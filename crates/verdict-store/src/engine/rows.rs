@@ -326,3 +326,22 @@ where
 {
     text.map(parse).transpose()
 }
+
+/// The rows of a `SELECT session_id, COUNT(*) OVER () AS total … LIMIT n`:
+/// how many matched in all, and the first `sample` of their sessions, with
+/// no more than the sample read.
+pub(super) fn counted_sample(
+    rows: &[DbRow],
+    sample: usize,
+) -> Result<(i64, Vec<String>), StoreError> {
+    let total = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        None => 0,
+    };
+    let sessions = rows
+        .iter()
+        .take(sample)
+        .map(|row| row.try_get("session_id"))
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok((total, sessions))
+}

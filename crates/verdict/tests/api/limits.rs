@@ -5,31 +5,9 @@ use serde_json::{Value, json};
 use verdict_core::Role;
 
 use crate::presence::{Platform, PlatformEvent, create_in_room, deliver, with_platform_keys};
-use crate::support::{Backend, TestApp, expect, outcome};
+use crate::support::{Backend, TestApp, expect, for_every_backend, outcome};
 
-/// Every scenario on both databases, each with its own configuration.
-macro_rules! limits_on_every_backend {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Sqlite).await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
-}
-
-limits_on_every_backend!(
+for_every_backend!(
     joins_past_the_bound_are_refused_429_and_store_nothing,
     a_leave_closing_an_interval_is_accepted_past_the_bound,
     platform_events_never_count_against_the_bound,

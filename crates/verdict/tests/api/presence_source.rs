@@ -6,30 +6,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::presence::{Platform, PlatformEvent, create_in_room, deliver, with_platform_keys};
-use crate::support::{Backend, TestApp};
+use crate::support::{Backend, TestApp, for_every_backend};
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Sqlite).await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
-}
-
-on_both!(
+for_every_backend!(
     own_presence_on_a_platform_session_is_409_of_its_own_type_and_counts_nothing,
     policy_any_keeps_the_union_and_the_session_says_which_source,
 );

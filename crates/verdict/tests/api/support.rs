@@ -57,6 +57,30 @@ macro_rules! on_every_backend {
 }
 pub(crate) use on_every_backend;
 
+/// Like [`on_every_backend`], for scenarios that start their own app with a
+/// configuration of their own: `async fn name(backend: Backend)`.
+macro_rules! for_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use for_every_backend;
+
 pub struct TestApp {
     pub base: String,
     /// The database, for tests that plant data behind the API's back.
