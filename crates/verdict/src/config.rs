@@ -122,6 +122,9 @@ pub struct Config {
     /// Whose presence counts for a session created with a room: `platform`
     /// (its webhooks only) or `any` (the union with the parties' own calls).
     pub presence_source: String,
+    /// Where `verdict worker` serves its `/metrics` and `/healthz` (a
+    /// worker inside `verdict serve` is measured on `bind`).
+    pub worker_bind: String,
 }
 
 impl Default for Config {
@@ -169,6 +172,7 @@ impl Default for Config {
             rate_limit_per_second: rate_limit.per_second.get(),
             rate_limit_burst: rate_limit.burst.get(),
             presence_source: "platform".into(),
+            worker_bind: "127.0.0.1:8081".into(),
         }
     }
 }
