@@ -195,6 +195,17 @@ impl engine::Engine {
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| StoreError::Unavailable(format!("bad postgres url: {error}")))?
             .application_name("verdict");
+        // One connection first, alone: an operator reads at once why it
+        // fails (refused, TLS, password), not a pool's timeout 30 s later.
+        let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no answer from the server within {} s",
+                    ACQUIRE_TIMEOUT.as_secs()
+                ))
+            })??;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)

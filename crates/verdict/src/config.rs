@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 use verdict_core::{BillingBasis, Kind, Policy, PolicySet};
+
+mod sources;
+pub use sources::{Explained, Origin, SECRET_KEYS, TOOL_VARIABLES, keys, render, render_json};
 
 /// A configuration value that must never be printed.
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -59,6 +60,7 @@ pub struct PolicyOverride {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub bind: String,
     pub database_url: String,
@@ -215,14 +217,31 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads the layers. `file` is read if it exists.
+    /// Loads the layers. `file` is read if it exists; a key in it that
+    /// is not a key of the configuration is refused, naming it.
     pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(file))
-            .merge(Env::prefixed("VERDICT_").ignore(&["test_database_url", "config"]))
-            .merge(Serialized::defaults(overrides))
-            .extract::<Config>()
-            .map_err(|error| ConfigError::Load(Box::new(error)))
+        Ok(Config::explain(file, overrides)?.config)
+    }
+
+    /// [`Config::load`], with where each value came from and the
+    /// `VERDICT_*` variables that are not keys (to warn about).
+    pub fn explain(file: &Path, overrides: &Overrides) -> Result<Explained, ConfigError> {
+        let explained = sources::load(file, overrides)?;
+        explained.config.check_database_url()?;
+        Ok(explained)
+    }
+
+    /// A URL no backend serves is a configuration error, not an outage.
+    fn check_database_url(&self) -> Result<(), ConfigError> {
+        let url = &self.database_url;
+        if ["sqlite:", "postgres:", "postgresql:"].iter().any(|scheme| url.starts_with(scheme)) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "database_url: expected sqlite://… or postgres://…, got {}",
+                verdict_store::redact_url(url)
+            )))
+        }
     }
 
     /// The secrets `serve` and `worker` refuse to start with: a JWT secret
@@ -599,6 +618,77 @@ mod tests {
                 assert!(refused.is_some(), "{name}={bad} accepted");
                 jail.set_env(name, good);
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_holds_every_key_at_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../verdict.example.toml");
+        let text = std::fs::read_to_string(&path).expect("verdict.example.toml is readable");
+        let explained = sources::load(&path, &Overrides::default()).expect("the example parses");
+        let defaults = serde_json::to_value(Config::default()).expect("serializes");
+        let mut loaded = serde_json::to_value(&explained.config).expect("serializes");
+        // The environment of the test run may set keys: compare the rest.
+        for (key, origin) in &explained.origins {
+            if matches!(origin, Origin::Environment { .. }) {
+                loaded[key.as_str()] = defaults[key.as_str()].clone();
+            }
+        }
+        assert_eq!(loaded, defaults, "the example's values are not the defaults");
+        for key in keys() {
+            let set = text.lines().any(|line| {
+                let line = line.trim_start_matches("# ");
+                line.split_once(" = ").is_some_and(|(name, _)| name == key)
+                    || line.starts_with(&format!("[{key}."))
+            });
+            assert!(set, "verdict.example.toml does not mention `{key}`");
+            assert!(
+                explained.origins[&key] != Origin::Default
+                    || defaults[key.as_str()].is_null()
+                    || defaults[key.as_str()] == serde_json::json!({}),
+                "`{key}` has a default but the example leaves it out"
+            );
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
+    fn an_unknown_key_in_the_file_is_refused_and_an_unknown_variable_only_noted() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "verdict.toml",
+                "bind = \"127.0.0.1:9000\"\nrate_limit_per_secnod = 5\n",
+            )?;
+            let error = Config::load(Path::new("verdict.toml"), &Overrides::default())
+                .expect_err("a misspelled key is refused")
+                .to_string();
+            assert!(error.contains("`rate_limit_per_secnod`"), "{error}");
+            assert!(error.contains("did you mean `rate_limit_per_second`"), "{error}");
+            jail.create_file("verdict.toml", "[policy.chat]\nmin_billable_secs = 5\n")?;
+            let error = Config::load(Path::new("verdict.toml"), &Overrides::default())
+                .expect_err("a misspelled policy key is refused")
+                .to_string();
+            assert!(error.contains("min_billable_secs"), "{error}");
+            jail.create_file("verdict.toml", "bind = \"127.0.0.1:9000\"\n")?;
+            jail.set_env("VERDICT_BIDN", "127.0.0.1:1");
+            jail.set_env("VERDICT_SIM_SEED", "7");
+            jail.set_env("VERDICT_RATE_LIMIT_BURST", "9");
+            let explained = Config::explain(Path::new("verdict.toml"), &Overrides::default())
+                .expect("an unknown variable does not stop loading");
+            assert_eq!(explained.unknown_variables, vec!["VERDICT_BIDN".to_owned()]);
+            assert_eq!(explained.config.bind, "127.0.0.1:9000");
+            assert_eq!(explained.config.rate_limit_burst, 9);
+            assert_eq!(explained.origins["bind"], Origin::File { path: "verdict.toml".into() });
+            assert_eq!(
+                explained.origins["rate_limit_burst"],
+                Origin::Environment { variable: "VERDICT_RATE_LIMIT_BURST".into() }
+            );
+            assert_eq!(explained.origins["mail_dir"], Origin::Default);
+            jail.set_env("VERDICT_DATABASE_URL", "mysql://db/verdict");
+            let error = Config::load(Path::new("verdict.toml"), &Overrides::default())
+                .expect_err("no backend serves mysql");
+            assert!(error.to_string().contains("database_url"), "{error}");
             Ok(())
         });
     }

@@ -22,6 +22,21 @@ use crate::config::{ClockKind, Config};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The process's exit code for a command that failed with `error`
+/// (README, "Exit codes"): 3 when the database could not be reached, 2
+/// for everything else a command refuses (usage, configuration, input).
+/// 1 is kept for `verify` finding anomalies.
+pub fn exit_code(error: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(verdict_store::StoreError::Unavailable(_)) = error.downcast_ref() {
+            return 3;
+        }
+        cause = error.source();
+    }
+    2
+}
+
 /// A bound, wired server, not yet serving.
 pub struct Application {
     listener: TcpListener,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use verdict::config::{ClockKind, Config, Overrides};
 use verdict::{Application, BoxError, secret_or_random};
@@ -13,7 +13,13 @@ use verdict_http::{JwtKeys, JwtSecret};
 use verdict_store::clock::Clock;
 
 #[derive(Parser)]
-#[command(name = "verdict", version, about = "Server-authoritative session end and settlement")]
+#[command(
+    name = "verdict",
+    version,
+    about = "Server-authoritative session end and settlement",
+    after_help = "Exit codes: 0 success; 1 anomalies found (verify); 2 usage, configuration or \
+                  input error; 3 database unavailable."
+)]
 struct Cli {
     /// Configuration file (read if it exists).
     #[arg(long, global = true, env = "VERDICT_CONFIG", default_value = "verdict.toml")]
@@ -171,6 +177,19 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: i64,
     },
+    /// Print the effective configuration: every key, its value (secrets
+    /// as "***", passwords in URLs hidden) and where it came from.
+    Config {
+        /// As JSON instead of TOML-like lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script, e.g.
+    /// `verdict completions bash > /etc/bash_completion.d/verdict`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -188,7 +207,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("verdict: {error}");
-            ExitCode::from(2)
+            ExitCode::from(verdict::exit_code(error.as_ref()))
         }
     }
 }
@@ -216,8 +235,26 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             _ => ClockKind::System,
         });
     }
-    let config = Config::load(&cli.config, &overrides)?;
+    if let Command::Completions { shell } = cli.command {
+        // Needs no configuration: works beside a broken verdict.toml.
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(shell, &mut Cli::command(), "verdict", &mut out);
+        return Ok(());
+    }
+    let explained = Config::explain(&cli.config, &overrides)?;
+    for variable in &explained.unknown_variables {
+        tracing::warn!(%variable, "not a configuration key: ignored");
+    }
+    let config = explained.config.clone();
     match cli.command {
+        Command::Config { json } => {
+            if json {
+                verdict::print_document(&verdict::config::render_json(&explained))
+            } else {
+                verdict::print_text(&verdict::config::render(&explained))
+            }
+        }
+        Command::Completions { .. } => Ok(()),
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
         Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,

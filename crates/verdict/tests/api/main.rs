@@ -4,6 +4,7 @@
 mod support;
 
 mod admin_runs;
+mod cli;
 mod concurrency;
 mod crash;
 mod cross_instance;
