@@ -534,6 +534,13 @@ mod tests {
             "postgres://u:***@h/db?sslpassword=***&Password=***"
         );
         assert_eq!(
+            redact_url(
+                "postgres://u:pw@db.example:5432/verdict?sslmode=verify-full&sslrootcert=/etc/verdict/ca%20bundle.pem"
+            ),
+            "postgres://u:***@db.example:5432/verdict?sslmode=verify-full&sslrootcert=/etc/verdict/ca%20bundle.pem",
+            "the TLS settings reach the log as written"
+        );
+        assert_eq!(
             redact_url("sqlite://verdict-data/verdict.db"),
             "sqlite://verdict-data/verdict.db"
         );
