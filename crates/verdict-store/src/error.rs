@@ -37,10 +37,11 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> StoreError {
         match &error {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(tls_failure(&error).unwrap_or_else(|| error.to_string()))
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
             sqlx::Error::Database(database) => {
@@ -67,6 +68,58 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+/// A TLS failure told as an operator acts on it (trust, host name,
+/// validity, a server without TLS), rustls' own words kept in parentheses;
+/// `None` if `error` is not one.
+///
+/// sqlx reports a refused certificate as an I/O error around rustls'
+/// error (the handshake runs inside rustls' I/O), and a server that
+/// answers "no TLS" as its own TLS error.
+fn tls_failure(error: &sqlx::Error) -> Option<String> {
+    let tls_error = match error {
+        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        sqlx::Error::Tls(inner) => match inner.downcast_ref::<rustls::Error>() {
+            Some(tls_error) => tls_error,
+            None if inner.to_string() == "server does not support TLS" => {
+                return Some(NO_TLS_DETAIL.to_owned());
+            }
+            None => return Some(format!("TLS to the database server cannot start: {inner}")),
+        },
+        _ => return None,
+    };
+    use rustls::CertificateError as Certificate;
+    let explanation = match tls_error {
+        rustls::Error::InvalidCertificate(
+            Certificate::UnknownIssuer
+            | Certificate::BadSignature
+            | Certificate::UnhandledCriticalExtension,
+        ) => {
+            "the database server's TLS certificate is not trusted: no certificate authority \
+             verdict trusts (the URL's sslrootcert, the system's roots) signed it"
+        }
+        rustls::Error::InvalidCertificate(
+            Certificate::NotValidForName | Certificate::NotValidForNameContext { .. },
+        ) => {
+            "the database server's TLS certificate does not name the host in the URL (host name \
+             mismatch): connect by a name the certificate lists, or use sslmode=verify-ca"
+        }
+        rustls::Error::InvalidCertificate(
+            Certificate::Expired
+            | Certificate::ExpiredContext { .. }
+            | Certificate::NotValidYet
+            | Certificate::NotValidYetContext { .. },
+        ) => "the database server's TLS certificate is expired or not yet valid",
+        rustls::Error::InvalidCertificate(_) => "the database server's TLS certificate is refused",
+        _ => "the TLS handshake with the database server failed",
+    };
+    Some(format!("{explanation} ({tls_error})"))
+}
+
+/// What a caller is told when the URL demands TLS of a server without it.
+const NO_TLS_DETAIL: &str = "the database server does not support TLS, and the URL's sslmode \
+     (require, verify-ca or verify-full) demands it: turn ssl on at the server, or choose \
+     another sslmode";
 
 /// What a caller is told of a unique violation: never the database's text.
 pub const CONFLICT_DETAIL: &str = "the change conflicts with a record already stored (perhaps written at the same time); \

@@ -455,6 +455,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// What can be known of a database URL without opening it: a scheme a
+/// backend serves, a PostgreSQL URL that parses, TLS files that can be
+/// read. An error is the operator's to fix (a configuration error).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        Ok(())
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        postgres::check_url(url)
+    } else {
+        Err(format!("expected sqlite://… or postgres://…, got {}", redact_url(url)))
+    }
+}
+
 /// A database URL fit for logs: the password replaced.
 pub fn redact_url(url: &str) -> String {
     let (address, query) = match url.split_once('?') {
@@ -532,6 +545,13 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:a@h/db?sslpassword=key-secret&Password=x"),
             "postgres://u:***@h/db?sslpassword=***&Password=***"
+        );
+        assert_eq!(
+            redact_url(
+                "postgres://u:pw@db.example:5432/verdict?sslmode=verify-full&sslrootcert=/etc/verdict/ca%20bundle.pem"
+            ),
+            "postgres://u:***@db.example:5432/verdict?sslmode=verify-full&sslrootcert=/etc/verdict/ca%20bundle.pem",
+            "the TLS settings reach the log as written"
         );
         assert_eq!(
             redact_url("sqlite://verdict-data/verdict.db"),

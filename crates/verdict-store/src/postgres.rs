@@ -195,6 +195,7 @@ impl engine::Engine {
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| StoreError::Unavailable(format!("bad postgres url: {error}")))?
             .application_name("verdict");
+        check_tls_files(url)?;
         // One connection first, alone: an operator reads at once why it
         // fails (refused, TLS, password), not a pool's timeout 30 s later.
         let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
@@ -221,6 +222,39 @@ impl engine::Engine {
         tokio::spawn(probe(options, Arc::downgrade(&availability)));
         Ok(engine::Engine::new(pool.clone(), pool, availability, WRITE_GROUPS, None))
     }
+}
+
+/// What can be known of a `postgres://` URL without connecting: that it
+/// parses and that the TLS files it names can be read (a configuration
+/// error, not an outage).
+pub fn check_url(url: &str) -> Result<(), String> {
+    PgConnectOptions::from_str(url).map_err(|error| format!("bad postgres url: {error}"))?;
+    check_tls_files(url).map_err(|error| match error {
+        StoreError::Unavailable(text) => text,
+        other => other.to_string(),
+    })
+}
+
+/// Checks that the files the URL names for TLS (`sslrootcert`, `sslcert`,
+/// `sslkey`, in sqlx's spellings too) can be read. The driver reads them at
+/// each connection, deep in the handshake, where a missing one is only a
+/// bare "No such file or directory".
+fn check_tls_files(url: &str) -> Result<(), StoreError> {
+    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    for (key, value) in parsed.query_pairs() {
+        let setting = match key.as_ref() {
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "sslrootcert",
+            "sslcert" | "ssl-cert" => "sslcert",
+            "sslkey" | "ssl-key" => "sslkey",
+            _ => continue,
+        };
+        if let Err(error) = std::fs::File::open(value.as_ref()) {
+            return Err(StoreError::Unavailable(format!(
+                "{setting} file {value} cannot be read: {error}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `availability` current from a connection of its own (so that a

@@ -124,6 +124,18 @@ pub struct Cluster {
 impl Cluster {
     /// Initialises and starts a new cluster on a free loopback port.
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// Like [`Cluster::start`], with `ssl = on`, serving this certificate
+    /// chain and key (PEM). The server's files are its own (the `postgres`
+    /// user's when we are root) and the key is mode 0600, as PostgreSQL
+    /// demands.
+    pub fn start_with_tls(certificate_pem: &str, private_key_pem: &str) -> Cluster {
+        Cluster::start_with(Some((certificate_pem, private_key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Cluster {
         let bin = postgres_bin_dir();
         let as_postgres_user = running_as_root();
         let dir = std::env::temp_dir().join(format!(
@@ -146,9 +158,42 @@ impl Cluster {
             "--no-sync",
             "--no-instructions",
         ]));
+        if let Some((certificate_pem, private_key_pem)) = tls {
+            cluster.install_tls(certificate_pem, private_key_pem);
+        }
         cluster.watch_for_exit();
         cluster.resume();
         cluster
+    }
+
+    /// Writes `server.crt` and `server.key` into the data folder (where
+    /// `ssl_cert_file` and `ssl_key_file` look by default) and turns `ssl`
+    /// on in `postgresql.conf`.
+    fn install_tls(&self, certificate_pem: &str, private_key_pem: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        let key = data.join("server.key");
+        std::fs::write(data.join("server.crt"), certificate_pem).expect("write server.crt");
+        std::fs::write(&key, private_key_pem).expect("write server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("make server.key private");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| file.write_all(b"\nssl = on\n"))
+            .expect("turn ssl on in postgresql.conf");
+        if self.as_postgres_user {
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(data.join("server.crt"))
+                .arg(&key));
+        }
+    }
+
+    /// The port the server listens on (127.0.0.1 only).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn data_dir(&self) -> PathBuf {

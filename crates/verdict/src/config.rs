@@ -231,17 +231,11 @@ impl Config {
         Ok(explained)
     }
 
-    /// A URL no backend serves is a configuration error, not an outage.
+    /// A URL no backend serves, or whose TLS files cannot be read, is a
+    /// configuration error, not an outage.
     fn check_database_url(&self) -> Result<(), ConfigError> {
-        let url = &self.database_url;
-        if ["sqlite:", "postgres:", "postgresql:"].iter().any(|scheme| url.starts_with(scheme)) {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(format!(
-                "database_url: expected sqlite://… or postgres://…, got {}",
-                verdict_store::redact_url(url)
-            )))
-        }
+        verdict_store::check_url(&self.database_url)
+            .map_err(|error| ConfigError::Invalid(format!("database_url: {error}")))
     }
 
     /// The secrets `serve` and `worker` refuse to start with: a JWT secret

@@ -28,4 +28,5 @@ mod security;
 mod settlement;
 mod simulate;
 mod sweeper;
+mod tls;
 mod webhooks;
