@@ -74,6 +74,8 @@ struct MintedClaims<'a> {
 
 impl JwtKeys {
     pub fn new(secret: &JwtSecret) -> JwtKeys {
+        // jsonwebtoken's HS256 crypto: every signer and verifier is made here.
+        crate::jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         // Expiry is exact: a token is dead the second its `exp` passes.

@@ -9,6 +9,7 @@ pub mod auth;
 mod dashboard;
 pub mod dto;
 pub mod import;
+pub mod jwt_crypto;
 pub mod metrics;
 pub mod paging;
 pub mod problem;

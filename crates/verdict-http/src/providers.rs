@@ -138,6 +138,7 @@ pub fn livekit(
     if token.is_empty() {
         return Err(unauthorized("empty Authorization header"));
     }
+    crate::jwt_crypto::install();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp"]);
     validation.validate_nbf = true;
@@ -210,6 +211,7 @@ pub fn sign_livekit(keys: &LiveKitKeys, body: &[u8], now_unix_seconds: i64) -> S
         exp: Some(now_unix_seconds + LIVEKIT_TOKEN_SECONDS),
         nbf: Some(now_unix_seconds - 5),
     };
+    crate::jwt_crypto::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -617,6 +619,7 @@ mod tests {
             exp: Some(now() + 600),
             nbf: None,
         };
+        crate::jwt_crypto::install();
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,

@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod config;
 pub mod demo;
 pub mod generate;
+pub mod healthcheck;
 pub mod simulate;
 
 use std::future::Future;

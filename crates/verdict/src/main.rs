@@ -190,6 +190,21 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Ask a running server's /healthz (liveness, never /readyz): exit 0
+    /// when it answers 200, 1 otherwise. For a container's HEALTHCHECK.
+    Healthcheck {
+        /// The URL to ask (default: http://<bind>/healthz, an unspecified
+        /// bind such as 0.0.0.0 asked at loopback).
+        #[arg(long)]
+        url: Option<String>,
+        /// Ask `verdict worker`, on worker_bind, instead of `verdict serve`.
+        #[arg(long, conflicts_with = "url")]
+        worker: bool,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = verdict::healthcheck::TIMEOUT_SECONDS_DEFAULT,
+              value_parser = clap::value_parser!(u64).range(1..=60))]
+        timeout_seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -337,6 +352,23 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 "{}\n",
                 keys.mint(role_of(role), &sub, unix_now() + ttl_seconds.max(1))
             ))
+        }
+        Command::Healthcheck { url, worker, timeout_seconds } => {
+            let url = url.unwrap_or_else(|| {
+                verdict::healthcheck::healthz_url(if worker {
+                    &config.worker_bind
+                } else {
+                    &config.bind
+                })
+            });
+            let timeout = std::time::Duration::from_secs(timeout_seconds);
+            match verdict::healthcheck::check(&url, timeout).await {
+                Ok(line) => verdict::print_text(&format!("healthy: {line}\n")),
+                Err(unhealthy) => {
+                    eprintln!("unhealthy: {unhealthy}");
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }

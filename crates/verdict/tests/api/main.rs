@@ -12,6 +12,7 @@ mod dashboard;
 mod decisions;
 mod delivery;
 mod fakes;
+mod healthcheck;
 mod history;
 mod limits;
 mod metrics;
