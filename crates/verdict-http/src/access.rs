@@ -90,8 +90,8 @@ fn request_span(request: &Request) -> Span {
     tracing::info_span!(
         "request",
         method = %request.method(),
-        route = route_of(request),
-        request_id = request_id_of(request),
+        route = %route_of(request),
+        request_id = %request_id_of(request),
         role = tracing::field::Empty,
     )
 }
@@ -99,14 +99,15 @@ fn request_span(request: &Request) -> Span {
 fn log_answer(response: &Response, latency: Duration, _: &Span) {
     tracing::info!(
         status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
+        // Microsecond precision, in milliseconds.
+        latency_ms = latency.as_micros() as f64 / 1000.0,
         "answered"
     );
 }
 
 /// Records the verified caller's role on the request's span.
 pub fn record_role(role: verdict_core::Role) {
-    Span::current().record("role", role.as_str());
+    Span::current().record("role", tracing::field::display(role.as_str()));
 }
 
 /// A 5xx problem body's size limit when the request id is added to it.

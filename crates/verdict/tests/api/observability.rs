@@ -610,3 +610,59 @@ async fn every_log_line_of_a_request_names_its_request_id_as_its_answer_does() {
         );
     }
 }
+
+/// Text logs (the default) written to a pipe: no colour codes, and the
+/// access line names the request's id, route, status and latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_off_a_terminal_are_plain_and_name_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("VERDICT_DATABASE_URL", format!("sqlite://{}/text.db", dir.path().display()))
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .env("VERDICT_WORKER", "off")
+        .env_remove("VERDICT_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start verdict serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let access = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut base = None;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            assert!(!line.contains('\u{1b}'), "no colour off a terminal: {line:?}");
+            if base.is_none()
+                && let Some((_, address)) = line.split_once("address=")
+            {
+                let address = address.split_whitespace().next().unwrap().to_owned();
+                let answer = reqwest::Client::new()
+                    .get(format!("http://{address}/healthz"))
+                    .header("x-request-id", "text-log-1")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.headers()["x-request-id"], "text-log-1");
+                base = Some(address);
+            } else if line.contains("answered") {
+                return line;
+            }
+        }
+        panic!("verdict serve stopped before answering");
+    })
+    .await
+    .expect("the access line within a minute");
+    let _ = child.kill().await;
+    for part in [
+        "INFO",
+        "request_id=text-log-1",
+        "method=GET",
+        "route=/healthz",
+        "status=200",
+        "latency_ms=",
+    ] {
+        assert!(access.contains(part), "{part} in {access:?}");
+    }
+}
