@@ -666,3 +666,47 @@ async fn text_logs_off_a_terminal_are_plain_and_name_the_request() {
         assert!(access.contains(part), "{part} in {access:?}");
     }
 }
+
+/// A session left open past its join deadline, with no sweeper running,
+/// is counted by `verdict_sessions_stuck` of a server of its own (the
+/// gauge is computed with the health score when the server starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_session_shows_in_the_stuck_sessions_gauge() {
+    verdict_worker::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}/stuck.db", dir.path().display());
+    let store = verdict_store::open(&database_url).await.unwrap();
+    let two_hours_ago = UnixMillis(SystemClock.now().0 - 2 * 3_600_000);
+    let service = Actor { role: Role::Service, id: "platform".into() };
+    for id in ["stuck-1", "stuck-2"] {
+        let new = NewSession {
+            id: id.into(),
+            kind: Kind::Video,
+            customer_id: "cust-1".into(),
+            provider_id: "prov-1".into(),
+            provider_account: None,
+            scheduled_start: None,
+            price: Price { mode: PriceMode::Flat, amount: Cents(2500), currency: "usd".into() },
+            request_id: None,
+            metadata: None,
+            room: None,
+        };
+        store.create_session(new, &service, None, two_hours_ago).await.unwrap();
+    }
+    drop(store);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_verdict"));
+    command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("VERDICT_DATABASE_URL", &database_url)
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .env("VERDICT_WORKER", "off")
+        .env("RUST_LOG", "warn");
+    let (mut child, base) = crate::support::serve_process(&mut command).await;
+    let scrape = poll_until(&format!("{base}/metrics"), |text| {
+        sample(text, "verdict_sessions_stuck", &[]).is_some()
+    })
+    .await;
+    assert_eq!(sample(&scrape, "verdict_sessions_stuck", &[]), Some(2.0), "{scrape}");
+    child.kill().await.unwrap();
+}
