@@ -197,7 +197,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <token>".into())
         })??;
-        state.jwt.verify(token)
+        let caller = state.jwt.verify(token)?;
+        crate::access::record_role(caller.role);
+        Ok(caller)
     }
 }
 

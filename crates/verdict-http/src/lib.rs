@@ -5,6 +5,7 @@
 //! and turn the result back into DTOs. No SQL here, and only this crate
 //! knows status codes and JSON field names.
 
+pub mod access;
 pub mod auth;
 mod dashboard;
 pub mod dto;
@@ -26,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use verdict_store::clock::Clock;
@@ -98,7 +99,11 @@ pub fn router(state: AppState) -> axum::Router {
         }))
         .layer(middleware::from_fn(metrics::track))
         .layer(axum::Extension(health_refresh))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(access::request_id_in_problems))
+        .layer(access::trace_layer())
+        .layer(PropagateRequestIdLayer::new(access::X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(access::X_REQUEST_ID, access::MakeRequestUuidV7))
+        .layer(middleware::from_fn(access::drop_invalid_request_id))
         .with_state(state)
 }
 

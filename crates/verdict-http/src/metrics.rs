@@ -7,7 +7,12 @@
 //! `verdict_outbox_dead`, `verdict_outbox_attempts_total{outcome}`,
 //! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
 //! `verdict_sweeper_failures_total`,
-//! `verdict_health_score`, `verdict_http_rate_limited_total`.
+//! `verdict_health_score`, `verdict_sessions_stuck`,
+//! `verdict_http_rate_limited_total`.
+//!
+//! A lone `verdict worker` serves the same recorder from
+//! [`worker_router`]: its sweeper's ends and deliveries, and the outbox
+//! gauges.
 //!
 //! Label values are bounded: `method` is one of the standard methods or
 //! `other`, `route` a route template or `unmatched`. The health score is
@@ -22,6 +27,9 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use verdict_store::Store;
+use verdict_store::clock::Clock;
 
 use crate::AppState;
 
@@ -43,6 +51,18 @@ pub fn install() -> &'static PrometheusHandle {
         // Another recorder may already be installed (an embedding
         // application's); then ours only renders what it sees.
         let _ = metrics::set_global_recorder(recorder);
+        // Counters without labels exist from the start, at 0: a rate or
+        // an increase sees their first event, and a dashboard or an alert
+        // finds them before it.
+        for counter in [
+            "verdict_http_rate_limited_total",
+            "verdict_sweeper_runs_total",
+            "verdict_sweeper_ended_total",
+            "verdict_sweeper_failures_total",
+            "verdict_stripe_configuration_faults_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         // Histogram samples wait in a buffer until drained: by a scrape, or
         // by this upkeep. Without it a server nobody scrapes grows by every
         // request it answers (what `PrometheusBuilder::install` would run;
@@ -58,8 +78,15 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
-pub fn record_health(score: f64) {
-    metrics::gauge!("verdict_health_score").set(score);
+/// The health score and the stuck sessions it was computed with.
+pub fn record_health(health: &verdict_store::monitor::Health) {
+    metrics::gauge!("verdict_health_score").set(health.score);
+    let stuck = health
+        .alerts
+        .iter()
+        .find(|alert| alert.kind == "stuck_sessions")
+        .map_or(0, |alert| alert.count);
+    metrics::gauge!("verdict_sessions_stuck").set(stuck as f64);
 }
 
 /// A write refused by the per-caller rate limit.
@@ -138,7 +165,7 @@ async fn refresh_health_while(alive: Weak<()>, state: AppState) {
         }
         let now = state.clock.now();
         match verdict_store::monitor::health(&state.store, &state.settings, now, 24).await {
-            Ok(health) => record_health(health.score),
+            Ok(health) => record_health(&health),
             Err(error) => tracing::warn!(%error, "the health gauge could not be recomputed"),
         }
     }
@@ -147,11 +174,13 @@ async fn refresh_health_while(alive: Weak<()>, state: AppState) {
 /// `GET /metrics`: Prometheus text. Outbox gauges are read at scrape time;
 /// the health score is the background refresh's (see [`refresh_health`]).
 pub async fn render(State(state): State<AppState>) -> Response {
-    let now = state.clock.now();
-    if let Ok(outbox) = state
-        .store
-        .outbox_health(now.plus_seconds(-verdict_store::monitor::OVERDUE_AFTER_SECONDS))
-        .await
+    render_with(state.store.as_ref(), state.clock.as_ref()).await
+}
+
+async fn render_with(store: &dyn Store, clock: &dyn Clock) -> Response {
+    let now = clock.now();
+    if let Ok(outbox) =
+        store.outbox_health(now.plus_seconds(-verdict_store::monitor::OVERDUE_AFTER_SECONDS)).await
     {
         metrics::gauge!("verdict_outbox_pending").set(outbox.pending as f64);
         metrics::gauge!("verdict_outbox_dead").set(outbox.dead as f64);
@@ -162,4 +191,33 @@ pub async fn render(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// What a lone worker's endpoints read.
+#[derive(Clone)]
+struct WorkerEndpoints {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The endpoints of a lone `verdict worker` (on `worker_bind`):
+/// `GET /metrics`, as the API's (this process's series and the outbox
+/// gauges), and `GET /healthz`, liveness only (the process answers; a
+/// database outage the worker rides out is not a reason to restart it).
+pub fn worker_router(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> axum::Router {
+    install();
+    let metrics = axum::routing::get(|State(endpoints): State<WorkerEndpoints>| async move {
+        render_with(endpoints.store.as_ref(), endpoints.clock.as_ref()).await
+    });
+    let healthz = axum::routing::get(|State(endpoints): State<WorkerEndpoints>| async move {
+        axum::Json(crate::dto::HealthDto {
+            status: "ok".into(),
+            database: endpoints.store.backend().into(),
+        })
+    });
+    axum::Router::new()
+        .route("/metrics", metrics)
+        .route("/healthz", healthz)
+        .fallback(|| async { crate::ApiError::NotFound("no such route".into()) })
+        .with_state(WorkerEndpoints { store, clock })
 }

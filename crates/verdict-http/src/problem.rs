@@ -20,6 +20,10 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// On 5xx answers: the request's `x-request-id`, to find its log lines
+    /// (added on the way out by `access::request_id_in_problems`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,7 @@ pub fn problem_response(status: StatusCode, slug: &str, title: &str, detail: Str
         title: title.to_owned(),
         status: status.as_u16(),
         detail,
+        request_id: None,
     };
     let mut response = (status, Json(body)).into_response();
     response

@@ -151,6 +151,7 @@ pub(crate) async fn limit_writes(
     let Some(caller) = caller else { return next.run(request).await };
     // The handler's `Caller` is this one: the token is verified once.
     let mut request = request;
+    crate::access::record_role(caller.role);
     request.extensions_mut().insert(caller.clone());
     if matches!(caller.role, Role::Service | Role::Admin) {
         return next.run(request).await;

@@ -9,7 +9,7 @@ pub mod generate;
 pub mod healthcheck;
 pub mod simulate;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -116,10 +116,12 @@ impl Application {
     }
 }
 
-/// Runs only the outbox worker until `shutdown` (`verdict worker`).
+/// Runs only the outbox worker and sweeper until `shutdown` (`verdict
+/// worker`), serving `/metrics` and `/healthz` on `worker_bind` (port 0
+/// picks a free port; the address is printed).
 pub async fn run_worker(
     config: &Config,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     config.check_secrets()?;
     let store = verdict_store::open(&config.database_url).await?;
@@ -128,9 +130,37 @@ pub async fn run_worker(
         ClockKind::Manual => return Err("the worker alone cannot run on a manual clock".into()),
     };
     let settings = config.settings()?;
+    let listener = TcpListener::bind(&config.worker_bind)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.worker_bind))?;
+    let address = listener.local_addr()?;
+    let endpoints = verdict_http::metrics::worker_router(store.clone(), clock.clone());
     let worker = Worker::new(store, clock, settings, config.worker_config()?)?;
     println!("verdict worker {} started", worker.owner());
-    worker.run_until_stopped(shutdown).await;
+    println!("verdict worker listening on http://{address}");
+    tracing::info!(%address, "worker endpoints (/metrics, /healthz) listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(
+            axum::serve(listener, endpoints)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+        )
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let mut stopped_worker = stopped;
+    worker
+        .run_until_stopped(async move {
+            let _ = stopped_worker.wait_for(|stop| *stop).await;
+        })
+        .await;
+    serving.await??;
     Ok(())
 }
 

@@ -27,8 +27,8 @@ struct Cli {
     /// Database URL: sqlite://… (default) or postgres://…
     #[arg(long, global = true)]
     database_url: Option<String>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format (on stderr; colours only when stderr is a terminal).
+    #[arg(long, global = true, value_enum, env = "VERDICT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -230,10 +230,16 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Each line one object; the request's span (its id, route, role)
+        // flattened into it by `with_current_span`.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
 }
 

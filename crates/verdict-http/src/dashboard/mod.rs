@@ -262,7 +262,7 @@ async fn snapshot(state: &AppState, window_hours: i64) -> Result<Snapshot, ApiEr
         store.outbox_health(now.plus_seconds(-monitor::OVERDUE_AFTER_SECONDS)),
         store.outbox(Some("dead"), None, 10),
     )?;
-    crate::metrics::record_health(health.score);
+    crate::metrics::record_health(&health);
     Ok(Snapshot {
         now,
         health,

@@ -185,7 +185,7 @@ pub async fn health(
     }
     let health =
         monitor::health(&state.store, &state.settings, state.clock.now(), window_hours).await?;
-    crate::metrics::record_health(health.score);
+    crate::metrics::record_health(&health);
     Ok(Json(SessionHealthDto::from(&health)))
 }
 

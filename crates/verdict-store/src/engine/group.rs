@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use sqlx::Pool;
+use tracing::{Instrument, Span};
 
 use crate::{Ended, StoreError};
 
@@ -12,13 +13,17 @@ use super::dialect::{BEGIN_GROUP, Db, DbConnection};
 use super::ends::{EndWrite, end_group, lock_sessions};
 
 /// A write waiting for a group transaction.
+///
+/// Each carries its caller's span (an HTTP request's, with its request
+/// id): the group runs on another task, and what it logs of one write is
+/// logged in that write's span.
 pub(super) enum Job {
     /// An end, written set-wise with the group's other ends.
-    End(Box<EndWrite>, tokio::sync::oneshot::Sender<Result<Ended, StoreError>>),
+    End(Box<EndWrite>, tokio::sync::oneshot::Sender<Result<Ended, StoreError>>, Span),
     /// Any other session write: it runs on the group's connection in a
     /// savepoint of its own and says whether it succeeded, with what to do
     /// once the group's fate (committed or not) is known.
-    Write(String, WriteJob),
+    Write(String, WriteJob, Span),
 }
 
 pub(super) type WriteJob =
@@ -72,7 +77,7 @@ impl Engine {
                 (stands, answer_after_commit(result, reply))
             })
         });
-        self.queue(session_id, Job::Write(session_id.to_owned(), job)).await?;
+        self.queue(session_id, Job::Write(session_id.to_owned(), job, Span::current())).await?;
         // Dropped unanswered: the group failed before its commit (logged
         // by the group writer), and none of its writes is stored.
         answer
@@ -85,7 +90,7 @@ impl Engine {
     pub(super) async fn grouped_end(&self, write: EndWrite) -> Result<Ended, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let id = write.id.clone();
-        self.queue(&id, Job::End(Box::new(write), reply)).await?;
+        self.queue(&id, Job::End(Box::new(write), reply, Span::current())).await?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the write could not be committed".into()))?
@@ -150,26 +155,28 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
     let mut writes = Vec::new();
     for job in group {
         match job {
-            Job::End(write, reply) => ends.push((*write, reply)),
-            Job::Write(session_id, job) => writes.push((session_id, job)),
+            Job::End(write, reply, span) => ends.push((*write, (reply, span))),
+            Job::Write(session_id, job, span) => writes.push((session_id, job, span)),
         }
     }
     let mut answers: Vec<Answer> = Vec::with_capacity(writes.len() + ends.len());
+    let mut spans: Vec<Span> = Vec::with_capacity(answers.capacity());
     let outcome: Result<(), StoreError> = async {
         let mut tx = writer.begin_with(BEGIN_GROUP).await?;
         if writes.len() + ends.len() > 1 && !writes.is_empty() {
             let ids: Vec<String> = writes
                 .iter()
-                .map(|(id, _)| id.clone())
+                .map(|(id, ..)| id.clone())
                 .chain(ends.iter().map(|(write, _)| write.id.clone()))
                 .collect();
             lock_sessions(&mut tx, &ids).await?;
         }
         let mut any_stands = false;
-        for (_, job) in writes {
-            let (stands, answer) = in_savepoint(&mut tx, job).await?;
+        for (_, job, span) in writes {
+            let (stands, answer) = in_savepoint(&mut tx, job).instrument(span.clone()).await?;
             any_stands |= stands;
             answers.push(answer);
+            spans.push(span);
         }
         let (writes, replies): (Vec<EndWrite>, Vec<_>) = ends.into_iter().unzip();
         let results = if writes.is_empty() {
@@ -195,9 +202,10 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
         } else {
             ends_with_fallback(&mut tx, &writes).await?
         };
-        for (result, reply) in results.into_iter().zip(replies) {
+        for (result, (reply, span)) in results.into_iter().zip(replies) {
             any_stands |= result.as_ref().is_ok_and(|ended| !ended.already_ended);
             answers.push(answer_after_commit(result, reply));
+            spans.push(span);
         }
         let written = started.elapsed();
         let committed = if any_stands {
@@ -206,13 +214,18 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
             // Nothing to keep (all failed, or only reads and no-ops).
             tx.rollback().await.map_err(|error| StoreError::from(error).to_string())
         };
-        tracing::debug!(
-            size = answers.len(),
-            written_us = written.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
-            "write group committed"
-        );
-        for answer in answers.drain(..) {
+        // Logged once per write, in its caller's span (its request id).
+        let (size, total) = (answers.len(), started.elapsed());
+        for (answer, span) in answers.drain(..).zip(spans.drain(..)) {
+            span.in_scope(|| {
+                tracing::debug!(
+                    size,
+                    written_us = written.as_micros() as u64,
+                    total_us = total.as_micros() as u64,
+                    committed = committed.is_ok(),
+                    "write group committed"
+                )
+            });
             answer(committed.clone());
         }
         Ok(())
@@ -225,11 +238,12 @@ async fn commit_group(writer: Pool<Db>, group: Vec<Job>) {
 
 /// A group of ends only, through the backend's own runner.
 async fn run_elsewhere(runner: &dyn EndsRunner, group: Vec<Job>) {
-    metrics::histogram!("verdict_write_group_size").record(group.len() as f64);
+    let size = group.len();
+    metrics::histogram!("verdict_write_group_size").record(size as f64);
     let (writes, replies): (Vec<EndWrite>, Vec<_>) = group
         .into_iter()
         .filter_map(|job| match job {
-            Job::End(write, reply) => Some((*write, reply)),
+            Job::End(write, reply, span) => Some((*write, (reply, span))),
             Job::Write(..) => None,
         })
         .unzip();
@@ -239,17 +253,24 @@ async fn run_elsewhere(runner: &dyn EndsRunner, group: Vec<Job>) {
         .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())));
     match answers {
         Ok(answers) => {
-            for (answer, reply) in answers.into_iter().zip(replies) {
+            for (answer, (reply, span)) in answers.into_iter().zip(replies) {
+                span.in_scope(|| log_answered(answer.is_ok(), size));
                 let _ = reply.send(answer);
             }
         }
         Err(error) => {
             tracing::warn!(%error, "a write group failed; its writes were not stored");
-            for reply in replies {
+            for (reply, span) in replies {
+                span.in_scope(|| log_answered(false, size));
                 let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
             }
         }
     }
+}
+
+/// A group-of-ends write's line, in its caller's span.
+fn log_answered(stored: bool, size: usize) {
+    tracing::debug!(size, committed = stored, "write group committed");
 }
 
 /// How a write's caller is answered once its group's commit is known: its

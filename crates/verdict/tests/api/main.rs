@@ -17,6 +17,7 @@ mod history;
 mod limits;
 mod metrics;
 mod monitoring;
+mod observability;
 mod payout_faults;
 mod presence;
 mod presence_source;

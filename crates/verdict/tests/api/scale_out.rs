@@ -319,6 +319,8 @@ async fn four_worker_processes_deliver_two_thousand_rows_once_each_despite_a_kil
     let spawn_worker = || {
         Command::new(env!("CARGO_BIN_EXE_verdict"))
             .arg("worker")
+            // Several workers on one host: each its own port.
+            .env("VERDICT_WORKER_BIND", "127.0.0.1:0")
             .current_dir(dir.path())
             .env("VERDICT_DATABASE_URL", &database.url)
             .env("VERDICT_WEBHOOK_URLS", &receiver.url)
@@ -411,6 +413,7 @@ async fn two_sweeper_processes_end_each_of_300_due_sessions_exactly_once() {
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_verdict"))
                 .arg("worker")
+                .env("VERDICT_WORKER_BIND", "127.0.0.1:0")
                 .current_dir(dir.path())
                 .env("VERDICT_DATABASE_URL", &database.url)
                 .env("RUST_LOG", "warn")
