@@ -617,33 +617,39 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
     fn the_example_file_holds_every_key_at_its_default() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../verdict.example.toml");
-        let text = std::fs::read_to_string(&path).expect("verdict.example.toml is readable");
-        let explained = sources::load(&path, &Overrides::default()).expect("the example parses");
-        let defaults = serde_json::to_value(Config::default()).expect("serializes");
-        let mut loaded = serde_json::to_value(&explained.config).expect("serializes");
-        // The environment of the test run may set keys: compare the rest.
-        for (key, origin) in &explained.origins {
-            if matches!(origin, Origin::Environment { .. }) {
-                loaded[key.as_str()] = defaults[key.as_str()].clone();
+        // In a Jail: the other tests' variables are set only under its lock.
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../verdict.example.toml");
+            let text = std::fs::read_to_string(&path).expect("verdict.example.toml is readable");
+            let explained =
+                sources::load(&path, &Overrides::default()).expect("the example parses");
+            let defaults = serde_json::to_value(Config::default()).expect("serializes");
+            let mut loaded = serde_json::to_value(&explained.config).expect("serializes");
+            // The environment of the test run may set keys: compare the rest.
+            for (key, origin) in &explained.origins {
+                if matches!(origin, Origin::Environment { .. }) {
+                    loaded[key.as_str()] = defaults[key.as_str()].clone();
+                }
             }
-        }
-        assert_eq!(loaded, defaults, "the example's values are not the defaults");
-        for key in keys() {
-            let set = text.lines().any(|line| {
-                let line = line.trim_start_matches("# ");
-                line.split_once(" = ").is_some_and(|(name, _)| name == key)
-                    || line.starts_with(&format!("[{key}."))
-            });
-            assert!(set, "verdict.example.toml does not mention `{key}`");
-            assert!(
-                explained.origins[&key] != Origin::Default
-                    || defaults[key.as_str()].is_null()
-                    || defaults[key.as_str()] == serde_json::json!({}),
-                "`{key}` has a default but the example leaves it out"
-            );
-        }
+            assert_eq!(loaded, defaults, "the example's values are not the defaults");
+            for key in keys() {
+                let set = text.lines().any(|line| {
+                    let line = line.trim_start_matches("# ");
+                    line.split_once(" = ").is_some_and(|(name, _)| name == key)
+                        || line.starts_with(&format!("[{key}."))
+                });
+                assert!(set, "verdict.example.toml does not mention `{key}`");
+                assert!(
+                    explained.origins[&key] != Origin::Default
+                        || defaults[key.as_str()].is_null()
+                        || defaults[key.as_str()] == serde_json::json!({}),
+                    "`{key}` has a default but the example leaves it out"
+                );
+            }
+            Ok(())
+        });
     }
 
     #[test]
