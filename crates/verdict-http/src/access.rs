@@ -128,6 +128,14 @@ pub async fn request_id_in_problems(request: Request, next: Next) -> Response {
     if !response.status().is_server_error() || !is_problem {
         return response;
     }
+    // Only a body of a known, small size is read and rewritten; any other
+    // passes through unchanged.
+    let small = axum::body::HttpBody::size_hint(response.body())
+        .upper()
+        .is_some_and(|bytes| bytes <= PROBLEM_BYTES_MAX as u64);
+    if !small {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, PROBLEM_BYTES_MAX).await else {
         return Response::from_parts(parts, Body::empty());

@@ -102,7 +102,7 @@ fn tls_failure(error: &sqlx::Error) -> Option<String> {
             Certificate::NotValidForName | Certificate::NotValidForNameContext { .. },
         ) => {
             "the database server's TLS certificate does not name the host in the URL (host name \
-             mismatch): connect by a name the certificate lists, or use sslmode=verify-ca"
+             mismatch): connect by a name the certificate lists"
         }
         rustls::Error::InvalidCertificate(
             Certificate::Expired

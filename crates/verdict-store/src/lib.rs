@@ -495,7 +495,10 @@ pub fn redact_url(url: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                Some((key, _))
+                    if key.to_ascii_lowercase().ends_with("password")
+                        || matches!(key, "sslkey" | "ssl-key") =>
+                {
                     format!("{key}=***")
                 }
                 _ => pair.to_owned(),
@@ -537,6 +540,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("postgres://h/db?sslmode=verify-full&sslkey=-----BEGIN%20KEY"),
+            "postgres://h/db?sslmode=verify-full&sslkey=***"
+        );
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(
             redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),

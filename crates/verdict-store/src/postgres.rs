@@ -196,6 +196,9 @@ impl engine::Engine {
             .map_err(|error| StoreError::Unavailable(format!("bad postgres url: {error}")))?
             .application_name("verdict");
         check_tls_files(url)?;
+        for warning in tls_warnings(url) {
+            tracing::warn!("{warning}");
+        }
         // One connection first, alone: an operator reads at once why it
         // fails (refused, TLS, password), not a pool's timeout 30 s later.
         let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
@@ -214,10 +217,12 @@ impl engine::Engine {
             .test_before_acquire(true)
             .connect_with(options.clone())
             .await?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|error| StoreError::Internal(format!("migration failed: {error}")))?;
+        MIGRATOR.run(&pool).await.map_err(|error| match error {
+            // The connection lost mid-migration is an outage (exit 3:
+            // a supervisor retries), not a broken schema.
+            sqlx::migrate::MigrateError::Execute(error) => StoreError::from(error),
+            error => StoreError::Internal(format!("migration failed: {error}")),
+        })?;
         let availability = Arc::new(watch::Sender::new(true));
         tokio::spawn(probe(options, Arc::downgrade(&availability)));
         Ok(engine::Engine::new(pool.clone(), pool, availability, WRITE_GROUPS, None))
@@ -248,13 +253,50 @@ fn check_tls_files(url: &str) -> Result<(), StoreError> {
             "sslkey" | "ssl-key" => "sslkey",
             _ => continue,
         };
+        // sqlx also takes the PEM itself in place of a path.
+        let inline = value.trim_start().starts_with("-----BEGIN");
+        if inline {
+            continue;
+        }
         if let Err(error) = std::fs::File::open(value.as_ref()) {
+            // The path is named, not echoed as a value could be (a key).
             return Err(StoreError::Unavailable(format!(
-                "{setting} file {value} cannot be read: {error}"
+                "the {setting} file of the database URL cannot be read: {error}"
             )));
         }
     }
     Ok(())
+}
+
+/// What the URL's TLS settings do not do that an operator may expect of
+/// them (libpq's meaning): `verify-ca` trusts the system's roots beside
+/// `sslrootcert` and checks no host name, and `require`/`prefer` ignore
+/// `sslrootcert`. Logged at start-up; `verify-full` is what protects.
+pub fn tls_warnings(url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else { return Vec::new() };
+    let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    let value = |names: &[&str]| {
+        query.iter().find(|(key, _)| names.contains(&key.as_str())).map(|(_, value)| value.clone())
+    };
+    let mode = value(&["sslmode", "ssl-mode"]).unwrap_or_default().to_ascii_lowercase();
+    let root = value(&["sslrootcert", "ssl-root-cert", "ssl-ca"]).is_some();
+    let mut warnings = Vec::new();
+    if mode == "verify-ca" {
+        warnings.push(
+            "sslmode=verify-ca checks no host name and trusts every CA of the system's roots \
+             besides sslrootcert: anyone holding a public certificate can pose as the \
+             database; use sslmode=verify-full"
+                .to_owned(),
+        );
+    }
+    if root && matches!(mode.as_str(), "require" | "prefer" | "") {
+        warnings.push(format!(
+            "sslmode={} ignores sslrootcert (libpq would verify with it): the server's \
+             certificate is not checked; use sslmode=verify-full",
+            if mode.is_empty() { "prefer" } else { &mode }
+        ));
+    }
+    warnings
 }
 
 /// Keeps `availability` current from a connection of its own (so that a
@@ -303,5 +345,36 @@ mod tests {
         assert!(!verdict.observe(false), "two in a row: unavailable");
         assert!(!verdict.observe(false));
         assert!(verdict.observe(true), "one answer: available again");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::{check_url, tls_warnings};
+
+    #[test]
+    fn weaker_than_libpq_settings_are_warned_about_and_verify_full_is_not() {
+        let at = |query: &str| format!("postgres://verdict@db.example/verdict?{query}");
+        assert!(tls_warnings(&at("sslmode=verify-full&sslrootcert=/ca.pem")).is_empty());
+        assert!(tls_warnings(&at("sslmode=disable")).is_empty());
+        assert!(tls_warnings(&at("sslmode=require")).is_empty());
+        let ca = tls_warnings(&at("sslmode=verify-ca&sslrootcert=/ca.pem"));
+        assert_eq!(ca.len(), 1);
+        assert!(ca[0].contains("verify-full"), "{ca:?}");
+        for query in ["sslmode=require&sslrootcert=/ca.pem", "sslrootcert=/ca.pem"] {
+            let warnings = tls_warnings(&at(query));
+            assert_eq!(warnings.len(), 1, "{query}");
+            assert!(warnings[0].contains("ignores sslrootcert"), "{warnings:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_given_inline_is_accepted_and_a_missing_file_named_not_echoed() {
+        let inline = "postgres://h/db?sslmode=verify-full&sslkey=-----BEGIN%20PRIVATE%20KEY-----x";
+        assert_eq!(check_url(inline), Ok(()));
+        let missing = "postgres://h/db?sslmode=verify-full&sslkey=/nonexistent/secret-key.pem";
+        let error = check_url(missing).expect_err("a missing file is refused");
+        assert!(error.contains("sslkey file"), "{error}");
+        assert!(!error.contains("secret-key"), "the value is echoed: {error}");
     }
 }

@@ -218,11 +218,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A container's health check knows 0 and 1 only (Docker reserves 2):
+    // whatever stops `healthcheck`, a broken configuration included, is 1.
+    let healthcheck = matches!(cli.command, Command::Healthcheck { .. });
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("verdict: {error}");
-            ExitCode::from(verdict::exit_code(error.as_ref()))
+            if healthcheck {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(verdict::exit_code(error.as_ref()))
+            }
         }
     }
 }

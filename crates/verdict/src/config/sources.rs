@@ -36,7 +36,7 @@ pub const SECRET_KEYS: &[&str] = &[
 ];
 
 /// Keys holding URLs that may carry a password (`user:password@`).
-const URL_KEYS: &[&str] = &["database_url", "smtp_url", "webhook_urls"];
+const URL_KEYS: &[&str] = &["database_url", "smtp_url"];
 
 /// Every key `verdict.toml` may hold (and `VERDICT_<KEY>` may set).
 pub fn keys() -> Vec<String> {
@@ -107,8 +107,13 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Explained, ConfigError
         Env::prefixed("VERDICT_")
             .filter(move |key| known.iter().any(|name| key.as_str().eq_ignore_ascii_case(name)))
     };
-    let config = Figment::from(Serialized::defaults(Config::default()))
-        .merge(Toml::file(file))
+    let mut layers = Figment::from(Serialized::defaults(Config::default()));
+    // Exactly this file, if it exists: `Toml::file` would also search the
+    // parent folders for one of its name.
+    if file.exists() {
+        layers = layers.merge(Toml::file_exact(file));
+    }
+    let config = layers
         .merge(environment)
         .merge(Serialized::defaults(overrides))
         .extract::<Config>()
@@ -141,9 +146,31 @@ fn file_keys(file: &Path) -> Result<BTreeSet<String>, ConfigError> {
     if !file.exists() {
         return Ok(BTreeSet::new());
     }
-    let data = figment::Provider::data(&Toml::file(file))
-        .map_err(|error| ConfigError::Load(Box::new(error)))?;
+    let data = figment::Provider::data(&Toml::file_exact(file)).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "{}: {}",
+            file.display(),
+            without_source_lines(&error.to_string())
+        ))
+    })?;
     Ok(data.into_values().flat_map(|dict| dict.into_keys()).collect())
+}
+
+/// A TOML parser's message without the lines of the file it quotes (the
+/// line may hold a secret): where, and what is wrong.
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with('|')
+                && !line.split_once('|').is_some_and(|(number, _)| {
+                    !number.trim().is_empty() && number.trim().chars().all(|c| c.is_ascii_digit())
+                })
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The known key nearest to a misspelled one, if it is near enough.
@@ -224,6 +251,11 @@ fn redacted(config: &Config) -> serde_json::Map<String, serde_json::Value> {
     for (key, value) in values.iter_mut() {
         if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() {
             *value = serde_json::Value::String("***".into());
+        } else if key == "webhook_urls"
+            && let Some(text) = value.as_str()
+        {
+            let parts: Vec<String> = text.split(',').map(|url| endpoint_only(url.trim())).collect();
+            *value = serde_json::Value::String(parts.join(","));
         } else if URL_KEYS.contains(&key.as_str())
             && let Some(text) = value.as_str()
         {
@@ -232,6 +264,16 @@ fn redacted(config: &Config) -> serde_json::Map<String, serde_json::Value> {
         }
     }
     values
+}
+
+/// A webhook URL as scheme and host only: receivers often put their
+/// secret in the path or the query (and user-info never shows).
+fn endpoint_only(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let hidden = if rest.len() > authority.len() { "/***" } else { "" };
+    format!("{scheme}://{host}{hidden}")
 }
 
 /// A JSON scalar as a TOML literal (JSON's string escapes are TOML's).
@@ -279,6 +321,9 @@ mod tests {
         }
         value["database_url"] = format!("postgres://verdict:{sentinel}@db/verdict").into();
         value["smtp_url"] = format!("smtp://mailer:{sentinel}@mail:25").into();
+        value["webhook_urls"] =
+            format!("https://hooks.example/T0/{sentinel},https://u:{sentinel}@b.example?k=1")
+                .into();
         let config: Config = serde_json::from_value(value).expect("deserializes");
         let explained =
             Explained { config, origins: BTreeMap::new(), unknown_variables: Vec::new() };
@@ -289,6 +334,21 @@ mod tests {
         }
         assert!(text.contains("jwt_secret = \"***\"  # default"), "{text}");
         assert!(text.contains("postgres://verdict:***@db/verdict"), "{text}");
+        assert!(
+            text.contains("webhook_urls = \"https://hooks.example/***,https://b.example/***\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_place_not_the_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("verdict.toml");
+        std::fs::write(&file, "bind = \"127.0.0.1:1\"\njwt_secret = \"hunter2-unterminated\n")
+            .unwrap();
+        let error = load(&file, &Overrides::default()).expect_err("a syntax error").to_string();
+        assert!(!error.contains("hunter2"), "the line was echoed: {error}");
+        assert!(error.contains("line 2"), "{error}");
     }
 
     #[test]

@@ -33,6 +33,10 @@ fn a_misspelled_key_stops_serve_with_exit_2_naming_it() {
         assert!(stderr.contains("unknown key `workr`"), "{command:?}: {stderr}");
         assert!(stderr.contains("did you mean `worker`"), "{command:?}: {stderr}");
     }
+    // A container's health check knows 0 and 1 only: the same mistake is 1.
+    let output = verdict(dir.path(), &["healthcheck"], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("unknown key `workr`"));
     // Nothing was started or created: no database beside the file.
     assert!(!dir.path().join("verdict-data").exists());
 }
@@ -106,11 +110,8 @@ fn completions_name_every_subcommand_for_each_shell() {
 #[test]
 fn an_unreachable_database_exits_3_and_a_wrong_url_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let url = format!("postgres://verdict@127.0.0.1:{closed}/verdict");
+    // Port 1: nothing listens there, and no test binds it.
+    let url = "postgres://verdict@127.0.0.1:1/verdict".to_owned();
     for command in ["migrate", "verify"] {
         let output = verdict(dir.path(), &[command, "--database-url", &url], &[]);
         let stderr = text(&output.stderr);
@@ -121,4 +122,16 @@ fn an_unreachable_database_exits_3_and_a_wrong_url_exits_2() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let output = verdict(dir.path(), &["verify", "--no-such-flag"], &[]);
     assert_eq!(output.status.code(), Some(2), "a usage error");
+}
+
+#[test]
+fn only_the_named_file_is_read_never_one_in_a_parent_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("verdict.toml"), "rate_limit_burst = 77\n").unwrap();
+    let below = dir.path().join("below");
+    std::fs::create_dir(&below).unwrap();
+    let output = verdict(&below, &["config"], &[]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(stdout.contains("rate_limit_burst = 40  # default"), "{stdout}");
 }

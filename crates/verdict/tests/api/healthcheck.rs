@@ -29,10 +29,11 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// An address on loopback nothing listens on: a port just bound, then freed.
+/// An address on loopback nothing listens on: port 1 (tcpmux), which no
+/// test binds (they take ports from the ephemeral range by binding `:0`),
+/// so no server started beside this test can take it meanwhile.
 fn unused_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
+    "127.0.0.1:1".to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
