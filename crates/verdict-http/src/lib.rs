@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod cors;
 mod dashboard;
 pub mod dto;
 pub mod import;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub rate_limit: rate_limit::RateLimit,
     /// Whose presence counts for a session created with a room, per kind.
     pub presence_sources: verdict_store::PresenceSources,
+    /// Browsers' origins allowed to call `/v1/*` (`cors_allowed_origins`).
+    pub cors: Option<cors::Cors>,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict
@@ -97,6 +100,9 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
+        .layer(tower::util::option_layer(
+            state.cors.clone().map(|cors| middleware::from_fn_with_state(cors, cors::cors)),
+        ))
         .layer(middleware::from_fn(metrics::track))
         .layer(axum::Extension(health_refresh))
         .layer(middleware::from_fn(access::request_id_in_problems))

@@ -127,6 +127,10 @@ pub struct Config {
     /// Where `verdict worker` serves its `/metrics` and `/healthz` (a
     /// worker inside `verdict serve` is measured on `bind`).
     pub worker_bind: String,
+    /// Browsers' origins allowed to call `/v1/*` (CORS): a list, or in
+    /// the environment a comma-separated string. Empty: no CORS headers.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -175,6 +179,7 @@ impl Default for Config {
             rate_limit_burst: rate_limit.burst.get(),
             presence_source: "platform".into(),
             worker_bind: "127.0.0.1:8081".into(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -195,6 +200,25 @@ fn on_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> 
             _ => Err(serde::de::Error::custom(format!("expected on or off, got {text:?}"))),
         },
     }
+}
+
+/// A list, or a comma-separated string as the environment gives one.
+fn list_or_commas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Items {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Items::deserialize(deserializer)? {
+        Items::List(items) => items,
+        Items::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Flags given on the command line: the last layer.
@@ -236,6 +260,11 @@ impl Config {
     fn check_database_url(&self) -> Result<(), ConfigError> {
         verdict_store::check_url(&self.database_url)
             .map_err(|error| ConfigError::Invalid(format!("database_url: {error}")))
+    }
+
+    /// The CORS origins, checked (exit 2 on one that is not an origin).
+    pub fn cors(&self) -> Result<Option<verdict_http::cors::Cors>, ConfigError> {
+        verdict_http::cors::Cors::new(&self.cors_allowed_origins).map_err(ConfigError::Invalid)
     }
 
     /// The secrets `serve` and `worker` refuse to start with: a JWT secret
@@ -689,6 +718,31 @@ mod tests {
             let error = Config::load(Path::new("verdict.toml"), &Overrides::default())
                 .expect_err("no backend serves mysql");
             assert!(error.to_string().contains("database_url"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
+    fn cors_origins_are_a_list_in_the_file_and_commas_in_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("verdict.toml", "cors_allowed_origins = [\"https://a.example\"]\n")?;
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            assert_eq!(config.cors_allowed_origins, vec!["https://a.example".to_owned()]);
+            assert!(config.cors().expect("valid").is_some());
+            jail.set_env(
+                "VERDICT_CORS_ALLOWED_ORIGINS",
+                "https://b.example, http://localhost:5173",
+            );
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            assert_eq!(config.cors_allowed_origins, ["https://b.example", "http://localhost:5173"]);
+            jail.set_env("VERDICT_CORS_ALLOWED_ORIGINS", "https://b.example/app");
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            assert!(config.cors().is_err(), "a path is not an origin");
+            assert!(Config::default().cors().expect("valid").is_none(), "no origin: no CORS");
             Ok(())
         });
     }

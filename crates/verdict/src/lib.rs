@@ -69,6 +69,7 @@ impl Application {
             dashboard_refresh_seconds: config.dashboard_refresh_seconds,
             rate_limit: config.rate_limit()?,
             presence_sources: config.presence_sources()?,
+            cors: config.cors()?,
         };
         let worker = if config.worker {
             let worker = Worker::new(

@@ -6,6 +6,7 @@ mod support;
 mod admin_runs;
 mod cli;
 mod concurrency;
+mod cors;
 mod crash;
 mod cross_instance;
 mod dashboard;
