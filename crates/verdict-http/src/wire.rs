@@ -54,6 +54,32 @@ where
     }
 }
 
+/// Path parameters whose rejection (a segment that is not UTF-8 once
+/// percent-decoded, a value of the wrong type) is a problem+json 400 like
+/// every other error, not axum's `text/plain`.
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "the path cannot be read: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 /// A query string that must fit `T` exactly (unknown parameters too are a
 /// 422 naming the problem).
 pub struct StrictQuery<T>(pub T);

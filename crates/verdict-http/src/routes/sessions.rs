@@ -1,7 +1,7 @@
 //! `/v1/sessions`: create, read, presence, end, audit trail.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::dto::{CreateSessionRequest, EndResponse, EventDto, Page, SessionDto, party_of};
 use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
+use crate::wire::Path;
 use crate::wire::{JsonBody, OptionalJsonObject, StrictQuery, from_value, idempotency_key};
 use crate::{AppState, Router};
 

@@ -2,7 +2,7 @@
 //! and earnings.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -18,6 +18,7 @@ use crate::dto::{
 use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
 use crate::routes::sessions::{created_response, idempotency_for};
+use crate::wire::Path;
 use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, from_value};
 use crate::{AppState, Router};

@@ -23,6 +23,7 @@ mod payout_faults;
 mod presence;
 mod presence_source;
 mod redaction;
+mod rejections;
 mod repair;
 mod reversals;
 mod scale_out;
