@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # API fuzzing: schemathesis (from PyPI, in a venv this script makes) against
 # verdict's own /openapi.json, once per role (admin, service, customer,
-# provider), with auth configured. Fails on any 5xx and on any response that
-# does not conform to the documented schema. SQLite, loopback only, bounded
+# provider), with auth configured. Fails on any 5xx, and on any answer whose
+# status, content type or body the document does not list for its route. SQLite, loopback only, bounded
 # (EXAMPLES per operation and phase; about a minute in all). Run by .ci/run.
 #
 #   scripts/fuzz-api.sh            EXAMPLES=25 VENV=target/fuzz-venv
@@ -38,7 +38,7 @@ for role in admin service customer provider; do
   echo "== schemathesis as $role"
   "$VENV/bin/st" run "http://127.0.0.1:$PORT/openapi.json" \
     -H "Authorization: Bearer $token" \
-    --checks not_a_server_error,response_schema_conformance \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$EXAMPLES" --generation-deterministic \
     --exclude-path /v1/admin/import \
     > "$WORK/st-$role.log" 2>&1 || status=1

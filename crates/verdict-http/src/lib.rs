@@ -216,6 +216,69 @@ impl Modify for BearerScheme {
     }
 }
 
+/// Every error answer in the document as it is on the wire: a problem
+/// (`application/problem+json`, the `Problem` schema), and each status the
+/// layers in front of every handler may answer (auth, limits, validation,
+/// the database guard) listed on every operation that can meet it.
+struct ProblemResponses;
+
+impl ProblemResponses {
+    /// Statuses any `/v1/*` operation may answer whatever its handler does.
+    const V1: [(&'static str, &'static str); 11] = [
+        ("400", "Malformed: a path, query or body that cannot be read"),
+        ("401", "Missing, forged or expired token"),
+        ("403", "Wrong role, or not a party to the session"),
+        ("404", "Unknown id or route"),
+        ("405", "Wrong method"),
+        ("413", "Body over the size limit"),
+        ("415", "A body that is not JSON"),
+        ("422", "A field or parameter is wrong; `detail` names it"),
+        ("429", "Over a rate or size limit"),
+        ("500", "A bug: the cause is logged under the answer's request id"),
+        ("503", "The database is unavailable; retry"),
+    ];
+    /// Statuses of the operations outside `/v1/*` (health, metrics, this
+    /// document).
+    const OPS: [(&'static str, &'static str); 3] = [
+        ("405", "Wrong method"),
+        ("500", "A bug: the cause is logged under the answer's request id"),
+        ("503", "The database is unavailable; retry"),
+    ];
+}
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, Response};
+        const PROBLEM_JSON: &str = "application/problem+json";
+        let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let standard: &[(&str, &str)] =
+                if path.starts_with("/v1/") { &Self::V1 } else { &Self::OPS };
+            for operation in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                    .into_iter()
+                    .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    let is_error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(response)) = (is_error, response) {
+                        response.content.shift_remove("application/json");
+                        response.content.insert(PROBLEM_JSON.into(), RefOr::T(problem()));
+                    }
+                }
+                for (status, description) in standard {
+                    if !responses.contains_key(*status) {
+                        let mut response = Response::new(*description);
+                        response.content.insert(PROBLEM_JSON.into(), RefOr::T(problem()));
+                        responses.insert((*status).into(), RefOr::T(response));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, generated from the handlers and DTOs.
 #[derive(OpenApi)]
 #[openapi(
@@ -258,6 +321,6 @@ impl Modify for BearerScheme {
         routes::ops::openapi,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerScheme)
+    modifiers(&BearerScheme, &ProblemResponses)
 )]
 pub struct ApiDoc;

@@ -391,6 +391,25 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
     ] {
         assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
     }
+    // Every error answer is documented as what it is on the wire: a
+    // problem, and the statuses the layers before any handler answer.
+    for (path, item) in &paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            let must: &[&str] = if path.starts_with("/v1/") {
+                &["401", "404", "422", "429", "503"]
+            } else {
+                &["503"]
+            };
+            for status in must {
+                assert!(responses.contains_key(*status), "{method} {path} lacks {status}");
+            }
+            for (status, response) in responses.iter().filter(|(s, _)| !s.starts_with('2')) {
+                let types: Vec<&String> = response["content"].as_object().unwrap().keys().collect();
+                assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+            }
+        }
+    }
     assert_eq!(app.send(Method::GET, "/readyz", None, None).await.ok()["status"], "ready");
     assert_eq!(
         app.send(Method::GET, "/healthz", None, None).await.ok()["database"],
