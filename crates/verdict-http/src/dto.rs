@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use verdict_core::{AMOUNT_CENTS_MAX, Cents, Kind, Party, Price, PriceMode, is_valid_id};
+use verdict_core::{
+    AMOUNT_CENTS_MAX, Cents, Kind, Party, PolicySet, Price, PriceMode, is_valid_id,
+};
 use verdict_store::{
     Assignment, AuditEvent, EarningsTotal, Ended, NewRequest, NewSession, Notification, Payout,
     PlatformRoom, Request, Session, User,
@@ -260,10 +262,15 @@ pub struct SessionDto {
     /// parties' own calls are refused) or `any` (both; always so without a
     /// room).
     pub presence_source: PresenceSourceDto,
+    /// How long a party may stay silent before it counts as gone: a
+    /// client heartbeats well within it (a third of it, say).
+    pub presence_timeout_seconds: i64,
 }
 
-impl From<&Session> for SessionDto {
-    fn from(session: &Session) -> SessionDto {
+impl SessionDto {
+    /// The session as the API shows it, with its kind's policy's
+    /// presence timeout.
+    pub fn new(session: &Session, policies: &PolicySet) -> SessionDto {
         SessionDto {
             id: session.id.clone(),
             kind: match session.kind {
@@ -295,6 +302,7 @@ impl From<&Session> for SessionDto {
                 Some(PresenceSource::Platform) => PresenceSourceDto::Platform,
                 Some(PresenceSource::Any) | None => PresenceSourceDto::Any,
             },
+            presence_timeout_seconds: policies.for_kind(session.kind).presence_timeout_seconds,
         }
     }
 }
@@ -315,15 +323,13 @@ pub struct EndResponse {
     pub outcome: OutcomeDto,
 }
 
-impl TryFrom<&Ended> for EndResponse {
-    type Error = ApiError;
-
-    fn try_from(ended: &Ended) -> Result<EndResponse, ApiError> {
+impl EndResponse {
+    pub fn new(ended: &Ended, policies: &PolicySet) -> Result<EndResponse, ApiError> {
         let outcome = ended.session.outcome.ok_or_else(|| {
             ApiError::Internal(format!("ended session {} has no outcome", ended.session.id))
         })?;
         Ok(EndResponse {
-            session: SessionDto::from(&ended.session),
+            session: SessionDto::new(&ended.session, policies),
             outcome: OutcomeDto {
                 status: outcome.status.as_str().to_owned(),
                 reason: outcome.reason.as_str().to_owned(),

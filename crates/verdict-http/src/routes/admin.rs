@@ -289,7 +289,7 @@ pub async fn review(
         items: items
             .iter()
             .map(|item| ReviewItemDto {
-                session: SessionDto::from(&item.session),
+                session: SessionDto::new(&item.session, &state.settings.policies),
                 reasons: item.reasons.iter().map(|reason| (*reason).to_owned()).collect(),
             })
             .collect(),

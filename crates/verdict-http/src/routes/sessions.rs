@@ -76,7 +76,11 @@ pub async fn create_session(
         .create_session(new, &caller.actor(), idempotency.as_ref(), state.clock.now())
         .await?;
     let location = format!("/v1/sessions/{}", created.value.id);
-    Ok(created_response(&location, created.replayed, SessionDto::from(&created.value)))
+    Ok(created_response(
+        &location,
+        created.replayed,
+        SessionDto::new(&created.value, &state.settings.policies),
+    ))
 }
 
 /// The idempotency key of a creating request, scoped to the caller and
@@ -120,7 +124,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Json<SessionDto>, ApiError> {
     let session = visible_session(&state, &caller, &id).await?;
-    Ok(Json(SessionDto::from(&session)))
+    Ok(Json(SessionDto::new(&session, &state.settings.policies)))
 }
 
 /// Presence is the party's own: only the session's customer or provider.
@@ -167,7 +171,7 @@ pub async fn join(
     Path(id): Path<String>,
 ) -> Result<Json<SessionDto>, ApiError> {
     let session = presence(&state, &caller, &id, PresenceChange::Join).await?;
-    Ok(Json(SessionDto::from(&session)))
+    Ok(Json(SessionDto::new(&session, &state.settings.policies)))
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/leave", tag = "sessions",
@@ -180,7 +184,7 @@ pub async fn leave(
     Path(id): Path<String>,
 ) -> Result<Json<SessionDto>, ApiError> {
     let session = presence(&state, &caller, &id, PresenceChange::Leave).await?;
-    Ok(Json(SessionDto::from(&session)))
+    Ok(Json(SessionDto::new(&session, &state.settings.policies)))
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions",
@@ -226,7 +230,7 @@ pub async fn end(
             )
             .await?
     };
-    let response = EndResponse::try_from(&ended)?;
+    let response = EndResponse::new(&ended, &state.settings.policies)?;
     if !ended.already_ended {
         crate::metrics::record_ended(&response.outcome.status, &response.outcome.reason);
     }

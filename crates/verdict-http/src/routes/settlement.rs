@@ -174,7 +174,11 @@ pub async fn accept_request(
         .store
         .accept_request(id, &caller.id, &session_id, &caller.actor(), state.clock.now())
         .await?;
-    Ok(created_response(&format!("/v1/sessions/{}", session.id), false, SessionDto::from(&session)))
+    Ok(created_response(
+        &format!("/v1/sessions/{}", session.id),
+        false,
+        SessionDto::new(&session, &state.settings.policies),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "settlement",

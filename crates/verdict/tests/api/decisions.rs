@@ -129,15 +129,18 @@ async fn the_policy_of_the_kind_decides(app: TestApp) {
             "chat".into(),
             verdict::config::PolicyOverride {
                 min_billable_seconds: Some(30),
+                presence_timeout_seconds: Some(45),
                 ..Default::default()
             },
         );
     })
     .await;
-    for (id, kind) in [("video-1", "video"), ("chat-1", "chat")] {
+    for (id, kind, timeout) in [("video-1", "video", 60), ("chat-1", "chat", 45)] {
         let body = json!({"id": id, "kind": kind, "customer_id": "cust-1", "provider_id": "prov-1",
             "price": {"mode": "per_minute", "amount_cents": 100, "currency": "eur"}});
-        app2.post("/v1/sessions", &app2.service(), body).await.ok();
+        // A client heartbeats within its kind's presence timeout: shown.
+        let created = app2.post("/v1/sessions", &app2.service(), body).await;
+        assert_eq!(created.ok()["presence_timeout_seconds"], timeout, "{kind}");
         app2.join(id, &app2.customer()).await.ok();
         app2.join(id, &app2.provider()).await.ok();
     }
@@ -149,6 +152,7 @@ async fn the_policy_of_the_kind_decides(app: TestApp) {
     let chat = app2.end("chat-1", &app2.service(), None).await;
     assert_eq!(outcome(&chat), expect("completed", "completed", 45));
     assert_eq!(chat.body["session"]["charged_cents"], 100, "one started minute");
+    assert_eq!(chat.body["session"]["presence_timeout_seconds"], 45);
     let events = app2.events("chat-1").await;
     assert_eq!(events.last().unwrap()["data"]["policy"]["min_billable_seconds"], 30);
 }
