@@ -72,6 +72,32 @@ pub struct PresenceHooks {
 }
 
 pub(crate) type Router = axum::Router<AppState>;
+/// A router whose routes document themselves: the OpenAPI document's paths
+/// are the ones routed, so none can be left out.
+pub(crate) type ApiRouter = utoipa_axum::router::OpenApiRouter<AppState>;
+
+/// The documented routes, each with its `#[utoipa::path]`.
+fn api_routes() -> ApiRouter {
+    ApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::sessions::router())
+        .merge(routes::settlement::router())
+        .merge(routes::presence::router())
+        .merge(routes::admin::router())
+        .merge(routes::runs::router())
+        .merge(routes::ops::router())
+}
+
+/// The OpenAPI document served at `/openapi.json`: the paths of the routes
+/// themselves, then the bearer scheme and the problem answers.
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let (_, mut document) = api_routes().split_for_parts();
+        BearerScheme.modify(&mut document);
+        ProblemResponses.modify(&mut document);
+        document
+    })
+}
 
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
@@ -79,15 +105,11 @@ pub fn router(state: AppState) -> axum::Router {
     let limiting =
         rate_limit::Limiting::new(state.rate_limit, state.clock.clone(), state.jwt.clone());
     let health_refresh = metrics::refresh_health(&state);
+    let (api, _) = api_routes().split_for_parts();
     axum::Router::new()
-        .merge(routes::sessions::router())
-        .merge(routes::settlement::router())
-        .merge(routes::presence::router())
-        .merge(routes::admin::router())
-        .merge(routes::runs::router())
+        .merge(api)
         .merge(dashboard::router())
         .route("/metrics", axum::routing::get(metrics::render))
-        .merge(routes::ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())
@@ -283,44 +305,6 @@ impl Modify for ProblemResponses {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "verdict", description = "Server-authoritative session end and settlement."),
-    paths(
-        routes::sessions::create_session,
-        routes::sessions::get_session,
-        routes::sessions::join,
-        routes::sessions::leave,
-        routes::sessions::heartbeat,
-        routes::sessions::end,
-        routes::sessions::events,
-        routes::settlement::upsert_user,
-        routes::settlement::create_request,
-        routes::settlement::get_request,
-        routes::settlement::accept_request,
-        routes::settlement::cancel_request,
-        routes::settlement::assignments,
-        routes::settlement::payouts,
-        routes::settlement::earnings,
-        routes::settlement::retry_payout,
-        routes::admin::verify,
-        routes::admin::health,
-        routes::admin::hourly,
-        routes::admin::review,
-        routes::admin::import,
-        routes::admin::repair,
-        routes::runs::imports,
-        routes::runs::one_import,
-        routes::runs::repairs,
-        routes::runs::one_repair,
-        routes::presence::livekit,
-        routes::presence::daily,
-        routes::presence::twilio,
-        routes::ops::notifications,
-        routes::ops::outbox,
-        routes::ops::advance_clock,
-        routes::ops::healthz,
-        routes::ops::readyz,
-        routes::ops::openapi,
-    ),
-    components(schemas(Problem)),
-    modifiers(&BearerScheme, &ProblemResponses)
+    components(schemas(Problem))
 )]
 pub struct ApiDoc;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verdict_core::Role;
@@ -16,20 +15,21 @@ use crate::dto::{Page, SessionDto};
 use crate::problem::ApiError;
 use crate::wire::StrictQuery;
 use crate::wire::format_instant;
-use crate::{AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/v1/admin/verify", get(verify))
-        .route("/v1/admin/health", get(health))
-        .route("/v1/admin/health/hourly", get(hourly))
-        .route("/v1/admin/review", get(review))
-        .route(
-            "/v1/admin/import",
-            axum::routing::post(import)
-                .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BYTES_MAX)),
-        )
-        .route("/v1/admin/repair", axum::routing::post(repair))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(verify))
+        .routes(routes!(health))
+        .routes(routes!(hourly))
+        .routes(routes!(review))
+        .routes({
+            // Its own body limit: the import streams far more than 64 KiB.
+            let (schemas, paths, method) = routes!(import);
+            (schemas, paths, method.layer(axum::extract::DefaultBodyLimit::max(IMPORT_BYTES_MAX)))
+        })
+        .routes(routes!(repair))
 }
 
 /// The largest import body: the data is streamed, never held whole.

@@ -7,9 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::any;
 use serde::Deserialize;
-use utoipa::OpenApi;
 use verdict_core::{Party, Role};
 
 use crate::auth::Caller;
@@ -17,21 +16,22 @@ use crate::dto::{AdvanceClockRequest, ClockDto, HealthDto, NotificationDto, Outb
 use crate::problem::{ApiError, Problem, problem_response};
 use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, format_instant};
-use crate::{ApiDoc, AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
 /// How long readiness waits for the database before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 const ADVANCE_SECONDS_MAX: i64 = 365 * 24 * 3600;
 const NOTIFICATIONS_PAGE: i64 = 100;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/test-clock/advance", post(advance_clock))
-        .route("/v1/notifications", get(notifications))
-        .route("/v1/admin/outbox", get(outbox))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi))
+        .routes(routes!(advance_clock))
+        .routes(routes!(notifications))
+        .routes(routes!(outbox))
         .route("/api/sessions/{id}/status", any(legacy_session))
         .route("/api/sessions/{id}/cancel", any(legacy_session))
         .route("/api/sessions/{id}/complete", any(legacy_session))
@@ -59,7 +59,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthDto>, Ap
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document")))]
 pub async fn openapi() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+    Json(crate::openapi_document()).into_response()
 }
 
 #[utoipa::path(post, path = "/v1/test-clock/advance", tag = "operations",

@@ -11,7 +11,6 @@
 use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, header};
-use axum::routing::post;
 use bytes::Bytes;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -19,13 +18,11 @@ use verdict_store::{PlatformDisposition, PlatformPresence};
 
 use crate::problem::{ApiError, Problem};
 use crate::providers::{self, HookError, Parsed};
-use crate::{AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/v1/presence/livekit", post(livekit))
-        .route("/v1/presence/daily", post(daily))
-        .route("/v1/presence/twilio", post(twilio))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(livekit)).routes(routes!(daily)).routes(routes!(twilio))
 }
 
 /// What became of one platform event.

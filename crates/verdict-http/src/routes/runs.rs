@@ -15,7 +15,6 @@ use crate::wire::Path;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verdict_core::Role;
@@ -25,14 +24,15 @@ use crate::auth::Caller;
 use crate::dto::Page;
 use crate::problem::ApiError;
 use crate::wire::{StrictQuery, format_instant};
-use crate::{AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/v1/admin/imports", get(imports))
-        .route("/v1/admin/imports/{id}", get(one_import))
-        .route("/v1/admin/repairs", get(repairs))
-        .route("/v1/admin/repairs/{id}", get(one_repair))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(imports))
+        .routes(routes!(one_import))
+        .routes(routes!(repairs))
+        .routes(routes!(one_repair))
 }
 
 /// The routes whose work outlasts any request timeout.

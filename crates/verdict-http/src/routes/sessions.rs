@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use verdict_core::{EndCause, Party, Role, is_valid_id};
 use verdict_store::{Ended, Idempotency, PresenceChange, PresenceSource, Session};
 
@@ -14,17 +13,18 @@ use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
 use crate::wire::Path;
 use crate::wire::{JsonBody, OptionalJsonObject, StrictQuery, from_value, idempotency_key};
-use crate::{AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/v1/sessions", post(create_session))
-        .route("/v1/sessions/{id}", get(get_session))
-        .route("/v1/sessions/{id}/join", post(join))
-        .route("/v1/sessions/{id}/leave", post(leave))
-        .route("/v1/sessions/{id}/heartbeat", post(heartbeat))
-        .route("/v1/sessions/{id}/end", post(end))
-        .route("/v1/sessions/{id}/events", get(events))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create_session))
+        .routes(routes!(get_session))
+        .routes(routes!(join))
+        .routes(routes!(leave))
+        .routes(routes!(heartbeat))
+        .routes(routes!(end))
+        .routes(routes!(events))
 }
 
 /// Loads a session the caller may see: its parties, the platform, admins.

@@ -5,7 +5,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use serde::Deserialize;
 use verdict_core::{Role, is_valid_id};
 use verdict_store::{AssignmentCursor, RequestStatus};
@@ -21,21 +20,22 @@ use crate::routes::sessions::{created_response, idempotency_for};
 use crate::wire::Path;
 use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, from_value};
-use crate::{AppState, Router};
+use crate::{ApiRouter, AppState};
+use utoipa_axum::routes;
 
 const PAGE: i64 = 100;
 
-pub fn router() -> Router {
-    Router::new()
-        .route("/v1/users/{id}", put(upsert_user))
-        .route("/v1/requests", post(create_request))
-        .route("/v1/requests/{id}", get(get_request))
-        .route("/v1/requests/{id}/accept", post(accept_request))
-        .route("/v1/requests/{id}/cancel", post(cancel_request))
-        .route("/v1/assignments", get(assignments))
-        .route("/v1/payouts", get(payouts))
-        .route("/v1/providers/{id}/earnings", get(earnings))
-        .route("/v1/admin/payouts/{id}/retry", post(retry_payout))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(upsert_user))
+        .routes(routes!(create_request))
+        .routes(routes!(get_request))
+        .routes(routes!(accept_request))
+        .routes(routes!(cancel_request))
+        .routes(routes!(assignments))
+        .routes(routes!(payouts))
+        .routes(routes!(earnings))
+        .routes(routes!(retry_payout))
 }
 
 fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
