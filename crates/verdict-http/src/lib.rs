@@ -85,6 +85,7 @@ fn api_routes() -> ApiRouter {
         .merge(routes::admin::router())
         .merge(routes::runs::router())
         .merge(routes::ops::router())
+        .routes(utoipa_axum::routes!(metrics::render))
 }
 
 /// The OpenAPI document served at `/openapi.json`: the paths of the routes
@@ -109,7 +110,6 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(api)
         .merge(dashboard::router())
-        .route("/metrics", axum::routing::get(metrics::render))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())

@@ -173,6 +173,9 @@ async fn refresh_health_while(alive: Weak<()>, state: AppState) {
 
 /// `GET /metrics`: Prometheus text. Outbox gauges are read at scrape time;
 /// the health score is the background refresh's (see [`refresh_health`]).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Prometheus text exposition (version 0.0.4)")))]
 pub async fn render(State(state): State<AppState>) -> Response {
     render_with(state.store.as_ref(), state.clock.as_ref()).await
 }

@@ -388,6 +388,8 @@ async fn the_openapi_document_lists_every_route(app: TestApp) {
         "/v1/presence/twilio",
         "/healthz",
         "/readyz",
+        "/metrics",
+        "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
     }
