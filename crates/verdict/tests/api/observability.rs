@@ -364,18 +364,7 @@ async fn a_lone_worker_serves_metrics_and_healthz_and_counts_its_sweepers_ends()
     let database_url = format!("sqlite://{}/worker.db", dir.path().display());
     let store = verdict_store::open(&database_url).await.unwrap();
     let two_hours_ago = UnixMillis(SystemClock.now().0 - 2 * 3_600_000);
-    let new = NewSession {
-        id: "forgotten".into(),
-        kind: Kind::Video,
-        customer_id: "cust-1".into(),
-        provider_id: "prov-1".into(),
-        provider_account: None,
-        scheduled_start: None,
-        price: Price { mode: PriceMode::Flat, amount: Cents(2500), currency: "usd".into() },
-        request_id: None,
-        metadata: None,
-        room: None,
-    };
+    let new = video_session("forgotten");
     let service = Actor { role: Role::Service, id: "platform".into() };
     store.create_session(new, &service, None, two_hours_ago).await.unwrap();
     drop(store);
@@ -459,23 +448,7 @@ async fn a_given_request_id_is_echoed_and_a_bad_one_replaced_by_a_uuid_v7(app: T
 /// answered with, and no 4xx body carries one.
 async fn a_5xx_problem_carries_the_request_id_of_its_answer(app: TestApp) {
     app.create_session("bad").await;
-    if app.database_url.starts_with("sqlite:") {
-        app.sql(
-            "CREATE TRIGGER refuse_bad BEFORE UPDATE OF status ON sessions \
-             WHEN NEW.id = 'bad' AND NEW.status <> OLD.status \
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-        )
-        .await;
-    } else {
-        app.sql(
-            "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.id = 'bad' AND NEW.status <> OLD.status THEN \
-             RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_bad BEFORE UPDATE ON sessions \
-             FOR EACH ROW EXECUTE FUNCTION refuse_bad()",
-        )
-        .await;
-    }
+    app.refuse_to_end_bad().await;
     for given in [Some("fault-1"), None] {
         let mut request =
             app.client.post(format!("{}/v1/sessions/bad/end", app.base)).bearer_auth(app.service());
@@ -686,18 +659,7 @@ async fn a_stuck_session_shows_in_the_stuck_sessions_gauge() {
     let two_hours_ago = UnixMillis(SystemClock.now().0 - 2 * 3_600_000);
     let service = Actor { role: Role::Service, id: "platform".into() };
     for id in ["stuck-1", "stuck-2"] {
-        let new = NewSession {
-            id: id.into(),
-            kind: Kind::Video,
-            customer_id: "cust-1".into(),
-            provider_id: "prov-1".into(),
-            provider_account: None,
-            scheduled_start: None,
-            price: Price { mode: PriceMode::Flat, amount: Cents(2500), currency: "usd".into() },
-            request_id: None,
-            metadata: None,
-            room: None,
-        };
+        let new = video_session(id);
         store.create_session(new, &service, None, two_hours_ago).await.unwrap();
     }
     drop(store);
@@ -716,4 +678,21 @@ async fn a_stuck_session_shows_in_the_stuck_sessions_gauge() {
     .await;
     assert_eq!(sample(&scrape, "verdict_sessions_stuck", &[]), Some(2.0), "{scrape}");
     child.kill().await.unwrap();
+}
+
+/// A flat-priced video session between the test's parties, for writing
+/// straight into a store at an instant of the test's choosing.
+fn video_session(id: &str) -> NewSession {
+    NewSession {
+        id: id.into(),
+        kind: Kind::Video,
+        customer_id: "cust-1".into(),
+        provider_id: "prov-1".into(),
+        provider_account: None,
+        scheduled_start: None,
+        price: Price { mode: PriceMode::Flat, amount: Cents(2500), currency: "usd".into() },
+        request_id: None,
+        metadata: None,
+        room: None,
+    }
 }

@@ -120,6 +120,28 @@ impl Reply {
 }
 
 impl TestApp {
+    /// Refuses, in the database, to end session `bad` (as a corrupt row or a
+    /// bug would): the sweeper's end of it fails every time.
+    pub async fn refuse_to_end_bad(&self) {
+        if self.database_url.starts_with("sqlite:") {
+            self.sql(
+                "CREATE TRIGGER refuse_bad BEFORE UPDATE OF status ON sessions \
+                 WHEN NEW.id = 'bad' AND NEW.status <> OLD.status \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .await;
+        } else {
+            self.sql(
+                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.id = 'bad' AND NEW.status <> OLD.status THEN \
+                 RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse_bad BEFORE UPDATE ON sessions \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_bad()",
+            )
+            .await;
+        }
+    }
+
     /// Starts the application; `configure` may change the configuration.
     pub async fn spawn(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
         verdict_worker::install_crypto();

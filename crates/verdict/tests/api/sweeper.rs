@@ -189,34 +189,12 @@ async fn nothing_is_swept_before_it_is_due(app: TestApp) {
     assert_eq!(session(&app, "waiting").await["status"], "expired");
 }
 
-/// Refuses, in the database, to end session `bad` (as a corrupt row or a
-/// bug would): the sweeper's end of it fails every time.
-async fn refuse_to_end_bad(app: &TestApp) {
-    if app.database_url.starts_with("sqlite:") {
-        app.sql(
-            "CREATE TRIGGER refuse_bad BEFORE UPDATE OF status ON sessions \
-             WHEN NEW.id = 'bad' AND NEW.status <> OLD.status \
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-        )
-        .await;
-    } else {
-        app.sql(
-            "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.id = 'bad' AND NEW.status <> OLD.status THEN \
-             RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_bad BEFORE UPDATE ON sessions \
-             FOR EACH ROW EXECUTE FUNCTION refuse_bad()",
-        )
-        .await;
-    }
-}
-
 async fn a_session_that_cannot_be_ended_is_counted_and_blocks_no_other(app: TestApp) {
     for id in ["bad", "ok1", "ok2"] {
         app.create_session(id).await;
     }
     app.advance(2_000).await;
-    refuse_to_end_bad(&app).await;
+    app.refuse_to_end_bad().await;
     // One session a sweep: the failing one must not come first every time.
     let worker = app.worker(|config| config.sweep_batch_max = 1);
     let mut ended = Vec::new();
