@@ -235,15 +235,8 @@ async fn sqlite_writers_in_three_processes_never_surface_a_lock_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = format!("sqlite://{}/shared.db", dir.path().display());
     let start = async || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_verdict"));
-        command
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .current_dir(dir.path())
-            .env("VERDICT_DATABASE_URL", &database_url)
-            .env("VERDICT_JWT_SECRET", SECRET)
-            .env("VERDICT_WORKER", "off")
-            .env("VERDICT_MIN_BILLABLE_SECONDS", "0")
-            .env("RUST_LOG", "error");
+        let mut command = crate::support::serve_command(dir.path(), &database_url);
+        command.env("VERDICT_MIN_BILLABLE_SECONDS", "0").env("RUST_LOG", "error");
         serve_process(&mut command).await
     };
     let (_first, a) = start().await;

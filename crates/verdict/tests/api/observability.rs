@@ -483,13 +483,8 @@ async fn every_log_line_of_a_request_names_its_request_id_as_its_answer_does() {
     verdict_worker::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let database_url = format!("sqlite://{}/logs.db", dir.path().display());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_verdict"));
+    let mut command = crate::support::serve_command(dir.path(), &database_url);
     command
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("VERDICT_DATABASE_URL", &database_url)
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .env("VERDICT_WORKER", "off")
         .env("VERDICT_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,verdict_store=debug,sqlx=warn")
         .stdout(std::process::Stdio::null())
@@ -596,19 +591,17 @@ async fn every_log_line_of_a_request_names_its_request_id_as_its_answer_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_off_a_terminal_are_plain_and_name_the_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_verdict"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("VERDICT_DATABASE_URL", format!("sqlite://{}/text.db", dir.path().display()))
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .env("VERDICT_WORKER", "off")
-        .env_remove("VERDICT_LOG_FORMAT")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start verdict serve");
+    let mut child = crate::support::serve_command(
+        dir.path(),
+        &format!("sqlite://{}/text.db", dir.path().display()),
+    )
+    .env_remove("VERDICT_LOG_FORMAT")
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start verdict serve");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let access = tokio::time::timeout(Duration::from_secs(60), async {
         let mut base = None;
@@ -663,14 +656,8 @@ async fn a_stuck_session_shows_in_the_stuck_sessions_gauge() {
         store.create_session(new, &service, None, two_hours_ago).await.unwrap();
     }
     drop(store);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_verdict"));
-    command
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("VERDICT_DATABASE_URL", &database_url)
-        .env("VERDICT_JWT_SECRET", SECRET)
-        .env("VERDICT_WORKER", "off")
-        .env("RUST_LOG", "warn");
+    let mut command = crate::support::serve_command(dir.path(), &database_url);
+    command.env("RUST_LOG", "warn");
     let (mut child, base) = crate::support::serve_process(&mut command).await;
     let scrape = poll_until(&format!("{base}/metrics"), |text| {
         sample(text, "verdict_sessions_stuck", &[]).is_some()

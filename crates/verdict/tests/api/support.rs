@@ -383,6 +383,19 @@ pub fn expect(status: &str, reason: &str, billable_seconds: i64) -> (String, Str
 
 /// Starts `verdict serve` as configured in `command` (stdout piped) and
 /// waits for its listening address; its output is drained from then on.
+/// `verdict serve` on a free loopback port, in `dir`, on `database_url`,
+/// signing with [`SECRET`], its outbox worker off; callers add the rest.
+pub fn serve_command(dir: &std::path::Path, database_url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"));
+    command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env("VERDICT_DATABASE_URL", database_url)
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .env("VERDICT_WORKER", "off");
+    command
+}
+
 pub async fn serve_process(
     command: &mut tokio::process::Command,
 ) -> (tokio::process::Child, String) {
