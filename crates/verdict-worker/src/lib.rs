@@ -209,7 +209,7 @@ impl Worker {
             tracing::info!(
                 session = %session.id,
                 status = %session.status,
-                reason = ?session.reason(),
+                reason = %session.reason().map_or("none", |reason| reason.as_str()),
                 "sweeper ended a session"
             );
         }

@@ -39,6 +39,16 @@ pub enum ClockKind {
     Manual,
 }
 
+impl ClockKind {
+    /// The word of the configuration (`system`, `manual`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockKind::System => "system",
+            ClockKind::Manual => "manual",
+        }
+    }
+}
+
 /// The shortest JWT secret `serve` and `worker` accept: 256 bits, HS256's
 /// own key size (RFC 7518 §3.2).
 pub const JWT_SECRET_BYTES_MIN: usize = 32;

@@ -234,14 +234,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colour only on a terminal, and never with `NO_COLOR` (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    let refused = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    std::io::stderr().is_terminal() && !refused
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colour());
     match format {
         LogFormat::Text => builder.init(),
         // Each line one object; the request's span (its id, route, role)
@@ -474,7 +480,7 @@ async fn serve(config: Config) -> Result<(), BoxError> {
     tracing::info!(
         address = %app.local_addr(),
         database = %verdict_store::redact_url(&config.database_url),
-        clock = ?config.clock,
+        clock = %config.clock.as_str(),
         "verdict listening"
     );
     if random {

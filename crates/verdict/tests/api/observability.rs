@@ -683,3 +683,48 @@ fn video_session(id: &str) -> NewSession {
         room: None,
     }
 }
+
+/// Logs written to a file, as an operator's unit or a redirect keeps them:
+/// no escape character in them (never colour off a terminal, and never
+/// with `NO_COLOR`), and the sweeper's end in the API's words
+/// (`reason=no_show_both`, not a debug `Some(NoShowBoth)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_a_file_are_plain_and_speak_the_wire_words() {
+    verdict_worker::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}/file-log.db", dir.path().display());
+    let store = verdict_store::open(&database_url).await.unwrap();
+    let two_hours_ago = UnixMillis(SystemClock.now().0 - 2 * 3_600_000);
+    let service = Actor { role: Role::Service, id: "platform".into() };
+    store
+        .create_session(video_session("nobody-came"), &service, None, two_hours_ago)
+        .await
+        .unwrap();
+    drop(store);
+    let log = dir.path().join("verdict.log");
+    let mut command = crate::support::serve_command(dir.path(), &database_url);
+    command
+        .env("VERDICT_WORKER", "on")
+        .env("NO_COLOR", "1")
+        .env_remove("VERDICT_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (mut child, _base) = crate::support::serve_process(&mut command).await;
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("sweeper ended a session") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().await.unwrap();
+    let ended = text.lines().find(|line| line.contains("sweeper ended a session"));
+    let ended = ended.unwrap_or_else(|| panic!("no sweeper line in {text}"));
+    assert!(!text.contains('\u{1b}'), "an escape character in the log file: {text:?}");
+    for part in ["session=nobody-came", "status=expired", "reason=no_show_both"] {
+        assert!(ended.contains(part), "{part} in {ended:?}");
+    }
+    assert!(!text.contains("Some("), "debug text in the log: {text}");
+    assert!(text.contains("clock=system"), "the clock in its config word: {text}");
+}

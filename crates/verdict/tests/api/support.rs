@@ -402,7 +402,6 @@ pub async fn serve_process(
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = command
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("start verdict serve");
