@@ -1,0 +1,348 @@
+// VerdictSession against a real `verdict serve` (SQLite, manual clock):
+// presence calls, their audit trail, network drops, platform sessions and
+// the `decided` event. The client's own timers are faked where a test needs
+// to move them; the server's time moves only by /v1/test-clock/advance.
+
+import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+
+import {
+  startTicker,
+  VerdictSession,
+  type DecidedEvent,
+  type Session,
+  type VerdictSessionEvents,
+} from "../src/index";
+import {
+  FakeWindow,
+  recordingFetch,
+  startVerdict,
+  trail,
+  until,
+  type TestServer,
+} from "./support";
+
+let server: TestServer;
+beforeAll(async () => {
+  server = await startVerdict({ manualClock: true });
+});
+afterAll(async () => {
+  await server?.stop();
+});
+
+const opened: VerdictSession[] = [];
+afterEach(() => {
+  for (const session of opened.splice(0)) session.stop();
+  vi.useRealTimers();
+});
+
+/** Only the client's timers and Date: real I/O keeps running. */
+function fakeClientTimers(): void {
+  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "Date"] });
+}
+
+/** A party's VerdictSession with a recording fetch, a fake window and a log of its events. */
+function party(
+  sessionId: string,
+  who: "customer" | "provider",
+  options: { pollIntervalMs?: number; on?: TestServer } = {},
+) {
+  const target = options.on ?? server;
+  const recording = recordingFetch();
+  const window = new FakeWindow();
+  const session = new VerdictSession({
+    baseUrl: target.baseUrl,
+    token: who === "customer" ? target.customerToken : target.providerToken,
+    sessionId,
+    fetch: recording.fetch,
+    target: window,
+    pollIntervalMs: options.pollIntervalMs ?? 20,
+  });
+  opened.push(session);
+  const log: { event: keyof VerdictSessionEvents; payload: unknown }[] = [];
+  const names: (keyof VerdictSessionEvents)[] = [
+    "decided",
+    "joined",
+    "left",
+    "offline",
+    "rejoined",
+    "heartbeat",
+    "error",
+  ];
+  for (const name of names) session.on(name, (payload) => log.push({ event: name, payload }));
+  const fired = (name: keyof VerdictSessionEvents) => log.filter((entry) => entry.event === name);
+  const decided = () => fired("decided")[0]?.payload as DecidedEvent | undefined;
+  return { session, recording, window, log, fired, decided };
+}
+
+describe("presence and outcome", () => {
+  test("both parties join, one leaves and rejoins, the customer ends: the audit trail and decided for both", async () => {
+    await server.createSession("flow");
+    const customer = party("flow", "customer");
+    const provider = party("flow", "provider");
+
+    const started = await customer.session.start();
+    expect(started.presence_source).toBe("any");
+    expect(customer.session.state).toBe("joined");
+    expect(customer.fired("joined")).toHaveLength(1);
+    await provider.session.start();
+    expect(provider.session.state).toBe("joined");
+    expect(provider.session.session?.status).toBe("live");
+
+    // Together 30 s (the server's clock), the provider away 30 s (longer
+    // than reconnect_grace_seconds), together 40 s more: 70 s overlap.
+    await server.advance(30);
+    await provider.session.leave();
+    expect(provider.session.state).toBe("left");
+    expect((provider.fired("left")[0]?.payload as Session).id).toBe("flow");
+    await server.advance(30);
+    await provider.session.start();
+    expect(provider.session.state).toBe("joined");
+    expect(provider.fired("rejoined")).toHaveLength(1);
+    await server.advance(40);
+
+    const ended = await customer.session.end();
+    expect(ended.outcome).toMatchObject({ status: "completed", reason: "completed", billable_seconds: 70 });
+    expect(customer.session.state).toBe("decided");
+    expect(customer.decided()).toMatchObject({
+      status: "completed",
+      reason: "completed",
+      billable_seconds: 70,
+      ended_by: "customer",
+    });
+    // The provider learns it by polling.
+    await until(() => provider.decided() !== undefined, "the provider's decided event");
+    expect(provider.decided()).toMatchObject({ status: "completed", billable_seconds: 70, ended_by: "customer" });
+    expect(provider.session.state).toBe("decided");
+    expect(provider.fired("decided")).toHaveLength(1);
+
+    expect(trail(await server.events("flow"))).toEqual([
+      "created:-:service",
+      "joined:customer:customer",
+      "joined:provider:provider",
+      "left:provider:provider",
+      "joined:provider:provider",
+      "ended:-:customer",
+    ]);
+    // The end carried no body: nothing claimed.
+    const endCall = customer.recording.seen.find((entry) => entry.path.endsWith("/end"));
+    expect(endCall).toMatchObject({ method: "POST", hasBody: false, status: 200 });
+  });
+
+  test("start() on a session that has ended makes no presence call and decides at once", async () => {
+    await server.createSession("over");
+    await server.service.end("over");
+    const customer = party("over", "customer");
+    const session = await customer.session.start();
+    expect(session.status).toBe("cancelled");
+    expect(customer.session.state).toBe("decided");
+    expect(customer.decided()).toMatchObject({ status: "cancelled", reason: "no_show_both", ended_by: "service" });
+    expect(customer.recording.seen.map((entry) => `${entry.method} ${entry.path}`)).toEqual([
+      "GET /v1/sessions/over",
+    ]);
+  });
+
+  test("start() rejects with the problem when the session cannot be read", async () => {
+    const customer = party("missing", "customer");
+    await expect(customer.session.start()).rejects.toMatchObject({ status: 404, slug: "not-found" });
+    expect(customer.session.state).toBe("idle");
+  });
+
+  test("a session the service ends is decided through the refused heartbeat", async () => {
+    fakeClientTimers();
+    await server.createSession("service-ends");
+    const customer = party("service-ends", "customer", { pollIntervalMs: 3_600_000 });
+    await customer.session.start();
+    await server.service.end("service-ends");
+    await vi.advanceTimersByTimeAsync(customer.session.heartbeatIntervalMs);
+    await until(() => customer.decided() !== undefined, "decided after the 409");
+    expect(customer.recording.count("POST", "/heartbeat")).toBe(1);
+    expect(customer.recording.seen.find((entry) => entry.path.endsWith("/heartbeat"))?.status).toBe(409);
+    expect(customer.decided()).toMatchObject({ status: "cancelled", ended_by: "service" });
+    expect(customer.fired("error")).toHaveLength(0);
+  });
+});
+
+describe("heartbeats", () => {
+  test("the heartbeat period is a third of the session's presence timeout", async () => {
+    fakeClientTimers();
+    await server.createSession("period");
+    const customer = party("period", "customer", { pollIntervalMs: 3_600_000 });
+    const session = await customer.session.start();
+    expect(session.presence_timeout_seconds).toBe(60);
+    expect(customer.session.heartbeatIntervalMs).toBe(20_000);
+    const beats = () => customer.recording.count("POST", "/heartbeat");
+
+    await vi.advanceTimersByTimeAsync(19_999);
+    expect(beats()).toBe(0);
+    await vi.advanceTimersByTimeAsync(1);
+    await until(() => customer.fired("heartbeat").length === 1, "the first heartbeat");
+    expect(beats()).toBe(1);
+    await vi.advanceTimersByTimeAsync(19_999);
+    expect(beats()).toBe(1);
+    await vi.advanceTimersByTimeAsync(1);
+    await until(() => customer.fired("heartbeat").length === 2, "the second heartbeat");
+    expect(customer.recording.seen.filter((entry) => entry.path.endsWith("/heartbeat")).map((entry) => entry.status)).toEqual([204, 204]);
+    expect(customer.session.state).toBe("joined");
+  });
+
+  test("a tab coming back from the background sends an overdue heartbeat at once", async () => {
+    fakeClientTimers();
+    await server.createSession("background");
+    const customer = party("background", "customer", { pollIntervalMs: 3_600_000 });
+    await customer.session.start();
+    const beats = () => customer.recording.count("POST", "/heartbeat");
+    // A hidden tab's throttled timer has not fired although the wall
+    // clock is past the deadline.
+    customer.window.document.visibilityState = "hidden";
+    vi.setSystemTime(Date.now() + 25_000);
+    customer.window.fire("visibilitychange");
+    expect(beats()).toBe(0);
+    customer.window.document.visibilityState = "visible";
+    customer.window.fire("visibilitychange");
+    await until(() => customer.fired("heartbeat").length === 1, "the overdue heartbeat");
+    expect(beats()).toBe(1);
+    // The next one is a full period after that one, not after the missed deadline.
+    const next = customer.fired("heartbeat")[0]?.payload as { at: number; nextAt: number };
+    expect(next.nextAt - next.at).toBe(20_000);
+  });
+
+  test("a worker's ticks post wake-ups on their own period", () => {
+    fakeClientTimers();
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] });
+    const posted: unknown[] = [];
+    const stop = startTicker({ postMessage: (message) => posted.push(message) }, 1000);
+    vi.advanceTimersByTime(3500);
+    expect(posted).toEqual([{ type: "tick" }, { type: "tick" }, { type: "tick" }]);
+    stop();
+    vi.advanceTimersByTime(5000);
+    expect(posted).toHaveLength(3);
+  });
+});
+
+describe("network drops", () => {
+  test("a dropped network goes offline, retries with backoff, and rejoins once the network is back", async () => {
+    fakeClientTimers();
+    await server.createSession("drop");
+    const customer = party("drop", "customer", { pollIntervalMs: 3_600_000 });
+    await customer.session.start();
+    await vi.advanceTimersByTimeAsync(20_000);
+    await until(() => customer.fired("heartbeat").length === 1, "a heartbeat before the drop");
+
+    customer.recording.control.offline = true;
+    await vi.advanceTimersByTimeAsync(20_000);
+    await until(() => customer.session.state === "offline", "offline");
+    const offline = customer.fired("offline")[0]?.payload as { retryInMs: number; error: unknown };
+    expect(offline.error).toBeInstanceOf(TypeError);
+    expect(offline.retryInMs).toBeGreaterThanOrEqual(500);
+    expect(offline.retryInMs).toBeLessThanOrEqual(1000);
+    // It retries (a join) after the backoff, and stays offline.
+    const attempts = () => customer.recording.seen.filter((entry) => entry.status === "network-error").length;
+    const before = attempts();
+    await vi.advanceTimersByTimeAsync(offline.retryInMs);
+    await until(() => attempts() === before + 1, "a retry after the backoff");
+    expect(customer.recording.seen.at(-1)?.path).toBe("/v1/sessions/drop/join");
+    expect(customer.fired("offline")).toHaveLength(1);
+
+    // Meanwhile the server counts the customer gone (its timeout is 60 s).
+    await server.advance(90);
+    customer.recording.control.offline = false;
+    customer.window.fire("online");
+    await until(() => customer.session.state === "joined", "joined again");
+    expect(customer.fired("rejoined")).toHaveLength(1);
+
+    const events = await server.events("drop");
+    expect(trail(events)).toEqual([
+      "created:-:service",
+      "joined:customer:customer",
+      "left:customer:system",
+      "joined:customer:customer",
+    ]);
+    expect(events[2]?.data).toMatchObject({ cause: "heartbeat_lapsed" });
+    // Heartbeats resume on the normal period.
+    const beats = customer.recording.count("POST", "/heartbeat");
+    await vi.advanceTimersByTimeAsync(20_000);
+    await until(() => customer.recording.count("POST", "/heartbeat") === beats + 1, "a heartbeat after the rejoin");
+  });
+});
+
+describe("the page going away", () => {
+  test("pagehide leaves with a keepalive request; back from the cache it joins again", async () => {
+    await server.createSession("pagehide");
+    const customer = party("pagehide", "customer");
+    await customer.session.start();
+    customer.window.fire("pagehide", { persisted: true });
+    expect(customer.session.state).toBe("left");
+    await until(
+      async () => trail(await server.events("pagehide")).includes("left:customer:customer"),
+      "the customer's left event",
+    );
+    const leave = customer.recording.seen.find((entry) => entry.path.endsWith("/leave"));
+    expect(leave).toMatchObject({ method: "POST", keepalive: true });
+
+    customer.window.fire("pageshow", { persisted: true });
+    await until(() => customer.session.state === "joined", "joined after pageshow");
+    expect(customer.fired("rejoined")).toHaveLength(1);
+    expect(trail(await server.events("pagehide")).at(-1)).toBe("joined:customer:customer");
+  });
+});
+
+describe("platform presence", () => {
+  test("a session whose presence comes from its video platform gets no presence call at all", async () => {
+    fakeClientTimers();
+    await server.createSession("platform", {
+      kind: "video",
+      room: "room-platform",
+      customer_identity: "alice",
+      provider_identity: "bob",
+      presence_source: "platform",
+    });
+    const customer = party("platform", "customer", { pollIntervalMs: 5000 });
+    const session = await customer.session.start();
+    expect(session.presence_source).toBe("platform");
+    expect(customer.session.state).toBe("idle");
+    // A minute of polls every 5 s, and not one presence call.
+    for (let poll = 1; poll <= 12; poll += 1) {
+      const before = customer.session.session;
+      await vi.advanceTimersByTimeAsync(5000);
+      // Each poll's answer replaces the session the client holds.
+      await until(() => customer.session.session !== before, `poll ${poll}`);
+    }
+    expect(customer.recording.count("GET", "/platform")).toBe(13);
+    customer.window.fire("visibilitychange");
+    customer.window.fire("online");
+    customer.window.fire("pagehide", { persisted: false });
+    await customer.session.leave();
+    expect(customer.fired("left")).toHaveLength(1);
+
+    const ended = await customer.session.end();
+    expect(ended.outcome.reason).toBe("no_show_both");
+    expect(customer.decided()).toMatchObject({ status: "cancelled", ended_by: "customer" });
+    const calls = new Set(customer.recording.seen.map((entry) => `${entry.method} ${entry.path}`));
+    expect([...calls].sort()).toEqual(["GET /v1/sessions/platform", "POST /v1/sessions/platform/end"]);
+  });
+});
+
+describe("the sweeper", () => {
+  let own: TestServer;
+  beforeAll(async () => {
+    own = await startVerdict({ manualClock: true });
+  });
+  afterAll(async () => {
+    await own?.stop();
+  });
+
+  test("decided fires when the sweeper ends the session", async () => {
+    await own.createSession("swept");
+    const customer = party("swept", "customer", { on: own });
+    await customer.session.start();
+    // Past the join deadline (join_grace_seconds 900) without the provider.
+    await own.advance(901);
+    await until(() => customer.decided() !== undefined, "decided after the sweep", 30_000);
+    expect(customer.decided()).toMatchObject({
+      status: "expired",
+      reason: "no_show_provider",
+      ended_by: "system",
+    });
+    expect(customer.session.state).toBe("decided");
+  });
+});
