@@ -526,11 +526,16 @@ export class VerdictSession {
       try {
         (handler as Handler<K>)(payload);
       } catch (error) {
-        // A failing handler must not stop the session; report it as the
-        // platform reports uncaught errors.
-        queueMicrotask(() => {
-          throw error;
-        });
+        // A failing handler must not stop the session or the other
+        // handlers: report it as the platform reports uncaught errors.
+        const report = (globalThis as { reportError?: (error: unknown) => void }).reportError;
+        if (typeof report === "function") {
+          report(error);
+        } else {
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
       }
     }
   }

@@ -5,21 +5,8 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 
-import {
-  startTicker,
-  VerdictSession,
-  type DecidedEvent,
-  type Session,
-  type VerdictSessionEvents,
-} from "../src/index";
-import {
-  FakeWindow,
-  recordingFetch,
-  startVerdict,
-  trail,
-  until,
-  type TestServer,
-} from "./support";
+import { startTicker, type Session } from "../src/index";
+import { fakeClientTimers, party, startVerdict, stopOpened, trail, until, type TestServer } from "./support";
 
 let server: TestServer;
 beforeAll(async () => {
@@ -29,56 +16,16 @@ afterAll(async () => {
   await server?.stop();
 });
 
-const opened: VerdictSession[] = [];
 afterEach(() => {
-  for (const session of opened.splice(0)) session.stop();
+  stopOpened();
   vi.useRealTimers();
 });
-
-/** Only the client's timers and Date: real I/O keeps running. */
-function fakeClientTimers(): void {
-  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "Date"] });
-}
-
-/** A party's VerdictSession with a recording fetch, a fake window and a log of its events. */
-function party(
-  sessionId: string,
-  who: "customer" | "provider",
-  options: { pollIntervalMs?: number; on?: TestServer } = {},
-) {
-  const target = options.on ?? server;
-  const recording = recordingFetch();
-  const window = new FakeWindow();
-  const session = new VerdictSession({
-    baseUrl: target.baseUrl,
-    token: who === "customer" ? target.customerToken : target.providerToken,
-    sessionId,
-    fetch: recording.fetch,
-    target: window,
-    pollIntervalMs: options.pollIntervalMs ?? 20,
-  });
-  opened.push(session);
-  const log: { event: keyof VerdictSessionEvents; payload: unknown }[] = [];
-  const names: (keyof VerdictSessionEvents)[] = [
-    "decided",
-    "joined",
-    "left",
-    "offline",
-    "rejoined",
-    "heartbeat",
-    "error",
-  ];
-  for (const name of names) session.on(name, (payload) => log.push({ event: name, payload }));
-  const fired = (name: keyof VerdictSessionEvents) => log.filter((entry) => entry.event === name);
-  const decided = () => fired("decided")[0]?.payload as DecidedEvent | undefined;
-  return { session, recording, window, log, fired, decided };
-}
 
 describe("presence and outcome", () => {
   test("both parties join, one leaves and rejoins, the customer ends: the audit trail and decided for both", async () => {
     await server.createSession("flow");
-    const customer = party("flow", "customer");
-    const provider = party("flow", "provider");
+    const customer = party(server, "flow", "customer");
+    const provider = party(server, "flow", "provider");
 
     const started = await customer.session.start();
     expect(started.presence_source).toBe("any");
@@ -131,7 +78,7 @@ describe("presence and outcome", () => {
   test("start() on a session that has ended makes no presence call and decides at once", async () => {
     await server.createSession("over");
     await server.service.end("over");
-    const customer = party("over", "customer");
+    const customer = party(server, "over", "customer");
     const session = await customer.session.start();
     expect(session.status).toBe("cancelled");
     expect(customer.session.state).toBe("decided");
@@ -142,7 +89,7 @@ describe("presence and outcome", () => {
   });
 
   test("start() rejects with the problem when the session cannot be read", async () => {
-    const customer = party("missing", "customer");
+    const customer = party(server, "missing", "customer");
     await expect(customer.session.start()).rejects.toMatchObject({ status: 404, slug: "not-found" });
     expect(customer.session.state).toBe("idle");
   });
@@ -150,7 +97,7 @@ describe("presence and outcome", () => {
   test("a session the service ends is decided through the refused heartbeat", async () => {
     fakeClientTimers();
     await server.createSession("service-ends");
-    const customer = party("service-ends", "customer", { pollIntervalMs: 3_600_000 });
+    const customer = party(server, "service-ends", "customer", { pollIntervalMs: 3_600_000 });
     await customer.session.start();
     await server.service.end("service-ends");
     await vi.advanceTimersByTimeAsync(customer.session.heartbeatIntervalMs);
@@ -166,7 +113,7 @@ describe("heartbeats", () => {
   test("the heartbeat period is a third of the session's presence timeout", async () => {
     fakeClientTimers();
     await server.createSession("period");
-    const customer = party("period", "customer", { pollIntervalMs: 3_600_000 });
+    const customer = party(server, "period", "customer", { pollIntervalMs: 3_600_000 });
     const session = await customer.session.start();
     expect(session.presence_timeout_seconds).toBe(60);
     expect(customer.session.heartbeatIntervalMs).toBe(20_000);
@@ -188,7 +135,7 @@ describe("heartbeats", () => {
   test("a tab coming back from the background sends an overdue heartbeat at once", async () => {
     fakeClientTimers();
     await server.createSession("background");
-    const customer = party("background", "customer", { pollIntervalMs: 3_600_000 });
+    const customer = party(server, "background", "customer", { pollIntervalMs: 3_600_000 });
     await customer.session.start();
     const beats = () => customer.recording.count("POST", "/heartbeat");
     // A hidden tab's throttled timer has not fired although the wall
@@ -223,7 +170,7 @@ describe("network drops", () => {
   test("a dropped network goes offline, retries with backoff, and rejoins once the network is back", async () => {
     fakeClientTimers();
     await server.createSession("drop");
-    const customer = party("drop", "customer", { pollIntervalMs: 3_600_000 });
+    const customer = party(server, "drop", "customer", { pollIntervalMs: 3_600_000 });
     await customer.session.start();
     await vi.advanceTimersByTimeAsync(20_000);
     await until(() => customer.fired("heartbeat").length === 1, "a heartbeat before the drop");
@@ -268,7 +215,7 @@ describe("network drops", () => {
 describe("the page going away", () => {
   test("pagehide leaves with a keepalive request; back from the cache it joins again", async () => {
     await server.createSession("pagehide");
-    const customer = party("pagehide", "customer");
+    const customer = party(server, "pagehide", "customer");
     await customer.session.start();
     customer.window.fire("pagehide", { persisted: true });
     expect(customer.session.state).toBe("left");
@@ -296,7 +243,7 @@ describe("platform presence", () => {
       provider_identity: "bob",
       presence_source: "platform",
     });
-    const customer = party("platform", "customer", { pollIntervalMs: 5000 });
+    const customer = party(server, "platform", "customer", { pollIntervalMs: 5000 });
     const session = await customer.session.start();
     expect(session.presence_source).toBe("platform");
     expect(customer.session.state).toBe("idle");
@@ -333,7 +280,7 @@ describe("the sweeper", () => {
 
   test("decided fires when the sweeper ends the session", async () => {
     await own.createSession("swept");
-    const customer = party("swept", "customer", { on: own });
+    const customer = party(own, "swept", "customer");
     await customer.session.start();
     // Past the join deadline (join_grace_seconds 900) without the provider.
     await own.advance(901);

@@ -2,7 +2,17 @@
 // records (and can cut) the client's traffic, and waiting with a bound.
 
 import { mintToken, startServer } from "../scripts/server.mjs";
-import { createVerdictClient, type AuditEvent, type Session, type VerdictClient } from "../src/index";
+import { vi } from "vitest";
+
+import {
+  createVerdictClient,
+  VerdictSession,
+  type AuditEvent,
+  type DecidedEvent,
+  type Session,
+  type VerdictClient,
+  type VerdictSessionEvents,
+} from "../src/index";
 
 export const CUSTOMER = "cust-1";
 export const PROVIDER = "prov-1";
@@ -134,4 +144,51 @@ export class FakeWindow extends EventTarget {
 /** The audit trail reduced to `type:party:actor-role` words, for assertions. */
 export function trail(events: AuditEvent[]): string[] {
   return events.map((event) => [event.type, event.party ?? "-", event.actor.role].join(":"));
+}
+
+/** Only the client's timers and Date are faked: real I/O keeps running. */
+export function fakeClientTimers(): void {
+  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "Date"] });
+}
+
+const opened: VerdictSession[] = [];
+
+/** Stops every VerdictSession `party()` made (call after each test). */
+export function stopOpened(): void {
+  for (const session of opened.splice(0)) session.stop();
+}
+
+const EVENT_NAMES: (keyof VerdictSessionEvents)[] = [
+  "decided",
+  "joined",
+  "left",
+  "offline",
+  "rejoined",
+  "heartbeat",
+  "error",
+];
+
+/** A party's VerdictSession with a recording fetch, a fake window and a log of its events. */
+export function party(
+  server: TestServer,
+  sessionId: string,
+  who: "customer" | "provider",
+  options: { pollIntervalMs?: number; token?: () => string } = {},
+) {
+  const recording = recordingFetch();
+  const window = new FakeWindow();
+  const session = new VerdictSession({
+    baseUrl: server.baseUrl,
+    token: options.token ?? (who === "customer" ? server.customerToken : server.providerToken),
+    sessionId,
+    fetch: recording.fetch,
+    target: window,
+    pollIntervalMs: options.pollIntervalMs ?? 20,
+  });
+  opened.push(session);
+  const log: { event: keyof VerdictSessionEvents; payload: unknown }[] = [];
+  for (const name of EVENT_NAMES) session.on(name, (payload) => log.push({ event: name, payload }));
+  const fired = (name: keyof VerdictSessionEvents) => log.filter((entry) => entry.event === name);
+  const decided = () => fired("decided")[0]?.payload as DecidedEvent | undefined;
+  return { session, recording, window, log, fired, decided };
 }
