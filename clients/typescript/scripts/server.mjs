@@ -27,6 +27,13 @@ const START_TIMEOUT_MS = 60_000;
 /** @type {string | undefined} */
 let foundBinary;
 
+/** Servers still running, killed if this process exits without stopping them. */
+/** @type {Set<import("node:child_process").ChildProcess>} */
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /** The `verdict` binary to run. */
 export function verdictBinary() {
   if (process.env.VERDICT_BIN) return process.env.VERDICT_BIN;
@@ -71,7 +78,9 @@ export async function startServer(options = {}) {
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
   const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.once("exit", () => running.delete(child));
   // The last lines of its output, for failure messages.
   /** @type {string[]} */
   const lines = [];

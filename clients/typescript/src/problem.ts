@@ -43,6 +43,11 @@ export class VerdictProblem extends Error {
     this.body = body;
   }
 
+  /** The problem body's `request_id` (as {@link requestId}), under the wire name. */
+  get request_id(): string | undefined {
+    return this.requestId;
+  }
+
   /** The slug of a verdict problem type (`not-found`, `conflict`, …), else undefined. */
   get slug(): string | undefined {
     return this.type.startsWith(PROBLEM_TYPE_PREFIX)

@@ -91,6 +91,37 @@ describe("problems are typed", () => {
     expect(problem.transient).toBe(true);
   });
 
+  test("a 5xx problem carries its request id, instance and Retry-After", async () => {
+    const body = {
+      type: "urn:verdict:problem:unavailable",
+      title: "Service Unavailable",
+      status: 503,
+      detail: "the database is unavailable; retry later",
+      instance: "/v1/sessions/x",
+      request_id: "req-123",
+    };
+    const client = createVerdictClient({
+      baseUrl: server.baseUrl,
+      token: "t",
+      fetch: async () =>
+        new Response(JSON.stringify(body), {
+          status: 503,
+          headers: { "content-type": "application/problem+json", "retry-after": "1" },
+        }),
+    });
+    const problem = await problemOf(client.getSession("x"));
+    expect(problem).toMatchObject({
+      status: 503,
+      slug: "unavailable",
+      instance: "/v1/sessions/x",
+      requestId: "req-123",
+      request_id: "req-123",
+      retryAfterSeconds: 1,
+      transient: true,
+    });
+    expect(problem.body).toEqual(body);
+  });
+
   test("a network failure is fetch's own error, not a problem", async () => {
     const recording = recordingFetch();
     recording.control.offline = true;
