@@ -227,6 +227,7 @@ export class VerdictSession {
         this.stop();
         throw error;
       }
+      await this.#firstHeartbeat();
     }
     this.#arm();
     return this.#session ?? session;
@@ -287,7 +288,8 @@ export class VerdictSession {
       if (!this.#presenceActive) return;
       this.#session = session;
       this.#attempt = 0;
-      this.#presenceAt = Date.now() + this.#intervalMs;
+      // The first heartbeat is due at once (see #firstHeartbeat).
+      this.#presenceAt = Date.now();
       const again = this.#everJoined;
       this.#everJoined = true;
       this.#setState("joined");
@@ -366,8 +368,22 @@ export class VerdictSession {
     this.#presenceActive = true;
     this.#leftOnPagehide = false;
     await this.#join();
+    await this.#firstHeartbeat();
     this.#arm();
     return this.#session as Session;
+  }
+
+  /**
+   * The heartbeat right after a join. The server counts a party that never
+   * heartbeats in its presence interval as present until it leaves
+   * (SPEC §2), so a tab that crashed before its first periodic heartbeat
+   * would be billed until the end; one heartbeat at once arms the
+   * server's timeout from the start.
+   */
+  async #firstHeartbeat(): Promise<void> {
+    if (!this.#presenceActive || this.#state !== "joined" || this.#presenceBusy) return;
+    this.#presenceAt = undefined;
+    await this.#heartbeat();
   }
 
   // ---- outcome --------------------------------------------------------

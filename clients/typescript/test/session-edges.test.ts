@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, expect, test, vi } from "vitest";
 
 import { VerdictProblem, VerdictSession } from "../src/index";
-import { fakeClientTimers, party, startVerdict, stopOpened, until, type TestServer } from "./support";
+import { elapse, fakeClientTimers, party, startVerdict, stopOpened, until, type TestServer } from "./support";
 
 let server: TestServer;
 beforeAll(async () => {
@@ -26,7 +26,8 @@ test("after leave() no heartbeat goes out, and the outcome is still followed", a
   await customer.session.start();
   await customer.session.leave();
   await vi.advanceTimersByTimeAsync(60_000);
-  expect(customer.recording.count("POST", "/heartbeat")).toBe(0);
+  // Only the one right after the join.
+  expect(customer.recording.count("POST", "/heartbeat")).toBe(1);
   await server.service.end("leave-stops");
   const before = customer.session.session;
   await vi.advanceTimersByTimeAsync(10_000);
@@ -70,9 +71,9 @@ test("a refused heartbeat (expired token) is an error event; heartbeats go on at
   expect(customer.session.state).toBe("joined");
   token = server.customerToken;
   await vi.advanceTimersByTimeAsync(19_999);
-  expect(customer.recording.count("POST", "/heartbeat")).toBe(1);
+  expect(customer.recording.count("POST", "/heartbeat")).toBe(2);
   await vi.advanceTimersByTimeAsync(1);
-  await until(() => customer.fired("heartbeat").length === 1, "the next heartbeat");
+  await until(() => customer.fired("heartbeat").length === 2, "the next heartbeat");
 });
 
 test("a rate-limited heartbeat waits out Retry-After before retrying", async () => {
@@ -141,4 +142,21 @@ test("on() returns an unsubscribe, and a throwing handler does not stop the othe
   }
   expect(calls).toEqual(["throws", "after"]);
   expect(customer.session.state).toBe("joined");
+});
+
+test("a page that dies right after joining is not billed past its presence timeout", async () => {
+  fakeClientTimers();
+  await server.createSession("crash");
+  const customer = party(server, "crash", "customer");
+  const provider = party(server, "crash", "provider");
+  await customer.session.start();
+  await provider.session.start();
+  // The customer's tab crashes: no pagehide, no leave, no more heartbeats.
+  customer.session.stop();
+  await elapse(server, 120, provider);
+  const ended = await provider.session.end();
+  // Without the heartbeat right after the join, the server would count the
+  // customer present until this end (120 s, completed).
+  expect(ended.outcome.status).toBe("cancelled");
+  expect(ended.outcome.billable_seconds).toBe(0);
 });

@@ -6,7 +6,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 
 import { startTicker, type Session } from "../src/index";
-import { fakeClientTimers, party, startVerdict, stopOpened, trail, until, type TestServer } from "./support";
+import { elapse, fakeClientTimers, party, startVerdict, stopOpened, trail, until, type TestServer } from "./support";
 
 let server: TestServer;
 beforeAll(async () => {
@@ -23,6 +23,7 @@ afterEach(() => {
 
 describe("presence and outcome", () => {
   test("both parties join, one leaves and rejoins, the customer ends: the audit trail and decided for both", async () => {
+    fakeClientTimers();
     await server.createSession("flow");
     const customer = party(server, "flow", "customer");
     const provider = party(server, "flow", "provider");
@@ -35,17 +36,20 @@ describe("presence and outcome", () => {
     expect(provider.session.state).toBe("joined");
     expect(provider.session.session?.status).toBe("live");
 
-    // Together 30 s (the server's clock), the provider away 30 s (longer
-    // than reconnect_grace_seconds), together 40 s more: 70 s overlap.
-    await server.advance(30);
+    // Together 30 s, the provider away 30 s (longer than
+    // reconnect_grace_seconds), together 40 s more: 70 s overlap. The
+    // parties heartbeat all along (client timers and server clock move
+    // together).
+    await elapse(server, 30, customer, provider);
     await provider.session.leave();
     expect(provider.session.state).toBe("left");
     expect((provider.fired("left")[0]?.payload as Session).id).toBe("flow");
-    await server.advance(30);
+    await elapse(server, 30, customer, provider);
     await provider.session.start();
     expect(provider.session.state).toBe("joined");
     expect(provider.fired("rejoined")).toHaveLength(1);
-    await server.advance(40);
+    await elapse(server, 40, customer, provider);
+    expect(customer.fired("heartbeat").length).toBeGreaterThanOrEqual(5);
 
     const ended = await customer.session.end();
     expect(ended.outcome).toMatchObject({ status: "completed", reason: "completed", billable_seconds: 70 });
@@ -57,7 +61,10 @@ describe("presence and outcome", () => {
       ended_by: "customer",
     });
     // The provider learns it by polling.
-    await until(() => provider.decided() !== undefined, "the provider's decided event");
+    await until(async () => {
+      await vi.advanceTimersByTimeAsync(20);
+      return provider.decided() !== undefined;
+    }, "the provider's decided event");
     expect(provider.decided()).toMatchObject({ status: "completed", billable_seconds: 70, ended_by: "customer" });
     expect(provider.session.state).toBe("decided");
     expect(provider.fired("decided")).toHaveLength(1);
@@ -102,8 +109,10 @@ describe("presence and outcome", () => {
     await server.service.end("service-ends");
     await vi.advanceTimersByTimeAsync(customer.session.heartbeatIntervalMs);
     await until(() => customer.decided() !== undefined, "decided after the 409");
-    expect(customer.recording.count("POST", "/heartbeat")).toBe(1);
-    expect(customer.recording.seen.find((entry) => entry.path.endsWith("/heartbeat"))?.status).toBe(409);
+    // The first heartbeat right after the join, then the refused one.
+    expect(
+      customer.recording.seen.filter((entry) => entry.path.endsWith("/heartbeat")).map((entry) => entry.status),
+    ).toEqual([204, 409]);
     expect(customer.decided()).toMatchObject({ status: "cancelled", ended_by: "service" });
     expect(customer.fired("error")).toHaveLength(0);
   });
@@ -118,17 +127,19 @@ describe("heartbeats", () => {
     expect(session.presence_timeout_seconds).toBe(60);
     expect(customer.session.heartbeatIntervalMs).toBe(20_000);
     const beats = () => customer.recording.count("POST", "/heartbeat");
-
-    await vi.advanceTimersByTimeAsync(19_999);
-    expect(beats()).toBe(0);
-    await vi.advanceTimersByTimeAsync(1);
-    await until(() => customer.fired("heartbeat").length === 1, "the first heartbeat");
+    // One at once after the join (it arms the server's timeout), then one
+    // every 20 s.
     expect(beats()).toBe(1);
-    await vi.advanceTimersByTimeAsync(19_999);
-    expect(beats()).toBe(1);
-    await vi.advanceTimersByTimeAsync(1);
-    await until(() => customer.fired("heartbeat").length === 2, "the second heartbeat");
-    expect(customer.recording.seen.filter((entry) => entry.path.endsWith("/heartbeat")).map((entry) => entry.status)).toEqual([204, 204]);
+    for (let period = 2; period <= 3; period += 1) {
+      await vi.advanceTimersByTimeAsync(19_999);
+      expect(beats()).toBe(period - 1);
+      await vi.advanceTimersByTimeAsync(1);
+      await until(() => customer.fired("heartbeat").length === period, `heartbeat ${period}`);
+      expect(beats()).toBe(period);
+    }
+    expect(
+      customer.recording.seen.filter((entry) => entry.path.endsWith("/heartbeat")).map((entry) => entry.status),
+    ).toEqual([204, 204, 204]);
     expect(customer.session.state).toBe("joined");
   });
 
@@ -143,13 +154,13 @@ describe("heartbeats", () => {
     customer.window.document.visibilityState = "hidden";
     vi.setSystemTime(Date.now() + 25_000);
     customer.window.fire("visibilitychange");
-    expect(beats()).toBe(0);
+    expect(beats()).toBe(1);
     customer.window.document.visibilityState = "visible";
     customer.window.fire("visibilitychange");
-    await until(() => customer.fired("heartbeat").length === 1, "the overdue heartbeat");
-    expect(beats()).toBe(1);
+    await until(() => customer.fired("heartbeat").length === 2, "the overdue heartbeat");
+    expect(beats()).toBe(2);
     // The next one is a full period after that one, not after the missed deadline.
-    const next = customer.fired("heartbeat")[0]?.payload as { at: number; nextAt: number };
+    const next = customer.fired("heartbeat")[1]?.payload as { at: number; nextAt: number };
     expect(next.nextAt - next.at).toBe(20_000);
   });
 
@@ -172,8 +183,7 @@ describe("network drops", () => {
     await server.createSession("drop");
     const customer = party(server, "drop", "customer", { pollIntervalMs: 3_600_000 });
     await customer.session.start();
-    await vi.advanceTimersByTimeAsync(20_000);
-    await until(() => customer.fired("heartbeat").length === 1, "a heartbeat before the drop");
+    expect(customer.fired("heartbeat")).toHaveLength(1);
 
     customer.recording.control.offline = true;
     await vi.advanceTimersByTimeAsync(20_000);
@@ -205,7 +215,9 @@ describe("network drops", () => {
       "joined:customer:customer",
     ]);
     expect(events[2]?.data).toMatchObject({ cause: "heartbeat_lapsed" });
-    // Heartbeats resume on the normal period.
+    // A heartbeat at once after the rejoin, then on the normal period.
+    await vi.advanceTimersByTimeAsync(0);
+    await until(() => customer.fired("heartbeat").length === 2, "the heartbeat after the rejoin");
     const beats = customer.recording.count("POST", "/heartbeat");
     await vi.advanceTimersByTimeAsync(20_000);
     await until(() => customer.recording.count("POST", "/heartbeat") === beats + 1, "a heartbeat after the rejoin");

@@ -93,6 +93,7 @@ export interface Seen {
 export function recordingFetch() {
   const seen: Seen[] = [];
   const control = { offline: false };
+  let inflight = 0;
   const fetcher = async (request: Request): Promise<Response> => {
     const entry: Seen = {
       method: request.method,
@@ -103,13 +104,18 @@ export function recordingFetch() {
     };
     seen.push(entry);
     if (control.offline) throw new TypeError("fetch failed: network is down (test)");
-    const response = await fetch(request);
-    entry.status = response.status;
-    return response;
+    inflight += 1;
+    try {
+      const response = await fetch(request);
+      entry.status = response.status;
+      return response;
+    } finally {
+      inflight -= 1;
+    }
   };
   const count = (method: string, suffix: string) =>
     seen.filter((entry) => entry.method === method && entry.path.endsWith(suffix)).length;
-  return { fetch: fetcher, seen, control, count };
+  return { fetch: fetcher, seen, control, count, inflight: () => inflight };
 }
 
 /** The real setTimeout, taken before any test fakes the timers. */
@@ -191,4 +197,22 @@ export function party(
   const fired = (name: keyof VerdictSessionEvents) => log.filter((entry) => entry.event === name);
   const decided = () => fired("decided")[0]?.payload as DecidedEvent | undefined;
   return { session, recording, window, log, fired, decided };
+}
+
+/**
+ * Moves time for the server (its manual clock) and for the parties' fake
+ * timers together, 10 s at a time, letting each step's requests finish: the
+ * parties heartbeat as they would while that much time passes.
+ */
+export async function elapse(
+  server: TestServer,
+  seconds: number,
+  ...parties: { recording: { inflight: () => number } }[]
+): Promise<void> {
+  for (let left = seconds; left > 0; left -= 10) {
+    const step = Math.min(10, left);
+    await server.advance(step);
+    await vi.advanceTimersByTimeAsync(step * 1000);
+    await until(() => parties.every((one) => one.recording.inflight() === 0), "the step's requests");
+  }
 }
