@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, expect, test, vi } from "vitest";
 
 import { VerdictProblem, VerdictSession } from "../src/index";
-import { elapse, fakeClientTimers, party, startVerdict, stopOpened, until, type TestServer } from "./support";
+import { elapse, FakeWindow, fakeClientTimers, party, startVerdict, stopOpened, until, type TestServer } from "./support";
 
 let server: TestServer;
 beforeAll(async () => {
@@ -159,4 +159,35 @@ test("a page that dies right after joining is not billed past its presence timeo
   // customer present until this end (120 s, completed).
   expect(ended.outcome.status).toBe("cancelled");
   expect(ended.outcome.billable_seconds).toBe(0);
+});
+
+test("a first join lost on the network leaves start() offline, and the retry is the first join", async () => {
+  fakeClientTimers();
+  await server.createSession("first-join-lost");
+  let dropJoins = true;
+  const window = new FakeWindow();
+  const session = new VerdictSession({
+    baseUrl: server.baseUrl,
+    token: server.customerToken,
+    sessionId: "first-join-lost",
+    target: window,
+    pollIntervalMs: 3_600_000,
+    fetch: async (request) => {
+      if (dropJoins && request.url.endsWith("/join")) throw new TypeError("fetch failed (test)");
+      return fetch(request);
+    },
+  });
+  const events: string[] = [];
+  for (const name of ["joined", "rejoined", "offline"] as const) session.on(name, () => events.push(name));
+  try {
+    const started = await session.start();
+    expect(started.status).toBe("waiting");
+    expect(session.state).toBe("offline");
+    dropJoins = false;
+    window.fire("online");
+    await until(() => session.state === "joined", "joined once the network is back");
+    expect(events).toEqual(["offline", "joined"]);
+  } finally {
+    session.stop();
+  }
 });
