@@ -125,6 +125,8 @@ export class VerdictSession {
   #state: SessionState = "idle";
   #session: Session | undefined;
   #starting: Promise<Session> | undefined;
+  /** Bumped by stop(): a start() still reading the session then gives up. */
+  #generation = 0;
   /** True between start() and decided/stop(): timers and listeners are live. */
   #running = false;
   /** The session takes the parties' own presence (`presence_source` `any`). */
@@ -208,8 +210,10 @@ export class VerdictSession {
   }
 
   async #start(): Promise<Session> {
+    const generation = this.#generation;
     const session = await this.client.getSession(this.sessionId);
     this.#session = session;
+    if (generation !== this.#generation) return session;
     if (isTerminal(session)) {
       this.#decide(session);
       return session;
@@ -270,6 +274,7 @@ export class VerdictSession {
 
   /** Stops timers, listeners and the worker; sends nothing. */
   stop(): void {
+    this.#generation += 1;
     this.#running = false;
     this.#presenceActive = false;
     this.#teardown();

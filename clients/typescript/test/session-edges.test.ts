@@ -191,3 +191,15 @@ test("a first join lost on the network leaves start() offline, and the retry is 
     session.stop();
   }
 });
+
+test("stop() while start() is still reading the session makes it join nothing", async () => {
+  await server.createSession("stopped-early");
+  const customer = party(server, "stopped-early", "customer");
+  const starting = customer.session.start();
+  customer.session.stop();
+  expect((await starting).status).toBe("waiting");
+  expect(customer.recording.seen.map((entry) => `${entry.method} ${entry.path}`)).toEqual([
+    "GET /v1/sessions/stopped-early",
+  ]);
+  expect(customer.session.state).toBe("idle");
+});
