@@ -9,6 +9,7 @@ pub mod access;
 pub mod auth;
 pub mod cors;
 mod dashboard;
+pub mod demo_room;
 pub mod dto;
 pub mod import;
 pub mod jwt_crypto;
@@ -102,6 +103,11 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
 
 /// The whole API.
 pub fn router(state: AppState) -> axum::Router {
+    router_with_demo(state, None)
+}
+
+/// The whole API, and the demo room's pages when `verdict demo` runs.
+pub fn router_with_demo(state: AppState, demo: Option<Arc<demo_room::DemoRooms>>) -> axum::Router {
     metrics::install();
     let limiting =
         rate_limit::Limiting::new(state.rate_limit, state.clock.clone(), state.jwt.clone());
@@ -110,6 +116,7 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(api)
         .merge(dashboard::router())
+        .merge(demo.map(demo_room::router).unwrap_or_default())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())

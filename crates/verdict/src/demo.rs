@@ -9,17 +9,23 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
-use verdict_core::Role;
+use verdict_core::{Kind, Role};
 use verdict_http::JwtKeys;
 use verdict_store::clock::{Clock, SystemClock};
 
 use crate::config::Config;
 use crate::{Application, BoxError};
 
+/// The demo's own database unless one is configured: apart from
+/// `verdict serve`'s default, so the two never mix.
+pub const DATABASE_URL: &str = "sqlite://verdict-data/demo.db";
+
 /// Legacy sessions imported at start (ids are stable: a second run skips them).
 const LEGACY_SESSIONS: u64 = 300;
 /// Live sessions in flight at once.
 const IN_FLIGHT_MAX: usize = 40;
+/// Rooms open for the browser at start (`/demo`), chat and video.
+const ROOMS_AT_START: usize = 4;
 
 pub async fn run(
     config: &Config,
@@ -39,8 +45,18 @@ pub async fn run(
     let summary = importer.finish().await?;
 
     let keys = Arc::new(crate::jwt_keys(config, &secret));
+    let rooms = verdict_http::demo_room::DemoRooms::new(keys.clone());
+    for n in 0..ROOMS_AT_START {
+        let kind = if n % 2 == 0 { Kind::Chat } else { Kind::Video };
+        rooms.open(app.state(), kind).await.map_err(|error| format!("demo room: {error}"))?;
+    }
+    let app = app.with_demo_rooms(rooms);
     let token = keys.mint(Role::Admin, "demo", crate::simulate::unix_now() + 24 * 3600);
+    println!("verdict listening on http://{address}");
     println!("verdict demo on {}", verdict_store::redact_url(&config.database_url));
+    if let Some(file) = config.database_url.strip_prefix("sqlite://") {
+        println!("  (its own database: stop the demo and delete {file} to start afresh)");
+    }
     println!(
         "  legacy history: {} sessions imported ({} already there), about 10 % recorded wrong",
         summary.imported, summary.skipped
@@ -48,6 +64,7 @@ pub async fn run(
     println!("  a marketplace is running against it in real time; Ctrl-C stops everything");
     println!();
     println!("  dashboard:   http://{address}/admin/sessions/session-health");
+    println!("  demo rooms:  http://{address}/demo  (join a session as customer and provider)");
     println!("  admin token: {token}");
     println!("  (paste the token on the sign-in page; it is valid for 24 h)");
 

@@ -44,6 +44,8 @@ pub struct Application {
     state: AppState,
     /// The outbox worker, when this process runs one.
     worker: Option<Worker>,
+    /// The demo room's pages (`verdict demo` only).
+    demo_rooms: Option<Arc<verdict_http::demo_room::DemoRooms>>,
 }
 
 impl Application {
@@ -59,7 +61,7 @@ impl Application {
         };
         let listener = TcpListener::bind(&config.bind)
             .await
-            .map_err(|error| format!("cannot listen on {}: {error}", config.bind))?;
+            .map_err(|error| cannot_listen(&config.bind, &error))?;
         let state = AppState {
             store,
             clock,
@@ -82,7 +84,7 @@ impl Application {
         } else {
             None
         };
-        Ok(Application { listener, state, worker })
+        Ok(Application { listener, state, worker, demo_rooms: None })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -91,6 +93,12 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Serves the demo room's pages too (`verdict demo`).
+    pub fn with_demo_rooms(mut self, rooms: Arc<verdict_http::demo_room::DemoRooms>) -> Self {
+        self.demo_rooms = Some(rooms);
+        self
     }
 
     /// Serves (and runs the worker) until `shutdown` completes, then
@@ -106,7 +114,7 @@ impl Application {
                 let _ = stopped.changed().await;
             }))
         });
-        let router = verdict_http::router(self.state);
+        let router = verdict_http::router_with_demo(self.state, self.demo_rooms);
         let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await;
         let _ = stop.send(true);
         if let Some(worker) = worker {
@@ -114,6 +122,19 @@ impl Application {
         }
         served?;
         Ok(())
+    }
+}
+
+/// Why the listener could not bind, and what to do about a taken port.
+fn cannot_listen(bind: &str, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen on {bind}: the address is in use (another verdict, or the demo, \
+             already running?); choose another with --bind 127.0.0.1:8090 or `bind` in \
+             verdict.toml"
+        )
+    } else {
+        format!("cannot listen on {bind}: {error}")
     }
 }
 

@@ -51,7 +51,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Every admin page: no inline script, no framing, nothing cached.
-async fn security_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(

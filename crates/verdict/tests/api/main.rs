@@ -1,6 +1,7 @@
 //! Black-box HTTP tests: the real application, real HTTP, a fresh database
 //! per test, time moved by the manual test clock (never by sleeping).
 
+mod browser;
 mod support;
 
 mod admin_runs;
@@ -12,6 +13,7 @@ mod cross_instance;
 mod dashboard;
 mod decisions;
 mod delivery;
+mod demo_room;
 mod fakes;
 mod healthcheck;
 mod history;
