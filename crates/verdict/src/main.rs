@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use verdict::config::{ClockKind, Config, Overrides};
+use verdict::config::{ClockKind, Config, Origin, Overrides};
 use verdict::{Application, BoxError, secret_or_random};
 use verdict_core::Role;
 use verdict_http::{JwtKeys, JwtSecret};
@@ -24,8 +24,10 @@ struct Cli {
     /// Configuration file (read if it exists).
     #[arg(long, global = true, env = "VERDICT_CONFIG", default_value = "verdict.toml")]
     config: PathBuf,
-    /// Database URL: sqlite://… (default) or postgres://…
-    #[arg(long, global = true)]
+    /// Database URL: sqlite://path (embedded) or postgres://user:pass@host/db
+    /// [default: sqlite://verdict-data/verdict.db; `demo`: sqlite://verdict-data/demo.db]
+    /// [env: VERDICT_DATABASE_URL] [file: database_url]
+    #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
     /// Log format (on stderr; colours only when stderr is a terminal).
     #[arg(long, global = true, value_enum, env = "VERDICT_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -50,20 +52,23 @@ enum RoleArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API.
+    /// Run the HTTP API (and, unless `worker = false`, the outbox worker
+    /// and the sweeper).
     Serve {
-        /// Listen address.
-        #[arg(long)]
+        /// Listen address [default: 127.0.0.1:8080] [env: VERDICT_BIND] [file: bind]
+        #[arg(long, value_name = "ADDRESS")]
         bind: Option<String>,
-        /// `manual` makes time move only by POST /v1/test-clock/advance.
+        /// `manual` makes time move only by POST /v1/test-clock/advance
+        /// [default: system] [env: VERDICT_CLOCK] [file: clock]
         #[arg(long, value_parser = ["system", "manual"])]
         clock: Option<String>,
     },
     /// The server on the embedded default with a simulated marketplace
-    /// and some legacy history: prints the dashboard URL and an admin token.
+    /// and some legacy history: prints the dashboard URL, the demo rooms
+    /// (/demo) and an admin token.
     Demo {
-        /// Listen address.
-        #[arg(long)]
+        /// Listen address [default: 127.0.0.1:8080] [env: VERDICT_BIND] [file: bind]
+        #[arg(long, value_name = "ADDRESS")]
         bind: Option<String>,
     },
     /// Drive a running server over HTTP with marketplace traffic; prints
@@ -72,8 +77,10 @@ enum Command {
         /// The server, e.g. http://127.0.0.1:8080
         #[arg(long)]
         url: String,
+        /// Sessions to run through create, joins and end.
         #[arg(long, default_value_t = 1000)]
         sessions: u64,
+        /// Sessions in flight at once (honest clients with --abuse).
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         /// Scenario weights: together, customer-only, provider-only, nobody.
@@ -113,14 +120,17 @@ enum Command {
     },
     /// Run only the outbox worker (deliveries), no HTTP.
     Worker,
-    /// Verify every session and the books (SPEC §6); exit 1 on any anomaly.
+    /// Verify every session and the books, one row per check (each
+    /// explained in docs/verification.md); exit 1 on any anomaly.
     Verify {
         /// The report as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Import historical sessions from NDJSON (SPEC §7); `-` reads stdin.
+    /// Import the old system's history: one session per NDJSON line (the
+    /// format: docs/import.md); ids already there are skipped.
     Import {
+        /// The NDJSON file, or `-` for stdin.
         file: PathBuf,
         /// Accepted lines stored per transaction. Larger is faster for a
         /// bulk load (50,000: x1.3-1.5 on SQLite) but holds the write
@@ -147,6 +157,7 @@ enum Command {
         /// Only sessions ended before this RFC 3339 instant.
         #[arg(long)]
         until: Option<String>,
+        /// The corrections as JSON.
         #[arg(long)]
         json: bool,
         /// Also apply corrections whose only evidence is missing join
@@ -157,11 +168,13 @@ enum Command {
     /// Write a seeded, realistic history as NDJSON to stdout (for
     /// benchmarks and demos): mostly right, ~10 % recorded wrong.
     Generate {
+        /// Sessions to write.
         #[arg(long, default_value_t = 1000)]
         sessions: u64,
         /// Spread the sessions' ends over this many days before now.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// The random seed: the same seed writes the same history.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -169,8 +182,11 @@ enum Command {
     Migrate,
     /// Mint a JWT for development (needs VERDICT_JWT_SECRET).
     Token {
+        /// The caller's role: what the token may do.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// The caller's id (`sub`): a customer's or provider's own id, for
+        /// the parties.
         #[arg(long)]
         sub: String,
         /// Lifetime in seconds.
@@ -187,6 +203,7 @@ enum Command {
     /// Print a shell completion script, e.g.
     /// `verdict completions bash > /etc/bash_completion.d/verdict`.
     Completions {
+        /// The shell to complete in.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -291,7 +308,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Completions { .. } => Ok(()),
         Command::Serve { .. } => serve(config).await,
         Command::Worker => verdict::run_worker(&config, shutdown_signal()).await,
-        Command::Demo { .. } => verdict::demo::run(&config, shutdown_signal()).await,
+        Command::Demo { .. } => {
+            // The demo keeps a database of its own unless one is chosen,
+            // so that it never mixes with what `verdict serve` keeps.
+            let mut config = config;
+            if explained.origins.get("database_url") == Some(&Origin::Default) {
+                config.database_url = verdict::demo::DATABASE_URL.to_owned();
+            }
+            verdict::demo::run(&config, shutdown_signal()).await
+        }
         Command::Simulate {
             url,
             sessions,
