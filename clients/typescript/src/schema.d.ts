@@ -1606,7 +1606,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        /** @description One historical session per line (SPEC §7), streamed */
+        /** @description One historical session per line (docs/import.md), streamed */
         requestBody: {
             content: {
                 "application/x-ndjson": string;
@@ -2719,7 +2719,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The verification report (SPEC §6) */
+            /** @description The verification report (docs/verification.md) */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -1,4 +1,4 @@
-//! Verification of one session (SPEC §6): everything that can be wrong with
+//! Verification of one session (docs/verification.md): everything that can be wrong with
 //! a stored session, found by re-deriving it with [`decide`] — the same
 //! function `end` uses, with the policy stored on the session. No second
 //! implementation of the rules exists anywhere.
@@ -216,7 +216,7 @@ impl SessionAudit {
     }
 }
 
-/// The health score of SPEC §6: `100 × clean / ended − 2 × stuck − 5 × dead`,
+/// The health score (docs/verification.md): `100 × clean / ended − 2 × stuck − 5 × dead`,
 /// clamped to 0–100; 100 when nothing ended.
 pub fn health_score(ended: u64, clean: u64, stuck: u64, dead: u64) -> f64 {
     if ended == 0 {

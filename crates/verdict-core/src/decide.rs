@@ -1,4 +1,4 @@
-//! The decision (SPEC §2): from what the server saw to `completed`,
+//! The decision (docs/presence.md): from what the server saw to `completed`,
 //! `cancelled` or `expired`, with a reason and the billable time.
 //!
 //! Nothing a client claims enters here: the inputs are the session's own
@@ -116,8 +116,8 @@ pub fn decide(
     Outcome { status, reason, billable_seconds, started_at: Some(started_at), ended_at: end.at }
 }
 
-/// When, if at all, the sweeper must end a session nobody ended (SPEC §2
-/// and §6), judged at `now`:
+/// When, if at all, the sweeper must end a session nobody ended (docs/presence.md,
+/// docs/verification.md), judged at `now`:
 /// - never started and past its join deadline → at the deadline (the
 ///   decision then says `expired`);
 /// - started, and past `max_duration_seconds` since the start → at the

@@ -1,4 +1,4 @@
-//! Identifier syntax shared by every entity (SPEC §5).
+//! Identifier syntax shared by every entity (docs/api.md).
 
 /// The longest id accepted, in bytes (all allowed characters are ASCII).
 pub const ID_LENGTH_MAX: usize = 128;

@@ -1,4 +1,4 @@
-//! Decision policy (SPEC §2): the numbers the decision uses, per kind.
+//! Decision policy (docs/presence.md): the numbers the decision uses, per kind.
 
 use crate::types::Kind;
 

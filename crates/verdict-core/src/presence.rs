@@ -72,7 +72,7 @@ impl Interval {
 /// The intervals in which `party` was present up to `until`, sorted and
 /// disjoint.
 ///
-/// Rules (SPEC §2): a join opens an interval, a leave closes it, `until`
+/// Rules (docs/presence.md): a join opens an interval, a leave closes it, `until`
 /// closes whatever is still open. A party that has sent a heartbeat in its
 /// current interval and whose last heartbeat is older than
 /// `presence_timeout_seconds` is absent since that heartbeat; a later

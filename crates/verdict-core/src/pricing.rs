@@ -1,4 +1,4 @@
-//! Money (SPEC §3): integer cents, the charge for a completed session and the
+//! Money (docs/settlement.md): integer cents, the charge for a completed session and the
 //! platform fee.
 
 use crate::types::Reason;

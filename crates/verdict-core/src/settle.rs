@@ -1,4 +1,4 @@
-//! Settlement as a plan (SPEC §3): from the facts of one session, everything
+//! Settlement as a plan (docs/settlement.md): from the facts of one session, everything
 //! its end, finalization, correction or reversal writes — the outcome, the
 //! session's new columns, the audit record, notifications, typed outbox
 //! messages, the ledger posting and the payout.
@@ -207,7 +207,7 @@ pub fn plan_end(
     })
 }
 
-/// What a final outcome of `status` and `charged` owes (SPEC §3): a
+/// What a final outcome of `status` and `charged` owes (docs/settlement.md): a
 /// receipt to each party whose address is known; when completed, the
 /// posting (customer charge = provider share + platform fee), the payout
 /// of the share and, when payouts are automatic, the message paying it.

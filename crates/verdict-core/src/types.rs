@@ -1,4 +1,4 @@
-//! The vocabulary of verdict (SPEC §1): kinds, parties, statuses, reasons and
+//! The vocabulary of verdict (docs/api.md): kinds, parties, statuses, reasons and
 //! the instant type. The string forms are the wire and storage forms.
 
 use std::fmt;
@@ -133,7 +133,7 @@ impl Party {
 
 impl Reason {
     /// The reason a session that never had both parties present gets, from
-    /// whether each party ever joined (SPEC §2 rule 2).
+    /// whether each party ever joined (docs/presence.md).
     pub fn for_never_started(customer_joined: bool, provider_joined: bool) -> Reason {
         match (customer_joined, provider_joined) {
             (false, false) => Reason::NoShowBoth,

@@ -1,4 +1,4 @@
-//! The decision rules of SPEC §2, one test per rule, and the properties that
+//! The decision rules (docs/presence.md), one test per rule, and the properties that
 //! must hold for every history.
 
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! Who is calling: HS256 JWTs with `sub`, `role` and `exp` (SPEC §5).
+//! Who is calling: HS256 JWTs with `sub`, `role` and `exp` (docs/api.md).
 //!
 //! A request with a bad token is rejected (401), never treated as anonymous.
 

@@ -1,4 +1,4 @@
-//! The JSON shapes of the API (SPEC §5). Only this crate knows field names.
+//! The JSON shapes of the API (docs/api.md). Only this crate knows field names.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! The NDJSON import of historical sessions (SPEC §7): one session a line,
+//! The NDJSON import of historical sessions (docs/import.md): one session a line,
 //! validated line by line, stored in batched transactions. Shared by
 //! `verdict import` and `POST /v1/admin/import`.
 

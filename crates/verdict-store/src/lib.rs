@@ -162,7 +162,7 @@ pub trait Store: Send + Sync + 'static {
         session_ids: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError>;
 
-    /// Decides and settles the session in one transaction (SPEC §3): the
+    /// Decides and settles the session in one transaction (docs/settlement.md): the
     /// row, the `ended` audit event (actor, claimed body, policy), a
     /// notification per party, the request's status, the queue, outbox rows
     /// (webhook, e-mails) and, when completed, the ledger posting, the payout
@@ -178,7 +178,7 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Ended, StoreError>;
 
-    /// Ends sessions nobody ended (SPEC §2): looks at up to `limit`
+    /// Ends sessions nobody ended (docs/presence.md): looks at up to `limit`
     /// candidates, each in its own transaction under its row lock, and ends
     /// those [`verdict_core::sweep_due`] says are due, as actor `system`,
     /// with the full settlement. Safe to run in several processes at once.

@@ -711,7 +711,7 @@ pub struct OutboxHealth {
 }
 
 /// A historical session from the old system, validated, to store as
-/// recorded (SPEC §7).
+/// recorded (docs/import.md).
 #[derive(Clone, Debug)]
 pub struct ImportSession {
     pub id: String,
@@ -778,7 +778,7 @@ pub enum PlatformDisposition {
     UnknownIdentity,
 }
 
-/// One correction of a recorded outcome (SPEC §7).
+/// One correction of a recorded outcome (docs/import.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Correction {
     pub session_id: String,

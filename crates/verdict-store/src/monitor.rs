@@ -1,4 +1,4 @@
-//! Proving the data right (SPEC §6): the verification report, the health
+//! Proving the data right (docs/verification.md): the verification report, the health
 //! score, hourly scores and the review queue. Every check of a session is
 //! [`SessionAudit::findings`] — the decision function re-run with each
 //! session's stored policy — over sessions streamed in pages, so memory
@@ -276,7 +276,7 @@ fn rate(part: i64, whole: i64) -> f64 {
     if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
-/// The health of the sessions ended in the last `window_hours` (SPEC §6).
+/// The health of the sessions ended in the last `window_hours` (docs/verification.md).
 pub async fn health(
     store: &Arc<dyn Store>,
     settings: &Settings,
@@ -559,7 +559,7 @@ pub async fn repair(
 /// in `[since, until)` whose recorded outcome differs from the decision,
 /// or whose status is right but which the old system paid without a
 /// completed session (its payout is reversed), and ends imported sessions
-/// still open (SPEC §7). A correction resting only on missing join events
+/// still open (docs/import.md). A correction resting only on missing join events
 /// (the recorded status needs joins the history lacks) is `needs_review`:
 /// applied only with `include_missing_evidence`, listed otherwise.
 /// Applying re-checks each session under its lock, so running it twice

@@ -1,6 +1,6 @@
 //! Background work: the outbox worker.
 //!
-//! Side effects leave verdict only through the outbox (SPEC §4). The worker
+//! Side effects leave verdict only through the outbox (docs/delivery.md). The worker
 //! leases due rows, delivers them — Stripe transfers, e-mail receipts,
 //! signed webhooks — and records each outcome in one transaction with its
 //! effects. Delivery is at least once; receivers deduplicate by the ids we

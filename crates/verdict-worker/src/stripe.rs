@@ -1,4 +1,4 @@
-//! Stripe Connect transfers (SPEC §4).
+//! Stripe Connect transfers (docs/delivery.md).
 //!
 //! One payout, one transfer, whatever fails on the way: the request carries
 //! `Idempotency-Key` = the payout id, so a retry after a timeout returns

@@ -1,4 +1,4 @@
-//! Configuration (SPEC §9): defaults, overridden by `verdict.toml`, by
+//! Configuration (docs/configuration.md): defaults, overridden by `verdict.toml`, by
 //! `VERDICT_*` environment variables, then by command-line flags.
 
 use std::collections::BTreeMap;

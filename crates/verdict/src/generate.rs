@@ -1,5 +1,5 @@
 //! `verdict generate`: a seeded, realistic history in the import format
-//! (SPEC §7), for benchmarks and demos. Mostly right, a few percent
+//! (docs/import.md), for benchmarks and demos. Mostly right, a few percent
 //! recorded wrong in both directions, as an old client-trusting system
 //! would have left it.
 

@@ -1,4 +1,4 @@
-//! The admin dashboard (SPEC §5–6): server-rendered pages, their styles and
+//! The admin dashboard (docs/verification.md): server-rendered pages, their styles and
 //! one small script compiled into the binary; nothing from a CDN.
 //!
 //! Admins sign in with an admin token, exchanged for an HttpOnly,

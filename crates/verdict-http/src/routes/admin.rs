@@ -76,7 +76,7 @@ impl From<&monitor::Report> for VerifyDto {
 }
 
 #[utoipa::path(get, path = "/v1/admin/verify", tag = "admin",
-    responses((status = 200, body = VerifyDto, description = "The verification report (SPEC §6)")),
+    responses((status = 200, body = VerifyDto, description = "The verification report (docs/verification.md)")),
     security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<AppState>,
@@ -329,7 +329,7 @@ impl From<&crate::import::Summary> for ImportDto {
 
 #[utoipa::path(post, path = "/v1/admin/import", tag = "admin",
     request_body(content = String, content_type = "application/x-ndjson",
-        description = "One historical session per line (SPEC §7), streamed"),
+        description = "One historical session per line (docs/import.md), streamed"),
     responses((status = 200, body = ImportDto,
         description = "The summary; Content-Location names where the run is kept")),
     security(("bearer" = [])))]

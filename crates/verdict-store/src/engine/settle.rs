@@ -21,7 +21,7 @@ use super::rows::{policy_from_json, policy_json};
 use super::sessions::{insert_event, presence_events};
 
 /// Decides a locked, non-terminal session and writes everything its end
-/// entails (SPEC §3), inside the caller's transaction: the sweeper's end
+/// entails (docs/settlement.md), inside the caller's transaction: the sweeper's end
 /// of one session. Returns the session as ended.
 pub(super) async fn settle_end(
     tx: &mut DbConnection,

@@ -4,7 +4,7 @@
 //! transaction per group writer, so a group of one process can hold a
 //! session the other's group waits for while waiting for one that group
 //! holds: a deadlock PostgreSQL breaks by failing one side. The contract
-//! (SPEC §3) still holds: every caller gets 200 and the same outcome, one
+//! (docs/settlement.md) still holds: every caller gets 200 and the same outcome, one
 //! transition per session, and no caller sees a lock error (503).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -21,6 +21,7 @@ fn demo_command(dir: &std::path::Path) -> tokio::process::Command {
 /// reset it.
 #[tokio::test]
 async fn the_demo_keeps_a_database_of_its_own() {
+    verdict_worker::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let mut command = demo_command(dir.path());
     command.args(["--bind", "127.0.0.1:0"]);

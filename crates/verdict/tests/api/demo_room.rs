@@ -28,6 +28,7 @@ struct Demo {
 
 impl Demo {
     async fn start() -> Demo {
+        verdict_worker::install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("verdict.toml");
         std::fs::write(&config, format!("min_billable_seconds = {MIN_SECONDS}\n")).unwrap();

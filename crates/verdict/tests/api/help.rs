@@ -77,3 +77,14 @@ fn an_argument_without_a_description_is_found() {
     let long = "Options:\n      --url <URL>\n          The server\n      --json\n  -h, --help\n          Print help\n";
     assert_eq!(undescribed(long), ["--json"]);
 }
+
+/// The doc comments that become `/openapi.json` cite the repository's own
+/// pages too.
+#[tokio::test]
+async fn the_openapi_document_cites_no_outside_document() {
+    let app = crate::support::TestApp::spawn(crate::support::Backend::Sqlite, |_| {}).await;
+    let reply = app.get("/openapi.json", &app.admin()).await;
+    let text = reply.body.to_string();
+    assert!(text.contains("docs/verification.md"), "the verify route cites its page");
+    assert!(!text.contains("SPEC"), "{text}");
+}

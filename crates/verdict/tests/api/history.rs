@@ -1,4 +1,4 @@
-//! Import of the old system's history and its repair (SPEC §7).
+//! Import of the old system's history and its repair (docs/import.md).
 
 use reqwest::Method;
 use serde_json::{Value, json};
