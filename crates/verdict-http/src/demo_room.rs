@@ -188,6 +188,7 @@ fn layout(title: &str, body: Markup, script: bool) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · verdict demo" }
+                link rel="icon" type="image/svg+xml" href="/admin/assets/favicon.svg";
                 link rel="stylesheet" href="/admin/assets/dashboard.css";
                 link rel="stylesheet" href="/demo/assets/room.css";
                 @if script {

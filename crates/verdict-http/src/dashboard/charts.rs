@@ -64,8 +64,22 @@ pub(crate) fn hourly(hours: &[HourlyScore]) -> Markup {
                 }
             }
         }
+        ul.legend id="hourly-legend" {
+            @for (label, meaning) in HOURLY_LEGEND {
+                li { span class={"swatch hour-" (label)} {} (label) " " span.range { (meaning) } }
+            }
+        }
     }
 }
+
+/// What each bar colour of the hourly chart means (the health labels).
+const HOURLY_LEGEND: [(&str, &str); 5] = [
+    ("excellent", "≥ 95"),
+    ("good", "85–95"),
+    ("degraded", "70–85"),
+    ("critical", "< 70"),
+    ("idle", "nothing ended"),
+];
 
 /// Each party's presence, the time both were there, and the end.
 pub(crate) fn timeline(

@@ -32,6 +32,7 @@ const REVIEW_PAGE: usize = 25;
 
 const STYLES: &str = include_str!("../../assets/dashboard.css");
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+const ICON: &str = include_str!("../../assets/favicon.svg");
 
 pub(crate) fn router() -> Router {
     Router::new()
@@ -43,6 +44,9 @@ pub(crate) fn router() -> Router {
         .route("/admin/sessions/{id}", get(session_page))
         .route("/admin/assets/dashboard.css", get(|| async { asset("text/css", STYLES) }))
         .route("/admin/assets/dashboard.js", get(|| async { asset("text/javascript", SCRIPT) }))
+        .route("/admin/assets/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+        // What a browser asks for on its own, before any page names an icon.
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON) }))
         .layer(middleware::from_fn(security_headers))
 }
 

@@ -49,6 +49,7 @@ fn layout(title: &str, refresh: Option<u64>, signed_in: bool, body: Markup) -> M
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · verdict" }
+                link rel="icon" type="image/svg+xml" href="/admin/assets/favicon.svg";
                 link rel="stylesheet" href="/admin/assets/dashboard.css";
                 @if refresh.is_some() {
                     script src="/admin/assets/dashboard.js" defer {}
@@ -136,12 +137,20 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
             health.ended, health.window_hours
         )
     } else {
-        format!(
-            "{alerts} alert{} need attention; {} sessions ended in the last {} h.",
-            if alerts == 1 { "" } else { "s" },
-            health.ended,
-            health.window_hours
-        )
+        // Named beside the label: a "good" score with critical alerts is
+        // not all good, and the line says which.
+        let critical: Vec<String> = health
+            .alerts
+            .iter()
+            .filter(|alert| alert.severity == "critical")
+            .map(|alert| format!("{} ({})", alert.kind.replace('_', " "), alert.count))
+            .collect();
+        let named = if critical.is_empty() {
+            format!("{alerts} warning{}", if alerts == 1 { "" } else { "s" })
+        } else {
+            format!("{} critical: {}", critical.len(), critical.join(", "))
+        };
+        format!("{named}; {} sessions ended in the last {} h.", health.ended, health.window_hours)
     };
     let metrics: [(&str, &str, String, String); 7] = [
         ("ended", "Sessions ended", health.ended.to_string(), health.ended.to_string()),
@@ -235,14 +244,14 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
                     dt { "Dead" } dd data-value=(snapshot.outbox.dead) { (snapshot.outbox.dead) }
                 }
                 @if !snapshot.dead.is_empty() {
-                    table { thead { tr { th { "Topic" } th { "Session" } th.num { "Attempts" } th { "Last error" } } }
+                    div.scroll { table { thead { tr { th { "Topic" } th { "Session" } th.num { "Attempts" } th { "Last error" } } }
                         tbody { @for row in &snapshot.dead { tr {
                             td { (row.topic) }
                             td { @if let Some(id) = &row.session_id { a href={"/admin/sessions/" (id)} { (id) } } }
                             td.num { (row.attempts) }
                             td { (row.last_error.as_deref().unwrap_or("")) }
                         } } }
-                    }
+                    } }
                 }
             }
         }
@@ -261,7 +270,7 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
 fn review_table(items: &[ReviewItem]) -> Markup {
     html! {
         @if !items.is_empty() {
-            table { thead { tr { th { "Session" } th { "Status" } th { "Reason" } th { "Ended" } th { "Needs review for" } } }
+            div.scroll { table { thead { tr { th { "Session" } th { "Status" } th { "Reason" } th { "Ended" } th { "Needs review for" } } }
                 tbody { @for item in items { tr data-session=(item.session.id) {
                     td { a href={"/admin/sessions/" (item.session.id)} { (item.session.id) } }
                     td { (item.session.status.as_str()) }
@@ -269,7 +278,7 @@ fn review_table(items: &[ReviewItem]) -> Markup {
                     td { (item.session.ended_at().map(instant).unwrap_or_default()) }
                     td { (item.reasons.join(", ").replace('_', " ")) }
                 } } }
-            }
+            } }
         }
     }
 }
@@ -360,28 +369,31 @@ pub(crate) fn session(view: &SessionView) -> Markup {
                                 @if payout.reversed_at.is_some() { " (reversed)" } }
                         }
                         @for posting in &view.postings {
-                            table { thead { tr { th { "Posting " (posting.id) " · " (posting.kind) } th.num { (posting.currency) } } }
-                                tbody { @for line in &posting.lines { tr { td { (line.account) } td.num { (money(line.amount.0)) } } } } }
+                            div.scroll { table { thead { tr { th { "Posting " (posting.id) " · " (posting.kind) } th.num { (posting.currency) } } }
+                                tbody { @for line in &posting.lines { tr { td { (line.account) } td.num { (money(line.amount.0)) } } } } } }
                         }
                     }
-                    section.card id="deliveries" {
-                        h2 { "Deliveries" }
-                        @if view.deliveries.is_empty() { p.none { "Nothing queued for this session." } }
-                        table { tbody { @for row in &view.deliveries { tr {
-                            td { (row.topic) } td { (row.state) } td.num { (row.attempts) " attempts" }
-                            td { (row.delivered_at.map(instant).unwrap_or_default()) }
-                        } } } }
+                }
+                section.card id="deliveries" {
+                    h2 { "Deliveries" }
+                    @if view.deliveries.is_empty() { p.none { "Nothing queued for this session." } }
+                    @else {
+                        div.scroll { table { thead { tr { th { "Topic" } th { "State" } th.num { "Attempts" } th { "Delivered" } } }
+                            tbody { @for row in &view.deliveries { tr {
+                                td { (row.topic) } td { (row.state) } td.num { (row.attempts) }
+                                td { (row.delivered_at.map(instant).unwrap_or_default()) }
+                            } } } } }
                     }
                 }
                 section.card id="events" {
                     h2 { "Audit trail" }
-                    table { thead { tr { th { "#" } th { "At" } th { "Event" } th { "Party" } th { "By" } } }
+                    div.scroll { table { thead { tr { th { "#" } th { "At" } th { "Event" } th { "Party" } th { "By" } } }
                         tbody { @for event in &view.events { tr {
                             td.num { (event.seq) } td { (instant(event.at)) } td { (event.event_type.as_str()) }
                             td { (event.party.map_or("", |party| party.as_str())) }
                             td { (event.actor.role.as_str()) " " (event.actor.id) }
                         } } }
-                    }
+                    } }
                 }
                 p.updated { "As of " (instant(view.now)) }
             }

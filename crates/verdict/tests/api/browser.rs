@@ -218,6 +218,35 @@ impl Browser {
         path
     }
 
+    /// Lays pages out as a screen `width` CSS pixels wide would (a phone at
+    /// 390, with its mobile viewport), through Chromium's device emulation.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        let params = json!({"width": width, "height": height, "deviceScaleFactor": 1,
+                            "mobile": width < 600});
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": params})),
+        )
+        .await;
+    }
+
+    /// Runs `script` (a function body) in the page; returns what it returns.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Adds a cookie for the current page's site.
+    pub async fn add_cookie(&self, name: &str, value: &str) {
+        let cookie = json!({"cookie": {"name": name, "value": value, "path": "/"}});
+        self.call(reqwest::Method::POST, "/cookie", Some(cookie)).await;
+    }
+
     /// Opens `url` in a new tab and switches to it; returns the tab's handle.
     pub async fn open_tab(&self, url: &str) -> String {
         let tab =
