@@ -8,6 +8,7 @@ pub mod demo;
 pub mod generate;
 pub mod healthcheck;
 pub mod simulate;
+pub mod verify_text;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -213,19 +214,7 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
         print_document(&document)?;
     } else {
         use std::fmt::Write;
-        let mut text =
-            format!("{:<26} {:<6} {:>8}  {:<9} sample\n", "section", "ok", "count", "severity");
-        for section in &report.sections {
-            writeln!(
-                text,
-                "{:<26} {:<6} {:>8}  {:<9} {}",
-                section.name,
-                if section.ok { "ok" } else { "FAIL" },
-                section.count,
-                section.severity,
-                section.sample.join(" ")
-            )?;
-        }
+        let mut text = verify_text::table(&report)?;
         writeln!(
             text,
             "{} sessions verified: {}",
