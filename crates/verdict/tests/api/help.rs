@@ -17,6 +17,8 @@ fn subcommands() -> Vec<String> {
     let listed = top.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
     listed
         .lines()
+        // A name is indented two; a wrapped description, deeper.
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
         .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
         .filter(|name| name != "help")
         .collect()
