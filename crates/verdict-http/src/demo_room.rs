@@ -29,6 +29,9 @@ use crate::{ApiError, AppState, Router};
 
 /// Rooms the demo keeps listed; opening one more drops the oldest.
 const ROOMS_MAX: usize = 20;
+/// Rooms one demo process opens at most (the form can be pressed, or
+/// posted to, only so often).
+const ROOMS_OPENED_MAX: u64 = 200;
 /// How long a room page's token lives.
 const TOKEN_SECONDS: i64 = 2 * 3600;
 
@@ -51,6 +54,11 @@ impl DemoRooms {
     /// own, whose own presence calls count (no video platform room).
     pub async fn open(&self, state: &AppState, kind: Kind) -> Result<String, ApiError> {
         let n = self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n > ROOMS_OPENED_MAX {
+            return Err(ApiError::LimitReached(format!(
+                "this demo has opened its {ROOMS_OPENED_MAX} rooms; restart it for more"
+            )));
+        }
         let now = state.clock.now();
         let id = format!("demo-room-{}-{n}", now.0 / 1000);
         let request: CreateSessionRequest = serde_json::from_value(serde_json::json!({
@@ -110,11 +118,18 @@ async fn list(
     Ok(Html(list_page(&sessions).into_string()))
 }
 
-/// `POST /demo/rooms`: one more room (the form on `/demo`).
+/// `POST /demo/rooms`: one more room (the form on `/demo`). Only from the
+/// demo's own page: a browser marks a post from another site, and that one
+/// is refused.
 async fn open_room(
     State(state): State<AppState>,
     Extension(rooms): Extension<Arc<DemoRooms>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Redirect, ApiError> {
+    let site = headers.get("sec-fetch-site").and_then(|value| value.to_str().ok());
+    if site.is_some_and(|site| site != "same-origin" && site != "none") {
+        return Err(ApiError::Forbidden("rooms are opened from the demo's own /demo page".into()));
+    }
     let kind = if rooms.listed().len() % 2 == 0 { Kind::Chat } else { Kind::Video };
     rooms.open(&state, kind).await?;
     Ok(Redirect::to("/demo"))

@@ -227,6 +227,19 @@ async fn room_pages_exist_only_for_the_demos_rooms_and_its_parties() {
     assert_eq!(mine.send().await.unwrap().status(), 200);
     let theirs = demo.http.get(format!("{}/v1/sessions/{other}", demo.base)).bearer_auth(&token);
     assert_eq!(theirs.send().await.unwrap().status(), 403);
+    // The form opens a room; a post from another site does not.
+    let open = |site: &'static str| {
+        demo.http.post(format!("{}/demo/rooms", demo.base)).header("sec-fetch-site", site).send()
+    };
+    assert_eq!(open("cross-site").await.unwrap().status(), 403);
+    assert_eq!(demo.rooms().await.len(), rooms.len());
+    let opened = open("same-origin").await.unwrap();
+    assert!(
+        opened.status().is_success() || opened.status().is_redirection(),
+        "{}",
+        opened.status()
+    );
+    assert_eq!(demo.rooms().await.len(), rooms.len() + 1);
     let script = page(format!("{}/demo/assets/room.js", demo.base)).await;
     assert_eq!(script.headers()["content-type"], "text/javascript");
     assert!(script.text().await.unwrap().contains("/v1/sessions/{id}/heartbeat"));
