@@ -15,6 +15,7 @@ mod delivery;
 mod fakes;
 mod healthcheck;
 mod history;
+mod insight;
 mod limits;
 mod metrics;
 mod monitoring;
