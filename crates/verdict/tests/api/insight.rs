@@ -44,12 +44,18 @@ pub(crate) fn ended_line(
         "no_show_customer" => ("cancelled", json!([joined("provider")])),
         other => panic!("no such outcome {other}"),
     };
+    // A completed session paid its provider's share (the default 20 % fee).
+    let payouts = if outcome == "completed" {
+        json!([{"amount_cents": 2000, "currency": "usd", "state": "paid"}])
+    } else {
+        json!([])
+    };
     json!({
         "id": id, "kind": kind, "customer_id": format!("cust-{id}"), "provider_id": provider,
         "price": {"mode": "flat", "amount_cents": 2500, "currency": "usd"},
         "status": status, "reason": outcome,
         "created_at": at(0), "ended_at": at(3600),
-        "events": events, "payouts": [],
+        "events": events, "payouts": payouts,
     })
     .to_string()
 }
@@ -72,7 +78,7 @@ pub(crate) async fn import(app: &TestApp, lines: &[String]) {
 
 /// `count` sessions of `kind` named `prefix-<n>`, each `outcome`, spread
 /// over `providers` (round robin).
-fn sessions(
+pub(crate) fn sessions(
     now: UnixMillis,
     prefix: &str,
     kind: &str,
@@ -358,6 +364,16 @@ async fn by_kind_and_verify_per_kind_match_a_hand_count(app: TestApp) {
     for (kind, sessions) in [("video", 4), ("chat", 2), ("diagnostic", 3)] {
         assert_eq!(section["detail"][kind]["sessions"], sessions, "{section}");
     }
+    // `verdict verify` prints them.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .args(["verify", "--database-url", &app.database_url])
+        .current_dir(app.data_dir())
+        .output()
+        .await
+        .expect("verdict verify runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("per kind: video 4 ("), "{printed}");
+    assert!(printed.contains("chat 2 (") && printed.contains("diagnostic 3 ("), "{printed}");
 }
 
 /// A session of `provider` both parties have joined.
