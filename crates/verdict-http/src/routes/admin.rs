@@ -107,7 +107,8 @@ pub struct AlertDto {
     pub session_ids: Vec<String>,
     /// A threshold alert's scope, `{"kind": …}` or `{"provider_id": …}`
     /// (its `kind` is its rule: `completion_rate_below`,
-    /// `no_show_rate_above`, `too_short_rate_above`); null otherwise.
+    /// `no_show_rate_above`, `too_short_rate_above`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<BTreeMap<String, String>>,
     /// A threshold alert's rate over the last 24 h.
     #[serde(skip_serializing_if = "Option::is_none")]
