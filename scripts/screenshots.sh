@@ -12,7 +12,7 @@ shots="$target/tmp/browser"
 mkdir -p docs/screenshots
 cp "$shots/dashboard-1400.png" docs/demo-dashboard.png
 cp "$shots/demo-room.png" docs/demo-room.png
-for page in sign-in dashboard review session demo-rooms demo-room; do
+for page in sign-in dashboard review session provider demo-rooms demo-room; do
   for width in 1400 390; do
     cp "$shots/$page-$width.png" "docs/screenshots/$page-$width.png"
   done

@@ -49,10 +49,14 @@ pub enum Topic {
     Payout,
     /// Undoing a payout a repair reversed.
     PayoutReversal,
+    /// Webhook `alert.raised`: a threshold alert started (no session).
+    AlertRaised,
+    /// Webhook `alert.resolved`: a raised threshold alert ended.
+    AlertResolved,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 11] = [
         Topic::SessionStarted,
         Topic::SessionEnded,
         Topic::SessionFinalized,
@@ -62,6 +66,8 @@ impl Topic {
         Topic::Receipt(Party::Provider),
         Topic::Payout,
         Topic::PayoutReversal,
+        Topic::AlertRaised,
+        Topic::AlertResolved,
     ];
 
     /// The name stored with each row.
@@ -76,6 +82,8 @@ impl Topic {
             Topic::Receipt(Party::Provider) => "email:receipt:provider",
             Topic::Payout => "payout",
             Topic::PayoutReversal => "payout.reversal",
+            Topic::AlertRaised => "webhook:alert.raised",
+            Topic::AlertResolved => "webhook:alert.resolved",
         }
     }
 
@@ -89,7 +97,9 @@ impl Topic {
             | Topic::SessionEnded
             | Topic::SessionFinalized
             | Topic::PayoutPaid
-            | Topic::PayoutFailed => Channel::Webhook,
+            | Topic::PayoutFailed
+            | Topic::AlertRaised
+            | Topic::AlertResolved => Channel::Webhook,
             Topic::Receipt(_) => Channel::Email,
             Topic::Payout | Topic::PayoutReversal => Channel::Payout,
         }
@@ -103,6 +113,8 @@ impl Topic {
             Topic::SessionFinalized => Some("session.finalized"),
             Topic::PayoutPaid => Some("payout.paid"),
             Topic::PayoutFailed => Some("payout.failed"),
+            Topic::AlertRaised => Some("alert.raised"),
+            Topic::AlertResolved => Some("alert.resolved"),
             _ => None,
         }
     }

@@ -86,6 +86,7 @@ fn api_routes() -> ApiRouter {
         .merge(routes::admin::router())
         .merge(routes::runs::router())
         .merge(routes::ops::router())
+        .merge(routes::insight::router())
         .routes(utoipa_axum::routes!(metrics::render))
 }
 

@@ -8,7 +8,8 @@
 //! `verdict_sweeper_runs_total`, `verdict_sweeper_ended_total`,
 //! `verdict_sweeper_failures_total`,
 //! `verdict_health_score`, `verdict_sessions_stuck`,
-//! `verdict_http_rate_limited_total`.
+//! `verdict_http_rate_limited_total`, `verdict_completion_rate{kind}`,
+//! `verdict_no_show_rate{kind}` (last 24 h; NaN for a kind with none).
 //!
 //! A lone `verdict worker` serves the same recorder from
 //! [`worker_router`]: its sweeper's ends and deliveries, and the outbox
@@ -87,6 +88,18 @@ pub fn record_health(health: &verdict_store::monitor::Health) {
         .find(|alert| alert.kind == "stuck_sessions")
         .map_or(0, |alert| alert.count);
     metrics::gauge!("verdict_sessions_stuck").set(stuck as f64);
+    if health.window_hours == verdict_store::insight::ALERT_WINDOW_HOURS {
+        use verdict_store::insight::{COMPLETION_RATE_GAUGE, NO_SHOW_RATE_GAUGE};
+        for (kind, figures) in &health.by_kind {
+            let (completion, no_show) = if figures.ended == 0 {
+                (f64::NAN, f64::NAN)
+            } else {
+                (figures.completion_rate, figures.no_show_rate)
+            };
+            metrics::gauge!(COMPLETION_RATE_GAUGE, "kind" => kind.as_str()).set(completion);
+            metrics::gauge!(NO_SHOW_RATE_GAUGE, "kind" => kind.as_str()).set(no_show);
+        }
+    }
 }
 
 /// A write refused by the per-caller rate limit.

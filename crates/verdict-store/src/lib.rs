@@ -9,6 +9,7 @@ mod audit;
 pub mod clock;
 mod copy_binary;
 mod error;
+pub mod insight;
 mod model;
 pub mod monitor;
 mod postgres;
@@ -439,6 +440,48 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest runs of `kind`, newest first.
     async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<AdminRun>, StoreError>;
+
+    /// Sessions ended in `[since, until]` counted per kind (every kind
+    /// with one), then per provider with at least `min_sessions` of them
+    /// (at most `providers_max`, the busiest first): two grouped reads.
+    async fn scope_counts(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        min_sessions: i64,
+        providers_max: i64,
+    ) -> Result<Vec<(insight::Scope, insight::Counts)>, StoreError>;
+
+    /// One provider's sessions ended in `[since, until]`, and what their
+    /// ledger postings charged and earned, per currency.
+    async fn provider_stats(
+        &self,
+        provider_id: &str,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<insight::ProviderStats, StoreError>;
+
+    /// Providers with at least `min_sessions` sessions ended in
+    /// `[since, until]`, the worst by `sort` first, at most `limit`.
+    async fn provider_ranking(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        sort: insight::ProviderSort,
+        min_sessions: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, insight::Counts)>, StoreError>;
+
+    /// Records which threshold alerts are raised now (`raised`; every
+    /// other raised one is resolved), in one transaction: each change is a
+    /// conditional update, and queues its `alert.raised` or
+    /// `alert.resolved` webhook only if it took. Evaluations at once (any
+    /// number of workers) announce each change once.
+    async fn record_alert_states(
+        &self,
+        raised: &[insight::ThresholdAlert],
+        now: UnixMillis,
+    ) -> Result<Vec<insight::Transition>, StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

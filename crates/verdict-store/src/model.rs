@@ -331,7 +331,7 @@ impl PayoutProvider {
 }
 
 /// What a settling transaction needs from configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
     pub policies: PolicySet,
     pub payout_provider: PayoutProvider,
@@ -340,6 +340,8 @@ pub struct Settings {
     pub finalize_after_seconds: i64,
     /// Bounds on what one caller may make the store keep.
     pub limits: Limits,
+    /// When rates per kind and per provider raise alerts (`[alerts]`).
+    pub alerts: crate::insight::Thresholds,
 }
 
 /// Bounds on what one session or customer may make the store keep (the
@@ -377,6 +379,7 @@ impl Default for Settings {
             payout_provider: PayoutProvider::Manual,
             finalize_after_seconds: FINALIZE_AFTER_SECONDS,
             limits: Limits::default(),
+            alerts: crate::insight::Thresholds::default(),
         }
     }
 }

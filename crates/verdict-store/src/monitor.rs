@@ -123,11 +123,14 @@ pub async fn verify(
     progress: impl FnMut(u64),
 ) -> Result<Report, StoreError> {
     let mut counts: BTreeMap<&'static str, (i64, Vec<String>)> = BTreeMap::new();
+    let mut by_kind = crate::insight::VerifyByKind::default();
     let sessions = scan(
         store,
         AuditScope::All,
         |session, audit| {
-            for finding in findings(settings, session, audit, now) {
+            let found = findings(settings, session, audit, now);
+            by_kind.add(session.kind, found.len());
+            for finding in found {
                 let entry = counts.entry(finding.kind()).or_default();
                 entry.0 += 1;
                 if entry.1.len() < SAMPLE_MAX {
@@ -194,6 +197,14 @@ pub async fn verify(
         sample: Vec::new(),
         detail: Some(serde_json::json!({"score": health.score, "label": health.label})),
     });
+    sections.push(Section {
+        name: crate::insight::VERIFY_BY_KIND,
+        ok: true,
+        count: sessions as i64,
+        severity: "info",
+        sample: Vec::new(),
+        detail: Some(by_kind.detail()),
+    });
     Ok(Report { ok: sections.iter().all(|section| section.ok), sections, sessions })
 }
 
@@ -221,6 +232,10 @@ pub struct Health {
     pub alerts: Vec<Alert>,
     pub underbilled_cents: i64,
     pub overbilled_cents: i64,
+    /// The window's metrics per kind (every kind).
+    pub by_kind: BTreeMap<verdict_core::Kind, crate::insight::KindHealth>,
+    /// Threshold alerts of the last 24 h, per kind and per provider.
+    pub threshold_alerts: Vec<crate::insight::ThresholdAlert>,
 }
 
 #[derive(Default)]
@@ -297,6 +312,7 @@ pub async fn health_with_hourly(
 ) -> Result<(Health, Vec<HourlyScore>), StoreError> {
     let since = now.plus_seconds(-window_hours * 3600);
     let mut tally = Tally::default();
+    let mut kinds = crate::insight::ByKind::default();
     let mut hourly = Hourly::new(now, hours);
     scan(
         store,
@@ -306,6 +322,7 @@ pub async fn health_with_hourly(
             let found = findings(settings, session, audit, now);
             if ended >= since {
                 tally.add(session, audit, &found);
+                kinds.add(session, found.is_empty());
             }
             hourly.add(ended, found.is_empty());
         },
@@ -328,6 +345,7 @@ pub async fn health_with_hourly(
     )
     .await?;
     let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
+    let threshold_alerts = crate::insight::current_alerts(store.as_ref(), settings, now).await?;
 
     let score =
         health_score(tally.ended as u64, tally.clean as u64, stuck.0 as u64, outbox.dead as u64);
@@ -394,6 +412,8 @@ pub async fn health_with_hourly(
         alerts,
         underbilled_cents: tally.underbilled,
         overbilled_cents: tally.overbilled,
+        by_kind: kinds.finish(),
+        threshold_alerts,
     };
     Ok((health, hourly.scores()))
 }

@@ -7,7 +7,8 @@
 //! send (Stripe's `Idempotency-Key`, `webhook-id`, the e-mail `Message-ID`).
 //!
 //! [`Worker::try_deliver_batch`] is one step that tests drive directly;
-//! [`Worker::run_until_stopped`] loops over it.
+//! [`Worker::run_until_stopped`] loops over it. It also judges the
+//! threshold alerts once a minute ([`Worker::try_evaluate_alerts`]).
 
 mod mail;
 mod stripe;
@@ -71,6 +72,28 @@ impl Default for WorkerConfig {
             sweep_batch_max: 200,
             sweep_interval: Duration::from_secs(1),
         }
+    }
+}
+
+/// How often a running worker judges the threshold alerts (real time; the
+/// window itself is on the service clock).
+pub const ALERT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `verdict_completion_rate{kind}` and `verdict_no_show_rate{kind}` over
+/// the last 24 h; NaN for a kind with no ended session (no rate, and no
+/// alert rule comparing it fires).
+pub fn record_rates(
+    by_kind: &std::collections::BTreeMap<verdict_core::Kind, verdict_store::insight::Counts>,
+) {
+    for (kind, counts) in by_kind {
+        let (completion, no_show) = if counts.ended == 0 {
+            (f64::NAN, f64::NAN)
+        } else {
+            (counts.completion_rate(), counts.no_show_rate())
+        };
+        use verdict_store::insight::{COMPLETION_RATE_GAUGE, NO_SHOW_RATE_GAUGE};
+        metrics::gauge!(COMPLETION_RATE_GAUGE, "kind" => kind.as_str()).set(completion);
+        metrics::gauge!(NO_SHOW_RATE_GAUGE, "kind" => kind.as_str()).set(no_show);
     }
 }
 
@@ -189,6 +212,29 @@ impl Worker {
         Ok(Step::Attempted(count))
     }
 
+    /// Judges the threshold alerts of the last 24 h on the service clock,
+    /// records their states (each change queues its `alert.raised` or
+    /// `alert.resolved` webhook once, however many workers evaluate at
+    /// once) and sets the per-kind rate gauges.
+    pub async fn try_evaluate_alerts(
+        &self,
+    ) -> Result<verdict_store::insight::Evaluation, WorkerError> {
+        let evaluation =
+            verdict_store::insight::evaluate(&self.store, &self.settings, self.clock.now()).await?;
+        record_rates(&evaluation.by_kind);
+        for transition in &evaluation.transitions {
+            tracing::info!(
+                event = transition.event(),
+                alert = transition.rule.as_str(),
+                scope = %format!("{}={}", transition.scope.field(), transition.scope.value()),
+                value = transition.value,
+                threshold = transition.threshold,
+                "threshold alert changed state"
+            );
+        }
+        Ok(evaluation)
+    }
+
     /// One sweep: ends the sessions nobody ended that are due now.
     pub async fn try_sweep(&self) -> Result<SweepReport, WorkerError> {
         let report =
@@ -299,7 +345,14 @@ impl Worker {
         tokio::pin!(shutdown);
         tracing::info!(owner = %self.owner, "outbox worker and sweeper started");
         let mut last_sweep: Option<tokio::time::Instant> = None;
+        let mut last_alerts: Option<tokio::time::Instant> = None;
         loop {
+            if last_alerts.is_none_or(|at| at.elapsed() >= ALERT_INTERVAL) {
+                last_alerts = Some(tokio::time::Instant::now());
+                if let Err(error) = self.try_evaluate_alerts().await {
+                    tracing::warn!(%error, "threshold alerts could not be evaluated");
+                }
+            }
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.sweep_interval) {
                 last_sweep = Some(tokio::time::Instant::now());
                 if let Err(error) = self.try_sweep().await {

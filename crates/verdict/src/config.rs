@@ -141,6 +141,32 @@ pub struct Config {
     /// the environment a comma-separated string. Empty: no CORS headers.
     #[serde(deserialize_with = "list_or_commas")]
     pub cors_allowed_origins: Vec<String>,
+    /// `[alerts]`: thresholds on the last 24 h's rates per kind and per
+    /// provider (docs/alerts.md).
+    pub alerts: AlertsConfig,
+}
+
+/// The `[alerts]` table: when a scope's rates raise a threshold alert.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub completion_rate_below: f64,
+    pub no_show_rate_above: f64,
+    pub too_short_rate_above: f64,
+    /// Scopes with fewer ended sessions in the window are not judged.
+    pub min_sessions: i64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> AlertsConfig {
+        let thresholds = verdict_store::insight::Thresholds::default();
+        AlertsConfig {
+            completion_rate_below: thresholds.completion_rate_below,
+            no_show_rate_above: thresholds.no_show_rate_above,
+            too_short_rate_above: thresholds.too_short_rate_above,
+            min_sessions: thresholds.min_sessions,
+        }
+    }
 }
 
 impl Default for Config {
@@ -190,6 +216,7 @@ impl Default for Config {
             presence_source: "platform".into(),
             worker_bind: "127.0.0.1:8081".into(),
             cors_allowed_origins: Vec::new(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -329,6 +356,30 @@ impl Config {
             payout_provider: self.payout_provider(),
             finalize_after_seconds: self.finalize_after_seconds,
             limits: self.limits()?,
+            alerts: self.alerts()?,
+        })
+    }
+
+    /// The `[alerts]` thresholds: rates between 0 and 1, `min_sessions` 1
+    /// or more.
+    pub fn alerts(&self) -> Result<verdict_store::insight::Thresholds, ConfigError> {
+        let alerts = &self.alerts;
+        let rates = [
+            ("completion_rate_below", alerts.completion_rate_below),
+            ("no_show_rate_above", alerts.no_show_rate_above),
+            ("too_short_rate_above", alerts.too_short_rate_above),
+        ];
+        if let Some((name, _)) = rates.iter().find(|(_, rate)| !(0.0..=1.0).contains(rate)) {
+            return Err(ConfigError::Invalid(format!("[alerts] {name} must be between 0 and 1")));
+        }
+        if alerts.min_sessions < 1 {
+            return Err(ConfigError::Invalid("[alerts] min_sessions must be 1 or more".into()));
+        }
+        Ok(verdict_store::insight::Thresholds {
+            completion_rate_below: alerts.completion_rate_below,
+            no_show_rate_above: alerts.no_show_rate_above,
+            too_short_rate_above: alerts.too_short_rate_above,
+            min_sessions: alerts.min_sessions,
         })
     }
 
@@ -678,6 +729,7 @@ mod tests {
                     let line = line.trim_start_matches("# ");
                     line.split_once(" = ").is_some_and(|(name, _)| name == key)
                         || line.starts_with(&format!("[{key}."))
+                        || line == format!("[{key}]")
                 });
                 assert!(set, "verdict.example.toml does not mention `{key}`");
                 assert!(
@@ -753,6 +805,50 @@ mod tests {
                 Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
             assert!(config.cors().is_err(), "a path is not an origin");
             assert!(Config::default().cors().expect("valid").is_none(), "no origin: no CORS");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's type
+    fn the_alerts_table_loads_partly_and_refuses_bad_values() {
+        figment::Jail::expect_with(|jail| {
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            assert_eq!(
+                config.settings().expect("valid").alerts,
+                verdict_store::insight::Thresholds::default()
+            );
+            jail.create_file(
+                "verdict.toml",
+                "[alerts]
+min_sessions = 5
+",
+            )?;
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            let alerts = config.settings().expect("valid").alerts;
+            assert_eq!((alerts.min_sessions, alerts.completion_rate_below), (5, 0.5));
+            jail.create_file(
+                "verdict.toml",
+                "[alerts]
+no_show_rate_above = 1.5
+",
+            )?;
+            let config =
+                Config::load(Path::new("verdict.toml"), &Overrides::default()).expect("loads");
+            let error = config.settings().expect_err("a rate above 1").to_string();
+            assert!(error.contains("no_show_rate_above"), "{error}");
+            jail.create_file(
+                "verdict.toml",
+                "[alerts]
+min_sesions = 5
+",
+            )?;
+            let error = Config::load(Path::new("verdict.toml"), &Overrides::default())
+                .expect_err("a misspelled alerts key is refused")
+                .to_string();
+            assert!(error.contains("min_sesions"), "{error}");
             Ok(())
         });
     }

@@ -215,6 +215,24 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
     } else {
         use std::fmt::Write;
         let mut text = verify_text::table(&report)?;
+        let by_kind = report
+            .sections
+            .iter()
+            .find(|section| section.name == verdict_store::insight::VERIFY_BY_KIND)
+            .and_then(|section| section.detail.as_ref());
+        if let Some(detail) = by_kind {
+            let kinds: Vec<String> = verdict_core::Kind::ALL
+                .iter()
+                .map(|kind| {
+                    let counts = &detail[kind.as_str()];
+                    format!(
+                        "{kind} {} ({} with findings)",
+                        counts["sessions"], counts["with_findings"]
+                    )
+                })
+                .collect();
+            writeln!(text, "per kind: {}", kinds.join(", "))?;
+        }
         writeln!(
             text,
             "{} sessions verified: {}",

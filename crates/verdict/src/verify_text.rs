@@ -32,6 +32,7 @@ pub fn explain(section: &str) -> Option<&'static str> {
         "health_score" => {
             "info: the 24 h health score (0-100) and its label; count = sessions ended in the window"
         }
+        "by_kind" => "info: sessions per kind, and how many of each have findings (the line below)",
         "metadata_consistency" => {
             "sessions verdict ended without their receipts: one ended event, notifications, outbox, request"
         }
@@ -74,9 +75,13 @@ fn figure(detail: &serde_json::Value) -> String {
     match detail.as_object() {
         Some(fields) => fields
             .iter()
-            .map(|(key, value)| match value {
-                serde_json::Value::String(text) => format!("{key}={text}"),
-                other => format!("{key}={other}"),
+            .filter_map(|(key, value)| match value {
+                serde_json::Value::String(text) => Some(format!("{key}={text}")),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                    Some(format!("{key}={value}"))
+                }
+                // Nested figures (per kind) have lines of their own.
+                _ => None,
             })
             .collect::<Vec<_>>()
             .join(" "),

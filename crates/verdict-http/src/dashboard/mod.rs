@@ -8,6 +8,7 @@
 //! non-admins get 403, and neither sees any data.
 
 mod charts;
+mod insight;
 mod view;
 
 use axum::extract::rejection::FormRejection;
@@ -42,6 +43,7 @@ pub(crate) fn router() -> Router {
         .route("/admin/sessions/session-health/panel", get(panel))
         .route("/admin/review", get(review_page))
         .route("/admin/sessions/{id}", get(session_page))
+        .route("/admin/providers/{id}", get(insight::provider_page))
         .route("/admin/assets/dashboard.css", get(|| async { asset("text/css", STYLES) }))
         .route("/admin/assets/dashboard.js", get(|| async { asset("text/javascript", SCRIPT) }))
         .route("/admin/assets/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))

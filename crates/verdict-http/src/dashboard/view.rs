@@ -32,16 +32,16 @@ pub(crate) fn duration(seconds: i64) -> String {
     }
 }
 
-fn percent(rate: f64) -> String {
+pub(crate) fn percent(rate: f64) -> String {
     format!("{:.1} %", rate * 100.0)
 }
 
-fn money(cents: i64) -> String {
+pub(crate) fn money(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };
     format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
 }
 
-fn layout(title: &str, refresh: Option<u64>, signed_in: bool, body: Markup) -> Markup {
+pub(crate) fn layout(title: &str, refresh: Option<u64>, signed_in: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -128,7 +128,7 @@ fn alert_link(alert: &Alert) -> String {
 /// The part of the dashboard that refreshes.
 pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
     let health = &snapshot.health;
-    let alerts = health.alerts.len();
+    let alerts = health.alerts.len() + health.threshold_alerts.len();
     let status_line = if health.ended == 0 && alerts == 0 {
         format!("Idle: nothing ended in the last {} h.", health.window_hours)
     } else if alerts == 0 {
@@ -209,14 +209,15 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
         div.cards {
             section.card id="alerts" {
                 h2 { "Alerts" }
-                @if health.alerts.is_empty() { p.none { "No alerts." } }
+                @if alerts == 0 { p.none { "No alerts." } }
                 ul.alerts { @for alert in &health.alerts {
                     li data-alert=(alert.kind) data-count=(alert.count) {
                         span { span class={"sev " (alert.severity)} { (alert.severity) }
                             a href=(alert_link(alert)) { (alert.kind.replace('_', " ")) } }
                         strong { (alert.count) }
                     }
-                } }
+                }
+                (super::insight::threshold_alerts(&health.threshold_alerts)) }
             }
             section.card id="revenue" {
                 h2 { "Revenue impact" }
@@ -228,6 +229,7 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
                 }
                 p.note { "Under-billed: sessions that happened but are recorded cancelled. Over-billed: sessions charged and paid that did not happen." }
             }
+            (super::insight::by_kind_table(&health.by_kind, health.window_hours))
             section.card id="distribution" {
                 h2 { "Status distribution" }
                 (charts::status_distribution(&health.status_distribution))

@@ -105,6 +105,17 @@ pub struct AlertDto {
     pub severity: String,
     pub count: i64,
     pub session_ids: Vec<String>,
+    /// A threshold alert's scope, `{"kind": …}` or `{"provider_id": …}`
+    /// (its `kind` is its rule: `completion_rate_below`,
+    /// `no_show_rate_above`, `too_short_rate_above`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<BTreeMap<String, String>>,
+    /// A threshold alert's rate over the last 24 h.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The threshold it broke.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -127,6 +138,8 @@ pub struct SessionHealthDto {
     /// Active alerts only.
     pub alerts: Vec<AlertDto>,
     pub revenue_impact: RevenueImpactDto,
+    /// The window's figures per kind.
+    pub by_kind: BTreeMap<String, crate::routes::insight::KindHealthDto>,
 }
 
 impl From<&monitor::Health> for SessionHealthDto {
@@ -153,12 +166,19 @@ impl From<&monitor::Health> for SessionHealthDto {
                     severity: alert.severity.to_owned(),
                     count: alert.count,
                     session_ids: alert.session_ids.clone(),
+                    scope: None,
+                    value: None,
+                    threshold: None,
                 })
+                .chain(
+                    health.threshold_alerts.iter().map(crate::routes::insight::threshold_alert_dto),
+                )
                 .collect(),
             revenue_impact: RevenueImpactDto {
                 underbilled_cents: health.underbilled_cents,
                 overbilled_cents: health.overbilled_cents,
             },
+            by_kind: crate::routes::insight::by_kind_dto(&health.by_kind),
         }
     }
 }

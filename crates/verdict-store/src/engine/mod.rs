@@ -29,7 +29,8 @@
 //! - `import`: import from the old system, batched or bulk;
 //! - `history`: repair of imported history (open sessions, unearned money);
 //! - `health`: schema version and counts;
-//! - `runs`: long admin runs (imports, repairs) kept with their answers.
+//! - `runs`: long admin runs (imports, repairs) kept with their answers;
+//! - `insight`: rates per kind and provider, threshold alerts' states.
 
 // First: the column macros it defines are in scope in the modules below.
 #[macro_use]
@@ -41,6 +42,7 @@ mod group;
 mod health;
 mod history;
 mod import;
+mod insight;
 mod ledger;
 mod outbox;
 mod pages;
@@ -451,5 +453,43 @@ impl Store for Engine {
 
     async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<crate::AdminRun>, StoreError> {
         Engine::admin_runs(self, kind, limit).await
+    }
+
+    async fn scope_counts(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        min_sessions: i64,
+        providers_max: i64,
+    ) -> Result<Vec<(crate::insight::Scope, crate::insight::Counts)>, StoreError> {
+        Engine::scope_counts(self, since, until, min_sessions, providers_max).await
+    }
+
+    async fn provider_stats(
+        &self,
+        provider_id: &str,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<crate::insight::ProviderStats, StoreError> {
+        Engine::provider_stats(self, provider_id, since, until).await
+    }
+
+    async fn provider_ranking(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        sort: crate::insight::ProviderSort,
+        min_sessions: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, crate::insight::Counts)>, StoreError> {
+        Engine::provider_ranking(self, since, until, sort, min_sessions, limit).await
+    }
+
+    async fn record_alert_states(
+        &self,
+        raised: &[crate::insight::ThresholdAlert],
+        now: UnixMillis,
+    ) -> Result<Vec<crate::insight::Transition>, StoreError> {
+        Engine::record_alert_states(self, raised, now).await
     }
 }

@@ -161,6 +161,11 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
         .await
         .unwrap();
     assert_eq!(imported.status(), StatusCode::OK);
+    // A provider with 12 no-shows of 20: threshold alerts scoped to it.
+    let now = app.state.clock.now();
+    let outcomes = [("no_show_provider", 12), ("completed", 8)];
+    let bad = crate::insight::sessions(now, "bad", "chat", &["p-bad"], &outcomes);
+    crate::insight::import(&app, &bad).await;
     let health = app.get("/v1/admin/health", &app.admin()).await.ok().clone();
     assert!(health["alerts"].as_array().unwrap().len() >= 2, "{health}");
 
@@ -193,9 +198,39 @@ async fn a_browser_signs_in_reads_the_dashboard_follows_an_alert_and_signs_out()
     assert_eq!(browser.find_all("[data-alert]").await.len(), alerts.len());
     for alert in alerts {
         let kind = alert["kind"].as_str().unwrap();
-        let count = browser.attribute(&format!("[data-alert={kind}]"), "data-count").await;
+        // Threshold alerts: one per scope.
+        let selector = match alert["scope"].as_object().and_then(|scope| scope.iter().next()) {
+            Some((field, value)) => {
+                format!("[data-alert={kind}][data-scope='{field}={}']", value.as_str().unwrap())
+            }
+            None => format!("[data-alert={kind}]"),
+        };
+        let count = browser.attribute(&selector, "data-count").await;
         assert_eq!(count, alert["count"].to_string(), "{kind}");
     }
+    // The per-kind table is the API's `by_kind`.
+    let by_kind = health["by_kind"].as_object().unwrap();
+    assert_eq!(browser.find_all("#by-kind tr[data-kind]").await.len(), 3);
+    for (kind, figures) in by_kind {
+        let row = format!("#by-kind tr[data-kind={kind}]");
+        assert_eq!(browser.attribute(&row, "data-ended").await, figures["ended"].to_string());
+        let shown = browser.attribute(&row, "data-completion-rate").await;
+        assert_eq!(
+            shown.parse::<f64>().unwrap(),
+            figures["metrics"]["completion_rate"].as_f64().unwrap(),
+            "{kind}"
+        );
+    }
+    let scoped = "[data-alert=no_show_rate_above][data-scope='provider_id=p-bad']";
+    assert_eq!(browser.find_all(scoped).await.len(), 1, "p-bad's no-show alert");
+    browser.screenshot("2b-insight").await;
+    // A provider's alert leads to its stats.
+    browser.click_in_panel(&format!("{scoped} a"), "/admin/providers/p-bad").await;
+    assert!(browser.text("[data-metric=sessions]").await.contains("20"));
+    assert!(browser.text("[data-metric=no_show_rate]").await.contains("60.0 %"));
+    browser.screenshot("2c-provider").await;
+    browser.go(&page).await;
+    browser.wait_for_url(DASHBOARD).await;
     assert_eq!(browser.find_all("#hourly rect[data-hour]").await.len(), 24);
     browser.screenshot("2-dashboard").await;
 

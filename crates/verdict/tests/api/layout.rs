@@ -99,6 +99,7 @@ async fn every_page_lays_out_without_overflow_at_1400_and_390_px() {
         ("dashboard", "/admin/sessions/session-health".to_owned()),
         ("review", "/admin/review".to_owned()),
         ("session", format!("/admin/sessions/{session}")),
+        ("provider", "/admin/providers/layout-provider".to_owned()),
         ("demo-rooms", "/demo".to_owned()),
         ("demo-room", format!("/demo/rooms/{room}?as=customer")),
     ];

@@ -19,6 +19,7 @@ mod fakes;
 mod healthcheck;
 mod help;
 mod history;
+mod insight;
 mod layout;
 mod limits;
 mod metrics;
