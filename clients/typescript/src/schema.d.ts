@@ -189,6 +189,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Providers ranked the worst first by `sort` over the last `window_hours`
+         *     (highest no-show or too-short rate, lowest completion rate, or most
+         *     sessions).
+         */
+        get: operations["providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/providers/{id}/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One provider's sessions ended in the last `window_hours`: rates,
+         *     billable time, and what they charged and earned per currency.
+         */
+        get: operations["provider_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/repair": {
         parameters: {
             query?: never;
@@ -612,8 +653,26 @@ export interface components {
              *     `payout_mismatch`, `stuck_sessions` or `dead_deliveries`.
              */
             kind: string;
+            /**
+             * @description A threshold alert's scope, `{"kind": …}` or `{"provider_id": …}`
+             *     (its `kind` is its rule: `completion_rate_below`,
+             *     `no_show_rate_above`, `too_short_rate_above`); absent otherwise.
+             */
+            scope?: {
+                [key: string]: string;
+            } | null;
             session_ids: string[];
             severity: string;
+            /**
+             * Format: double
+             * @description The threshold it broke.
+             */
+            threshold?: number | null;
+            /**
+             * Format: double
+             * @description A threshold alert's rate over the last 24 h.
+             */
+            value?: number | null;
         };
         AssignmentDto: {
             created_at: string;
@@ -674,6 +733,13 @@ export interface components {
             room?: string | null;
             /** @description RFC 3339. */
             scheduled_start?: string | null;
+        };
+        CurrencyImpactDto: {
+            currency: string;
+            /** Format: int64 */
+            overbilled_cents: number;
+            /** Format: int64 */
+            underbilled_cents: number;
         };
         EarningsDto: {
             provider_id: string;
@@ -759,6 +825,22 @@ export interface components {
         };
         /** @enum {string} */
         KindDto: "video" | "chat" | "diagnostic";
+        /** @description The window's figures for one kind. */
+        KindHealthDto: {
+            /** Format: int64 */
+            ended: number;
+            label: string;
+            metrics: components["schemas"]["MetricsDto"];
+            /**
+             * Format: double
+             * @description `100 × clean / ended` over this kind's sessions (stuck sessions and
+             *     dead deliveries belong to no kind).
+             */
+            score: number;
+            status_distribution: {
+                [key: string]: number;
+            };
+        };
         MetricsDto: {
             /** Format: double */
             avg_billable_seconds: number;
@@ -1012,6 +1094,70 @@ export interface components {
             /** @description `urn:verdict:problem:<slug>`, stable. */
             type: string;
         };
+        ProviderMoneyDto: {
+            /**
+             * Format: int64
+             * @description What customers were charged for these sessions (ledger).
+             */
+            charged_cents: number;
+            currency: string;
+            /**
+             * Format: int64
+             * @description What these sessions earned the provider (ledger).
+             */
+            earned_cents: number;
+        };
+        ProviderRankingDto: {
+            /** @description The worst first. */
+            items: components["schemas"]["ProviderRowDto"][];
+            /**
+             * Format: int64
+             * @description Only providers with at least this many sessions ended in the window.
+             */
+            min_sessions: number;
+            sort: string;
+            /** Format: int64 */
+            window_hours: number;
+        };
+        ProviderRowDto: {
+            /** Format: int64 */
+            billable_seconds: number;
+            /** Format: double */
+            completion_rate: number;
+            /** Format: double */
+            no_show_rate: number;
+            provider_id: string;
+            /** Format: int64 */
+            sessions: number;
+            /** Format: double */
+            too_short_rate: number;
+        };
+        ProviderStatsDto: {
+            /**
+             * Format: int64
+             * @description Billable seconds of those sessions, summed.
+             */
+            billable_seconds: number;
+            /** Format: double */
+            completion_rate: number;
+            /**
+             * @description Per currency, from the ledger postings of those sessions
+             *     (reversals included).
+             */
+            money: components["schemas"]["ProviderMoneyDto"][];
+            /** Format: double */
+            no_show_rate: number;
+            provider_id: string;
+            /**
+             * Format: int64
+             * @description Sessions ended in the window.
+             */
+            sessions: number;
+            /** Format: double */
+            too_short_rate: number;
+            /** Format: int64 */
+            window_hours: number;
+        };
         RepairDto: {
             changes: components["schemas"]["ChangeDto"][];
             dry_run: boolean;
@@ -1036,13 +1182,20 @@ export interface components {
         };
         RevenueImpactDto: {
             /**
+             * @description The same per currency (lower-case ISO 4217), only currencies with
+             *     an impact.
+             */
+            by_currency: components["schemas"]["CurrencyImpactDto"][];
+            /**
              * Format: int64
-             * @description Cents charged for sessions that should not be completed.
+             * @description Cents charged for sessions that should not be completed (summed
+             *     over currencies).
              */
             overbilled_cents: number;
             /**
              * Format: int64
-             * @description Cents not charged for sessions that should be completed.
+             * @description Cents not charged for sessions that should be completed (summed
+             *     over currencies: read `by_currency` when there are several).
              */
             underbilled_cents: number;
         };
@@ -1130,6 +1283,10 @@ export interface components {
         SessionHealthDto: {
             /** @description Active alerts only. */
             alerts: components["schemas"]["AlertDto"][];
+            /** @description The window's figures per kind. */
+            by_kind: {
+                [key: string]: components["schemas"]["KindHealthDto"];
+            };
             /** Format: int64 */
             ended: number;
             /** @description `excellent`, `good`, `degraded`, `critical`, or `idle`. */
@@ -2180,6 +2337,256 @@ export interface operations {
                 };
             };
             /** @description A field or parameter is wrong; `detail` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over a rate or size limit */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A bug: the cause is logged under the answer's request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    providers: {
+        parameters: {
+            query?: {
+                /** @description 1 to 100; default 20 */
+                limit?: number;
+                /** @description 1 to 1000000; default 1: providers with fewer are left out */
+                min_sessions?: number;
+                /** @description no_show_rate (default), completion_rate, too_short_rate or sessions */
+                sort?: string;
+                /** @description 1 to 720; default 24 */
+                window_hours?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderRankingDto"];
+                };
+            };
+            /** @description Malformed: a path, query or body that cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, forged or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Wrong role, or not a party to the session */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unknown id or route */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Wrong method */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A body that is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unknown sort key, or a bound exceeded */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over a rate or size limit */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A bug: the cause is logged under the answer's request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    provider_stats: {
+        parameters: {
+            query?: {
+                /** @description 1 to 720; default 24 */
+                window_hours?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderStatsDto"];
+                };
+            };
+            /** @description Malformed: a path, query or body that cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, forged or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Wrong role, or not a party to the session */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not a valid provider id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Wrong method */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A body that is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description window_hours out of bounds */
             422: {
                 headers: {
                     [name: string]: unknown;

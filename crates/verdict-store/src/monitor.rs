@@ -232,6 +232,9 @@ pub struct Health {
     pub alerts: Vec<Alert>,
     pub underbilled_cents: i64,
     pub overbilled_cents: i64,
+    /// `(underbilled, overbilled)` cents per currency: the two sums above
+    /// add cents of every currency, so they mean something only alone.
+    pub revenue_by_currency: BTreeMap<String, (i64, i64)>,
     /// The window's metrics per kind (every kind).
     pub by_kind: BTreeMap<verdict_core::Kind, crate::insight::KindHealth>,
     /// Threshold alerts of the last 24 h, per kind and per provider.
@@ -250,6 +253,7 @@ struct Tally {
     alerts: BTreeMap<&'static str, (i64, Vec<String>)>,
     underbilled: i64,
     overbilled: i64,
+    by_currency: BTreeMap<String, (i64, i64)>,
 }
 
 impl Tally {
@@ -283,6 +287,11 @@ impl Tally {
             let (under, over) = finding.revenue_impact(audit);
             self.underbilled += under;
             self.overbilled += over;
+            if under != 0 || over != 0 {
+                let money = self.by_currency.entry(session.price.currency.clone()).or_default();
+                money.0 += under;
+                money.1 += over;
+            }
         }
     }
 }
@@ -412,6 +421,7 @@ pub async fn health_with_hourly(
         alerts,
         underbilled_cents: tally.underbilled,
         overbilled_cents: tally.overbilled,
+        revenue_by_currency: tally.by_currency,
         by_kind: kinds.finish(),
         threshold_alerts,
     };

@@ -222,10 +222,17 @@ pub(crate) fn panel(snapshot: &Snapshot) -> Markup {
             section.card id="revenue" {
                 h2 { "Revenue impact" }
                 dl.facts {
-                    dt { "Under-billed" }
-                    dd id="underbilled" data-value=(health.underbilled_cents) { (money(health.underbilled_cents)) }
-                    dt { "Over-billed" }
-                    dd id="overbilled" data-value=(health.overbilled_cents) { (money(health.overbilled_cents)) }
+                    @if health.revenue_by_currency.is_empty() {
+                        dt { "Under-billed" } dd id="underbilled" data-value="0" { "none" }
+                        dt { "Over-billed" } dd id="overbilled" data-value="0" { "none" }
+                    }
+                    // Every amount with its currency, one pair per currency.
+                    @for (currency, (under, over)) in &health.revenue_by_currency {
+                        dt { "Under-billed" }
+                        dd.underbilled data-currency=(currency) data-value=(under) { (money(*under)) " " (currency) }
+                        dt { "Over-billed" }
+                        dd.overbilled data-currency=(currency) data-value=(over) { (money(*over)) " " (currency) }
+                    }
                 }
                 p.note { "Under-billed: sessions that happened but are recorded cancelled. Over-billed: sessions charged and paid that did not happen." }
             }

@@ -120,9 +120,21 @@ pub struct AlertDto {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RevenueImpactDto {
-    /// Cents not charged for sessions that should be completed.
+    /// Cents not charged for sessions that should be completed (summed
+    /// over currencies: read `by_currency` when there are several).
     pub underbilled_cents: i64,
-    /// Cents charged for sessions that should not be completed.
+    /// Cents charged for sessions that should not be completed (summed
+    /// over currencies).
+    pub overbilled_cents: i64,
+    /// The same per currency (lower-case ISO 4217), only currencies with
+    /// an impact.
+    pub by_currency: Vec<CurrencyImpactDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CurrencyImpactDto {
+    pub currency: String,
+    pub underbilled_cents: i64,
     pub overbilled_cents: i64,
 }
 
@@ -177,6 +189,15 @@ impl From<&monitor::Health> for SessionHealthDto {
             revenue_impact: RevenueImpactDto {
                 underbilled_cents: health.underbilled_cents,
                 overbilled_cents: health.overbilled_cents,
+                by_currency: health
+                    .revenue_by_currency
+                    .iter()
+                    .map(|(currency, (under, over))| CurrencyImpactDto {
+                        currency: currency.clone(),
+                        underbilled_cents: *under,
+                        overbilled_cents: *over,
+                    })
+                    .collect(),
             },
             by_kind: crate::routes::insight::by_kind_dto(&health.by_kind),
         }

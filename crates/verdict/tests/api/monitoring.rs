@@ -1,6 +1,7 @@
 //! Verification, health, hourly scores, the review queue and /metrics.
 
 use futures::future::join_all;
+use reqwest::Method;
 use serde_json::{Value, json};
 use verdict_core::Role;
 
@@ -15,6 +16,7 @@ on_every_backend!(
     hourly_scores_and_the_review_queue_name_the_bad_hour_and_session,
     metrics_are_prometheus_text_with_the_documented_series,
     reports_into_a_closed_pipe_end_quietly,
+    revenue_impact_is_told_per_currency,
 );
 
 /// A session with both parties present for `together` seconds, then ended.
@@ -214,6 +216,28 @@ async fn a_clean_marketplace_of_500_sessions_verifies_clean_from_the_command_lin
     );
 }
 
+/// Money at stake in two currencies is never one sum on the dashboard:
+/// each amount carries its currency.
+async fn revenue_impact_is_told_per_currency(app: TestApp) {
+    session(&app, "over-usd", 30).await;
+    session(&app, "over-eur", 30).await;
+    app.sql("UPDATE sessions SET status = 'completed', reason = 'completed', charged_cents = 2500 WHERE id IN ('over-usd', 'over-eur')").await;
+    app.sql("UPDATE sessions SET currency = 'eur', charged_cents = 3000 WHERE id = 'over-eur'")
+        .await;
+    let report = health(&app, "").await;
+    assert_eq!(
+        report["revenue_impact"]["by_currency"],
+        json!([{"currency": "eur", "underbilled_cents": 0, "overbilled_cents": 3000},
+               {"currency": "usd", "underbilled_cents": 0, "overbilled_cents": 2500}])
+    );
+    let page = app
+        .send(Method::GET, "/admin/sessions/session-health/panel", Some(&app.admin()), None)
+        .await;
+    let html = page.body.as_str().unwrap_or_else(|| panic!("HTML: {}", page.body)).to_owned();
+    assert!(html.contains("30.00 eur") && html.contains("25.00 usd"), "{html}");
+    assert!(!html.contains("55.00"), "never one sum of two currencies");
+}
+
 async fn health(app: &TestApp, query: &str) -> Value {
     app.get(&format!("/v1/admin/health{query}"), &app.admin()).await.ok().clone()
 }
@@ -250,7 +274,11 @@ async fn health_of_a_known_mix_equals_the_hand_computed_figures(app: TestApp) {
         report["alerts"],
         json!([{"kind": "misclassified_completed", "severity": "critical", "count": 1, "session_ids": ["planted"]}])
     );
-    assert_eq!(report["revenue_impact"], json!({"underbilled_cents": 0, "overbilled_cents": 2500}));
+    assert_eq!(
+        report["revenue_impact"],
+        json!({"underbilled_cents": 0, "overbilled_cents": 2500,
+               "by_currency": [{"currency": "usd", "underbilled_cents": 0, "overbilled_cents": 2500}]})
+    );
 
     // A one-hour window two days later holds nothing.
     app.advance(48 * 3600).await;
