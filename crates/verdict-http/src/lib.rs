@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cors;
 mod dashboard;
 pub mod dto;
+pub mod framing;
 pub mod import;
 pub mod jwt_crypto;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub presence_sources: verdict_store::PresenceSources,
     /// Browsers' origins allowed to call `/v1/*` (`cors_allowed_origins`).
     pub cors: Option<cors::Cors>,
+    /// Who may frame the dashboard (`dashboard_frame_ancestors`).
+    pub dashboard_frame_ancestors: framing::FrameAncestors,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict
@@ -109,7 +112,7 @@ pub fn router(state: AppState) -> axum::Router {
     let (api, _) = api_routes().split_for_parts();
     axum::Router::new()
         .merge(api)
-        .merge(dashboard::router())
+        .merge(dashboard::router(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())

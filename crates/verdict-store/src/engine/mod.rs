@@ -29,7 +29,8 @@
 //! - `import`: import from the old system, batched or bulk;
 //! - `history`: repair of imported history (open sessions, unearned money);
 //! - `health`: schema version and counts;
-//! - `runs`: long admin runs (imports, repairs) kept with their answers.
+//! - `runs`: long admin runs (imports, repairs) kept with their answers;
+//! - `receipts`: metadata_consistency's set-wise check, the review counts.
 
 // First: the column macros it defines are in scope in the modules below.
 #[macro_use]
@@ -44,6 +45,7 @@ mod import;
 mod ledger;
 mod outbox;
 mod pages;
+mod receipts;
 mod requests;
 mod runs;
 mod sessions;
@@ -451,5 +453,27 @@ impl Store for Engine {
 
     async fn admin_runs(&self, kind: &str, limit: i64) -> Result<Vec<crate::AdminRun>, StoreError> {
         Engine::admin_runs(self, kind, limit).await
+    }
+
+    async fn receipt_faults(
+        &self,
+        range: crate::consistency::FaultRange<'_>,
+        limit: i64,
+    ) -> Result<crate::consistency::FaultBatch, StoreError> {
+        Engine::receipt_faults(self, range, limit).await
+    }
+
+    async fn save_review_counts(
+        &self,
+        counts: &[crate::consistency::ReviewCount],
+        as_of: UnixMillis,
+    ) -> Result<(), StoreError> {
+        Engine::save_review_counts(self, counts, as_of).await
+    }
+
+    async fn review_counts(
+        &self,
+    ) -> Result<Option<(UnixMillis, Vec<crate::consistency::ReviewCount>)>, StoreError> {
+        Engine::review_counts(self).await
     }
 }
