@@ -16,3 +16,10 @@ CREATE TABLE review_counts (
     as_of    BIGINT NOT NULL,
     PRIMARY KEY (kind, reason)
 );
+
+-- metadata_consistency looks up each session's `session.ended` message: a
+-- lookup in this index alone, not a row read per outbox row of the session
+-- (4 s of 5.5 s on 500,000 sessions on SQLite without it). Partial: only
+-- those messages are indexed (one a session, and its fan-out copies).
+CREATE INDEX outbox_session_ended ON outbox (session_id, topic)
+    WHERE topic = 'webhook:session.ended';

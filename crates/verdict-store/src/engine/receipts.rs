@@ -82,27 +82,33 @@ impl Engine {
         counts: &[ReviewCount],
         as_of: UnixMillis,
     ) -> Result<(), StoreError> {
+        // Two passes may save at once (`verify` and a server's background
+        // pass): rows are upserted in key order (so they lock in one order,
+        // no deadlock, no duplicate key), then whatever another pass left is
+        // removed. The marker row ('', '') keeps the instant of an empty
+        // queue.
+        let mut rows: Vec<(&str, &str, i64)> = vec![("", "", 0)];
+        rows.extend(counts.iter().map(|c| (c.kind.as_str(), c.reason.as_str(), c.sessions)));
+        rows.sort_unstable();
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        sqlx::query("DELETE FROM review_counts").execute(&mut *tx).await?;
         // A handful of rows (kinds × reasons): one statement each is fine.
-        for count in counts {
+        for (kind, reason, sessions) in rows {
             sqlx::query(
-                "INSERT INTO review_counts (kind, reason, sessions, as_of) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO review_counts (kind, reason, sessions, as_of) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, reason) DO UPDATE SET sessions = excluded.sessions, \
+                 as_of = excluded.as_of",
             )
-            .bind(&count.kind)
-            .bind(&count.reason)
-            .bind(count.sessions)
+            .bind(kind)
+            .bind(reason)
+            .bind(sessions)
             .bind(as_of.0)
             .execute(&mut *tx)
             .await?;
         }
-        // An empty queue is a count too: a marker row keeps its instant.
-        sqlx::query(
-            "INSERT INTO review_counts (kind, reason, sessions, as_of) VALUES ('', '', 0, $1)",
-        )
-        .bind(as_of.0)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("DELETE FROM review_counts WHERE as_of <> $1")
+            .bind(as_of.0)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
