@@ -7,8 +7,14 @@
 # and prints per run: wall seconds, the client's CPU seconds and the whole
 # machine's busy CPU seconds (the rest is the server's). Stops and cleans
 # up by itself. SHARED_BUFFERS=2GB sets the server's buffer cache (default:
-# PostgreSQL's own, 128 MB, smaller than the 1M-session database). Both
-# builds must share a schema: a build refuses a database migrated past it.
+# PostgreSQL's own, 128 MB, smaller than the 1M-session database). Each
+# build verifies a database of its own, copied from the one OLD imported
+# (`CREATE DATABASE … TEMPLATE`) and migrated by that build: a build
+# refuses a database migrated past it, so builds of different schemas
+# compare on the same data. RECEIPTS=1 first turns the imported history
+# into sessions verdict ended itself (an `ended` event, a notification per
+# party and a `session.ended` outbox row each, `import_run` cleared), so
+# that every session is one `metadata_consistency` judges.
 set -euo pipefail
 OLD=$(realpath "$1"); NEW=$(realpath "$2")
 N=${N:-1000000}
@@ -34,18 +40,46 @@ export VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict
 "$OLD" generate --sessions "$N" --seed 7 > "$WORK/history.ndjson"
 "$OLD" migrate > /dev/null
 /usr/bin/time -f "import: %e s, peak RSS %M KiB" "$OLD" import "$WORK/history.ndjson" > /dev/null
-"$NEW" migrate > /dev/null
-"$PGBIN/psql" -q -h 127.0.0.1 -p 18432 -U postgres verdict -c "VACUUM ANALYZE"
+PSQL=("$PGBIN/psql" -q -h 127.0.0.1 -p 18432 -U postgres)
+if [ "${RECEIPTS:-0}" = 1 ]; then
+  "${PSQL[@]}" verdict > /dev/null <<'SQL'
+INSERT INTO session_events (session_id, type, actor_role, actor_id, at)
+  SELECT id, 'ended', 'service', 'bench', ended_at FROM sessions WHERE ended_at IS NOT NULL;
+INSERT INTO notifications (recipient_role, recipient_id, session_id, kind, reason, created_at)
+  SELECT 'customer', customer_id, id, 'session_' || status, reason, ended_at FROM sessions
+  WHERE ended_at IS NOT NULL
+  UNION ALL
+  SELECT 'provider', provider_id, id, 'session_' || status, reason, ended_at FROM sessions
+  WHERE ended_at IS NOT NULL;
+INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, state, due_at, created_at,
+                    delivered_at)
+  SELECT id, 'webhook:session.ended', 'webhook', 'bench:' || id, '{}', 'delivered', ended_at,
+         ended_at, ended_at FROM sessions WHERE ended_at IS NOT NULL;
+UPDATE sessions SET import_run = NULL WHERE ended_at IS NOT NULL;
+SQL
+fi
+"${PSQL[@]}" postgres -c "CREATE DATABASE verdict_new TEMPLATE verdict"
+VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict_new "$NEW" migrate > /dev/null
+"${PSQL[@]}" verdict -c "VACUUM ANALYZE"
+"${PSQL[@]}" verdict_new -c "VACUUM ANALYZE"
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 for _ in $(seq "$ROUNDS"); do
   for binary in "$OLD" "$NEW"; do
+    database=verdict
+    [ "$binary" = "$NEW" ] && database=verdict_new
     before=$(busy)
     # verify exits 1 when it finds anomalies (the generated history has some).
-    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time" "$binary" verify --json > /dev/null || true
+    VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/$database \
+      /usr/bin/time -f "%e %U %S %M" -o "$WORK/time" "$binary" verify --json \
+      > "$WORK/report-$(basename "$binary").json" || true
     after=$(busy)
     read -r wall user sys rss < <(tail -1 "$WORK/time")
     awk -v b="$binary" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v t="$(( after - before ))" -v n="$N" 'BEGIN {
       printf "%s: %.2f s (%.0f sessions/s), client CPU %.2f s, machine CPU %.2f s, peak RSS %.0f MiB\n",
         b, w, n / w, u + s, t / 100, r / 1024 }'
   done
+done
+# The sections each build found (the same history: the same anomalies).
+for binary in "$OLD" "$NEW"; do
+  echo "$(basename "$binary"): $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["sessions"], "sessions;", ", ".join("%s %d" % (s["name"], s["count"]) for s in r["sections"] if not s["ok"]))' "$WORK/report-$(basename "$binary").json")"
 done

@@ -990,16 +990,6 @@ export interface components {
             next_cursor?: string | null;
         };
         /** @description A page of a list. */
-        Page_ReviewItemDto: {
-            items: {
-                /** @description The verification sections this session fails. */
-                reasons: string[];
-                session: components["schemas"]["SessionDto"];
-            }[];
-            /** @description Pass as `after` to get the next page; null on the last. */
-            next_cursor?: string | null;
-        };
-        /** @description A page of a list. */
         Page_RunDto: {
             items: {
                 /** @description The admin who started it. */
@@ -1203,6 +1193,20 @@ export interface components {
             /** @description The verification sections this session fails. */
             reasons: string[];
             session: components["schemas"]["SessionDto"];
+        };
+        /** @description A page of the review queue, with the queue's size. */
+        ReviewPageDto: {
+            /** @description When that pass ran (RFC 3339); `null` before any. */
+            as_of?: string | null;
+            items: components["schemas"]["ReviewItemDto"][];
+            next_cursor?: string | null;
+            /**
+             * Format: int64
+             * @description Sessions needing review under this page's `reason` and `kind`, as
+             *     the most recent full pass (verify, or the background pass) counted
+             *     them; `null` before any.
+             */
+            total?: number | null;
         };
         /** @description A kept run. */
         RunDto: {
@@ -1758,7 +1762,10 @@ export interface operations {
     };
     import: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Default false: a field a line does not know rejects the line; true: it is kept in the session's metadata */
+                keep_unknown_fields?: boolean;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2999,8 +3006,12 @@ export interface operations {
             query?: {
                 /** @description Cursor from the previous page */
                 after?: string;
+                /** @description Only sessions of this kind */
+                kind?: string;
                 /** @description 1 to 200; default 50 */
                 limit?: number;
+                /** @description Only sessions with this reason (a verification section, metadata_consistency or late_presence_after_finalization) */
+                reason?: string;
             };
             header?: never;
             path?: never;
@@ -3013,7 +3024,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Page_ReviewItemDto"];
+                    "application/json": components["schemas"]["ReviewPageDto"];
                 };
             };
             /** @description Malformed: a path, query or body that cannot be read */

@@ -90,7 +90,7 @@ impl DemoRooms {
     }
 }
 
-pub(crate) fn router(rooms: Arc<DemoRooms>) -> Router {
+pub(crate) fn router(rooms: Arc<DemoRooms>, state: &AppState) -> Router {
     Router::new()
         .route("/demo", get(list))
         .route("/demo/rooms", post(open_room))
@@ -98,7 +98,10 @@ pub(crate) fn router(rooms: Arc<DemoRooms>) -> Router {
         .route("/demo/assets/room.js", get(|| async { asset("text/javascript", SCRIPT) }))
         .route("/demo/assets/room.css", get(|| async { asset("text/css", STYLES) }))
         .layer(Extension(rooms))
-        .layer(middleware::from_fn(crate::dashboard::security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.dashboard_frame_ancestors.clone(),
+            crate::dashboard::security_headers,
+        ))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

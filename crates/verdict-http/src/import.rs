@@ -36,6 +36,9 @@ struct Line {
     reason: Option<String>,
     created_at: String,
     ended_at: Option<String>,
+    /// The old system's own start: kept as recorded in `metadata` (verdict's
+    /// `started_at` is derived from the presence events).
+    started_at: Option<String>,
     #[serde(default)]
     events: Vec<LineEvent>,
     #[serde(default)]
@@ -57,6 +60,58 @@ struct LinePayout {
     amount_cents: i64,
     currency: String,
     state: String,
+}
+
+/// The fields of a line; with `keep_unknown_fields`, any other is kept in
+/// the session's `metadata`.
+const LINE_FIELDS: [&str; 13] = [
+    "id",
+    "kind",
+    "customer_id",
+    "provider_id",
+    "provider_account",
+    "price",
+    "status",
+    "reason",
+    "created_at",
+    "ended_at",
+    "started_at",
+    "events",
+    "payouts",
+];
+
+/// Parses and validates one line; with `keep_unknown_fields`, a field
+/// that is not one of a line's is kept in `metadata` (beside `started_at`)
+/// instead of rejecting the line.
+pub fn parse_line_with(text: &str, keep_unknown_fields: bool) -> Result<ImportSession, String> {
+    if !keep_unknown_fields {
+        return parse_line(text);
+    }
+    let mut object = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => return Err("invalid type: expected a JSON object".into()),
+        Err(_) => return Err(read_error(text)),
+    };
+    let unknown: Vec<String> =
+        object.keys().filter(|key| !LINE_FIELDS.contains(&key.as_str())).cloned().collect();
+    if unknown.is_empty() {
+        return parse_line(text);
+    }
+    let mut kept = serde_json::Map::new();
+    for key in unknown {
+        if let Some(value) = object.remove(&key) {
+            kept.insert(key, value);
+        }
+    }
+    let known = serde_json::Value::Object(object).to_string();
+    let mut session = parse_line(&known)?;
+    let mut metadata = match session.metadata.take() {
+        Some(serde_json::Value::Object(metadata)) => metadata,
+        _ => serde_json::Map::new(),
+    };
+    metadata.extend(kept);
+    session.metadata = Some(serde_json::Value::Object(metadata));
+    Ok(session)
 }
 
 /// Parses and validates one line; the error names the field.
@@ -129,6 +184,14 @@ fn validate(line: Line) -> Result<ImportSession, String> {
         (_, Some(ended)) if ended < created_at => return Err("ended_at: before created_at".into()),
         _ => {}
     }
+    // Kept as the old system recorded it (checked, so a typo is caught).
+    let metadata = match &line.started_at {
+        Some(text) => {
+            instant("started_at", text)?;
+            Some(serde_json::json!({ "started_at": text }))
+        }
+        None => None,
+    };
     let mut events = Vec::with_capacity(line.events.len());
     let mut previous: Option<UnixMillis> = None;
     for (index, event) in line.events.iter().enumerate() {
@@ -184,6 +247,7 @@ fn validate(line: Line) -> Result<ImportSession, String> {
         ended_at,
         events,
         payout,
+        metadata,
     })
 }
 
@@ -222,6 +286,8 @@ pub struct Importer<'a> {
     /// batch is stored, after the rejections of later lines.
     listed: BinaryHeap<(u64, String)>,
     summary: Summary,
+    /// Keep fields a line does not know in `metadata` (else reject them).
+    keep_unknown_fields: bool,
 }
 
 impl<'a> Importer<'a> {
@@ -233,6 +299,13 @@ impl<'a> Importer<'a> {
     /// of a fresh id: the API keeps its imports under that id.
     pub fn for_run(mut self, run: String) -> Importer<'a> {
         self.run = run;
+        self
+    }
+
+    /// Keeps the fields a line does not know in the session's `metadata`
+    /// (`--keep-unknown-fields`) instead of rejecting the line.
+    pub fn keeping_unknown_fields(mut self, keep: bool) -> Importer<'a> {
+        self.keep_unknown_fields = keep;
         self
     }
 
@@ -253,6 +326,7 @@ impl<'a> Importer<'a> {
             batch_ids: HashSet::with_capacity(lines.min(BATCH)),
             listed: BinaryHeap::new(),
             summary: Summary::default(),
+            keep_unknown_fields: false,
         }
     }
 
@@ -282,7 +356,7 @@ impl<'a> Importer<'a> {
 
     /// One line (1-based `number`); blank lines are ignored.
     pub async fn line(&mut self, number: u64, text: &str) -> Result<(), StoreError> {
-        match parse(text) {
+        match parse_with(text, self.keep_unknown_fields) {
             None => Ok(()),
             Some(parsed) => self.parsed(number, parsed).await,
         }
@@ -369,6 +443,11 @@ fn duplicate(id: &str) -> String {
 
 /// Parses one line: `None` for a blank one.
 pub fn parse(text: &str) -> Option<Result<ImportSession, String>> {
+    parse_with(text, false)
+}
+
+/// [`parse`], keeping unknown fields in `metadata` when asked.
+pub fn parse_with(text: &str, keep_unknown_fields: bool) -> Option<Result<ImportSession, String>> {
     let text = text.trim();
-    (!text.is_empty()).then(|| parse_line(text))
+    (!text.is_empty()).then(|| parse_line_with(text, keep_unknown_fields))
 }

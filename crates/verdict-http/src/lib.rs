@@ -11,6 +11,7 @@ pub mod cors;
 mod dashboard;
 pub mod demo_room;
 pub mod dto;
+pub mod framing;
 pub mod import;
 pub mod jwt_crypto;
 pub mod metrics;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub presence_sources: verdict_store::PresenceSources,
     /// Browsers' origins allowed to call `/v1/*` (`cors_allowed_origins`).
     pub cors: Option<cors::Cors>,
+    /// Who may frame the dashboard (`dashboard_frame_ancestors`).
+    pub dashboard_frame_ancestors: framing::FrameAncestors,
 }
 
 /// Credentials of the video platforms whose presence webhooks verdict
@@ -116,8 +119,8 @@ pub fn router_with_demo(state: AppState, demo: Option<Arc<demo_room::DemoRooms>>
     let (api, _) = api_routes().split_for_parts();
     axum::Router::new()
         .merge(api)
-        .merge(dashboard::router())
-        .merge(demo.map(demo_room::router).unwrap_or_default())
+        .merge(dashboard::router(&state))
+        .merge(demo.map(|rooms| demo_room::router(rooms, &state)).unwrap_or_default())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())

@@ -181,7 +181,31 @@ async fn refresh_health_while(alive: Weak<()>, state: AppState) {
             Ok(health) => record_health(&health),
             Err(error) => tracing::warn!(%error, "the health gauge could not be recomputed"),
         }
+        if let Err(error) = count_review_when_due(&state, now).await {
+            tracing::warn!(%error, "the review queue could not be counted");
+        }
     }
+}
+
+/// How old the review queue's stored count may grow before the background
+/// pass counts it again (a full pass: every session is read).
+const REVIEW_COUNT_EVERY_SECONDS: i64 = 15 * 60;
+
+/// The background full pass: counts the review queue (and stores the count
+/// for its `total`) when no pass, `verdict verify` or another server's,
+/// has counted it for [`REVIEW_COUNT_EVERY_SECONDS`].
+async fn count_review_when_due(
+    state: &AppState,
+    now: verdict_core::UnixMillis,
+) -> Result<(), verdict_store::StoreError> {
+    let due = match state.store.review_counts().await? {
+        None => true,
+        Some((as_of, _)) => now.millis_since(as_of) >= REVIEW_COUNT_EVERY_SECONDS * 1000,
+    };
+    if due {
+        verdict_store::consistency::count_review(&state.store, &state.settings, now).await?;
+    }
+    Ok(())
 }
 
 /// `GET /metrics`: Prometheus text. Outbox gauges are read at scrape time;

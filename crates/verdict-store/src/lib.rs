@@ -7,6 +7,7 @@
 
 mod audit;
 pub mod clock;
+pub mod consistency;
 mod copy_binary;
 mod error;
 pub mod insight;
@@ -482,6 +483,30 @@ pub trait Store: Send + Sync + 'static {
         raised: &[insight::ThresholdAlert],
         now: UnixMillis,
     ) -> Result<Vec<insight::Transition>, StoreError>;
+
+    /// Judges the receipts of up to `limit` sessions verdict ended itself
+    /// in `range`, in id order, in one statement (`metadata_consistency`,
+    /// see [`consistency`]): those not whole, the last one judged when
+    /// `limit` were, and the range's late platform presence when asked.
+    async fn receipt_faults(
+        &self,
+        range: consistency::FaultRange<'_>,
+        limit: i64,
+    ) -> Result<consistency::FaultBatch, StoreError>;
+
+    /// Replaces the review queue's counts with those of a full pass made
+    /// at `as_of`.
+    async fn save_review_counts(
+        &self,
+        counts: &[consistency::ReviewCount],
+        as_of: UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// The review queue's counts of the most recent full pass, and its
+    /// instant; `None` before any.
+    async fn review_counts(
+        &self,
+    ) -> Result<Option<(UnixMillis, Vec<consistency::ReviewCount>)>, StoreError>;
 }
 
 /// Opens (creating if needed) and migrates the database named by `url`.

@@ -730,6 +730,9 @@ pub struct ImportSession {
     /// Joins and leaves, in time order.
     pub events: Vec<(Party, bool, UnixMillis)>,
     pub payout: Option<(Cents, PayoutState)>,
+    /// What the old system recorded beyond these fields (its own
+    /// `started_at`, and with `--keep-unknown-fields` any other field).
+    pub metadata: Option<Value>,
 }
 
 /// What an import did with one session.

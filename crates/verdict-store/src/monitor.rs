@@ -13,6 +13,7 @@ use verdict_core::{
     Finding, Reason, SessionAudit, UnixMillis, health_label, health_score, percentile,
 };
 
+use crate::consistency::{self, METADATA_CONSISTENCY};
 use crate::{AuditCursor, AuditScope, Session, Settings, Store, StoreError};
 
 /// Sessions read per page.
@@ -124,14 +125,17 @@ pub async fn verify(
 ) -> Result<Report, StoreError> {
     let mut counts: BTreeMap<&'static str, (i64, Vec<String>)> = BTreeMap::new();
     let mut by_kind = crate::insight::VerifyByKind::default();
-    let sessions = scan(
+    let mut review = consistency::ReviewTally::default();
+    let sessions = consistency::scan_with_facts(
         store,
-        AuditScope::All,
-        |session, audit| {
+        false,
+        |session, audit, facts| {
             let found = findings(settings, session, audit, now);
-            by_kind.add(session.kind, found.len());
-            for finding in found {
-                let entry = counts.entry(finding.kind()).or_default();
+            review.add(session.kind, &facts.reasons(&session.id, &found));
+            let receipts = facts.receipts_faulty(&session.id).then_some(METADATA_CONSISTENCY);
+            by_kind.add(session.kind, found.len() + usize::from(receipts.is_some()));
+            for kind in found.iter().map(Finding::kind).chain(receipts) {
+                let entry = counts.entry(kind).or_default();
                 entry.0 += 1;
                 if entry.1.len() < SAMPLE_MAX {
                     entry.1.push(session.id.clone());
@@ -143,6 +147,13 @@ pub async fn verify(
     // `All` pages carry no ledger sums: the ledger is checked in one pass,
     // beside the scan.
     let (sessions, ledger) = tokio::try_join!(sessions, store.ledger_imbalance(SAMPLE_MAX))?;
+    if ledger.0 > 0 {
+        // Which sessions the unbalanced postings are is known per page
+        // only: the review counts take a pass of their own (and store it).
+        consistency::count_review(store, settings, now).await?;
+    } else {
+        store.save_review_counts(&review.counts(), now).await?;
+    }
     counts.insert(Finding::LedgerUnbalanced.kind(), ledger);
     let paid_after_reversal = store.paid_after_reversal(SAMPLE_MAX).await?;
 
@@ -167,6 +178,17 @@ pub async fn verify(
         ok: count == 0,
         count,
         severity: "critical",
+        sample,
+        detail: None,
+    });
+    // Receipts of the sessions verdict ended itself (imported history has
+    // none of its own: the sections above judge it).
+    let (count, sample) = counts.remove(METADATA_CONSISTENCY).unwrap_or_default();
+    sections.push(Section {
+        name: METADATA_CONSISTENCY,
+        ok: count == 0,
+        count,
+        severity: "warning",
         sample,
         detail: None,
     });
@@ -381,6 +403,15 @@ pub async fn health_with_hourly(
             session_ids: stuck.1,
         });
     }
+    let (receipts, sample) = consistency::receipt_faults_since(store.as_ref(), since).await?;
+    if receipts > 0 {
+        alerts.push(Alert {
+            kind: METADATA_CONSISTENCY,
+            severity: "warning",
+            count: receipts,
+            session_ids: sample,
+        });
+    }
     // Stripe refusing our credentials is no payout's fault: its deliveries
     // wait (retried with backoff) until the configuration is mended.
     let (faults, sample) = store.configuration_faults(SAMPLE_MAX).await?;
@@ -516,7 +547,7 @@ pub const LATE_PRESENCE: &str = "late_presence_after_finalization";
 pub const REVIEW_SCAN_MAX: i64 = 20_000;
 
 /// Sessions needing review after `after`, at most `limit`, and the cursor
-/// to continue from (`None` at the end).
+/// to continue from (`None` at the end): [`consistency::review`] unfiltered.
 pub async fn review(
     store: &dyn Store,
     settings: &Settings,
@@ -524,41 +555,8 @@ pub async fn review(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<ReviewItem>, Option<String>), StoreError> {
-    let mut items = Vec::new();
-    let mut cursor = after.map(|id| AuditCursor { id: id.to_owned(), ended_at: None });
-    let mut scanned = 0i64;
-    loop {
-        let page = store.audits(AuditScope::All, cursor.as_ref(), None, 500).await?;
-        let exhausted = (page.len() as i64) < 500;
-        let ids: Vec<String> = page.iter().map(|(session, _)| session.id.clone()).collect();
-        let (late, mut unbalanced) =
-            tokio::try_join!(store.late_presence(&ids), store.unbalanced_postings(&ids))?;
-        for (session, mut audit) in page {
-            // `All` pages carry no ledger sums.
-            audit.posting_sums = unbalanced.remove(&session.id).unwrap_or_default();
-            scanned += 1;
-            cursor = Some(AuditCursor::after(&session));
-            let mut reasons: Vec<&'static str> =
-                findings(settings, &session, &audit, now).iter().map(Finding::kind).collect();
-            if late.contains(&session.id) {
-                // The platform saw presence before the end, too late to
-                // change a final outcome: a person should look.
-                reasons.push(LATE_PRESENCE);
-            }
-            if !reasons.is_empty() {
-                items.push(ReviewItem { reasons, session });
-                if items.len() == limit {
-                    return Ok((items, cursor.map(|cursor| cursor.id)));
-                }
-            }
-        }
-        if exhausted {
-            return Ok((items, None));
-        }
-        if scanned >= REVIEW_SCAN_MAX {
-            return Ok((items, cursor.map(|cursor| cursor.id)));
-        }
-    }
+    let filter = consistency::ReviewFilter::default();
+    consistency::review(store, settings, now, after, limit, filter).await
 }
 
 /// What a repair does besides re-deriving statuses.

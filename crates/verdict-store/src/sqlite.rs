@@ -235,6 +235,7 @@ mod tests {
             ended_at: Some(UnixMillis(T0.0 + 3_600_000)),
             events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
             payout: Some((Cents(800), PayoutState::Paid)),
+            metadata: None,
         }
     }
 

@@ -166,6 +166,7 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
         ended_at: Some(UnixMillis(T0.0 + 3_600_000)),
         events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
         payout: paid.then_some((Cents(800), PayoutState::Paid)),
+        metadata: None,
     };
 
     // Dropped uncommitted, one batch stored and one still queued: nothing
@@ -226,6 +227,7 @@ async fn a_bulk_import_stores_nothing_until_committed_and_keeps_the_schema(fixtu
         provider_id: format!("p{}", n % 7),
         price: Price { mode: PriceMode::Flat, amount: Cents(1_000 + n), currency: "usd".into() },
         payout: (n % 3 != 0).then_some((Cents(500 + n), PayoutState::Paid)),
+        metadata: None,
         ..imported(id, true)
     };
     let many: Vec<ImportSession> = (0..2_300).map(|n| varied(&format!("m-{n}"), n)).collect();
@@ -681,6 +683,7 @@ async fn audit_pages_cover_each_scope_exactly_once(fixture: Fixture) {
                     .map(|n| (Party::Customer, n % 2 == 0, UnixMillis(T0.0 + n * 1_000)))
                     .collect(),
                 payout: (!open && i % 2 == 0).then_some((Cents(800 + i), PayoutState::Paid)),
+                metadata: None,
             }
         })
         .collect();
@@ -803,6 +806,7 @@ async fn ledger_imbalance_counts_sessions_and_samples_in_id_order(fixture: Fixtu
                 (Party::Provider, true, UnixMillis(T0.0 + 2_000)),
             ],
             payout: Some((Cents(800), PayoutState::Paid)),
+            metadata: None,
         })
         .collect();
     store.import_sessions(sessions.clone(), "run-1", T0).await.unwrap();
@@ -913,6 +917,7 @@ async fn audit_pages_read_every_field_as_a_single_read_does(fixture: Fixture) {
         ended_at: Some(UnixMillis(T0.0 + 30_000)),
         events: vec![(Party::Customer, true, UnixMillis(T0.0 + 1_000))],
         payout: None,
+        metadata: None,
     };
     store.import_sessions(vec![imported], "run-1", T0).await.unwrap();
     store.create_session(new_session("d-waiting"), &service(), None, T0).await.unwrap();

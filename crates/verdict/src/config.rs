@@ -141,6 +141,10 @@ pub struct Config {
     /// the environment a comma-separated string. Empty: no CORS headers.
     #[serde(deserialize_with = "list_or_commas")]
     pub cors_allowed_origins: Vec<String>,
+    /// Who may frame the dashboard pages (CSP `frame-ancestors`):
+    /// `'none'` (the default, with `X-Frame-Options: DENY`), or the
+    /// platform's admin shell, e.g. `'self' https://admin.example.com`.
+    pub dashboard_frame_ancestors: String,
     /// `[alerts]`: thresholds on the last 24 h's rates per kind and per
     /// provider (docs/alerts.md).
     pub alerts: AlertsConfig,
@@ -217,6 +221,7 @@ impl Default for Config {
             worker_bind: "127.0.0.1:8081".into(),
             cors_allowed_origins: Vec::new(),
             alerts: AlertsConfig::default(),
+            dashboard_frame_ancestors: verdict_http::framing::FRAME_ANCESTORS_DEFAULT.into(),
         }
     }
 }
@@ -302,6 +307,13 @@ impl Config {
     /// The CORS origins, checked (exit 2 on one that is not an origin).
     pub fn cors(&self) -> Result<Option<verdict_http::cors::Cors>, ConfigError> {
         verdict_http::cors::Cors::new(&self.cors_allowed_origins).map_err(ConfigError::Invalid)
+    }
+
+    /// Who may frame the dashboard, checked (exit 2 on a value that is
+    /// not a `frame-ancestors` source list).
+    pub fn frame_ancestors(&self) -> Result<verdict_http::framing::FrameAncestors, ConfigError> {
+        verdict_http::framing::FrameAncestors::parse(&self.dashboard_frame_ancestors)
+            .map_err(ConfigError::Invalid)
     }
 
     /// The secrets `serve` and `worker` refuse to start with: a JWT secret

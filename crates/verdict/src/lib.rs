@@ -55,6 +55,7 @@ impl Application {
     pub async fn build(config: &Config, secret: &JwtSecret) -> Result<Application, BoxError> {
         let settings = config.settings()?;
         let presence = Arc::new(config.presence_hooks()?);
+        let dashboard_frame_ancestors = config.frame_ancestors()?;
         let store = verdict_store::open(&config.database_url).await?;
         let clock: Arc<dyn Clock> = match config.clock {
             ClockKind::System => Arc::new(SystemClock),
@@ -73,6 +74,7 @@ impl Application {
             rate_limit: config.rate_limit()?,
             presence_sources: config.presence_sources()?,
             cors: config.cors()?,
+            dashboard_frame_ancestors,
         };
         let worker = if config.worker {
             let worker = Worker::new(
@@ -253,7 +255,28 @@ pub async fn import(
     batch_lines: usize,
     bulk: bool,
 ) -> Result<(), BoxError> {
+    import_with(config, file, ImportOptions { batch_lines, bulk, keep_unknown_fields: false }).await
+}
+
+/// How `verdict import` stores the lines.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportOptions {
+    /// Lines a transaction.
+    pub batch_lines: usize,
+    /// All in one transaction.
+    pub bulk: bool,
+    /// Keep unknown fields in `metadata` (`--keep-unknown-fields`).
+    pub keep_unknown_fields: bool,
+}
+
+/// [`import`] with every option.
+pub async fn import_with(
+    config: &Config,
+    file: &std::path::Path,
+    options: ImportOptions,
+) -> Result<(), BoxError> {
     use std::io::BufRead;
+    let ImportOptions { batch_lines, bulk, keep_unknown_fields } = options;
     let store = verdict_store::open(&config.database_url).await?;
     let reader: Box<dyn BufRead + Send> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -265,6 +288,9 @@ pub async fn import(
     let bar = spinner("importing line {pos} ({per_sec}) {elapsed}");
     // Lines are read and parsed on a thread of their own, a chunk at a
     // time, while this one stores the previous chunks.
+    // Nearly every line is `Parsed`: a box each would be an allocation a
+    // line for nothing (they travel in chunks of 1,000, by `Vec`).
+    #[allow(clippy::large_enum_variant)]
     enum Read {
         Parsed(Result<verdict_store::ImportSession, String>),
         Unreadable(&'static str),
@@ -285,7 +311,8 @@ pub async fn import(
                 Some(Read::Unreadable("line longer than 1 MiB"))
             } else {
                 match std::str::from_utf8(&bytes) {
-                    Ok(text) => verdict_http::import::parse(text).map(Read::Parsed),
+                    Ok(text) => verdict_http::import::parse_with(text, keep_unknown_fields)
+                        .map(Read::Parsed),
                     Err(_) => Some(Read::Unreadable("not UTF-8")),
                 }
             };

@@ -144,6 +144,11 @@ enum Command {
         /// server first; its writes give up after 30 s).
         #[arg(long)]
         bulk: bool,
+        /// Keep a line's fields verdict does not know in the session's
+        /// `metadata` (the old system's own columns) instead of rejecting
+        /// the line.
+        #[arg(long)]
+        keep_unknown_fields: bool,
     },
     /// Re-derive every ended session and list (or, with --apply, make)
     /// the corrections.
@@ -365,8 +370,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             verdict::generate::history(&mut out, sessions, days, seed, now)?;
             Ok(())
         }
-        Command::Import { file, batch_lines, bulk } => {
-            verdict::import(&config, &file, batch_lines as usize, bulk).await
+        Command::Import { file, batch_lines, bulk, keep_unknown_fields } => {
+            let options = verdict::ImportOptions {
+                batch_lines: batch_lines as usize,
+                bulk,
+                keep_unknown_fields,
+            };
+            verdict::import_with(&config, &file, options).await
         }
         Command::Repair { apply, since, until, json, include_missing_evidence } => {
             let options = verdict_store::monitor::RepairOptions { apply, include_missing_evidence };

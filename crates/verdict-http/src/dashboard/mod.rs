@@ -35,7 +35,7 @@ const STYLES: &str = include_str!("../../assets/dashboard.css");
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
 const ICON: &str = include_str!("../../assets/favicon.svg");
 
-pub(crate) fn router() -> Router {
+pub(crate) fn router(state: &AppState) -> Router {
     Router::new()
         .route("/admin/sign-in", get(sign_in_page).post(sign_in))
         .route("/admin/sign-out", axum::routing::post(sign_out))
@@ -49,25 +49,31 @@ pub(crate) fn router() -> Router {
         .route("/admin/assets/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
         // What a browser asks for on its own, before any page names an icon.
         .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON) }))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.dashboard_frame_ancestors.clone(),
+            security_headers,
+        ))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
-/// Every admin page: no inline script, no framing, nothing cached.
-pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
+/// Every admin page: no inline script, nothing cached, and no framing
+/// unless `dashboard_frame_ancestors` names who may (then the CSP's
+/// `frame-ancestors` says so and `X-Frame-Options`, which cannot name a
+/// site, is left out).
+pub(crate) async fn security_headers(
+    State(frame_ancestors): State<crate::framing::FrameAncestors>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, frame_ancestors.content_security_policy());
+    if frame_ancestors.is_none() {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -317,17 +323,9 @@ struct ReviewQuery {
     after: Option<String>,
 }
 
-/// The reasons a review row can have (verification sections).
-const REVIEW_REASONS: [&str; 8] = [
-    "misclassified_completed",
-    "misclassified_cancelled",
-    "missing_join_events",
-    "timestamp_integrity",
-    "payout_accuracy",
-    "ledger_balance",
-    "request_consistency",
-    "stuck_sessions",
-];
+/// The reasons a review row can have (verification sections, receipts,
+/// late presence).
+use verdict_store::consistency::REVIEW_REASONS;
 
 async fn review_page(
     State(state): State<AppState>,

@@ -393,6 +393,10 @@ pub(crate) fn session(view: &SessionView) -> Markup {
                                 td { (row.delivered_at.map(instant).unwrap_or_default()) }
                             } } } } }
                     }
+                    section.card id="metadata" {
+                        h2 { "Metadata" }
+                        (metadata(session.metadata.as_ref()))
+                    }
                 }
                 section.card id="events" {
                     h2 { "Audit trail" }
@@ -407,5 +411,23 @@ pub(crate) fn session(view: &SessionView) -> Markup {
                 p.updated { "As of " (instant(view.now)) }
             }
         }))
+    }
+}
+
+/// A session's `metadata` (the platform's, or what an import kept of the
+/// old system's record): an object as a list of its fields.
+fn metadata(value: Option<&serde_json::Value>) -> Markup {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    html! {
+        @match value {
+            None | Some(serde_json::Value::Null) => p.none { "None recorded." },
+            Some(serde_json::Value::Object(fields)) => dl.facts {
+                @for (key, value) in fields { dt { (key) } dd data-field=(key) { (text(value)) } }
+            },
+            Some(other) => pre { (other.to_string()) },
+        }
     }
 }

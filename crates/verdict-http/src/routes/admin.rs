@@ -8,10 +8,10 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verdict_core::Role;
-use verdict_store::monitor;
+use verdict_store::{consistency, monitor};
 
 use crate::auth::Caller;
-use crate::dto::{Page, SessionDto};
+use crate::dto::SessionDto;
 use crate::problem::ApiError;
 use crate::wire::StrictQuery;
 use crate::wire::format_instant;
@@ -292,20 +292,39 @@ pub struct ReviewItemDto {
 pub struct ReviewQuery {
     after: Option<String>,
     limit: Option<usize>,
+    reason: Option<String>,
+    kind: Option<String>,
+}
+
+/// A page of the review queue, with the queue's size.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReviewPageDto {
+    pub items: Vec<ReviewItemDto>,
+    pub next_cursor: Option<String>,
+    /// Sessions needing review under this page's `reason` and `kind`, as
+    /// the most recent full pass (verify, or the background pass) counted
+    /// them; `null` before any.
+    pub total: Option<i64>,
+    /// When that pass ran (RFC 3339); `null` before any.
+    pub as_of: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/admin/review", tag = "admin",
     params(
         ("after" = Option<String>, Query, description = "Cursor from the previous page"),
         ("limit" = Option<usize>, Query, description = "1 to 200; default 50"),
+        ("reason" = Option<String>, Query,
+            description = "Only sessions with this reason (a verification section, \
+                metadata_consistency or late_presence_after_finalization)"),
+        ("kind" = Option<String>, Query, description = "Only sessions of this kind"),
     ),
-    responses((status = 200, body = Page<ReviewItemDto>)),
+    responses((status = 200, body = ReviewPageDto)),
     security(("bearer" = [])))]
 pub async fn review(
     State(state): State<AppState>,
     caller: Caller,
     StrictQuery(page): StrictQuery<ReviewQuery>,
-) -> Result<Json<Page<ReviewItemDto>>, ApiError> {
+) -> Result<Json<ReviewPageDto>, ApiError> {
     caller.require(&[Role::Admin])?;
     let limit = page.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -318,15 +337,14 @@ pub async fn review(
             "after must be a cursor returned as next_cursor".into(),
         ));
     }
-    let (items, next_cursor) = monitor::review(
-        state.store.as_ref(),
-        &state.settings,
-        state.clock.now(),
-        page.after.as_deref(),
-        limit,
-    )
-    .await?;
-    Ok(Json(Page {
+    let filter = review_filter(page.reason.as_deref(), page.kind.as_deref())?;
+    let now = state.clock.now();
+    let store = state.store.as_ref();
+    let ((items, next_cursor), total) = tokio::try_join!(
+        consistency::review(store, &state.settings, now, page.after.as_deref(), limit, filter),
+        consistency::review_total(store, filter),
+    )?;
+    Ok(Json(ReviewPageDto {
         items: items
             .iter()
             .map(|item| ReviewItemDto {
@@ -335,7 +353,33 @@ pub async fn review(
             })
             .collect(),
         next_cursor,
+        total: total.map(|(total, _)| total),
+        as_of: total.map(|(_, as_of)| format_instant(as_of)),
     }))
+}
+
+/// The review queue's filter, each value checked (422 naming the known
+/// ones).
+pub(crate) fn review_filter(
+    reason: Option<&str>,
+    kind: Option<&str>,
+) -> Result<consistency::ReviewFilter, ApiError> {
+    let reason = match reason {
+        None => None,
+        Some(name) => Some(consistency::ReviewFilter::reason(name).ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "reason must be one of {}",
+                consistency::REVIEW_REASONS.join(", ")
+            ))
+        })?),
+    };
+    let kind = match kind {
+        None => None,
+        Some(text) => Some(text.parse::<verdict_core::Kind>().map_err(|_| {
+            ApiError::Unprocessable("kind must be one of video, chat, diagnostic".into())
+        })?),
+    };
+    Ok(consistency::ReviewFilter { reason, kind })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -371,25 +415,38 @@ impl From<&crate::import::Summary> for ImportDto {
 #[utoipa::path(post, path = "/v1/admin/import", tag = "admin",
     request_body(content = String, content_type = "application/x-ndjson",
         description = "One historical session per line (docs/import.md), streamed"),
+    params(("keep_unknown_fields" = Option<bool>, Query,
+        description = "Default false: a field a line does not know rejects the line; \
+            true: it is kept in the session's metadata")),
     responses((status = 200, body = ImportDto,
         description = "The summary; Content-Location names where the run is kept")),
     security(("bearer" = [])))]
 pub async fn import(
     State(state): State<AppState>,
     caller: Caller,
+    StrictQuery(options): StrictQuery<ImportQuery>,
     body: axum::body::Body,
 ) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Admin])?;
+    let keep_unknown_fields = options.keep_unknown_fields.unwrap_or(false);
     // Runs to its end, kept as this run, even if the caller goes away while
     // the body streams in (what came is stored) or after it is whole.
     let id = uuid::Uuid::now_v7().to_string();
     let (store, now, run) = (state.store.clone(), state.clock.now(), id.clone());
     let work = async move {
-        let importer = crate::import::Importer::new(store.as_ref(), now).for_run(run);
+        let importer = crate::import::Importer::new(store.as_ref(), now)
+            .for_run(run)
+            .keeping_unknown_fields(keep_unknown_fields);
         import_body(importer, body).await
     };
     let summary = super::runs::run_to_the_end(&state, "import", &id, &caller, work).await?;
     Ok(super::runs::answer("imports", &id, summary))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    keep_unknown_fields: Option<bool>,
 }
 
 async fn import_body(

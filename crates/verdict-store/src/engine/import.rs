@@ -92,7 +92,7 @@ const EVENT_ROWS: usize = 2_000;
 const PAYOUT_ROWS: usize = 1_000;
 const LEDGER_LINE_ROWS: usize = 3_000;
 const _: () = assert!(
-    SESSION_ROWS * 16 <= 32_766
+    SESSION_ROWS * 17 <= 32_766
         && EVENT_ROWS * 4 <= 32_766
         && PAYOUT_ROWS * 9 <= 32_766
         && LEDGER_LINE_ROWS * 3 <= 32_766
@@ -184,7 +184,7 @@ fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> P
             let mut insert = Statement::new(
                 "INSERT INTO sessions (id, kind, status, reason, customer_id, provider_id, \
                  provider_account, created_at, started_at, ended_at, billable_seconds, price_mode, \
-                 price_amount_cents, currency, charged_cents, import_run) ",
+                 price_amount_cents, currency, charged_cents, import_run, metadata) ",
             );
             let rows = sessions[range.clone()]
                 .iter()
@@ -206,7 +206,8 @@ fn prepare_import(sessions: Vec<ImportSession>, run: &str, now: UnixMillis) -> P
                     .push_bind(imported.price.amount.0)
                     .push_bind(texts.get(&imported.price.currency))
                     .push_bind(derived.charged.0)
-                    .push_bind(run_id.clone());
+                    .push_bind(run_id.clone())
+                    .push_bind(imported.metadata.as_ref().map(|metadata| metadata.to_string()));
             });
             insert.push(" ON CONFLICT (id) DO NOTHING");
             if INSERTED_ROWIDS.is_none() {

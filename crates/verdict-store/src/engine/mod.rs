@@ -31,6 +31,7 @@
 //! - `health`: schema version and counts;
 //! - `runs`: long admin runs (imports, repairs) kept with their answers;
 //! - `insight`: rates per kind and provider, threshold alerts' states.
+//! - `receipts`: metadata_consistency's set-wise check, the review counts.
 
 // First: the column macros it defines are in scope in the modules below.
 #[macro_use]
@@ -46,6 +47,7 @@ mod insight;
 mod ledger;
 mod outbox;
 mod pages;
+mod receipts;
 mod requests;
 mod runs;
 mod sessions;
@@ -491,5 +493,27 @@ impl Store for Engine {
         now: UnixMillis,
     ) -> Result<Vec<crate::insight::Transition>, StoreError> {
         Engine::record_alert_states(self, raised, now).await
+    }
+
+    async fn receipt_faults(
+        &self,
+        range: crate::consistency::FaultRange<'_>,
+        limit: i64,
+    ) -> Result<crate::consistency::FaultBatch, StoreError> {
+        Engine::receipt_faults(self, range, limit).await
+    }
+
+    async fn save_review_counts(
+        &self,
+        counts: &[crate::consistency::ReviewCount],
+        as_of: UnixMillis,
+    ) -> Result<(), StoreError> {
+        Engine::save_review_counts(self, counts, as_of).await
+    }
+
+    async fn review_counts(
+        &self,
+    ) -> Result<Option<(UnixMillis, Vec<crate::consistency::ReviewCount>)>, StoreError> {
+        Engine::review_counts(self).await
     }
 }

@@ -39,4 +39,5 @@ mod settlement;
 mod simulate;
 mod sweeper;
 mod tls;
+mod verification;
 mod webhooks;
