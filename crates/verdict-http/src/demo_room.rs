@@ -203,11 +203,7 @@ fn layout(title: &str, body: Markup, script: bool) -> Markup {
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · verdict demo" }
-                link rel="icon" type="image/svg+xml" href="/admin/assets/favicon.svg";
-                link rel="stylesheet" href="/admin/assets/dashboard.css";
+                (crate::dashboard::head_common(&format!("{title} · verdict demo")))
                 link rel="stylesheet" href="/demo/assets/room.css";
                 @if script {
                     script src="/demo/assets/room.js" defer {}

@@ -11,6 +11,8 @@ mod charts;
 mod insight;
 mod view;
 
+pub(crate) use view::head_common;
+
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

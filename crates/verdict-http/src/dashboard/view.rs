@@ -41,16 +41,24 @@ pub(crate) fn money(cents: i64) -> String {
     format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
 }
 
+/// What every page's head has: charset, viewport, title, icon, styles
+/// (the dashboard's and the demo room's pages alike).
+pub(crate) fn head_common(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) }
+        link rel="icon" type="image/svg+xml" href="/admin/assets/favicon.svg";
+        link rel="stylesheet" href="/admin/assets/dashboard.css";
+    }
+}
+
 pub(crate) fn layout(title: &str, refresh: Option<u64>, signed_in: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · verdict" }
-                link rel="icon" type="image/svg+xml" href="/admin/assets/favicon.svg";
-                link rel="stylesheet" href="/admin/assets/dashboard.css";
+                (head_common(&format!("{title} · verdict")))
                 @if refresh.is_some() {
                     script src="/admin/assets/dashboard.js" defer {}
                 }

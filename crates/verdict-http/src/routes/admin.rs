@@ -97,6 +97,22 @@ pub struct MetricsDto {
     pub p90_billable_seconds: i64,
 }
 
+/// The window's metrics of anything that has them by these names: the
+/// whole health and each kind's (`by_kind`).
+macro_rules! metrics_dto {
+    ($health:expr) => {
+        MetricsDto {
+            completion_rate: $health.completion_rate,
+            no_show_rate: $health.no_show_rate,
+            too_short_rate: $health.too_short_rate,
+            avg_billable_seconds: $health.avg_billable_seconds,
+            p50_billable_seconds: $health.p50_billable_seconds,
+            p90_billable_seconds: $health.p90_billable_seconds,
+        }
+    };
+}
+pub(crate) use metrics_dto;
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AlertDto {
     /// `misclassified_completed`, `misclassified_cancelled`,
@@ -161,14 +177,7 @@ impl From<&monitor::Health> for SessionHealthDto {
             score: health.score,
             label: health.label.to_owned(),
             ended: health.ended,
-            metrics: MetricsDto {
-                completion_rate: health.completion_rate,
-                no_show_rate: health.no_show_rate,
-                too_short_rate: health.too_short_rate,
-                avg_billable_seconds: health.avg_billable_seconds,
-                p50_billable_seconds: health.p50_billable_seconds,
-                p90_billable_seconds: health.p90_billable_seconds,
-            },
+            metrics: metrics_dto!(health),
             status_distribution: health.status_distribution.clone(),
             alerts: health
                 .alerts

@@ -69,14 +69,7 @@ pub fn by_kind_dto(by_kind: &BTreeMap<Kind, KindHealth>) -> BTreeMap<String, Kin
                 ended: health.ended,
                 score: health.score,
                 label: health.label.to_owned(),
-                metrics: MetricsDto {
-                    completion_rate: health.completion_rate,
-                    no_show_rate: health.no_show_rate,
-                    too_short_rate: health.too_short_rate,
-                    avg_billable_seconds: health.avg_billable_seconds,
-                    p50_billable_seconds: health.p50_billable_seconds,
-                    p90_billable_seconds: health.p90_billable_seconds,
-                },
+                metrics: crate::routes::admin::metrics_dto!(health),
                 status_distribution: health.status_distribution.clone(),
             };
             (kind.as_str().to_owned(), dto)

@@ -18,6 +18,21 @@ use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection, DbRow};
 
 /// The counted columns of a group of ended sessions.
+/// The providers' ranking, worst first by `$order` (a fixed SQL text of
+/// the sort key; the values stay bound), then the busiest, then by id.
+macro_rules! ranking {
+    ($order:literal) => {
+        concat!(
+            "SELECT provider_id, ",
+            counted!(),
+            "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
+             HAVING COUNT(*) >= $3 ORDER BY ",
+            $order,
+            "COUNT(*) DESC, provider_id LIMIT $4"
+        )
+    };
+}
+
 macro_rules! counted {
     () => {
         "COUNT(*) AS ended, \
@@ -147,34 +162,17 @@ impl Engine {
     ) -> Result<Vec<(String, Counts)>, StoreError> {
         // The ordering is one of four constant texts, never caller text.
         let statement = match sort {
-            ProviderSort::NoShowRate => concat!(
-                "SELECT provider_id, ",
-                counted!(),
-                "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
-                 HAVING COUNT(*) >= $3 ORDER BY SUM(CASE WHEN reason = 'no_show_customer' \
-                 OR reason = 'no_show_provider' OR reason = 'no_show_both' THEN 1 ELSE 0 END) \
-                 * 1.0 / COUNT(*) DESC, COUNT(*) DESC, provider_id LIMIT $4"
+            ProviderSort::NoShowRate => ranking!(
+                "SUM(CASE WHEN reason = 'no_show_customer' OR reason = 'no_show_provider' \
+                 OR reason = 'no_show_both' THEN 1 ELSE 0 END) * 1.0 / COUNT(*) DESC, "
             ),
-            ProviderSort::CompletionRate => concat!(
-                "SELECT provider_id, ",
-                counted!(),
-                "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
-                 HAVING COUNT(*) >= $3 ORDER BY SUM(CASE WHEN reason = 'completed' THEN 1 \
-                 ELSE 0 END) * 1.0 / COUNT(*) ASC, COUNT(*) DESC, provider_id LIMIT $4"
+            ProviderSort::CompletionRate => ranking!(
+                "SUM(CASE WHEN reason = 'completed' THEN 1 ELSE 0 END) * 1.0 / COUNT(*) ASC, "
             ),
-            ProviderSort::TooShortRate => concat!(
-                "SELECT provider_id, ",
-                counted!(),
-                "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
-                 HAVING COUNT(*) >= $3 ORDER BY SUM(CASE WHEN reason = 'too_short' THEN 1 \
-                 ELSE 0 END) * 1.0 / COUNT(*) DESC, COUNT(*) DESC, provider_id LIMIT $4"
+            ProviderSort::TooShortRate => ranking!(
+                "SUM(CASE WHEN reason = 'too_short' THEN 1 ELSE 0 END) * 1.0 / COUNT(*) DESC, "
             ),
-            ProviderSort::Sessions => concat!(
-                "SELECT provider_id, ",
-                counted!(),
-                "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
-                 HAVING COUNT(*) >= $3 ORDER BY COUNT(*) DESC, provider_id LIMIT $4"
-            ),
+            ProviderSort::Sessions => ranking!(""),
         };
         let rows = sqlx::query(statement)
             .bind(since.0)

@@ -61,17 +61,7 @@ pub(crate) fn ended_line(
 }
 
 pub(crate) async fn import(app: &TestApp, lines: &[String]) {
-    let response = app
-        .client
-        .post(format!("{}/v1/admin/import", app.base))
-        .bearer_auth(app.admin())
-        .header("content-type", "application/x-ndjson")
-        .body(lines.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let summary: Value = response.json().await.unwrap();
+    let (status, summary) = app.import_ndjson("", lines).await;
     assert!(status.is_success(), "{status}: {summary}");
     assert_eq!(summary["imported"], lines.len(), "{summary}");
 }

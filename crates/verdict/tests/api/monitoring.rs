@@ -117,16 +117,7 @@ async fn each_verification_section_finds_exactly_its_planted_anomaly(app: TestAp
 
     // Request consistency: a request left behind by its session.
     let app = TestApp::spawn(app.backend, |_| {}).await;
-    let body = json!({"customer_id": "cust-1", "kind": "chat", "candidate_provider_ids": ["prov-1"],
-        "price": {"mode": "flat", "amount_cents": 100, "currency": "usd"}});
-    let request = app.post("/v1/requests", &app.service(), body).await.ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let accepted =
-        app.post(&format!("/v1/requests/{request}/accept"), &app.provider(), json!({})).await;
-    let session_id = accepted.body["id"].as_str().unwrap().to_owned();
-    app.end(&session_id, &app.service(), None).await.ok();
+    let (request, session_id) = app.session_through_a_request().await;
     assert!(failures(&verify(&app).await).is_empty());
     app.sql(&format!("UPDATE requests SET status = 'matched' WHERE id = '{request}'")).await;
     assert_eq!(

@@ -234,6 +234,39 @@ impl TestApp {
         Reply { status, headers, body }
     }
 
+    /// `POST /v1/admin/import{query}` of `lines` as NDJSON, as an admin;
+    /// answers the status and the summary.
+    pub async fn import_ndjson(&self, query: &str, lines: &[String]) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/admin/import{query}", self.base))
+            .bearer_auth(self.admin())
+            .header("content-type", "application/x-ndjson")
+            .body(lines.join("\n"))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status();
+        (status, response.json().await.expect("a JSON summary"))
+    }
+
+    /// A chat session made through a request (customer `cust-1`, accepted
+    /// by `prov-1`) and ended by the service: `(request id, session id)`.
+    pub async fn session_through_a_request(&self) -> (String, String) {
+        let body = serde_json::json!({"customer_id": "cust-1", "kind": "chat",
+            "candidate_provider_ids": ["prov-1"],
+            "price": {"mode": "flat", "amount_cents": 100, "currency": "usd"}});
+        let request = self.post("/v1/requests", &self.service(), body).await.ok()["id"]
+            .as_str()
+            .expect("a request id")
+            .to_owned();
+        let accept = format!("/v1/requests/{request}/accept");
+        let accepted = self.post(&accept, &self.provider(), serde_json::json!({})).await;
+        let session = accepted.body["id"].as_str().expect("a session id").to_owned();
+        self.end(&session, &self.service(), None).await.ok();
+        (request, session)
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.send(Method::POST, path, Some(token), Some(&body.to_string())).await
     }

@@ -27,22 +27,6 @@ async fn met_and_ended(app: &TestApp, id: &str, kind: &str) {
     app.end(id, &app.service(), None).await.ok();
 }
 
-/// A session made through a request: the request's customer, kind and
-/// price are the session's.
-async fn through_a_request(app: &TestApp) -> (String, String) {
-    let body = json!({"customer_id": "cust-1", "kind": "chat", "candidate_provider_ids": ["prov-1"],
-        "price": {"mode": "flat", "amount_cents": 100, "currency": "usd"}});
-    let request = app.post("/v1/requests", &app.service(), body).await.ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let accepted =
-        app.post(&format!("/v1/requests/{request}/accept"), &app.provider(), json!({})).await;
-    let session = accepted.body["id"].as_str().unwrap().to_owned();
-    app.end(&session, &app.service(), None).await.ok();
-    (request, session)
-}
-
 fn section<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["sections"]
         .as_array()
@@ -60,7 +44,7 @@ async fn metadata_consistency_catches_receipts_corrupted_behind_the_stores_back(
     met_and_ended(&app, "s-notice", "video").await;
     met_and_ended(&app, "s-webhook", "video").await;
     met_and_ended(&app, "s-clean", "video").await;
-    let (request, from_request) = through_a_request(&app).await;
+    let (request, from_request) = app.session_through_a_request().await;
     // Imported history has no receipts of its own: judged by the others.
     let history = line("h-1", "completed", Some("completed"), met(), paid(3200));
     assert_eq!(import(&app, &[history]).await.ok()["imported"], 1);
@@ -215,17 +199,9 @@ fn old_system_line(id: &str, extra: bool) -> String {
 }
 
 async fn import_with_flag(app: &TestApp, query: &str, lines: &[String]) -> Value {
-    let response = app
-        .client
-        .post(format!("{}/v1/admin/import{query}", app.base))
-        .bearer_auth(app.admin())
-        .header("content-type", "application/x-ndjson")
-        .body(lines.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    let (status, summary) = app.import_ndjson(query, lines).await;
+    assert_eq!(status, 200);
+    summary
 }
 
 async fn an_imported_line_keeps_started_at_and_with_the_flag_any_unknown_field_in_metadata(
