@@ -3,7 +3,7 @@
 
 use verdict_core::{Cents, EndCause, Kind, Price, PriceMode, Role, UnixMillis};
 use verdict_store::consistency::{FaultRange, ReviewCount};
-use verdict_store::{Actor, NewSession, Settings};
+use verdict_store::{Actor, Limits, NewRequest, NewSession, Settings};
 
 #[macro_use]
 mod common;
@@ -44,6 +44,29 @@ async fn ended(fixture: &Fixture, ids: &[&str]) {
     }
 }
 
+/// Session `id`, made by accepting request `request` and ended by the
+/// store.
+async fn ended_from_request(fixture: &Fixture, id: &str, request: &str) {
+    let service = Actor { role: Role::Service, id: "platform".into() };
+    let provider = Actor { role: Role::Provider, id: "p1".into() };
+    let new = NewRequest {
+        id: request.into(),
+        customer_id: "c1".into(),
+        kind: Kind::Video,
+        price: Price { mode: PriceMode::Flat, amount: Cents(500), currency: "usd".into() },
+        candidate_provider_ids: vec!["p1".into()],
+    };
+    let limits = Limits::default();
+    fixture.store.create_request(new, &service, None, &limits, T0).await.unwrap();
+    fixture.store.accept_request(request, "p1", id, &provider, T0).await.unwrap();
+    let at = UnixMillis(T0.0 + 1_000);
+    fixture
+        .store
+        .end_session(id, &service, None, EndCause::Requested, &Settings::default(), at)
+        .await
+        .unwrap();
+}
+
 async fn receipts_are_judged_in_batches_that_resume_after_their_last_session(fixture: Fixture) {
     ended(&fixture, &["a", "b", "c", "d", "e"]).await;
     let store = fixture.store.as_ref();
@@ -73,6 +96,41 @@ async fn receipts_are_judged_in_batches_that_resume_after_their_last_session(fix
     assert_eq!(store.receipt_faults(bounded, 100).await.unwrap().receipts, ["b"]);
     let later = FaultRange { ended_since: Some(UnixMillis(T0.0 + 2_000)), ..everything };
     assert!(store.receipt_faults(later, 100).await.unwrap().receipts.is_empty());
+
+    // A page of the scan (a bounded range, no window) reads each receipts
+    // table over the range; the health pass (a window) probes each
+    // session: both judge alike, a batch at a time.
+    fixture
+        .execute(
+            "DELETE FROM notifications WHERE session_id = $1 AND recipient_role = 'provider'",
+            "c",
+        )
+        .await;
+    // And a session whose request no longer carries its price.
+    ended_from_request(&fixture, "f", "r1").await;
+    let page = FaultRange { through: Some("f"), ..everything };
+    let window = FaultRange { ended_since: Some(T0), ..everything };
+    for range in [page, window] {
+        let whole = store.receipt_faults(range, 100).await.unwrap();
+        assert_eq!(whole.receipts, ["b", "c", "e"], "f is whole: {range:?}");
+    }
+    fixture.execute("UPDATE requests SET price_amount_cents = 900 WHERE id = $1", "r1").await;
+    for range in [page, window] {
+        let whole = store.receipt_faults(range, 100).await.unwrap();
+        assert_eq!(whole.receipts, ["b", "c", "e", "f"], "{range:?}");
+        let first = store.receipt_faults(range, 3).await.unwrap();
+        assert_eq!(
+            (first.receipts, first.last.as_deref()),
+            (vec!["b".into(), "c".into()], Some("c"))
+        );
+        let rest = FaultRange { after: Some("c"), ..range };
+        let rest = store.receipt_faults(rest, 3).await.unwrap();
+        assert_eq!(
+            (rest.receipts, rest.last),
+            (vec!["e".into(), "f".into()], Some("f".into())),
+            "{range:?}"
+        );
+    }
 }
 
 async fn review_counts_are_replaced_whole_and_read_back_with_their_instant(fixture: Fixture) {

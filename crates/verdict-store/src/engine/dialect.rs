@@ -51,6 +51,9 @@ pub(super) use super::super::MIGRATOR;
 /// Whether verification pages are read as rows rather than as one JSON
 /// array a query (see `json_rows!`).
 pub(super) use super::super::PAGES_AS_ROWS;
+/// Whether a page of the scan judges its receipts as streams over its id
+/// range (`receipts.rs`) rather than by probes a session.
+pub(super) use super::super::RECEIPTS_BY_RANGE;
 /// Binds a set-wise statement's rows (`setwise.rs`): a `VALUES` list, or
 /// `UNNEST` of one array a column.
 pub(super) use super::super::push_rows;
