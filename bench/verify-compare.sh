@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Verification throughput on PostgreSQL, two builds side by side:
-#   N=1000000 ROUNDS=3 bench/verify-compare.sh OLD_BINARY NEW_BINARY
-# Generates N historical sessions (seed 7), imports them with OLD_BINARY
+# Verification throughput on PostgreSQL, builds side by side:
+#   N=1000000 ROUNDS=3 bench/verify-compare.sh OLD_BINARY NEW_BINARY [MORE_BINARIES…]
+# Generates N historical sessions (seed 7), imports them with OLD_BINARY (the first)
 # into a throwaway PostgreSQL cluster (durable defaults, VACUUM ANALYZE
 # after), then runs `verify --json` ROUNDS times per binary, interleaved,
 # and prints per run: wall seconds, the client's CPU seconds and the whole
@@ -16,7 +16,9 @@
 # party and a `session.ended` outbox row each, `import_run` cleared), so
 # that every session is one `metadata_consistency` judges.
 set -euo pipefail
-OLD=$(realpath "$1"); NEW=$(realpath "$2")
+BINARIES=()
+for binary in "$@"; do BINARIES+=("$(realpath "$binary")"); done
+OLD=${BINARIES[0]}
 N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d /tmp/verdict-verify.XXXXXX)
@@ -58,15 +60,21 @@ INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, state, due_
 UPDATE sessions SET import_run = NULL WHERE ended_at IS NOT NULL;
 SQL
 fi
-"${PSQL[@]}" postgres -c "CREATE DATABASE verdict_new TEMPLATE verdict"
-VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict_new "$NEW" migrate > /dev/null
-"${PSQL[@]}" verdict -c "VACUUM ANALYZE"
-"${PSQL[@]}" verdict_new -c "VACUUM ANALYZE"
+# Build n (from 0) verifies database verdict_n, migrated by itself.
+for n in "${!BINARIES[@]}"; do
+  [ "$n" = 0 ] && continue
+  "${PSQL[@]}" postgres -c "CREATE DATABASE verdict_$n TEMPLATE verdict"
+  VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict_$n "${BINARIES[$n]}" migrate > /dev/null
+done
+for n in "${!BINARIES[@]}"; do
+  database=verdict; [ "$n" = 0 ] || database=verdict_$n
+  "${PSQL[@]}" "$database" -c "VACUUM ANALYZE"
+done
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 for _ in $(seq "$ROUNDS"); do
-  for binary in "$OLD" "$NEW"; do
-    database=verdict
-    [ "$binary" = "$NEW" ] && database=verdict_new
+  for n in "${!BINARIES[@]}"; do
+    binary=${BINARIES[$n]}
+    database=verdict; [ "$n" = 0 ] || database=verdict_$n
     before=$(busy)
     # verify exits 1 when it finds anomalies (the generated history has some).
     VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/$database \
@@ -80,6 +88,6 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 # The sections each build found (the same history: the same anomalies).
-for binary in "$OLD" "$NEW"; do
+for binary in "${BINARIES[@]}"; do
   echo "$(basename "$binary"): $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["sessions"], "sessions;", ", ".join("%s %d" % (s["name"], s["count"]) for s in r["sections"] if not s["ok"]))' "$WORK/report-$(basename "$binary").json")"
 done
