@@ -63,7 +63,7 @@ impl Application {
         };
         let listener = TcpListener::bind(&config.bind)
             .await
-            .map_err(|error| cannot_listen(&config.bind, &error))?;
+            .map_err(|error| cannot_listen(Listen::Api, &config.bind, &error))?;
         let state = AppState {
             store,
             clock,
@@ -128,17 +128,33 @@ impl Application {
     }
 }
 
+/// Which listener could not bind, and how its address is chosen.
+#[derive(Clone, Copy)]
+enum Listen {
+    /// The API (`serve`, `demo`): `bind`.
+    Api,
+    /// `verdict worker`'s `/metrics` and `/healthz`: `worker_bind`.
+    Worker,
+}
+
 /// Why the listener could not bind, and what to do about a taken port.
-fn cannot_listen(bind: &str, error: &std::io::Error) -> String {
-    if error.kind() == std::io::ErrorKind::AddrInUse {
-        format!(
-            "cannot listen on {bind}: the address is in use (another verdict, or the demo, \
-             already running?); choose another with --bind 127.0.0.1:8090 or `bind` in \
-             verdict.toml"
-        )
-    } else {
-        format!("cannot listen on {bind}: {error}")
+fn cannot_listen(listen: Listen, bind: &str, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::AddrInUse {
+        return format!("cannot listen on {bind}: {error}");
     }
+    let (running, choose) = match listen {
+        Listen::Api => {
+            ("another verdict, or the demo", "--bind 127.0.0.1:8090 or `bind` in verdict.toml")
+        }
+        Listen::Worker => (
+            "another verdict worker, or a verdict serving on it",
+            "VERDICT_WORKER_BIND=127.0.0.1:8091 or `worker_bind` in verdict.toml",
+        ),
+    };
+    format!(
+        "cannot listen on {bind}: the address is in use ({running} already running?); \
+         choose another with {choose}"
+    )
 }
 
 /// Runs only the outbox worker and sweeper until `shutdown` (`verdict
@@ -157,7 +173,7 @@ pub async fn run_worker(
     let settings = config.settings()?;
     let listener = TcpListener::bind(&config.worker_bind)
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.worker_bind))?;
+        .map_err(|error| cannot_listen(Listen::Worker, &config.worker_bind, &error))?;
     let address = listener.local_addr()?;
     let endpoints = verdict_http::metrics::worker_router(store.clone(), clock.clone());
     let worker = Worker::new(store, clock, settings, config.worker_config()?)?;

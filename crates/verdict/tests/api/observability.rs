@@ -728,3 +728,28 @@ async fn logs_in_a_file_are_plain_and_speak_the_wire_words() {
     assert!(!text.contains("Some("), "debug text in the log: {text}");
     assert!(text.contains("clock=system"), "the clock in its config word: {text}");
 }
+
+/// A worker whose `worker_bind` is taken stops with a configuration error
+/// (exit 2) that names the address and how to choose another, as `serve`
+/// does for `bind`.
+#[tokio::test]
+async fn a_worker_on_a_taken_port_names_it_and_the_way_to_choose_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_verdict"))
+        .arg("worker")
+        .current_dir(dir.path())
+        .env("VERDICT_DATABASE_URL", format!("sqlite://{}/worker.db", dir.path().display()))
+        .env("VERDICT_JWT_SECRET", SECRET)
+        .env("VERDICT_WORKER_BIND", &address)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "a configuration error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
+    assert!(stderr.contains("in use") && stderr.contains("VERDICT_WORKER_BIND"), "{stderr}");
+    assert!(stderr.contains("`worker_bind` in verdict.toml"), "{stderr}");
+}
