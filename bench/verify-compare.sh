@@ -16,6 +16,10 @@
 # party and a `session.ended` outbox row each, `import_run` cleared), so
 # that every session is one `metadata_consistency` judges.
 set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: [N=…] [ROUNDS=…] [RECEIPTS=1] $0 OLD_BINARY NEW_BINARY [MORE_BINARIES…]" >&2
+  exit 2
+fi
 BINARIES=()
 for binary in "$@"; do BINARIES+=("$(realpath "$binary")"); done
 OLD=${BINARIES[0]}
@@ -76,10 +80,11 @@ for _ in $(seq "$ROUNDS"); do
     binary=${BINARIES[$n]}
     database=verdict; [ "$n" = 0 ] || database=verdict_$n
     before=$(busy)
-    # verify exits 1 when it finds anomalies (the generated history has some).
+    # verify exits 1 when it finds anomalies (the generated history has
+    # some); anything else stops the comparison.
     VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/$database \
       /usr/bin/time -f "%e %U %S %M" -o "$WORK/time" "$binary" verify --json \
-      > "$WORK/report-$(basename "$binary").json" || true
+      > "$WORK/report-$n.json" || [ $? -eq 1 ]
     after=$(busy)
     read -r wall user sys rss < <(tail -1 "$WORK/time")
     awk -v b="$binary" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v t="$(( after - before ))" -v n="$N" 'BEGIN {
@@ -88,6 +93,7 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 # The sections each build found (the same history: the same anomalies).
-for binary in "${BINARIES[@]}"; do
-  echo "$(basename "$binary"): $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["sessions"], "sessions;", ", ".join("%s %d" % (s["name"], s["count"]) for s in r["sections"] if not s["ok"]))' "$WORK/report-$(basename "$binary").json")"
+for n in "${!BINARIES[@]}"; do
+  found=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["sessions"], "sessions;", ", ".join("%s %d" % (s["name"], s["count"]) for s in r["sections"] if not s["ok"]))' "$WORK/report-$n.json")
+  echo "${BINARIES[$n]}: $found"
 done

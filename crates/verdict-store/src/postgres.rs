@@ -143,9 +143,9 @@ fn push_rows(query: &mut sqlx::QueryBuilder<Db>, columns: Vec<engine::Values>, _
 /// (a round trip each), not one a table.
 const COMBINES_WRITES: bool = true;
 
-/// A page of the scan judges its receipts as streams over the page's id
-/// range, grouped by session (about 4.5 ms a page of 2,000 sessions),
-/// not by five index probes a session (12.2 ms, bench/RESULTS.md).
+/// A batch of the scan judges its receipts as streams over its id range,
+/// grouped by session (about 5.4 ms a page of 2,000 sessions), not by
+/// five index probes a session (12.2 ms, bench/RESULTS.md).
 const RECEIPTS_BY_RANGE: bool = true;
 
 // The engine is compiled once per backend on purpose: see engine/mod.rs.

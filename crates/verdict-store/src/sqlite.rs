@@ -133,10 +133,10 @@ fn push_rows(query: &mut sqlx::QueryBuilder<Db>, mut columns: Vec<engine::Values
 /// statement a table.
 const COMBINES_WRITES: bool = false;
 
-/// A page of the scan judges its receipts session by session: SQLite's
+/// A batch of the scan judges its receipts session by session: SQLite's
 /// index probes are in-process and cheap (7 ms a page of 2,000 sessions),
 /// while grouping the page's receipts streams takes a temporary B-tree
-/// (9–14 ms, bench/RESULTS.md).
+/// (12–14 ms, bench/RESULTS.md).
 const RECEIPTS_BY_RANGE: bool = false;
 
 // The engine is compiled once per backend on purpose: see engine/mod.rs.

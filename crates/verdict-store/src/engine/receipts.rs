@@ -40,15 +40,23 @@ macro_rules! request_differs {
     };
 }
 
+/// When `$5` is 1, the range's sessions with late platform presence.
+macro_rules! late {
+    () => {
+        "UNION ALL SELECT DISTINCT session_id, 'late' FROM presence_deliveries \
+             WHERE $5 = 1 AND disposition = 'late' AND session_id > $1 AND session_id <= $2"
+    };
+}
+
 /// What the statement answers beside the faulty sessions: the batch's last
-/// id when it is full, and (when `$5` is 1) the range's sessions with late
-/// platform presence.
+/// id when it is full, and the late presence.
 macro_rules! last_and_late {
     () => {
-        "SELECT id, 'receipts' AS found FROM faulty \
-         UNION ALL SELECT MAX(id), 'last' FROM batch HAVING COUNT(*) = $4 \
-         UNION ALL SELECT DISTINCT session_id, 'late' FROM presence_deliveries \
-             WHERE $5 = 1 AND disposition = 'late' AND session_id > $1 AND session_id <= $2"
+        concat!(
+            "SELECT id, 'receipts' AS found FROM faulty \
+             UNION ALL SELECT MAX(id), 'last' FROM batch HAVING COUNT(*) = $4 ",
+            late!()
+        )
     };
 }
 
@@ -56,7 +64,7 @@ macro_rules! last_and_late {
 /// notification to each party, a `session.ended` outbox message, and a
 /// request (when it has one) that is the session's. Answers the faulty
 /// ones. Each session looked up by its id, five index probes a session:
-/// for sessions sparse in id space (the health pass's window), and on
+/// for the health pass's window (sessions sparse in id space), and on
 /// SQLite for every batch (its probes are cheap, in-process).
 const FAULTS_PROBED: &str = concat!(
     batch!(),
@@ -76,13 +84,17 @@ const FAULTS_PROBED: &str = concat!(
     last_and_late!()
 );
 
-/// The same judgement for a page of the scan on PostgreSQL, every session
-/// of an id range: each receipts table read once over the batch's span, in
-/// index order (index-only), as one stream of facts grouped by session;
-/// only the faulty sessions leave the server. About 5.4 ms a page of 2,000
-/// sessions, where probing each took 12.2 ms (bench/RESULTS.md). The
-/// unique index `session_events_one_end` already holds a session to one
-/// `ended` event; the sum still says so.
+/// The same judgement for a batch of the scan on PostgreSQL (no window:
+/// every verdict-ended session from `$1` on): the receipts tables each read
+/// once over the batch's id span from their indexes alone, and the
+/// sessions with a request through `sessions_requested_here` (each then
+/// compared with its request, by key), as one stream of facts grouped by
+/// session; only the faulty sessions leave the server. About 5.4 ms a
+/// page of 2,000 sessions, where probing each took 12.2 ms
+/// (bench/RESULTS.md). Every `session_id` and `id` column is `COLLATE
+/// "C"`, so the stream's arms group as one. The unique index
+/// `session_events_one_end` already holds a session to one `ended` event;
+/// the sum still says so.
 const FAULTS_IN_RANGE: &str = concat!(
     "\
 WITH batch AS (\
@@ -108,9 +120,8 @@ facts AS (\
 SELECT session_id AS id, 'receipts' AS found FROM facts GROUP BY session_id \
     HAVING MAX(judged) = 1 AND (MAX(customer) = 0 OR MAX(provider) = 0 \
         OR MAX(announced) = 0 OR SUM(ended) <> 1 OR MAX(unlike) = 1) \
-UNION ALL SELECT last, 'last' FROM span WHERE sessions = $4 \
-UNION ALL SELECT DISTINCT session_id, 'late' FROM presence_deliveries \
-    WHERE $5 = 1 AND disposition = 'late' AND session_id > $1 AND session_id <= $2"
+UNION ALL SELECT last, 'last' FROM span WHERE sessions = $4 ",
+    late!()
 );
 
 impl Engine {
@@ -119,10 +130,10 @@ impl Engine {
         range: FaultRange<'_>,
         limit: i64,
     ) -> Result<FaultBatch, StoreError> {
-        // A page of the scan is a dense id range; the health pass's window
-        // is not.
-        let statement = match (range.through, range.ended_since) {
-            (Some(_), None) if RECEIPTS_BY_RANGE => FAULTS_IN_RANGE,
+        // The scan's batches are dense in id space (read as ranges); the
+        // health pass's window is not (probed).
+        let statement = match range.ended_since {
+            None if RECEIPTS_BY_RANGE => FAULTS_IN_RANGE,
             _ => FAULTS_PROBED,
         };
         let rows = sqlx::query::<Db>(statement)
