@@ -89,15 +89,13 @@ pub fn record_health(health: &verdict_store::monitor::Health) {
         .map_or(0, |alert| alert.count);
     metrics::gauge!("verdict_sessions_stuck").set(stuck as f64);
     if health.window_hours == verdict_store::insight::ALERT_WINDOW_HOURS {
-        use verdict_store::insight::{COMPLETION_RATE_GAUGE, NO_SHOW_RATE_GAUGE};
         for (kind, figures) in &health.by_kind {
-            let (completion, no_show) = if figures.ended == 0 {
-                (f64::NAN, f64::NAN)
-            } else {
-                (figures.completion_rate, figures.no_show_rate)
-            };
-            metrics::gauge!(COMPLETION_RATE_GAUGE, "kind" => kind.as_str()).set(completion);
-            metrics::gauge!(NO_SHOW_RATE_GAUGE, "kind" => kind.as_str()).set(no_show);
+            verdict_store::insight::set_rate_gauges(
+                *kind,
+                figures.ended,
+                figures.completion_rate,
+                figures.no_show_rate,
+            );
         }
     }
 }
@@ -177,7 +175,9 @@ async fn refresh_health_while(alive: Weak<()>, state: AppState) {
             return;
         }
         let now = state.clock.now();
-        match verdict_store::monitor::health(&state.store, &state.settings, now, 24).await {
+        match verdict_store::monitor::health_for_gauges(&state.store, &state.settings, now, 24)
+            .await
+        {
             Ok(health) => record_health(&health),
             Err(error) => tracing::warn!(%error, "the health gauge could not be recomputed"),
         }

@@ -10,7 +10,7 @@
 //! the server's background pass), kept in the database with its instant:
 //! a request reads it, never counts.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use verdict_core::{Finding, Kind, SessionAudit, UnixMillis};
@@ -107,20 +107,13 @@ pub async fn page_facts(
     through: Option<&str>,
 ) -> Result<PageFacts, StoreError> {
     let mut facts = PageFacts::default();
-    let mut from = after.map(str::to_owned);
-    let mut first = true;
-    loop {
-        let range =
-            FaultRange { after: from.as_deref(), through, ended_since: None, with_late: first };
-        let batch = store.receipt_faults(range, FAULT_BATCH).await?;
-        first = false;
+    let range = FaultRange { after, through, ended_since: None, with_late: true };
+    each_fault_batch(store, range, |batch| {
         facts.receipts.extend(batch.receipts);
         facts.late.extend(batch.late);
-        match batch.last {
-            Some(last) => from = Some(last),
-            None => return Ok(facts),
-        }
-    }
+    })
+    .await?;
+    Ok(facts)
 }
 
 /// Sessions verdict ended since `since` whose receipts are not whole: how
@@ -130,26 +123,32 @@ pub async fn receipt_faults_since(
     since: UnixMillis,
 ) -> Result<(i64, Vec<String>), StoreError> {
     let (mut count, mut sample) = (0i64, Vec::new());
-    let mut after: Option<String> = None;
-    loop {
-        let range = FaultRange {
-            after: after.as_deref(),
-            through: None,
-            ended_since: Some(since),
-            with_late: false,
-        };
-        let batch = store.receipt_faults(range, FAULT_BATCH).await?;
+    let range = FaultRange { ended_since: Some(since), ..FaultRange::default() };
+    each_fault_batch(store, range, |batch| {
         count += batch.receipts.len() as i64;
         sample.extend(batch.receipts.into_iter().take(SAMPLE_MAX - sample.len()));
-        match batch.last {
-            Some(last) => after = Some(last),
-            None => return Ok((count, sample)),
-        }
-    }
+    })
+    .await?;
+    Ok((count, sample))
 }
 
-/// Pages read at once ahead of the one visited (as `monitor::scan`).
-const READ_AHEAD: usize = 6;
+/// Every batch of `range` ([`FAULT_BATCH`] sessions a statement), each
+/// going on after the last one's last session; late presence is asked
+/// once, with the first.
+async fn each_fault_batch(
+    store: &dyn Store,
+    range: FaultRange<'_>,
+    mut on_batch: impl FnMut(FaultBatch),
+) -> Result<(), StoreError> {
+    let mut batch = store.receipt_faults(range, FAULT_BATCH).await?;
+    loop {
+        let last = batch.last.take();
+        on_batch(batch);
+        let Some(last) = last else { return Ok(()) };
+        let next = FaultRange { after: Some(&last), with_late: false, ..range };
+        batch = store.receipt_faults(next, FAULT_BATCH).await?;
+    }
+}
 
 /// `monitor::scan` of every session, each page with its [`PageFacts`]
 /// (read beside it, in its task). With `with_ledger`, each page also
@@ -158,52 +157,38 @@ pub async fn scan_with_facts(
     store: &Arc<dyn Store>,
     with_ledger: bool,
     mut visit: impl FnMut(&Session, &SessionAudit, &PageFacts),
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<u64, StoreError> {
-    type Page = (Vec<(Session, SessionAudit)>, PageFacts);
-    let mut seen = 0u64;
-    let mut start: Option<AuditCursor> = None;
-    let mut exhausted = false;
-    let mut reading: VecDeque<tokio::task::JoinHandle<Result<Page, StoreError>>> = VecDeque::new();
-    loop {
-        while !exhausted && reading.len() < READ_AHEAD {
-            let end = store.audit_page_end(AuditScope::All, start.as_ref(), PAGE).await?;
-            let store = Arc::clone(store);
-            let (after, through) = (start.clone(), end.clone());
-            reading.push_back(tokio::spawn(async move {
-                let (mut page, facts) = tokio::try_join!(
-                    store.audits(AuditScope::All, after.as_ref(), through.as_ref(), PAGE),
-                    page_facts(
-                        store.as_ref(),
-                        after.as_ref().map(|cursor| cursor.id.as_str()),
-                        through.as_ref().map(|cursor| cursor.id.as_str()),
-                    ),
-                )?;
-                if with_ledger {
-                    let ids: Vec<String> =
-                        page.iter().map(|(session, _)| session.id.clone()).collect();
-                    let mut sums = store.unbalanced_postings(&ids).await?;
-                    for (session, audit) in &mut page {
-                        audit.posting_sums = sums.remove(&session.id).unwrap_or_default();
-                    }
+    crate::monitor::scan_pages(
+        store,
+        AuditScope::All,
+        move |store, after, through| async move {
+            let (mut page, facts) = tokio::try_join!(
+                store.audits(AuditScope::All, after.as_ref(), through.as_ref(), PAGE),
+                page_facts(
+                    store.as_ref(),
+                    after.as_ref().map(|cursor| cursor.id.as_str()),
+                    through.as_ref().map(|cursor| cursor.id.as_str()),
+                ),
+            )?;
+            if with_ledger {
+                let ids: Vec<String> = page.iter().map(|(session, _)| session.id.clone()).collect();
+                let mut sums = store.unbalanced_postings(&ids).await?;
+                for (session, audit) in &mut page {
+                    audit.posting_sums = sums.remove(&session.id).unwrap_or_default();
                 }
-                Ok((page, facts))
-            }));
-            match end {
-                Some(end) => start = Some(end),
-                None => exhausted = true,
             }
-        }
-        let Some(next) = reading.pop_front() else { return Ok(seen) };
-        let (page, facts) = next
-            .await
-            .map_err(|error| StoreError::Internal(format!("reading a page: {error}")))??;
-        for (session, audit) in &page {
-            visit(session, audit, &facts);
-        }
-        seen += page.len() as u64;
-        progress(seen);
-    }
+            Ok((page, facts))
+        },
+        |(page, facts): &(Vec<(Session, SessionAudit)>, PageFacts)| {
+            for (session, audit) in page {
+                visit(session, audit, facts);
+            }
+            page.len()
+        },
+        progress,
+    )
+    .await
 }
 
 /// Sessions needing review, counted per kind and reason as a full pass

@@ -24,6 +24,16 @@ pub const COMPLETION_RATE_GAUGE: &str = "verdict_completion_rate";
 /// The gauge of each kind's no-show rate over the last 24 h.
 pub const NO_SHOW_RATE_GAUGE: &str = "verdict_no_show_rate";
 
+/// Sets [`COMPLETION_RATE_GAUGE`] and [`NO_SHOW_RATE_GAUGE`] of `kind`:
+/// NaN for a kind with no ended session (no rate, and no alert rule
+/// comparing it fires).
+pub fn set_rate_gauges(kind: Kind, ended: i64, completion_rate: f64, no_show_rate: f64) {
+    let (completion, no_show) =
+        if ended == 0 { (f64::NAN, f64::NAN) } else { (completion_rate, no_show_rate) };
+    metrics::gauge!(COMPLETION_RATE_GAUGE, "kind" => kind.as_str()).set(completion);
+    metrics::gauge!(NO_SHOW_RATE_GAUGE, "kind" => kind.as_str()).set(no_show);
+}
+
 /// The window threshold alerts are judged over.
 pub const ALERT_WINDOW_HOURS: i64 = 24;
 

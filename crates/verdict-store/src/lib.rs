@@ -157,13 +157,6 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<(PlatformDisposition, Option<Session>), StoreError>;
 
-    /// Which of `session_ids` received platform presence after their
-    /// finalization window (a reason to review them).
-    async fn late_presence(
-        &self,
-        session_ids: &[String],
-    ) -> Result<std::collections::HashSet<String>, StoreError>;
-
     /// Decides and settles the session in one transaction (docs/settlement.md): the
     /// row, the `ended` audit event (actor, claimed body, policy), a
     /// notification per party, the request's status, the queue, outbox rows

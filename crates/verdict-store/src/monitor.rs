@@ -75,30 +75,56 @@ const READ_AHEAD: usize = 6;
 
 /// Streams every session of `scope` through `visit`, in scope order;
 /// `progress` gets the running count after each page.
+pub async fn scan(
+    store: &Arc<dyn Store>,
+    scope: AuditScope,
+    mut visit: impl FnMut(&Session, &SessionAudit),
+    progress: impl FnMut(u64),
+) -> Result<u64, StoreError> {
+    scan_pages(
+        store,
+        scope,
+        move |store, after, through| async move {
+            store.audits(scope, after.as_ref(), through.as_ref(), PAGE).await
+        },
+        |page: &Vec<(Session, SessionAudit)>| {
+            for (session, audit) in page {
+                visit(session, audit);
+            }
+            page.len()
+        },
+        progress,
+    )
+    .await
+}
+
+/// Reads every page of `scope` with `read` (given the page's bounds) and
+/// hands each to `visit`, in scope order; `visit` answers how many
+/// sessions the page held, and `progress` gets the running count.
 ///
 /// Pages are bounded by ends read from the index ahead of them, so several
 /// are read at once, each in a task of its own (queries on readers of their
 /// own, decoding on the runtime's threads), while this one visits them in
 /// order. Memory stays at `READ_AHEAD` pages whatever the volume.
-pub async fn scan(
+pub(crate) async fn scan_pages<P, F>(
     store: &Arc<dyn Store>,
     scope: AuditScope,
-    mut visit: impl FnMut(&Session, &SessionAudit),
+    read: impl Fn(Arc<dyn Store>, Option<AuditCursor>, Option<AuditCursor>) -> F,
+    mut visit: impl FnMut(&P) -> usize,
     mut progress: impl FnMut(u64),
-) -> Result<u64, StoreError> {
-    type Page = Vec<(Session, SessionAudit)>;
+) -> Result<u64, StoreError>
+where
+    P: Send + 'static,
+    F: Future<Output = Result<P, StoreError>> + Send + 'static,
+{
     let mut seen = 0u64;
     let mut start: Option<AuditCursor> = None;
     let mut exhausted = false;
-    let mut reading: VecDeque<tokio::task::JoinHandle<Result<Page, StoreError>>> = VecDeque::new();
+    let mut reading: VecDeque<tokio::task::JoinHandle<Result<P, StoreError>>> = VecDeque::new();
     loop {
         while !exhausted && reading.len() < READ_AHEAD {
             let end = store.audit_page_end(scope, start.as_ref(), PAGE).await?;
-            let store = Arc::clone(store);
-            let (after, through) = (start.clone(), end.clone());
-            reading.push_back(tokio::spawn(async move {
-                store.audits(scope, after.as_ref(), through.as_ref(), PAGE).await
-            }));
+            reading.push_back(tokio::spawn(read(Arc::clone(store), start.clone(), end.clone())));
             match end {
                 Some(end) => start = Some(end),
                 None => exhausted = true,
@@ -108,10 +134,7 @@ pub async fn scan(
         let page = next
             .await
             .map_err(|error| StoreError::Internal(format!("reading a page: {error}")))??;
-        for (session, audit) in &page {
-            visit(session, audit);
-        }
-        seen += page.len() as u64;
+        seen += visit(&page) as u64;
         progress(seen);
     }
 }
@@ -318,10 +341,6 @@ impl Tally {
     }
 }
 
-fn rate(part: i64, whole: i64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
-}
-
 /// The health of the sessions ended in the last `window_hours` (docs/verification.md).
 pub async fn health(
     store: &Arc<dyn Store>,
@@ -332,6 +351,18 @@ pub async fn health(
     Ok(health_with_hourly(store, settings, now, window_hours, 0).await?.0)
 }
 
+/// [`health`] as the gauges use it (the server's refresh each minute):
+/// without the threshold alerts and the receipts alert, which they do not
+/// show and which would cost two more reads of the window each time.
+pub async fn health_for_gauges(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    now: UnixMillis,
+    window_hours: i64,
+) -> Result<Health, StoreError> {
+    Ok(health_reading(store, settings, now, window_hours, 0, Reading::Gauges).await?.0)
+}
+
 /// [`health`] and [`hourly`] (for the last `hours` hours; 0: none) from one
 /// scan of the sessions ended in the longer of the two windows.
 pub async fn health_with_hourly(
@@ -340,6 +371,24 @@ pub async fn health_with_hourly(
     now: UnixMillis,
     window_hours: i64,
     hours: i64,
+) -> Result<(Health, Vec<HourlyScore>), StoreError> {
+    health_reading(store, settings, now, window_hours, hours, Reading::Report).await
+}
+
+/// What a health computation is for: the whole report, or the gauges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Report,
+    Gauges,
+}
+
+async fn health_reading(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    now: UnixMillis,
+    window_hours: i64,
+    hours: i64,
+    reading: Reading,
 ) -> Result<(Health, Vec<HourlyScore>), StoreError> {
     let since = now.plus_seconds(-window_hours * 3600);
     let mut tally = Tally::default();
@@ -375,8 +424,19 @@ pub async fn health_with_hourly(
         |_| {},
     )
     .await?;
-    let outbox = store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)).await?;
-    let threshold_alerts = crate::insight::current_alerts(store.as_ref(), settings, now).await?;
+    let report_reads = async {
+        if reading == Reading::Gauges {
+            return Ok((Vec::new(), (0, Vec::new())));
+        }
+        tokio::try_join!(
+            crate::insight::current_alerts(store.as_ref(), settings, now),
+            consistency::receipt_faults_since(store.as_ref(), since),
+        )
+    };
+    let (outbox, (threshold_alerts, (receipts, receipts_sample))) = tokio::try_join!(
+        store.outbox_health(now.plus_seconds(-OVERDUE_AFTER_SECONDS)),
+        report_reads,
+    )?;
 
     let score =
         health_score(tally.ended as u64, tally.clean as u64, stuck.0 as u64, outbox.dead as u64);
@@ -403,13 +463,12 @@ pub async fn health_with_hourly(
             session_ids: stuck.1,
         });
     }
-    let (receipts, sample) = consistency::receipt_faults_since(store.as_ref(), since).await?;
     if receipts > 0 {
         alerts.push(Alert {
             kind: METADATA_CONSISTENCY,
             severity: "warning",
             count: receipts,
-            session_ids: sample,
+            session_ids: receipts_sample,
         });
     }
     // Stripe refusing our credentials is no payout's fault: its deliveries
@@ -438,9 +497,9 @@ pub async fn health_with_hourly(
         score: (score * 100.0).round() / 100.0,
         label: health_label(tally.ended as u64, score),
         ended: tally.ended,
-        completion_rate: rate(tally.completed, tally.ended),
-        no_show_rate: rate(tally.no_show, tally.ended),
-        too_short_rate: rate(tally.too_short, tally.ended),
+        completion_rate: crate::insight::rate(tally.completed, tally.ended),
+        no_show_rate: crate::insight::rate(tally.no_show, tally.ended),
+        too_short_rate: crate::insight::rate(tally.too_short, tally.ended),
         avg_billable_seconds: if tally.ended == 0 {
             0.0
         } else {

@@ -80,20 +80,17 @@ impl Default for WorkerConfig {
 pub const ALERT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// `verdict_completion_rate{kind}` and `verdict_no_show_rate{kind}` over
-/// the last 24 h; NaN for a kind with no ended session (no rate, and no
-/// alert rule comparing it fires).
+/// the last 24 h.
 pub fn record_rates(
     by_kind: &std::collections::BTreeMap<verdict_core::Kind, verdict_store::insight::Counts>,
 ) {
     for (kind, counts) in by_kind {
-        let (completion, no_show) = if counts.ended == 0 {
-            (f64::NAN, f64::NAN)
-        } else {
-            (counts.completion_rate(), counts.no_show_rate())
-        };
-        use verdict_store::insight::{COMPLETION_RATE_GAUGE, NO_SHOW_RATE_GAUGE};
-        metrics::gauge!(COMPLETION_RATE_GAUGE, "kind" => kind.as_str()).set(completion);
-        metrics::gauge!(NO_SHOW_RATE_GAUGE, "kind" => kind.as_str()).set(no_show);
+        verdict_store::insight::set_rate_gauges(
+            *kind,
+            counts.ended,
+            counts.completion_rate(),
+            counts.no_show_rate(),
+        );
     }
 }
 

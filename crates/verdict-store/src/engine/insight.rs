@@ -17,7 +17,6 @@ use crate::insight::{
 use super::Engine;
 use super::dialect::{BEGIN_WRITE, DbConnection, DbRow};
 
-/// The counted columns of a group of ended sessions.
 /// The providers' ranking, worst first by `$order` (a fixed SQL text of
 /// the sort key; the values stay bound), then the busiest, then by id.
 macro_rules! ranking {
@@ -33,6 +32,7 @@ macro_rules! ranking {
     };
 }
 
+/// The counted columns of a group of ended sessions.
 macro_rules! counted {
     () => {
         "COUNT(*) AS ended, \
@@ -75,17 +75,13 @@ impl Engine {
         .bind(since.0)
         .bind(until.0)
         .fetch_all(&self.reader);
-        let providers = sqlx::query(concat!(
-            "SELECT provider_id, ",
-            counted!(),
-            "FROM sessions WHERE ended_at >= $1 AND ended_at <= $2 GROUP BY provider_id \
-             HAVING COUNT(*) >= $3 ORDER BY COUNT(*) DESC, provider_id LIMIT $4"
-        ))
-        .bind(since.0)
-        .bind(until.0)
-        .bind(min_sessions)
-        .bind(providers_max.max(1))
-        .fetch_all(&self.reader);
+        // The busiest providers first (no rate to sort by).
+        let providers = sqlx::query(ranking!(""))
+            .bind(since.0)
+            .bind(until.0)
+            .bind(min_sessions)
+            .bind(providers_max.max(1))
+            .fetch_all(&self.reader);
         let (kinds, providers) = tokio::try_join!(kinds, providers)?;
         let mut scopes = Vec::with_capacity(kinds.len() + providers.len());
         for row in &kinds {

@@ -57,7 +57,7 @@ mod sweep;
 
 pub(crate) use setwise::Values;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -311,10 +311,6 @@ impl Store for Engine {
         now: UnixMillis,
     ) -> Result<(PlatformDisposition, Option<Session>), StoreError> {
         Engine::record_platform_presence(self, event, settings, now).await
-    }
-
-    async fn late_presence(&self, session_ids: &[String]) -> Result<HashSet<String>, StoreError> {
-        Engine::late_presence(self, session_ids).await
     }
 
     async fn audits(

@@ -1,8 +1,6 @@
 //! A session's own transactions: creation, presence (the parties' own and
 //! the platform's), its end, and the audit trail and notifications read back.
 
-use std::collections::HashSet;
-
 use serde_json::{Value, json};
 use sqlx::Row;
 use verdict_core::{
@@ -16,7 +14,7 @@ use crate::{
 };
 
 use super::Engine;
-use super::dialect::{Db, DbConnection};
+use super::dialect::DbConnection;
 use super::ends::{EndWrite, presence_event};
 use super::group::BoxFuture;
 use super::outbox::write_messages;
@@ -107,28 +105,6 @@ impl Engine {
             )
         })
         .await
-    }
-
-    pub(super) async fn late_presence(
-        &self,
-        session_ids: &[String],
-    ) -> Result<HashSet<String>, StoreError> {
-        let mut late = HashSet::new();
-        for ids in session_ids.chunks(500) {
-            let mut query = sqlx::QueryBuilder::<Db>::new(
-                "SELECT DISTINCT session_id FROM presence_deliveries \
-                 WHERE disposition = 'late' AND session_id IN (",
-            );
-            let mut list = query.separated(", ");
-            for id in ids {
-                list.push_bind(id);
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.reader).await? {
-                late.insert(row.try_get("session_id")?);
-            }
-        }
-        Ok(late)
     }
 
     pub(super) async fn events(&self, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
