@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, middleware};
@@ -95,17 +95,19 @@ pub(crate) fn router(rooms: Arc<DemoRooms>, state: &AppState) -> Router {
         .route("/demo", get(list))
         .route("/demo/rooms", post(open_room))
         .route("/demo/rooms/{id}", get(room))
-        .route("/demo/assets/room.js", get(|| async { asset("text/javascript", SCRIPT) }))
-        .route("/demo/assets/room.css", get(|| async { asset("text/css", STYLES) }))
+        .route(
+            "/demo/assets/room.js",
+            get(|| async { crate::dashboard::asset("text/javascript", SCRIPT) }),
+        )
+        .route(
+            "/demo/assets/room.css",
+            get(|| async { crate::dashboard::asset("text/css", STYLES) }),
+        )
         .layer(Extension(rooms))
         .layer(middleware::from_fn_with_state(
             state.dashboard_frame_ancestors.clone(),
             crate::dashboard::security_headers,
         ))
-}
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
 async fn list(
@@ -186,16 +188,10 @@ async fn room(
         RoomParty::Customer => (Role::Customer, session.customer_id.as_str()),
         RoomParty::Provider => (Role::Provider, session.provider_id.as_str()),
     };
-    let expires = unix_now() + TOKEN_SECONDS;
+    let expires = verdict_store::clock::system_now_millis() / 1000 + TOKEN_SECONDS;
     let token = rooms.keys.mint(role, sub, expires);
     let page = room_page(&session, query.party, &token);
     Ok((StatusCode::OK, Html(page.into_string())).into_response())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 fn layout(title: &str, body: Markup, script: bool) -> Markup {

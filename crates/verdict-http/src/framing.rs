@@ -33,9 +33,10 @@ impl FrameAncestors {
         if tokens.is_empty() {
             return Err("dashboard_frame_ancestors: empty (use 'none' to forbid framing)".into());
         }
-        if let Some(bad) = text.chars().find(|c| {
-            !c.is_ascii() || (c.is_ascii_control() && *c != ' ') || matches!(c, ';' | ',' | '"')
-        }) {
+        if let Some(bad) = text
+            .chars()
+            .find(|c| !c.is_ascii() || c.is_ascii_control() || matches!(c, ';' | ',' | '"'))
+        {
             return Err(format!(
                 "dashboard_frame_ancestors: {bad:?} is not allowed in a frame-ancestors source list"
             ));

@@ -356,7 +356,7 @@ impl<'a> Importer<'a> {
 
     /// One line (1-based `number`); blank lines are ignored.
     pub async fn line(&mut self, number: u64, text: &str) -> Result<(), StoreError> {
-        match parse_with(text, self.keep_unknown_fields) {
+        match parse(text, self.keep_unknown_fields) {
             None => Ok(()),
             Some(parsed) => self.parsed(number, parsed).await,
         }
@@ -441,13 +441,9 @@ fn duplicate(id: &str) -> String {
     format!("id: {id} appears earlier in this file")
 }
 
-/// Parses one line: `None` for a blank one.
-pub fn parse(text: &str) -> Option<Result<ImportSession, String>> {
-    parse_with(text, false)
-}
-
-/// [`parse`], keeping unknown fields in `metadata` when asked.
-pub fn parse_with(text: &str, keep_unknown_fields: bool) -> Option<Result<ImportSession, String>> {
+/// Parses one line, keeping unknown fields in `metadata` when asked:
+/// `None` for a blank one.
+pub fn parse(text: &str, keep_unknown_fields: bool) -> Option<Result<ImportSession, String>> {
     let text = text.trim();
     (!text.is_empty()).then(|| parse_line_with(text, keep_unknown_fields))
 }

@@ -205,6 +205,33 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// The longest window a health, a provider's stats or a ranking looks at
+/// (30 days).
+pub const WINDOW_HOURS_MAX: i64 = 720;
+
+/// A `window_hours` query value: 24 when absent, else 1 to
+/// [`WINDOW_HOURS_MAX`].
+pub fn window_hours(value: Option<i64>) -> Result<i64, ApiError> {
+    let hours = value.unwrap_or(24);
+    if !(1..=WINDOW_HOURS_MAX).contains(&hours) {
+        return Err(ApiError::Unprocessable(format!(
+            "window_hours must be between 1 and {WINDOW_HOURS_MAX}"
+        )));
+    }
+    Ok(hours)
+}
+
+/// An id in a path: one that cannot be an id names nothing (404).
+pub fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
+    if verdict_core::is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "{what} ids are 1 to 128 characters from [A-Za-z0-9_.:-]; there is no such {what}"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,18 +262,6 @@ pub async fn verify(config: &Config, json: bool) -> Result<bool, BoxError> {
     Ok(report.ok)
 }
 
-/// `verdict import FILE` (or `-` for stdin): streams the lines through the
-/// importer, `batch_lines` a transaction (or all in one, `bulk`), and
-/// prints the summary as JSON; a progress bar on a terminal.
-pub async fn import(
-    config: &Config,
-    file: &std::path::Path,
-    batch_lines: usize,
-    bulk: bool,
-) -> Result<(), BoxError> {
-    import_with(config, file, ImportOptions { batch_lines, bulk, keep_unknown_fields: false }).await
-}
-
 /// How `verdict import` stores the lines.
 #[derive(Clone, Copy, Debug)]
 pub struct ImportOptions {
@@ -285,8 +273,10 @@ pub struct ImportOptions {
     pub keep_unknown_fields: bool,
 }
 
-/// [`import`] with every option.
-pub async fn import_with(
+/// `verdict import FILE` (or `-` for stdin): streams the lines through the
+/// importer, `batch_lines` a transaction (or all in one, `bulk`), and
+/// prints the summary as JSON; a progress bar on a terminal.
+pub async fn import(
     config: &Config,
     file: &std::path::Path,
     options: ImportOptions,
@@ -327,8 +317,9 @@ pub async fn import_with(
                 Some(Read::Unreadable("line longer than 1 MiB"))
             } else {
                 match std::str::from_utf8(&bytes) {
-                    Ok(text) => verdict_http::import::parse_with(text, keep_unknown_fields)
-                        .map(Read::Parsed),
+                    Ok(text) => {
+                        verdict_http::import::parse(text, keep_unknown_fields).map(Read::Parsed)
+                    }
                     Err(_) => Some(Read::Unreadable("not UTF-8")),
                 }
             };

@@ -376,7 +376,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 bulk,
                 keep_unknown_fields,
             };
-            verdict::import_with(&config, &file, options).await
+            verdict::import(&config, &file, options).await
         }
         Command::Repair { apply, since, until, json, include_missing_evidence } => {
             let options = verdict_store::monitor::RepairOptions { apply, include_missing_evidence };

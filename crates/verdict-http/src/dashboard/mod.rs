@@ -57,7 +57,7 @@ pub(crate) fn router(state: &AppState) -> Router {
         ))
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
@@ -248,11 +248,7 @@ struct WindowQuery {
 
 impl WindowQuery {
     fn hours(&self) -> Result<i64, ApiError> {
-        let hours = self.window_hours.unwrap_or(24);
-        if !(1..=720).contains(&hours) {
-            return Err(ApiError::Unprocessable("window_hours must be between 1 and 720".into()));
-        }
-        Ok(hours)
+        crate::wire::window_hours(self.window_hours)
     }
 }
 
@@ -325,10 +321,6 @@ struct ReviewQuery {
     after: Option<String>,
 }
 
-/// The reasons a review row can have (verification sections, receipts,
-/// late presence).
-use verdict_store::consistency::REVIEW_REASONS;
-
 async fn review_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -337,17 +329,9 @@ async fn review_page(
     if let Err(denied) = admin(&state, &headers) {
         return Ok(denied.into_response());
     }
-    let reason = match query.reason.as_deref() {
-        None | Some("") => None,
-        Some(reason) => {
-            Some(REVIEW_REASONS.into_iter().find(|known| *known == reason).ok_or_else(|| {
-                ApiError::Unprocessable(format!(
-                    "reason must be one of {}",
-                    REVIEW_REASONS.join(", ")
-                ))
-            })?)
-        }
-    };
+    // The page's form sends an empty reason for "any".
+    let reason = query.reason.as_deref().filter(|reason| !reason.is_empty());
+    let filter = crate::routes::admin::review_filter(reason, None)?;
     if let Some(after) = &query.after
         && !verdict_core::is_valid_id(after)
     {
@@ -359,25 +343,25 @@ async fn review_page(
     let mut items = Vec::new();
     let mut cursor = query.after.clone();
     // A filtered page reads on until it is full or the queue ends (each
-    // read is bounded by the monitor).
+    // read scans a bounded number of sessions).
     for _ in 0..8 {
-        let (page, next) =
-            monitor::review(state.store.as_ref(), &state.settings, now, cursor.as_deref(), 200)
-                .await?;
-        items.extend(
-            page.into_iter()
-                .filter(|item| reason.is_none_or(|reason| item.reasons.contains(&reason))),
-        );
+        let limit = REVIEW_PAGE - items.len();
+        let (page, next) = verdict_store::consistency::review(
+            state.store.as_ref(),
+            &state.settings,
+            now,
+            cursor.as_deref(),
+            limit,
+            filter,
+        )
+        .await?;
+        items.extend(page);
         cursor = next;
         if items.len() >= REVIEW_PAGE || cursor.is_none() {
             break;
         }
     }
-    items.truncate(REVIEW_PAGE);
-    if items.len() == REVIEW_PAGE {
-        cursor = items.last().map(|item| item.session.id.clone());
-    }
-    Ok(html(view::review(&items, reason, cursor.as_deref(), now)))
+    Ok(html(view::review(&items, filter.reason, cursor.as_deref(), now)))
 }
 
 /// A session's decision explained.

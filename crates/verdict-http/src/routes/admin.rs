@@ -229,10 +229,7 @@ pub async fn health(
     StrictQuery(window): StrictQuery<HealthQuery>,
 ) -> Result<Json<SessionHealthDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let window_hours = window.window_hours.unwrap_or(24);
-    if !(1..=720).contains(&window_hours) {
-        return Err(ApiError::Unprocessable("window_hours must be between 1 and 720".into()));
-    }
+    let window_hours = crate::wire::window_hours(window.window_hours)?;
     let health =
         monitor::health(&state.store, &state.settings, state.clock.now(), window_hours).await?;
     crate::metrics::record_health(&health);

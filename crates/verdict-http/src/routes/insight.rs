@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
-use verdict_core::{Kind, Role, is_valid_id};
+use verdict_core::{Kind, Role};
 use verdict_store::insight::{
     Counts, KindHealth, ProviderSort, ProviderStats, Scope, ThresholdAlert,
 };
@@ -17,15 +17,13 @@ use verdict_store::insight::{
 use crate::auth::Caller;
 use crate::problem::{ApiError, Problem};
 use crate::routes::admin::{AlertDto, MetricsDto};
-use crate::wire::{Path, StrictQuery};
+use crate::wire::{Path, StrictQuery, checked_id, window_hours};
 use crate::{ApiRouter, AppState};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(provider_stats)).routes(routes!(providers))
 }
 
-/// The longest window a provider's stats or ranking looks at (30 days).
-pub const WINDOW_HOURS_MAX: i64 = 720;
 /// Providers listed at most per ranking.
 pub const PROVIDERS_LIMIT_MAX: i64 = 100;
 
@@ -125,16 +123,6 @@ impl ProviderStatsDto {
     }
 }
 
-fn window(window_hours: Option<i64>) -> Result<i64, ApiError> {
-    let hours = window_hours.unwrap_or(24);
-    if !(1..=WINDOW_HOURS_MAX).contains(&hours) {
-        return Err(ApiError::Unprocessable(format!(
-            "window_hours must be between 1 and {WINDOW_HOURS_MAX}"
-        )));
-    }
-    Ok(hours)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
@@ -157,16 +145,10 @@ pub async fn provider_stats(
     StrictQuery(query): StrictQuery<StatsQuery>,
 ) -> Result<Json<ProviderStatsDto>, ApiError> {
     caller.require(&[Role::Admin])?;
-    if !is_valid_id(&id) {
-        return Err(ApiError::NotFound(
-            "provider ids are 1 to 128 characters from [A-Za-z0-9_.:-]; there is no such provider"
-                .into(),
-        ));
-    }
-    let window_hours = window(query.window_hours)?;
+    let id = checked_id("provider", &id)?;
+    let window_hours = window_hours(query.window_hours)?;
     let now = state.clock.now();
-    let stats =
-        state.store.provider_stats(&id, now.plus_seconds(-window_hours * 3600), now).await?;
+    let stats = state.store.provider_stats(id, now.plus_seconds(-window_hours * 3600), now).await?;
     Ok(Json(ProviderStatsDto::new(&stats, window_hours)))
 }
 
@@ -246,7 +228,7 @@ pub async fn providers(
     if !(1..=1_000_000).contains(&min_sessions) {
         return Err(ApiError::Unprocessable("min_sessions must be between 1 and 1000000".into()));
     }
-    let window_hours = window(query.window_hours)?;
+    let window_hours = window_hours(query.window_hours)?;
     let now = state.clock.now();
     let since = now.plus_seconds(-window_hours * 3600);
     let rows = state.store.provider_ranking(since, now, sort, min_sessions, limit).await?;

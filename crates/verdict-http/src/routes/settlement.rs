@@ -17,9 +17,9 @@ use crate::dto::{
 use crate::paging::{PageQuery, next_cursor};
 use crate::problem::{ApiError, Problem};
 use crate::routes::sessions::{created_response, idempotency_for};
-use crate::wire::Path;
 use crate::wire::StrictQuery;
 use crate::wire::{JsonBody, from_value};
+use crate::wire::{Path, checked_id};
 use crate::{ApiRouter, AppState};
 use utoipa_axum::routes;
 
@@ -36,16 +36,6 @@ pub fn router() -> ApiRouter {
         .routes(routes!(payouts))
         .routes(routes!(earnings))
         .routes(routes!(retry_payout))
-}
-
-fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
-    if is_valid_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "{what} ids are 1 to 128 characters from [A-Za-z0-9_.:-]; there is no such {what}"
-        )))
-    }
 }
 
 #[utoipa::path(put, path = "/v1/users/{id}", tag = "settlement",
