@@ -64,15 +64,14 @@ INSERT INTO outbox (session_id, topic, channel, dedupe_key, payload, state, due_
 UPDATE sessions SET import_run = NULL WHERE ended_at IS NOT NULL;
 SQL
 fi
-# Build n (from 0) verifies database verdict_n, migrated by itself.
+# Build n (from 0) verifies database verdict_n, a copy of the vacuumed
+# import migrated by itself (then analyzed: its migrations may add indexes).
+"${PSQL[@]}" verdict -c "VACUUM ANALYZE"
 for n in "${!BINARIES[@]}"; do
   [ "$n" = 0 ] && continue
   "${PSQL[@]}" postgres -c "CREATE DATABASE verdict_$n TEMPLATE verdict"
   VERDICT_DATABASE_URL=postgres://postgres@127.0.0.1:18432/verdict_$n "${BINARIES[$n]}" migrate > /dev/null
-done
-for n in "${!BINARIES[@]}"; do
-  database=verdict; [ "$n" = 0 ] || database=verdict_$n
-  "${PSQL[@]}" "$database" -c "VACUUM ANALYZE"
+  "${PSQL[@]}" "verdict_$n" -c "ANALYZE"
 done
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 for _ in $(seq "$ROUNDS"); do

@@ -143,7 +143,6 @@ export class VerdictSession {
   #pollBusy = false;
   #attempt = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
-  #worker: Worker | undefined;
   #detach: (() => void) | undefined;
 
   constructor(options: VerdictSessionOptions) {
@@ -381,7 +380,7 @@ export class VerdictSession {
   /**
    * The heartbeat right after a join. The server counts a party that never
    * heartbeats in its presence interval as present until it leaves
-   * (SPEC §2), so a tab that crashed before its first periodic heartbeat
+   * (docs/presence.md), so a tab that crashed before its first periodic heartbeat
    * would be billed until the end; one heartbeat at once arms the
    * server's timeout from the start.
    */
@@ -480,12 +479,10 @@ export class VerdictSession {
     if (this.#workerUrl !== undefined && typeof Worker === "function") {
       const worker = new Worker(this.#workerUrl);
       worker.onmessage = () => this.#wake();
-      this.#worker = worker;
       cleanups.push(() => worker.terminate());
     }
     this.#detach = () => {
       for (const cleanup of cleanups) cleanup();
-      this.#worker = undefined;
       this.#detach = undefined;
     };
   }

@@ -80,19 +80,20 @@ fn a_broken_link_is_found() {
     assert_eq!(broken(&page), ["gone.md#x", "img.png"]);
 }
 
-/// Every `docs/….md` the code names, in help texts, comments or the
+/// Every `docs/….md` the code (and the TypeScript client) names, in help texts, comments or the
 /// OpenAPI descriptions, is a page that exists; none names a document
 /// that is not in the repository.
 #[test]
 fn every_page_the_code_cites_exists() {
-    let mut stack = vec![root().join("crates")];
+    let client = root().join("clients/typescript");
+    let mut stack = vec![root().join("crates"), client.join("src"), client.join("demo")];
     let mut cited = Vec::new();
     while let Some(folder) = stack.pop() {
         for entry in std::fs::read_dir(folder).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "rs") {
+            } else if path.extension().is_some_and(|ext| ext == "rs" || ext == "ts") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let outside = concat!("SPEC", " §");
                 assert!(

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Reply, TestApp, on_every_backend};
+use crate::support::{TestApp, on_every_backend};
 
 on_every_backend!(
     a_good_file_is_imported_as_recorded,
@@ -66,22 +66,6 @@ pub(crate) fn paid(amount: i64) -> Value {
     json!([{"amount_cents": amount, "currency": "usd", "state": "paid"}])
 }
 
-pub(crate) async fn import(app: &TestApp, lines: &[String]) -> Reply {
-    let body = lines.join("\n");
-    let response = app
-        .client
-        .post(format!("{}/v1/admin/import", app.base))
-        .bearer_auth(app.admin())
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    Reply { status, headers, body: response.json().await.unwrap() }
-}
-
 fn good_file() -> Vec<String> {
     vec![
         line("h-completed", "completed", Some("completed"), met(), paid(3200)),
@@ -97,7 +81,7 @@ fn good_file() -> Vec<String> {
 }
 
 async fn a_good_file_is_imported_as_recorded(app: TestApp) {
-    let summary = import(&app, &good_file()).await;
+    let summary = app.import("", &good_file()).await;
     assert_eq!(
         summary.ok(),
         &json!({"imported": 3, "skipped": 0, "rejected": [], "rejected_total": 0})
@@ -151,7 +135,7 @@ async fn bad_lines_are_rejected_with_their_line_and_field_and_the_rest_goes_on(a
             .replace("\"ended_at\":\"2026-01-10T10:30:00Z\",", ""),
         line("ok-2", "completed", Some("completed"), met(), paid(3200)),
     ];
-    let summary = import(&app, &lines).await;
+    let summary = app.import("", &lines).await;
     let body = summary.ok();
     assert_eq!(
         (body["imported"].as_i64(), body["skipped"].as_i64(), body["rejected_total"].as_i64()),
@@ -183,10 +167,10 @@ async fn bad_lines_are_rejected_with_their_line_and_field_and_the_rest_goes_on(a
 }
 
 async fn importing_again_is_a_no_op(app: TestApp) {
-    import(&app, &good_file()).await.ok();
+    app.import("", &good_file()).await.ok();
     let before = app.counts().await;
     let session = app.get("/v1/sessions/h-completed", &app.admin()).await.body;
-    let again = import(&app, &good_file()).await;
+    let again = app.import("", &good_file()).await;
     assert_eq!(
         again.ok(),
         &json!({"imported": 0, "skipped": 3, "rejected": [], "rejected_total": 0})
@@ -441,7 +425,7 @@ async fn repair_plans_exactly_the_wrong_statuses_then_fixes_them_once(app: TestA
         line("right-completed", "completed", Some("completed"), met(), paid(3200)),
         line("right-cancelled", "cancelled", Some("no_show_both"), json!([]), json!([])),
     ];
-    import(&app, &history).await.ok();
+    app.import("", &history).await.ok();
     let before = app.counts().await;
     let snapshot = app.get("/v1/sessions/lost", &app.admin()).await.body;
 

@@ -11,7 +11,7 @@ use verdict_core::UnixMillis;
 use verdict_http::wire::format_instant;
 
 use crate::fakes::Receiver;
-use crate::support::{Reply, TestApp, on_every_backend};
+use crate::support::{Reply, TestApp, on_every_backend, section};
 
 on_every_backend!(
     threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_workers,
@@ -61,7 +61,7 @@ pub(crate) fn ended_line(
 }
 
 pub(crate) async fn import(app: &TestApp, lines: &[String]) {
-    let (status, summary) = app.import_ndjson("", lines).await;
+    let Reply { status, body: summary, .. } = app.import("", lines).await;
     assert!(status.is_success(), "{status}: {summary}");
     assert_eq!(summary["imported"], lines.len(), "{summary}");
 }
@@ -150,10 +150,6 @@ fn webhook(kind: &str, alert: &str, scope: &str) -> (String, String, String) {
     (kind.to_owned(), alert.to_owned(), scope.to_owned())
 }
 
-async fn health(app: &TestApp) -> Value {
-    app.get("/v1/admin/health", &app.admin()).await.ok().clone()
-}
-
 async fn threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_workers(
     app: TestApp,
 ) {
@@ -180,7 +176,7 @@ async fn threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_wo
         &[("completed", 27), ("no_show_customer", 3)],
     ));
     import(&app, &lines).await;
-    let reported = health(&app).await;
+    let reported = app.health("").await;
     assert_eq!(
         threshold_alerts(&reported),
         [pair("completion_rate_below", "kind=video")],
@@ -207,7 +203,7 @@ async fn threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_wo
         pair("completion_rate_below", "provider_id=p-bad"),
         pair("no_show_rate_above", "provider_id=p-bad"),
     ];
-    assert_eq!(threshold_alerts(&health(&app).await), raised);
+    assert_eq!(threshold_alerts(&app.health("").await), raised);
 
     // Two workers evaluate at once: three changes, each announced once.
     let (a, b) = tokio::join!(first.try_evaluate_alerts(), second.try_evaluate_alerts());
@@ -219,8 +215,7 @@ async fn threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_wo
     // Evaluating again changes nothing.
     let (a, b) = tokio::join!(first.try_evaluate_alerts(), second.try_evaluate_alerts());
     assert!(a.unwrap().transitions.is_empty() && b.unwrap().transitions.is_empty());
-    let (x, y) = tokio::join!(app.drain(&first), app.drain(&second));
-    let ((), ()) = (x, y);
+    tokio::join!(app.drain(&first), app.drain(&second));
     let (delivered, all) = alert_webhooks(&receiver);
     let expected_raised: BTreeMap<_, _> = [
         (webhook("alert.raised", "completion_rate_below", "kind=video"), 1),
@@ -248,15 +243,14 @@ async fn threshold_alerts_are_scoped_and_each_change_is_announced_once_by_two_wo
     let mut recovery = sessions(now, "v2", "video", &spread, &[("completed", 10)]);
     recovery.extend(sessions(now, "good", "chat", &["p-bad"], &[("completed", 30)]));
     import(&app, &recovery).await;
-    assert_eq!(threshold_alerts(&health(&app).await), []);
+    assert_eq!(threshold_alerts(&app.health("").await), []);
     let (a, b) = tokio::join!(first.try_evaluate_alerts(), second.try_evaluate_alerts());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.transitions.len() + b.transitions.len(), 3, "{a:?}\n{b:?}");
     assert!(a.transitions.iter().chain(&b.transitions).all(|change| !change.raised));
     let (a, b) = tokio::join!(first.try_evaluate_alerts(), second.try_evaluate_alerts());
     assert!(a.unwrap().transitions.is_empty() && b.unwrap().transitions.is_empty());
-    let (x, y) = tokio::join!(app.drain(&first), app.drain(&second));
-    let ((), ()) = (x, y);
+    tokio::join!(app.drain(&first), app.drain(&second));
     let (delivered, all) = alert_webhooks(&receiver);
     let mut expected = expected_raised.clone();
     for ((_, alert, scope), _) in expected_raised {
@@ -297,7 +291,7 @@ async fn by_kind_and_verify_per_kind_match_a_hand_count(app: TestApp) {
         ],
     )
     .await;
-    let reported = health(&app).await;
+    let reported = app.health("").await;
     let by_kind = &reported["by_kind"];
     // By hand: rates over each kind's ended sessions, billable seconds
     // averaged over all of them, nearest-rank percentiles.
@@ -342,14 +336,8 @@ async fn by_kind_and_verify_per_kind_match_a_hand_count(app: TestApp) {
     }
     assert_eq!(reported["ended"], 9);
 
-    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
-    let section = report["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|section| section["name"] == "by_kind")
-        .expect("a by_kind section")
-        .clone();
+    let report = app.verify().await;
+    let section = section(&report, "by_kind").clone();
     assert_eq!(section["count"], 9);
     for (kind, sessions) in [("video", 4), ("chat", 2), ("diagnostic", 3)] {
         assert_eq!(section["detail"][kind]["sessions"], sessions, "{section}");

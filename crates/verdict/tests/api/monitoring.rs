@@ -30,10 +30,6 @@ async fn session(app: &TestApp, id: &str, together: i64) {
     app.end(id, &app.service(), None).await.ok();
 }
 
-async fn verify(app: &TestApp) -> Value {
-    app.get("/v1/admin/verify", &app.admin()).await.ok().clone()
-}
-
 /// The failing sections of a report, with their counts and samples.
 fn failures(report: &Value) -> Vec<(String, i64, Value)> {
     report["sections"]
@@ -106,11 +102,11 @@ async fn each_verification_section_finds_exactly_its_planted_anomaly(app: TestAp
         session(&app, "good", 120).await;
         session(&app, "bad", 30).await;
         session(&app, "noshow", -1).await;
-        assert_eq!(failures(&verify(&app).await), vec![], "clean before planting {section}");
+        assert_eq!(failures(&app.verify().await), vec![], "clean before planting {section}");
         for statement in statements {
             app.sql(statement).await;
         }
-        let report = verify(&app).await;
+        let report = app.verify().await;
         assert_eq!(report["ok"], false);
         assert_eq!(failures(&report), vec![(section.to_owned(), 1, json!([id]))], "{section}");
     }
@@ -118,10 +114,10 @@ async fn each_verification_section_finds_exactly_its_planted_anomaly(app: TestAp
     // Request consistency: a request left behind by its session.
     let app = TestApp::spawn(app.backend, |_| {}).await;
     let (request, session_id) = app.session_through_a_request().await;
-    assert!(failures(&verify(&app).await).is_empty());
+    assert!(failures(&app.verify().await).is_empty());
     app.sql(&format!("UPDATE requests SET status = 'matched' WHERE id = '{request}'")).await;
     assert_eq!(
-        failures(&verify(&app).await),
+        failures(&app.verify().await),
         vec![("request_consistency".to_owned(), 1, json!([session_id]))]
     );
 
@@ -129,10 +125,10 @@ async fn each_verification_section_finds_exactly_its_planted_anomaly(app: TestAp
     let app = TestApp::spawn(app.backend, |_| {}).await;
     app.create_session("forgotten").await;
     app.advance(900 + 60).await;
-    assert!(failures(&verify(&app).await).is_empty(), "exactly at the grace: not yet stuck");
+    assert!(failures(&app.verify().await).is_empty(), "exactly at the grace: not yet stuck");
     app.advance(1).await;
     assert_eq!(
-        failures(&verify(&app).await),
+        failures(&app.verify().await),
         vec![("stuck_sessions".to_owned(), 1, json!(["forgotten"]))]
     );
 
@@ -142,7 +138,7 @@ async fn each_verification_section_finds_exactly_its_planted_anomaly(app: TestAp
         "DELETE FROM _sqlx_migrations WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)",
     )
     .await;
-    assert_eq!(failures(&verify(&app).await), vec![("schema".to_owned(), 1, json!([]))]);
+    assert_eq!(failures(&app.verify().await), vec![("schema".to_owned(), 1, json!([]))]);
 }
 
 async fn a_clean_marketplace_of_500_sessions_verifies_clean_from_the_command_line(app: TestApp) {
@@ -215,7 +211,7 @@ async fn revenue_impact_is_told_per_currency(app: TestApp) {
     app.sql("UPDATE sessions SET status = 'completed', reason = 'completed', charged_cents = 2500 WHERE id IN ('over-usd', 'over-eur')").await;
     app.sql("UPDATE sessions SET currency = 'eur', charged_cents = 3000 WHERE id = 'over-eur'")
         .await;
-    let report = health(&app, "").await;
+    let report = app.health("").await;
     assert_eq!(
         report["revenue_impact"]["by_currency"],
         json!([{"currency": "eur", "underbilled_cents": 0, "overbilled_cents": 3000},
@@ -227,10 +223,6 @@ async fn revenue_impact_is_told_per_currency(app: TestApp) {
     let html = page.body.as_str().unwrap_or_else(|| panic!("HTML: {}", page.body)).to_owned();
     assert!(html.contains("30.00 eur") && html.contains("25.00 usd"), "{html}");
     assert!(!html.contains("55.00"), "never one sum of two currencies");
-}
-
-async fn health(app: &TestApp, query: &str) -> Value {
-    app.get(&format!("/v1/admin/health{query}"), &app.admin()).await.ok().clone()
 }
 
 async fn health_of_a_known_mix_equals_the_hand_computed_figures(app: TestApp) {
@@ -246,7 +238,7 @@ async fn health_of_a_known_mix_equals_the_hand_computed_figures(app: TestApp) {
     app.sql("UPDATE sessions SET status = 'completed', reason = 'completed', charged_cents = 2500 WHERE id = 'planted'").await;
     app.sql("INSERT INTO payouts (id, session_id, provider_id, amount_cents, currency, state, provider, created_at, updated_at) VALUES ('po_planted', 'planted', 'prov-1', 2000, 'usd', 'pending', 'manual', 0, 0)").await;
 
-    let report = health(&app, "").await;
+    let report = app.health("").await;
     assert_eq!(report["window_hours"], 24);
     assert_eq!(report["ended"], 20);
     assert_eq!(report["score"], 95.0, "100 × 19 / 20");
@@ -273,14 +265,14 @@ async fn health_of_a_known_mix_equals_the_hand_computed_figures(app: TestApp) {
 
     // A one-hour window two days later holds nothing.
     app.advance(48 * 3600).await;
-    let later = health(&app, "?window_hours=1").await;
+    let later = app.health("?window_hours=1").await;
     assert_eq!((later["ended"].as_i64(), later["label"].as_str()), (Some(0), Some("idle")));
     app.get("/v1/admin/health?window_hours=0", &app.admin()).await.problem(422);
     app.get("/v1/admin/health", &app.service()).await.problem(403);
 }
 
 async fn health_without_data_is_idle_at_100(app: TestApp) {
-    let report = health(&app, "").await;
+    let report = app.health("").await;
     assert_eq!((report["score"].as_f64(), report["label"].as_str()), (Some(100.0), Some("idle")));
     assert_eq!(report["alerts"], json!([]));
 }
@@ -292,7 +284,7 @@ async fn stuck_sessions_and_dead_deliveries_lower_the_score(app: TestApp) {
     app.create_session("forgotten").await;
     app.sql("UPDATE outbox SET state = 'dead' WHERE session_id = 'ok0' AND topic = 'webhook:session.ended'").await;
     app.advance(1000).await;
-    let report = health(&app, "").await;
+    let report = app.health("").await;
     // 100 × 10 / 10 − 2 × 1 stuck − 5 × 1 dead.
     assert_eq!(report["score"], 93.0);
     assert_eq!(report["label"], "good");
@@ -350,7 +342,7 @@ async fn hourly_scores_and_the_review_queue_name_the_bad_hour_and_session(app: T
 async fn metrics_are_prometheus_text_with_the_documented_series(app: TestApp) {
     session(&app, "m1", 120).await;
     app.worker(|_| {}).try_sweep().await.unwrap();
-    health(&app, "").await;
+    app.health("").await;
     let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));

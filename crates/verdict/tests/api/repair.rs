@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::history::{import, joined, left, line, paid};
-use crate::support::{TestApp, on_every_backend};
+use crate::history::{joined, left, line, paid};
+use crate::support::{TestApp, on_every_backend, section};
 
 on_every_backend!(
     an_imported_open_session_is_ended_by_repair_not_by_the_sweeper,
@@ -14,11 +14,6 @@ on_every_backend!(
 
 async fn repair(app: &TestApp, query: &str) -> Value {
     app.post(&format!("/v1/admin/repair?{query}"), &app.admin(), json!({})).await.ok().clone()
-}
-
-async fn section(app: &TestApp, name: &str) -> Value {
-    let report = app.get("/v1/admin/verify", &app.admin()).await.ok().clone();
-    report["sections"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone()
 }
 
 async fn an_imported_open_session_is_ended_by_repair_not_by_the_sweeper(app: TestApp) {
@@ -39,13 +34,13 @@ async fn an_imported_open_session_is_ended_by_repair_not_by_the_sweeper(app: Tes
         // Waiting, yet the old system paid it.
         line("hist-paid-waiting", "waiting", None, json!([]), paid(3200)),
     ];
-    import(&app, &history).await.ok();
+    app.import("", &history).await.ok();
     let outbox_before = app.sql_count("SELECT COUNT(*) FROM outbox").await;
 
     let report = app.worker(|_| {}).try_sweep().await.unwrap();
     assert!(report.ended.is_empty(), "history is not traffic: {:?}", report.ended);
     assert_eq!(app.sql_count("SELECT COUNT(*) FROM outbox").await, outbox_before);
-    let stuck = section(&app, "stuck_sessions").await;
+    let stuck = section(&app.verify().await, "stuck_sessions").clone();
     assert_eq!(stuck["count"], 3, "{stuck}");
 
     let expected = json!([
@@ -106,8 +101,8 @@ async fn a_paid_cancelled_session_is_reversed_though_its_status_is_right(app: Te
         line("paid-expired", "expired", Some("no_show_both"), json!([]), paid(1000)),
         line("right", "cancelled", Some("no_show_both"), json!([]), json!([])),
     ];
-    import(&app, &history).await.ok();
-    let accuracy = section(&app, "payout_accuracy").await;
+    app.import("", &history).await.ok();
+    let accuracy = section(&app.verify().await, "payout_accuracy").clone();
     assert_eq!(accuracy["count"], 2, "{accuracy}");
 
     let expected = json!([
@@ -164,7 +159,7 @@ async fn missing_evidence_is_listed_for_review_and_applied_only_when_asked(app: 
         // Cancelled with a payout, its joins missing too.
         line("paid-short", "cancelled", Some("too_short"), json!([]), paid(500)),
     ];
-    import(&app, &history).await.ok();
+    app.import("", &history).await.ok();
     let counts = app.counts().await;
     let review: Vec<&str> = vec!["no-events", "paid-noshow", "paid-short"];
     let ids = |list: &Value| -> Vec<String> {

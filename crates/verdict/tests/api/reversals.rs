@@ -79,10 +79,6 @@ pub async fn assert_books_net_to_zero(app: &TestApp, id: &str) {
     assert!(net.values().all(|total| *total == 0), "{id}: {net:?}");
 }
 
-pub async fn verify(app: &TestApp) -> Value {
-    app.get("/v1/admin/verify", &app.admin()).await.ok().clone()
-}
-
 async fn a_transfer_in_flight_while_repair_reverses_is_reversed_at_stripe(app: TestApp) {
     let app = stripe_app(&app).await;
     let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -117,7 +113,7 @@ async fn a_transfer_in_flight_while_repair_reverses_is_reversed_at_stripe(app: T
     );
     assert!(paid["reversed_at"].is_string(), "{paid}");
     assert_books_net_to_zero(&app, "s1").await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     assert_eq!(report["ok"], true, "{report}");
     // Nothing more leaves, however long we wait.
     app.advance(86_400).await;
@@ -154,7 +150,7 @@ async fn a_transfer_answered_after_the_timeout_then_reversed_is_reversed_at_stri
         (Some("paid"), Some("tr_1"))
     );
     assert_books_net_to_zero(&app, "s1").await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     assert_eq!(report["ok"], true, "{report}");
 }
 
@@ -174,7 +170,7 @@ async fn a_payout_reversed_before_its_transfer_is_never_paid(app: TestApp) {
     assert_eq!(payout["state"], "pending", "{payout}");
     assert!(payout["reversed_at"].is_string());
     assert_books_net_to_zero(&app, "s1").await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     assert_eq!(report["ok"], true, "{report}");
 }
 

@@ -101,6 +101,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The status, headers and body (JSON, else the text; `null` when
+    /// empty) of a response.
+    pub async fn of(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply { status, headers, body }
+    }
+
     /// Asserts a problem+json answer with this status and returns its detail.
     #[track_caller]
     pub fn problem(&self, status: u16) -> String {
@@ -222,32 +236,28 @@ impl TestApp {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_owned());
         }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("a body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply { status, headers, body }
+        Reply::of(request.send().await.expect("the server answers")).await
     }
 
-    /// `POST /v1/admin/import{query}` of `lines` as NDJSON, as an admin;
-    /// answers the status and the summary.
-    pub async fn import_ndjson(&self, query: &str, lines: &[String]) -> (StatusCode, Value) {
-        let response = self
+    /// `GET /v1/admin/verify`, as an admin: the report.
+    pub async fn verify(&self) -> Value {
+        self.get("/v1/admin/verify", &self.admin()).await.ok().clone()
+    }
+
+    /// `GET /v1/admin/health{query}`, as an admin: the report.
+    pub async fn health(&self, query: &str) -> Value {
+        self.get(&format!("/v1/admin/health{query}"), &self.admin()).await.ok().clone()
+    }
+
+    /// `POST /v1/admin/import{query}` of `lines` as NDJSON, as an admin.
+    pub async fn import(&self, query: &str, lines: &[String]) -> Reply {
+        let request = self
             .client
             .post(format!("{}/v1/admin/import{query}", self.base))
             .bearer_auth(self.admin())
             .header("content-type", "application/x-ndjson")
-            .body(lines.join("\n"))
-            .send()
-            .await
-            .expect("the server answers");
-        let status = response.status();
-        (status, response.json().await.expect("a JSON summary"))
+            .body(lines.join("\n"));
+        Reply::of(request.send().await.expect("the server answers")).await
     }
 
     /// A chat session made through a request (customer `cust-1`, accepted
@@ -452,4 +462,14 @@ pub async fn serve_process(
     // Keep reading its output so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, base)
+}
+
+/// The verification report's section `name`.
+pub fn section<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|section| section["name"] == name)
+        .unwrap_or_else(|| panic!("no section {name} in {report}"))
 }

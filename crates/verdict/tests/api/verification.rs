@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::history::{import, line, met, paid};
-use crate::support::{Backend, TestApp, on_every_backend};
+use crate::history::{line, met, paid};
+use crate::support::{Backend, TestApp, on_every_backend, section};
 
 on_every_backend!(
     metadata_consistency_catches_receipts_corrupted_behind_the_stores_back,
@@ -27,19 +27,6 @@ async fn met_and_ended(app: &TestApp, id: &str, kind: &str) {
     app.end(id, &app.service(), None).await.ok();
 }
 
-fn section<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|section| section["name"] == name)
-        .unwrap_or_else(|| panic!("no section {name} in {report}"))
-}
-
-async fn verify(app: &TestApp) -> Value {
-    app.get("/v1/admin/verify", &app.admin()).await.ok().clone()
-}
-
 async fn metadata_consistency_catches_receipts_corrupted_behind_the_stores_back(app: TestApp) {
     met_and_ended(&app, "s-notice", "video").await;
     met_and_ended(&app, "s-webhook", "video").await;
@@ -47,9 +34,9 @@ async fn metadata_consistency_catches_receipts_corrupted_behind_the_stores_back(
     let (request, from_request) = app.session_through_a_request().await;
     // Imported history has no receipts of its own: judged by the others.
     let history = line("h-1", "completed", Some("completed"), met(), paid(3200));
-    assert_eq!(import(&app, &[history]).await.ok()["imported"], 1);
+    assert_eq!(app.import("", &[history]).await.ok()["imported"], 1);
 
-    let clean = verify(&app).await;
+    let clean = app.verify().await;
     let receipts = section(&clean, "metadata_consistency");
     assert_eq!(
         (&receipts["ok"], &receipts["count"], &receipts["severity"]),
@@ -68,7 +55,7 @@ async fn metadata_consistency_catches_receipts_corrupted_behind_the_stores_back(
     )
     .await;
     app.sql(&format!("UPDATE requests SET price_amount_cents = 99 WHERE id = '{request}'")).await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     let receipts = section(&report, "metadata_consistency");
     let mut expected = vec![from_request.clone(), "s-notice".to_owned(), "s-webhook".to_owned()];
     expected.sort();
@@ -109,7 +96,7 @@ async fn metadata_consistency_catches_receipts_corrupted_behind_the_stores_back(
 
     // A session whose every outbox row is gone is caught too.
     app.sql("DELETE FROM outbox WHERE session_id = 's-clean'").await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     assert_eq!(section(&report, "metadata_consistency")["count"], 4);
 }
 
@@ -131,7 +118,7 @@ async fn the_review_queue_filters_by_reason_and_kind_and_totals_from_the_last_fu
         "DELETE FROM notifications WHERE session_id = 'v-receipts' OR session_id = 'c-receipts'",
     )
     .await;
-    let report = verify(&app).await;
+    let report = app.verify().await;
     assert_eq!(section(&report, "metadata_consistency")["count"], 2, "{report}");
 
     let page = |query: &'static str| {
@@ -179,7 +166,7 @@ async fn the_review_queue_filters_by_reason_and_kind_and_totals_from_the_last_fu
     let before_pass = page("?reason=metadata_consistency").await.ok().clone();
     assert_eq!(ids(&before_pass).len(), 3);
     assert_eq!((&before_pass["total"], &before_pass["as_of"]), (&json!(2), &json!(as_of)));
-    verify(&app).await;
+    app.verify().await;
     let after_pass = page("?reason=metadata_consistency").await.ok().clone();
     assert_eq!(after_pass["total"], 3);
     assert!(after_pass["as_of"].as_str().unwrap() > as_of.as_str(), "{after_pass}");
@@ -199,9 +186,9 @@ fn old_system_line(id: &str, extra: bool) -> String {
 }
 
 async fn import_with_flag(app: &TestApp, query: &str, lines: &[String]) -> Value {
-    let (status, summary) = app.import_ndjson(query, lines).await;
-    assert_eq!(status, 200);
-    summary
+    let reply = app.import(query, lines).await;
+    assert_eq!(reply.status, 200);
+    reply.body
 }
 
 async fn an_imported_line_keeps_started_at_and_with_the_flag_any_unknown_field_in_metadata(
