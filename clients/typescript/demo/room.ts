@@ -2,11 +2,10 @@
 // the client library in a page. Bundled by `npm run build:demo` into
 // crates/verdict-http/assets/demo-room.js, which the binary serves under
 // the dashboard's CSP (no inline script: everything arrives as data-*).
-import { VerdictSession, createVerdictClient, VerdictProblem } from "../src/index";
+import { VerdictSession, VerdictProblem, type AuditEvent } from "../src/index";
 
 type Party = "customer" | "provider";
 interface Interval { from: number; to: number | null }
-interface AuditEvent { seq: number; type: string; party?: string | null; at: string }
 
 const root = document.getElementById("room");
 if (root) {
@@ -17,7 +16,6 @@ async function run(root: HTMLElement): Promise<void> {
   const sessionId = root.dataset.session ?? "";
   const token = root.dataset.token ?? "";
   const baseUrl = window.location.origin;
-  const client = createVerdictClient({ baseUrl, token });
   const session = new VerdictSession({ baseUrl, token, sessionId });
 
   const state = byId("state");
@@ -31,21 +29,23 @@ async function run(root: HTMLElement): Promise<void> {
   const presence: Record<Party, Interval[]> = { customer: [], provider: [] };
   let firstAt: number | null = null;
   let endedAt: number | null = null;
-  let after: string | undefined;
   let lastSeq = 0;
   let polling: Promise<void> | null = null;
   const poll = () => (polling ??= pollEvents().finally(() => { polling = null; }));
   let decided = false;
 
   // The audit trail, polled: each party's joins and leaves on a lane.
+  // A failed read waits for the next tick.
   const pollEvents = async () => {
-    for (let page = 0; page < 10; page += 1) {
-      const { data } = await client.GET("/v1/sessions/{id}/events", {
-        params: { path: { id: sessionId }, query: after ? { after, limit: 500 } : { limit: 500 } },
-      });
-      if (!data) return;
-      for (const event of data.items as AuditEvent[]) record(event);
-      if (!data.next_cursor) break;
+    try {
+      for (let page = 0; page < 10; page += 1) {
+        const after = lastSeq > 0 ? String(lastSeq) : undefined;
+        const data = await session.client.events(sessionId, { after, limit: 500 });
+        for (const event of data.items) record(event);
+        if (!data.next_cursor) break;
+      }
+    } catch {
+      return;
     }
     draw();
   };
@@ -53,7 +53,6 @@ async function run(root: HTMLElement): Promise<void> {
   const record = (event: AuditEvent) => {
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
-    after = String(event.seq);
     const at = Date.parse(event.at);
     if (firstAt === null) firstAt = at;
     const item = document.createElement("li");
